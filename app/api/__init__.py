@@ -1,0 +1,14 @@
+"""REST resources (flask-smorest blueprints) and their marshmallow schemas."""
+
+from __future__ import annotations
+
+from flask import current_app
+
+from app.control.plane import ControlPlane
+
+EXTENSION = "celeriac"
+
+
+def plane() -> ControlPlane:
+    """The control plane of the running application."""
+    return current_app.extensions[EXTENSION]

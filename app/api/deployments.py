@@ -1,0 +1,58 @@
+"""``/deployments/``: create, reload, list, read and delete deployments."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from app.api import plane
+from app.api.schemas import CreateDeploymentArgs, DeploymentFileSchema, DeploymentSchema
+from app.errors import InvalidInput
+
+blp = Blueprint("deployments", __name__, url_prefix="/deployments", description="Deployments.")
+
+
+@blp.route("/")
+class DeploymentList(MethodView):
+    """All deployments."""
+
+    @blp.response(200, DeploymentSchema(many=True))
+    def get(self) -> Any:
+        """List deployments."""
+        return plane().deployments.all()
+
+
+@blp.route("/create")
+class DeploymentCreate(MethodView):
+    """Deploy a YAML file."""
+
+    @blp.arguments(CreateDeploymentArgs, location="query")
+    @blp.arguments(DeploymentFileSchema, location="files")
+    @blp.response(200, DeploymentSchema)
+    def post(self, args: dict[str, Any], files: dict[str, Any]) -> Any:
+        """Create (or, with ``reload``, replace) a deployment from a YAML file."""
+        content = files["config_file"].read()
+        try:
+            text = content.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidInput(
+                "the deployment file is not UTF-8 text", errors={"config_file": [str(exc)]}
+            ) from exc
+        return plane().deployments.create(text, args["base_path"], reload=args["reload"])
+
+
+@blp.route("/<string:deployment_name>")
+class DeploymentItem(MethodView):
+    """One deployment."""
+
+    @blp.response(200, DeploymentSchema)
+    def get(self, deployment_name: str) -> Any:
+        """Read a deployment."""
+        return plane().deployments.get(deployment_name)
+
+    @blp.response(204)
+    def delete(self, deployment_name: str) -> None:
+        """Delete a deployment with its sessions, tasks and events."""
+        plane().deployments.delete(deployment_name)

@@ -1,0 +1,186 @@
+"""Marshmallow schemas of the HTTP API, in LlamaDeploy's shapes plus Celeriac's extra fields."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask_smorest.fields import Upload
+from marshmallow import EXCLUDE, Schema, fields, validate
+
+from app.models import Task, TaskStatus
+
+
+class StatusSchema(Schema):
+    """Health of the API server (LlamaDeploy's ``Status``)."""
+
+    status = fields.String(metadata={"description": "Healthy, Unhealthy or Down"})
+    status_message = fields.String()
+    max_deployments = fields.Integer(allow_none=True)
+    deployments = fields.List(fields.String(), allow_none=True)
+
+
+class ServiceSchema(Schema):
+    """One service of a deployment."""
+
+    name = fields.String(metadata={"description": "The service id (its key in the YAML)."})
+    display_name = fields.String()
+    queue = fields.String(metadata={"description": "The Celery queue its workers consume."})
+
+
+class DeploymentSchema(Schema):
+    """A deployment (LlamaDeploy's ``DeploymentDefinition`` is just ``name``)."""
+
+    name = fields.String()
+    default_service = fields.String(allow_none=True)
+    version = fields.Integer()
+    base_path = fields.String()
+    services = fields.List(fields.Nested(ServiceSchema))
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+
+
+class DeploymentFileSchema(Schema):
+    """The multipart body of ``deployments/create``."""
+
+    config_file = Upload(required=True, metadata={"description": "The deployment YAML file."})
+
+
+class CreateDeploymentArgs(Schema):
+    """Query arguments of ``deployments/create``."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    base_path = fields.String(
+        load_default=".",
+        metadata={"description": "Folder (on the server) that local sources are relative to."},
+    )
+    reload = fields.Boolean(
+        load_default=False, metadata={"description": "Replace an existing one."}
+    )
+    local = fields.Boolean(
+        load_default=False, metadata={"description": "Accepted for LlamaDeploy clients; no effect."}
+    )
+
+
+class TaskDefinitionSchema(Schema):
+    """The body of ``tasks/run`` and ``tasks/create`` (LlamaDeploy's ``TaskDefinition``)."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    input = fields.Raw(
+        load_default="{}",
+        metadata={"description": "Run keyword arguments: a JSON-encoded string or an object."},
+    )
+    task_id = fields.String(
+        allow_none=True,
+        load_default=None,
+        validate=validate.Length(min=1, max=64),
+        metadata={"description": "Optional client-chosen id; must be unused."},
+    )
+    session_id = fields.String(allow_none=True, load_default=None)
+    service_id = fields.String(allow_none=True, load_default=None)
+
+
+class RunArgs(Schema):
+    """Query arguments of ``tasks/run`` and ``tasks/create``."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    session_id = fields.String(load_default=None)
+    timeout = fields.Float(
+        load_default=None,
+        validate=validate.Range(min=0, min_inclusive=False, max=86400),
+        metadata={"description": "Seconds ``tasks/run`` waits before answering 504."},
+    )
+
+
+class SessionArgs(Schema):
+    """An optional ``session_id`` query argument."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    session_id = fields.String(load_default=None)
+
+
+class RequiredSessionArgs(Schema):
+    """A required ``session_id`` query argument."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    session_id = fields.String(required=True)
+
+
+class PageArgs(Schema):
+    """Pagination and filters of task lists."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    session_id = fields.String(load_default=None)
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+
+
+class TaskSchema(Schema):
+    """A task: LlamaDeploy's ``TaskDefinition`` fields, then status, outcome and timestamps."""
+
+    task_id = fields.String(attribute="id")
+    session_id = fields.String()
+    service_id = fields.String(attribute="service")
+    input = fields.Method("dump_input", metadata={"description": "JSON-encoded run kwargs."})
+    status = fields.String(validate=validate.OneOf([s.value for s in TaskStatus]))
+    result = fields.Raw(allow_none=True)
+    error = fields.Dict(allow_none=True)
+    attempts = fields.Integer()
+    created_at = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    finished_at = fields.DateTime(allow_none=True)
+
+    def dump_input(self, task: Task) -> str:
+        """LlamaDeploy clients expect the input as a JSON string."""
+        return json.dumps(task.input)
+
+
+class TaskResultSchema(Schema):
+    """LlamaDeploy's ``TaskResult``: the result as a string, plus the task's status and error."""
+
+    task_id = fields.String(attribute="id")
+    history = fields.Method("dump_history")
+    result = fields.Method("dump_result")
+    data = fields.Method("dump_data")
+    status = fields.String()
+    error = fields.Dict(allow_none=True)
+
+    def dump_history(self, _task: Task) -> list[Any]:
+        """Always empty, as in LlamaDeploy."""
+        return []
+
+    def dump_data(self, _task: Task) -> dict[str, Any]:
+        """Always empty, as in LlamaDeploy."""
+        return {}
+
+    def dump_result(self, task: Task) -> str:
+        """The result as text; a failed task gives its error so waiting clients stop."""
+        if task.status != TaskStatus.SUCCEEDED:
+            return f"Error: {(task.error or {}).get('message', task.status)}"
+        return result_text(task.result)
+
+
+def result_text(value: Any) -> str:
+    """A result as LlamaDeploy's string field: strings as they are, anything else as JSON."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+class SessionSchema(Schema):
+    """LlamaDeploy's ``SessionDefinition`` plus when it was created."""
+
+    session_id = fields.String(attribute="id")
+    task_ids = fields.List(fields.String())
+    state = fields.Dict()
+    created_at = fields.DateTime()

@@ -1,0 +1,106 @@
+"""``/deployments/{d}/tasks``: run tasks, and read their status and results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app
+from flask.views import MethodView
+from flask_smorest import Blueprint
+
+from app.api import plane
+from app.api.schemas import (
+    PageArgs,
+    RunArgs,
+    SessionArgs,
+    TaskDefinitionSchema,
+    TaskResultSchema,
+    TaskSchema,
+)
+from app.control.tasks import Submission, parse_input
+
+blp = Blueprint(
+    "tasks",
+    __name__,
+    url_prefix="/deployments/<string:deployment_name>/tasks",
+    description="Tasks of a deployment.",
+)
+
+_RAW_RESULT = {
+    200: {
+        "description": "The task's result, as the JSON value the workflow returned.",
+        "content": {"application/json": {"schema": {}}},
+    }
+}
+
+
+def _submission(deployment: str, body: dict[str, Any], args: dict[str, Any]) -> Submission:
+    return Submission(
+        deployment=deployment,
+        input=parse_input(body.get("input")),
+        service_id=body.get("service_id"),
+        # The query wins: it is where LlamaDeploy's API server read it from.
+        session_id=args.get("session_id") or body.get("session_id"),
+        task_id=body.get("task_id"),
+    )
+
+
+@blp.route("/run")
+class TaskRun(MethodView):
+    """Run a task and wait for its result."""
+
+    @blp.arguments(RunArgs, location="query")
+    @blp.arguments(TaskDefinitionSchema)
+    @blp.doc(responses=_RAW_RESULT)
+    def post(self, args: dict[str, Any], body: dict[str, Any], deployment_name: str) -> Any:
+        """Run a task and return its result when it ends (502 if it fails, 504 on timeout)."""
+        task = plane().tasks.run(_submission(deployment_name, body, args), args["timeout"])
+        return current_app.json.response(task.result)
+
+
+@blp.route("/create")
+class TaskCreate(MethodView):
+    """Queue a task without waiting."""
+
+    @blp.arguments(RunArgs, location="query")
+    @blp.arguments(TaskDefinitionSchema)
+    @blp.response(200, TaskSchema)
+    def post(self, args: dict[str, Any], body: dict[str, Any], deployment_name: str) -> Any:
+        """Queue a task and return it with its ``task_id`` and ``session_id``."""
+        return plane().tasks.submit(_submission(deployment_name, body, args))
+
+
+@blp.route("")
+class TaskList(MethodView):
+    """The tasks of a deployment."""
+
+    @blp.arguments(PageArgs, location="query")
+    @blp.response(200, TaskSchema(many=True))
+    def get(self, args: dict[str, Any], deployment_name: str) -> Any:
+        """List tasks, oldest first (``limit``, ``offset``, optional ``session_id``)."""
+        return plane().tasks.all(deployment_name, **args)
+
+
+@blp.route("/<string:task_id>")
+class TaskItem(MethodView):
+    """One task."""
+
+    @blp.arguments(SessionArgs, location="query")
+    @blp.response(200, TaskSchema)
+    def get(self, args: dict[str, Any], deployment_name: str, task_id: str) -> Any:
+        """Read a task: status, result or error, attempts and timestamps."""
+        return plane().tasks.get(deployment_name, task_id, args["session_id"])
+
+
+@blp.route("/<string:task_id>/results")
+class TaskResults(MethodView):
+    """A task's result in LlamaDeploy's shape."""
+
+    @blp.arguments(SessionArgs, location="query")
+    @blp.response(200, TaskResultSchema)
+    def get(self, args: dict[str, Any], deployment_name: str, task_id: str) -> Any:
+        """The result once the task ended, ``null`` while it runs."""
+        task = plane().tasks.get(deployment_name, task_id, args["session_id"])
+        if not task.task_status.terminal:
+            return current_app.json.response(None)
+        return task

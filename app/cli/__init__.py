@@ -1,0 +1,1 @@
+"""The ``celeriac`` command line (click), one module per area."""

@@ -1,0 +1,109 @@
+"""``celeriac config``: named profiles of server settings, kept in a small YAML file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+DEFAULT_PROFILE = "default"
+
+
+def profiles_path() -> Path:
+    """``$CELERIAC_CONFIG``, else ``~/.config/celeriac/profiles.yml``."""
+    explicit = os.environ.get("CELERIAC_CONFIG")
+    if explicit:
+        return Path(explicit)
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    return base / "celeriac" / "profiles.yml"
+
+
+def load_profiles(path: Path) -> dict[str, Any]:
+    """The profile file's content, or an empty one."""
+    if not path.is_file():
+        return {"current_profile": DEFAULT_PROFILE, "profiles": {}}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise click.ClickException(f"{path} is not valid YAML: {exc}") from exc
+    data.setdefault("current_profile", DEFAULT_PROFILE)
+    data.setdefault("profiles", {})
+    return data
+
+
+def save_profiles(path: Path, data: dict[str, Any]) -> None:
+    """Write the profile file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=True))
+
+
+def active_profile(data: dict[str, Any], name: str | None) -> dict[str, Any]:
+    """The values of profile ``name`` (or the current one)."""
+    return dict(data["profiles"].get(name or data["current_profile"], {}))
+
+
+@click.group("config")
+def config_group() -> None:
+    """Manage profiles (server URL and timeout per profile)."""
+
+
+@config_group.command("get-profiles")
+def get_profiles() -> None:
+    """List profiles; the current one is marked with *."""
+    data = load_profiles(profiles_path())
+    for name, values in sorted(data["profiles"].items()):
+        mark = "*" if name == data["current_profile"] else " "
+        click.echo(f"{mark} {name}: {values}")
+
+
+@config_group.command("current-profile")
+def current_profile() -> None:
+    """Print the current profile's name."""
+    click.echo(load_profiles(profiles_path())["current_profile"])
+
+
+@config_group.command("set-profile")
+@click.argument("name")
+@click.option("--server", help="API server URL.")
+@click.option("--timeout", type=float, help="HTTP timeout in seconds.")
+def set_profile(name: str, server: str | None, timeout: float | None) -> None:
+    """Create or change a profile."""
+    path = profiles_path()
+    data = load_profiles(path)
+    profile = data["profiles"].setdefault(name, {})
+    if server:
+        profile["server"] = server
+    if timeout is not None:
+        profile["timeout"] = timeout
+    save_profiles(path, data)
+    click.echo(f"Profile {name}: {profile}")
+
+
+@config_group.command("use-profile")
+@click.argument("name")
+def use_profile(name: str) -> None:
+    """Make a profile the current one."""
+    path = profiles_path()
+    data = load_profiles(path)
+    if name not in data["profiles"]:
+        raise click.ClickException(f"no profile named {name!r}")
+    data["current_profile"] = name
+    save_profiles(path, data)
+    click.echo(f"Using profile {name}")
+
+
+@config_group.command("delete-profile")
+@click.argument("name")
+def delete_profile(name: str) -> None:
+    """Delete a profile."""
+    path = profiles_path()
+    data = load_profiles(path)
+    if data["profiles"].pop(name, None) is None:
+        raise click.ClickException(f"no profile named {name!r}")
+    if data["current_profile"] == name:
+        data["current_profile"] = DEFAULT_PROFILE
+    save_profiles(path, data)
+    click.echo(f"Deleted profile {name}")

@@ -1,0 +1,1 @@
+"""The control plane's service layer: validate, act, commit, then dispatch."""

@@ -1,0 +1,133 @@
+"""Deployments: validate a YAML file, store it, and tell whoever runs services."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session as DbSession
+
+from app.db import Database
+from app.errors import Conflict, InvalidInput, NotFound
+from app.models import Deployment, Service
+from app.models.base import utcnow
+from config.deployment import DeploymentSpec, SourceType, load_deployment
+from config.errors import DeploymentSpecError
+from workers.protocol import service_queue
+
+log = logging.getLogger(__name__)
+
+#: Called after a deployment was stored (spec, base path) or deleted (name).
+DeployedHook = Callable[[DeploymentSpec, Path], None]
+RemovedHook = Callable[[str], None]
+
+
+class Deployments:
+    """Create, reload, read and delete deployments."""
+
+    def __init__(self, db: Database, max_deployments: int) -> None:
+        self._db = db
+        self._max = max_deployments
+        self.on_deployed: list[DeployedHook] = []
+        self.on_removed: list[RemovedHook] = []
+
+    def create(self, config: bytes | str, base_path: str, *, reload: bool = False) -> Deployment:
+        """Validate ``config`` and store it; with ``reload`` replace an existing deployment."""
+        try:
+            spec = load_deployment(config)
+        except DeploymentSpecError as exc:
+            raise InvalidInput("the deployment file is not valid", errors=exc.errors) from exc
+        base = Path(base_path or ".").expanduser().resolve()
+        check_local_sources(spec, base)
+        with self._db.begin() as session:
+            row = session.scalar(select(Deployment).where(Deployment.name == spec.name))
+            if row is not None and not reload:
+                raise Conflict(
+                    f"deployment {spec.name!r} already exists; "
+                    "deploy with reload=true to replace it"
+                )
+            if row is None and reload:
+                raise NotFound(f"deployment {spec.name!r} does not exist, so it cannot be reloaded")
+            if row is None:
+                count = session.scalar(select(func.count()).select_from(Deployment)) or 0
+                if count >= self._max:
+                    raise Conflict(f"the limit of {self._max} deployments is reached")
+                row = Deployment(name=spec.name)
+                session.add(row)
+            else:
+                row.version += 1
+                row.updated_at = utcnow()
+            row.spec = spec.to_dict()
+            row.source_yaml = config.decode() if isinstance(config, bytes) else config
+            row.base_path = str(base)
+            _sync_services(row, spec)
+        for hook in self.on_deployed:
+            hook(spec, base)
+        return row
+
+    def all(self) -> list[Deployment]:
+        """Every deployment, by name."""
+        with self._db.read() as session:
+            return list(session.scalars(select(Deployment).order_by(Deployment.name)))
+
+    def get(self, name: str) -> Deployment:
+        """One deployment, or :class:`NotFound`."""
+        with self._db.read() as session:
+            return find(session, name)
+
+    def delete(self, name: str) -> None:
+        """Delete a deployment with its sessions, tasks and events."""
+        with self._db.begin() as session:
+            session.delete(find(session, name))
+        for hook in self.on_removed:
+            hook(name)
+
+    def specs(self) -> list[tuple[DeploymentSpec, Path]]:
+        """Every stored deployment's spec and base path (to start serving them)."""
+        return [(DeploymentSpec.from_dict(d.spec), Path(d.base_path)) for d in self.all()]
+
+
+def find(session: DbSession, name: str) -> Deployment:
+    """The deployment called ``name`` in this session, or :class:`NotFound`."""
+    row = session.scalar(select(Deployment).where(Deployment.name == name))
+    if row is None:
+        raise NotFound(f"deployment {name!r} not found")
+    return row
+
+
+def check_local_sources(spec: DeploymentSpec, base: Path) -> None:
+    """Refuse a deployment whose local folders or workflow modules do not exist under ``base``."""
+    errors: dict[str, list[str]] = {}
+    for service in spec.services.values():
+        source = service.source
+        if source is None or source.type != SourceType.LOCAL:
+            continue
+        root = (base / source.location).resolve()
+        if not root.is_dir():
+            errors[f"services.{service.id}.source.name"] = [
+                f"folder {source.location!r} not found under the base path {base}"
+            ]
+            continue
+        folder = root / service.module_dir
+        if not ((folder / f"{service.module}.py").is_file() or (folder / service.module).is_dir()):
+            errors[f"services.{service.id}.path"] = [
+                f"module {service.module!r} not found in {folder}"
+            ]
+    if errors:
+        raise InvalidInput("the deployment's local sources are missing", errors=errors)
+
+
+def _sync_services(row: Deployment, spec: DeploymentSpec) -> None:
+    """Make the service rows match the spec (keeping rows of services that stay)."""
+    existing = {s.name: s for s in row.services}
+    for sid, service in spec.services.items():
+        found = existing.pop(sid, None)
+        if found is None:
+            found = Service(name=sid)
+            row.services.append(found)
+        found.display_name = service.name
+        found.queue = service_queue(spec.name, sid)
+    for gone in existing.values():
+        row.services.remove(gone)

@@ -1,0 +1,28 @@
+"""Send work to service queues; the only place the control plane publishes."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from app.errors import Unavailable
+from workers.protocol import RUN_STEP, RunStep, service_queue
+
+
+class Dispatcher:
+    """Publishes run-step messages to the queue of the service that must run them."""
+
+    def __init__(self, celery: Celery) -> None:
+        self._celery = celery
+
+    def run_step(self, step: RunStep) -> None:
+        """Queue one step; raises :class:`Unavailable` if the broker cannot take it."""
+        try:
+            self._celery.send_task(
+                RUN_STEP,
+                kwargs=step.encode(),
+                queue=service_queue(step.deployment, step.service),
+                task_id=step.task_id,
+            )
+        except (OperationalError, OSError) as exc:
+            raise Unavailable(f"the broker did not accept the task: {exc}") from exc

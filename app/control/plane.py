@@ -1,0 +1,33 @@
+"""The control plane of one process: its database, Celery app and services, wired once."""
+
+from __future__ import annotations
+
+from app.control.deployments import Deployments
+from app.control.dispatch import Dispatcher
+from app.control.recorder import Recorder
+from app.control.sessions import Sessions
+from app.control.tasks import Tasks
+from app.control.waiter import TaskWaiter
+from app.db import Database
+from app.orchestrator import register_control_tasks
+from config.settings import Settings
+from workers.celery_app import CeleriacCelery
+
+
+class ControlPlane:
+    """Everything the API and the control-plane consumer share inside one process."""
+
+    def __init__(self, settings: Settings, db: Database, celery: CeleriacCelery) -> None:
+        self.settings = settings
+        self.db = db
+        self.celery = celery
+        self.waiter = TaskWaiter()
+        self.recorder = Recorder(db, self.waiter)
+        self.deployments = Deployments(db, settings.max_deployments)
+        self.sessions = Sessions(db)
+        self.tasks = Tasks(db, Dispatcher(celery), self.waiter, settings.run_timeout)
+        register_control_tasks(celery, self.recorder)
+
+    def close(self) -> None:
+        """Release connections."""
+        self.db.dispose()

@@ -1,0 +1,168 @@
+"""Tasks: submit (commit, then dispatch), wait for, and read the runs of a deployment."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+
+from app.control.deployments import find as find_deployment
+from app.control.dispatch import Dispatcher
+from app.control.sessions import find as find_session
+from app.control.waiter import TaskWaiter
+from app.db import Database
+from app.errors import Conflict, InvalidInput, NotFound, TaskFailed, TaskTimeout, Unavailable
+from app.models import Session, Task, TaskStatus
+from app.models.base import utcnow
+from app.orchestrator import first_step, route
+
+
+@dataclass(frozen=True)
+class Submission:
+    """What a client asks to run."""
+
+    deployment: str
+    input: dict[str, Any]
+    service_id: str | None = None
+    session_id: str | None = None
+    task_id: str | None = None
+
+
+def parse_input(raw: Any) -> dict[str, Any]:
+    """Task input as LlamaDeploy sends it (a JSON string of kwargs) or as a JSON object."""
+    if raw is None or raw == "":
+        return {}
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(
+                "task input is not valid JSON",
+                errors={"input": [f"not valid JSON: {exc.msg} at position {exc.pos}"]},
+            ) from exc
+    if not isinstance(raw, dict):
+        raise InvalidInput(
+            "task input must be a JSON object of keyword arguments",
+            errors={
+                "input": [f"expected an object of keyword arguments, got {type(raw).__name__}"]
+            },
+        )
+    return raw
+
+
+class Tasks:
+    """Submit, run, wait for and read tasks."""
+
+    def __init__(
+        self, db: Database, dispatcher: Dispatcher, waiter: TaskWaiter, run_timeout: float
+    ) -> None:
+        self._db = db
+        self._dispatcher = dispatcher
+        self._waiter = waiter
+        self._run_timeout = run_timeout
+
+    def submit(self, request: Submission, *, single_use_session: bool = False) -> Task:
+        """Store the task as queued, commit, then send its first step to its service's queue.
+
+        Without a session id the task gets a new session; ``single_use_session`` closes that
+        session at once (``tasks/run`` does, as LlamaDeploy deleted it after the run).
+        """
+        with self._db.begin() as db:
+            deployment = find_deployment(db, request.deployment)
+            service = route(deployment, request.service_id)
+            if request.session_id:
+                session = find_session(db, deployment.id, request.session_id)
+            else:
+                session = Session(
+                    deployment_id=deployment.id,
+                    state={},
+                    deleted_at=utcnow() if single_use_session else None,
+                )
+                db.add(session)
+                db.flush()
+            if request.task_id and db.get(Task, request.task_id) is not None:
+                raise Conflict(f"task id {request.task_id!r} is already used")
+            task = Task(
+                deployment_id=deployment.id,
+                session_id=session.id,
+                service=service,
+                input=request.input,
+                status=TaskStatus.QUEUED,
+                attempts=0,
+                created_at=utcnow(),
+            )
+            if request.task_id:
+                task.id = request.task_id
+            db.add(task)
+        try:
+            self._dispatcher.run_step(first_step(task, request.deployment))
+        except Unavailable as exc:
+            self._fail_undispatched(task.id, exc)
+            raise
+        return task
+
+    def run(self, request: Submission, timeout: float | None = None) -> Task:
+        """Submit and wait for the end; a failed task raises :class:`TaskFailed`."""
+        task = self.submit(request, single_use_session=True)
+        return self.wait(request.deployment, task.id, timeout)
+
+    def wait(self, deployment: str, task_id: str, timeout: float | None = None) -> Task:
+        """Block until the task ends; :class:`TaskTimeout` if it runs longer than ``timeout``."""
+        limit = self._run_timeout if timeout is None else timeout
+        holder: list[Task] = []
+
+        def ended() -> bool:
+            holder[:] = [self.get(deployment, task_id)]
+            return holder[0].task_status.terminal
+
+        if not self._waiter.wait(task_id, limit, ended):
+            raise TaskTimeout(
+                f"task {task_id} did not finish within {limit:g} s; it is still "
+                f"{holder[0].status}; read it later from /deployments/{deployment}/tasks/{task_id}",
+                errors={"task_id": task_id, "status": holder[0].status},
+            )
+        task = holder[0]
+        if task.status != TaskStatus.SUCCEEDED:
+            error = task.error or {}
+            raise TaskFailed(
+                f"task {task_id} {task.status}: {error.get('message', 'no error message')}",
+                errors={"task_id": task_id, "status": task.status, "error": error},
+            )
+        return task
+
+    def get(self, deployment: str, task_id: str, session_id: str | None = None) -> Task:
+        """One task of the deployment (and of the session, if given), or :class:`NotFound`."""
+        with self._db.read() as db:
+            dep = find_deployment(db, deployment)
+            task = db.get(Task, task_id)
+            if task is None or task.deployment_id != dep.id:
+                raise NotFound(f"task {task_id!r} not found in deployment {deployment!r}")
+            if session_id and task.session_id != session_id:
+                raise NotFound(f"task {task_id!r} not found in session {session_id!r}")
+            return task
+
+    def all(
+        self, deployment: str, *, session_id: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[Task]:
+        """A deployment's tasks, oldest first, a page at a time."""
+        with self._db.read() as db:
+            query = select(Task).where(Task.deployment_id == find_deployment(db, deployment).id)
+            if session_id:
+                query = query.where(Task.session_id == session_id)
+            query = query.order_by(Task.created_at, Task.id).limit(limit).offset(offset)
+            return list(db.scalars(query))
+
+    def _fail_undispatched(self, task_id: str, exc: Exception) -> None:
+        """A task whose message never left must not look queued forever."""
+        with self._db.begin() as db:
+            db.execute(
+                update(Task)
+                .where(Task.id == task_id, Task.status == TaskStatus.QUEUED)
+                .values(
+                    status=TaskStatus.FAILED,
+                    error={"type": "DispatchError", "message": str(exc)},
+                    finished_at=utcnow(),
+                )
+            )

@@ -1,0 +1,56 @@
+"""Wake threads that wait for a task to end, as soon as its outcome is recorded."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+
+class TaskWaiter:
+    """Lets ``tasks/run`` block until a task ends.
+
+    The recorder calls :meth:`notify` after it commits an outcome. When the recorder runs in
+    this process (the embedded mode), waiters wake at once; otherwise they fall back to
+    re-reading the database with a backoff, so correctness never depends on the notification.
+    """
+
+    def __init__(self, first_poll: float = 0.01, max_poll: float = 0.25) -> None:
+        self._first_poll = first_poll
+        self._max_poll = max_poll
+        self._events: dict[str, list[threading.Event]] = defaultdict(list)
+        self._lock = threading.Lock()
+
+    def wait(self, task_id: str, timeout: float, is_done: Callable[[], bool]) -> bool:
+        """Wait until ``is_done()`` holds or ``timeout`` seconds pass; True if it holds."""
+        event = threading.Event()
+        with self._lock:
+            self._events[task_id].append(event)
+        try:
+            deadline = time.monotonic() + timeout
+            delay = self._first_poll
+            while True:
+                # Registered before the check, so a notify between check and wait is not missed.
+                if is_done():
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                event.wait(min(delay, remaining))
+                event.clear()
+                delay = min(delay * 2, self._max_poll)
+        finally:
+            with self._lock:
+                waiters = self._events.get(task_id, [])
+                if event in waiters:
+                    waiters.remove(event)
+                if not waiters:
+                    self._events.pop(task_id, None)
+
+    def notify(self, task_id: str) -> None:
+        """Something about the task changed: let its waiters look again."""
+        with self._lock:
+            waiters = list(self._events.get(task_id, ()))
+        for event in waiters:
+            event.set()

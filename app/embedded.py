@@ -1,0 +1,79 @@
+"""The embedded mode: real Celery workers for the control plane and every deployment, in-process.
+
+With the ``memory://`` broker nothing outside this process can consume, so the server runs the
+same workers the distributed mode runs as separate processes: one for the ``control_plane``
+queue and one per deployment for its service queues. They follow deployments as they are
+created, reloaded and deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from app.control.plane import ControlPlane
+from config.deployment import DeploymentSpec
+from workers.launch import ThreadWorker
+from workers.protocol import CONTROL_QUEUE
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedWorkers:
+    """Starts and stops in-process workers as deployments come and go."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self._plane = plane
+        self._celery = plane.celery
+        self._concurrency = plane.settings.worker_concurrency
+        self._control: ThreadWorker | None = None
+        self._services: dict[str, ThreadWorker] = {}
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Start the control-plane worker and one worker per stored deployment."""
+        self._control = ThreadWorker(
+            self._celery, [CONTROL_QUEUE], name="control-plane", concurrency=self._concurrency
+        )
+        self._control.start()
+        for spec, base_path in self._plane.deployments.specs():
+            self.deployed(spec, base_path)
+        self._plane.deployments.on_deployed.append(self.deployed)
+        self._plane.deployments.on_removed.append(self.removed)
+
+    def deployed(self, spec: DeploymentSpec, base_path: Path) -> None:
+        """Serve a new or reloaded deployment."""
+        queues = self._celery.runtime.install(spec, base_path)
+        with self._lock:
+            old = self._services.get(spec.name)
+            if old is not None and sorted(old.queues) == sorted(queues):
+                return  # same queues: the runtime already serves the new spec
+            worker = ThreadWorker(
+                self._celery, queues, name=f"deployment-{spec.name}", concurrency=self._concurrency
+            )
+            worker.start()
+            self._services[spec.name] = worker
+        if old is not None:
+            # Let the old worker finish what it holds without blocking this request.
+            threading.Thread(target=old.stop, daemon=True).start()
+
+    def removed(self, name: str) -> None:
+        """Stop serving a deleted deployment."""
+        with self._lock:
+            worker = self._services.pop(name, None)
+        self._celery.runtime.remove(name)
+        if worker is not None:
+            threading.Thread(target=worker.stop, daemon=True).start()
+
+    def stop(self) -> None:
+        """Stop every in-process worker."""
+        with self._lock:
+            workers = list(self._services.values())
+            self._services.clear()
+        for worker in workers:
+            worker.stop()
+        if self._control is not None:
+            self._control.stop()
+            self._control = None
+        self._celery.runtime.close()

@@ -1,0 +1,68 @@
+"""Errors of the control plane; each maps to one HTTP status and a message a user can act on.
+
+ControlPlaneError (500)
+├── NotFound (404)            unknown deployment, service, session or task
+├── BadRequest (400)          a request that cannot be served as asked (no service named...)
+├── Conflict (409)            the name or id is taken, or the state forbids the change
+├── InvalidInput (422)        a field's value is wrong; ``errors`` maps fields to reasons
+├── TaskFailed (502)          the task ran and its workflow failed
+├── TaskTimeout (504)         the task did not end in time (it keeps running)
+└── Unavailable (503)         the broker or database cannot be reached
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ControlPlaneError(Exception):
+    """Root of the control plane's errors."""
+
+    status_code = 500
+
+    def __init__(self, message: str, errors: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.errors = errors or {}
+
+
+class NotFound(ControlPlaneError):
+    """The named thing does not exist."""
+
+    status_code = 404
+
+
+class BadRequest(ControlPlaneError):
+    """The request cannot be served as asked."""
+
+    status_code = 400
+
+
+class Conflict(ControlPlaneError):
+    """The name or id is taken, or the current state forbids the change."""
+
+    status_code = 409
+
+
+class InvalidInput(ControlPlaneError):
+    """Some fields have wrong values."""
+
+    status_code = 422
+
+
+class TaskFailed(ControlPlaneError):
+    """The task's workflow raised an error."""
+
+    status_code = 502
+
+
+class TaskTimeout(ControlPlaneError):
+    """The task is still running after the wait allowed."""
+
+    status_code = 504
+
+
+class Unavailable(ControlPlaneError):
+    """A backing service (broker, database) cannot be reached right now."""
+
+    status_code = 503

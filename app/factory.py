@@ -1,0 +1,69 @@
+"""The Flask application factory."""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from flask import Flask
+from flask_smorest import Api
+from werkzeug.exceptions import HTTPException
+
+from app.api import EXTENSION, deployments, sessions, status, tasks
+from app.control.plane import ControlPlane
+from app.db import Database
+from app.errors import ControlPlaneError
+from config.settings import Settings
+from workers.celery_app import create_celery
+
+log = logging.getLogger(__name__)
+
+API_TITLE = "Celeriac"
+API_VERSION = "1"
+
+
+def create_app(settings: Settings, plane: ControlPlane | None = None) -> Flask:
+    """Build the API application around a control plane (made from ``settings`` if not given)."""
+    app = Flask("celeriac")
+    app.config.update(
+        API_TITLE=API_TITLE,
+        API_VERSION=API_VERSION,
+        OPENAPI_VERSION="3.1.0",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="/docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        MAX_CONTENT_LENGTH=16 * 1024 * 1024,
+        JSON_SORT_KEYS=False,
+    )
+    if plane is None:
+        plane = ControlPlane(settings, Database(settings.sqlalchemy_url), create_celery(settings))
+    app.extensions[EXTENSION] = plane
+    api = Api(app)
+    for module in (status, deployments, tasks, sessions):
+        api.register_blueprint(module.blp)
+    _register_error_handlers(app, api)
+    return app
+
+
+def _register_error_handlers(app: Flask, api: Api) -> None:
+    """Every error leaves in one JSON shape: ``{code, status, message, errors}``."""
+
+    @app.errorhandler(ControlPlaneError)
+    def control_plane_error(exc: ControlPlaneError) -> Any:
+        return _payload(app, exc.status_code, exc.message, exc.errors)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Any:
+        if isinstance(exc, HTTPException):
+            return api.handle_http_exception(exc)
+        log.exception("unhandled error")
+        return _payload(app, 500, "internal error; see the server log", {})
+
+
+def _payload(app: Flask, code: int, message: str, errors: dict[str, Any]) -> Any:
+    body = {"code": code, "status": HTTPStatus(code).phrase, "message": message}
+    if errors:
+        body["errors"] = errors
+    return app.json.response(body), code

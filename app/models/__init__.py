@@ -1,0 +1,18 @@
+"""SQLAlchemy models of the control plane's state."""
+
+from app.models.base import Base
+from app.models.deployment import Deployment, Service
+from app.models.event import Event, EventDirection
+from app.models.session import Session
+from app.models.task import Task, TaskStatus
+
+__all__ = [
+    "Base",
+    "Deployment",
+    "Event",
+    "EventDirection",
+    "Service",
+    "Session",
+    "Task",
+    "TaskStatus",
+]

@@ -1,0 +1,58 @@
+"""Deployments and their services."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.models.base import Base, UTCDateTime, utcnow
+
+
+class Deployment(Base):
+    """A named set of services, as defined by one YAML file."""
+
+    __tablename__ = "deployments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    #: The parsed spec (``DeploymentSpec.to_dict()``), which workers load.
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: The file as uploaded, kept for reference and download.
+    source_yaml: Mapped[str] = mapped_column(Text)
+    #: The folder local sources are relative to (on the hosts that run the services).
+    base_path: Mapped[str] = mapped_column(Text)
+    #: Bumped on every reload, so workers can tell a stale spec.
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    services: Mapped[list[Service]] = relationship(
+        back_populates="deployment",
+        cascade="all, delete-orphan",
+        order_by="Service.id",
+        lazy="selectin",
+    )
+
+    @property
+    def default_service(self) -> str | None:
+        """The service used when a task names none."""
+        return self.spec.get("default-service")
+
+
+class Service(Base):
+    """One workflow of a deployment, served from its own queue."""
+
+    __tablename__ = "services"
+    __table_args__ = (UniqueConstraint("deployment_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
+    #: The service id: its key under ``services:`` in the YAML.
+    name: Mapped[str] = mapped_column(String(200))
+    display_name: Mapped[str] = mapped_column(String(200))
+    queue: Mapped[str] = mapped_column(String(450))
+
+    deployment: Mapped[Deployment] = relationship(back_populates="services")

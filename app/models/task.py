@@ -1,0 +1,90 @@
+"""Tasks and their statuses, with the allowed transitions written down in one place."""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.models.base import Base, UTCDateTime, new_id, utcnow
+
+
+class TaskStatus(str, enum.Enum):
+    """Where a task is in its life."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    WAITING_INPUT = "waiting_input"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        """True once the task can change no more."""
+        return self in TERMINAL
+
+    def sources(self) -> frozenset[TaskStatus]:
+        """The statuses from which a task may move to this one."""
+        return frozenset(s for s, targets in TRANSITIONS.items() if self in targets)
+
+
+TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+#: status -> statuses it may move to. ``running -> running`` is a redelivery to another worker
+#: (at-least-once delivery); ``queued -> succeeded/failed`` happens when the outcome overtakes
+#: the start report.
+TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    TaskStatus.QUEUED: frozenset(
+        {TaskStatus.RUNNING, TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED}
+    ),
+    TaskStatus.RUNNING: frozenset(
+        {
+            TaskStatus.RUNNING,
+            TaskStatus.WAITING_INPUT,
+            TaskStatus.SUCCEEDED,
+            TaskStatus.FAILED,
+            TaskStatus.CANCELLED,
+        }
+    ),
+    TaskStatus.WAITING_INPUT: frozenset(
+        {TaskStatus.RUNNING, TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED}
+    ),
+    TaskStatus.SUCCEEDED: frozenset(),
+    TaskStatus.FAILED: frozenset(),
+    TaskStatus.CANCELLED: frozenset(),
+}
+
+
+class Task(Base):
+    """One request to a service: input, status, result or error, attempts and timestamps."""
+
+    __tablename__ = "tasks"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
+    deployment_id: Mapped[int] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), index=True
+    )
+    session_id: Mapped[str] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE"), index=True
+    )
+    service: Mapped[str] = mapped_column(String(200))
+    input: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[TaskStatus] = mapped_column(String(20), default=TaskStatus.QUEUED, index=True)
+    result: Mapped[Any] = mapped_column(JSON, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: How many events the run streamed, known once it ends.
+    event_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    @property
+    def task_status(self) -> TaskStatus:
+        """The status as the enum (the column stores its string)."""
+        return TaskStatus(self.status)

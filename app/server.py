@@ -1,0 +1,93 @@
+"""Run the API server (and, in the embedded mode, every worker) in this process."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import waitress
+from flask import Flask
+
+import migrations
+from app.control.plane import ControlPlane
+from app.db import Database
+from app.embedded import EmbeddedWorkers
+from app.errors import NotFound
+from app.factory import create_app
+from config.deployment import load_deployment
+from config.settings import Settings
+from workers.celery_app import create_celery
+
+log = logging.getLogger(__name__)
+
+
+class Server:
+    """The API server of one process, with its in-process workers when the broker is embedded."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        if settings.embedded:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            migrations.upgrade(settings.sqlalchemy_url)
+        celery = create_celery(settings, worker_name="embedded")
+        self.plane = ControlPlane(settings, Database(settings.sqlalchemy_url), celery)
+        self.app: Flask = create_app(settings, self.plane)
+        self.workers = EmbeddedWorkers(self.plane) if settings.embedded else None
+
+    def start_workers(self) -> None:
+        """Start the in-process workers (embedded mode only)."""
+        if self.workers is not None:
+            self.workers.start()
+
+    def deploy(self, path: Path) -> None:
+        """Deploy a file at start-up, replacing the stored version of the same name."""
+        content = path.read_text()
+        base = str(path.resolve().parent)
+        name = load_deployment(content).name
+        try:
+            self.plane.deployments.get(name)
+            exists = True
+        except NotFound:
+            exists = False
+        self.plane.deployments.create(content, base, reload=exists)
+
+    def serve(self, on_ready: Callable[[str], None] | None = None) -> None:
+        """Serve HTTP until interrupted, then stop the workers."""
+        server: Any = waitress.create_server(
+            self.app,
+            host=self.settings.host,
+            port=self.settings.port,
+            threads=self.settings.http_threads,
+            ident="celeriac",
+        )
+        _exit_on_sigterm()
+        url = f"http://{self.settings.host}:{server.effective_port}"
+        if on_ready:
+            on_ready(url)
+        try:
+            server.run()
+        except (KeyboardInterrupt, SystemExit):
+            pass
+        finally:
+            server.close()
+            self.close()
+
+    def close(self) -> None:
+        """Stop workers and release connections."""
+        if self.workers is not None:
+            self.workers.stop()
+        self.plane.close()
+
+
+def _exit_on_sigterm() -> None:
+    """Treat SIGTERM like Ctrl-C so workers finish their tasks in hand."""
+
+    def handler(_signum: int, _frame: Any) -> None:
+        raise SystemExit(0)
+
+    if sys.platform != "win32":
+        signal.signal(signal.SIGTERM, handler)

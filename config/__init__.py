@@ -1,0 +1,1 @@
+"""Settings and deployment specs; imports no other project package."""

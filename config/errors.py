@@ -1,0 +1,38 @@
+"""Errors of the config package.
+
+Exception tree::
+
+    ConfigError                  root: anything wrong with settings or a deployment spec
+    └── DeploymentSpecError      a deployment YAML that does not validate; carries ``errors``
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+
+class ConfigError(Exception):
+    """Root of every error raised by the config package."""
+
+
+class DeploymentSpecError(ConfigError):
+    """A deployment spec that failed validation, with the reasons per field."""
+
+    errors: dict[str, list[str]]
+
+    def __init__(self, errors: Mapping[str, Sequence[str]]) -> None:
+        # Copy into plain lists so callers can serialise the mapping as JSON as is.
+        self.errors = {field: list(reasons) for field, reasons in errors.items()}
+        # The mapping is the only argument, so the error survives pickling between processes.
+        super().__init__(self.errors)
+
+    def _describe(self) -> str:
+        """Render one ``<field>: <reason>`` line per reason."""
+        lines = [
+            f"{field}: {reason}" for field, reasons in self.errors.items() for reason in reasons
+        ]
+        return "\n".join(lines) or "invalid deployment spec"
+
+    def __str__(self) -> str:
+        """Return one line per field and reason."""
+        return self._describe()

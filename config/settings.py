@@ -1,0 +1,86 @@
+"""Runtime settings: one frozen object, built from ``CELERIAC_*`` variables by entry points only."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from config.errors import ConfigError
+
+MEMORY_BROKER = "memory://"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a Celeriac process needs to know about its surroundings."""
+
+    data_dir: Path = Path(".celeriac")
+    #: SQLAlchemy URL; empty means SQLite in ``data_dir``.
+    database_url: str = ""
+    broker_url: str = MEMORY_BROKER
+    host: str = "127.0.0.1"
+    port: int = 4501
+    #: How long ``tasks/run`` waits for a task before answering 504 (the task keeps running).
+    run_timeout: float = 120.0
+    max_deployments: int = 100
+    #: Seconds between polls of an idle virtual transport (``memory://``): a latency floor.
+    polling_interval: float = 0.002
+    #: Threads of each in-process worker in the embedded mode.
+    worker_concurrency: int = 8
+    #: Threads of the WSGI server.
+    http_threads: int = 32
+    log_level: str = "WARNING"
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def embedded(self) -> bool:
+        """True when the broker lives inside this process, so every worker must run here too."""
+        return self.broker_url.startswith("memory://")
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL, defaulting to SQLite in the data folder."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'celeriac.db').resolve()}"
+
+    @property
+    def sources_dir(self) -> Path:
+        """Where git sources of deployments are cloned."""
+        return self.data_dir / "sources"
+
+    def replace(self, **changes: object) -> Settings:
+        """A copy with some fields changed (settings are frozen)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Build settings from ``CELERIAC_*`` variables; called by entry points, never at import."""
+        defaults = cls()
+        values: dict[str, object] = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "extra":
+                continue
+            raw = environ.get(f"CELERIAC_{f.name.upper()}")
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _coerce(f.name, raw, getattr(defaults, f.name))
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def _coerce(name: str, raw: str, default: object) -> object:
+    """Turn one environment string into the type of the field's default."""
+    try:
+        if isinstance(default, bool):
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"CELERIAC_{name.upper()}: {raw!r} is not a valid number") from exc
+    if isinstance(default, Path):
+        return Path(raw)
+    return raw

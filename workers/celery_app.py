@@ -1,0 +1,92 @@
+"""The Celery app factory: one configured app per process, with the service task registered."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from config.settings import Settings
+from workers.protocol import (
+    CONTROL_QUEUE,
+    RUN_STEP,
+    STEP_EVENT,
+    STEP_FINISHED,
+    STEP_STARTED,
+    RunStep,
+    StepEvent,
+    StepFinished,
+    StepStarted,
+)
+from workers.runtime import ServiceRuntime
+
+
+class CeleriacCelery(Celery):
+    """A Celery app that also carries Celeriac's settings and the service runtime."""
+
+    settings: Settings
+    runtime: ServiceRuntime
+
+
+def create_celery(settings: Settings, *, worker_name: str = "celeriac") -> CeleriacCelery:
+    """Build the Celery app for this process; nothing connects until a worker or sender runs."""
+    celery = CeleriacCelery("celeriac", set_as_current=False)
+    celery.settings = settings
+    celery.runtime = ServiceRuntime(settings.sources_dir, worker_name=worker_name)
+    celery.conf.update(celery_config(settings))
+    register_service_tasks(celery)
+    return celery
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """Celery settings that give at-least-once delivery and small JSON messages."""
+    return {
+        "broker_url": settings.broker_url,
+        "broker_transport_options": {"polling_interval": settings.polling_interval},
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "result_serializer": "json",
+        # A task is acknowledged after it ran, and put back if its worker dies mid-run.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # Workflow steps are long and uneven: one message in hand per worker slot.
+        "worker_prefetch_multiplier": 1,
+        # Outcomes travel to the control plane as messages; no result backend is needed.
+        "task_ignore_result": True,
+        "task_default_queue": CONTROL_QUEUE,
+        "worker_hijack_root_logger": False,
+        "worker_redirect_stdouts": False,
+        "enable_utc": True,
+    }
+
+
+class CeleryReporter:
+    """Sends a run's progress to the control plane's queue, by task name."""
+
+    def __init__(self, celery: Celery) -> None:
+        self._celery = celery
+
+    def started(self, message: StepStarted) -> None:
+        """Tell the control plane a worker took the task."""
+        self._send(STEP_STARTED, message.id, message.encode())
+
+    def event(self, message: StepEvent) -> None:
+        """Forward one streamed event."""
+        self._send(STEP_EVENT, message.id, message.encode())
+
+    def finished(self, message: StepFinished) -> None:
+        """Report the outcome."""
+        self._send(STEP_FINISHED, message.id, message.encode())
+
+    def _send(self, name: str, message_id: str, payload: dict[str, Any]) -> None:
+        self._celery.send_task(name, kwargs=payload, queue=CONTROL_QUEUE, task_id=message_id)
+
+
+def register_service_tasks(celery: CeleriacCelery) -> None:
+    """Register the task that service workers run: decode, run the workflow, report."""
+    reporter = CeleryReporter(celery)
+
+    @celery.task(name=RUN_STEP, shared=False, acks_late=True, reject_on_worker_lost=True)
+    def run_step(**payload: Any) -> None:
+        celery.runtime.run(RunStep.decode(payload), reporter)

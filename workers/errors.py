@@ -1,0 +1,25 @@
+"""Errors of the worker side.
+
+WorkerError
+├── ProtocolError        a message that cannot be decoded (wrong version, missing field)
+├── UnknownDeployment    a step for a deployment this worker does not serve
+└── WorkflowLoadError    a service's workflow could not be synced, imported or found
+"""
+
+from __future__ import annotations
+
+
+class WorkerError(Exception):
+    """Root of every error raised by the worker package."""
+
+
+class ProtocolError(WorkerError):
+    """A message does not follow the protocol."""
+
+
+class UnknownDeployment(WorkerError):
+    """This worker does not serve the deployment or service a message names."""
+
+
+class WorkflowLoadError(WorkerError):
+    """A service's workflow could not be synced, imported or found."""

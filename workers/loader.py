@@ -1,0 +1,126 @@
+"""Import a service's workflow from its source folder without clashing with anything else.
+
+Each service's module is imported under a private package name
+(``_celeriac_services.<deployment>_<service>_<generation>``) whose ``__path__`` is the service's
+module folder. Two deployments that both ship ``workflow.py`` therefore get two modules, a user
+file called ``app.py`` or ``config.py`` never shadows Celeriac's packages, and relative imports
+inside the user's folder work. The folder is also appended (never prepended) to ``sys.path`` so
+that plain ``import helpers`` of a sibling module keeps working.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import itertools
+import re
+import sys
+import threading
+import types
+from collections.abc import Mapping
+from pathlib import Path
+
+from dotenv import dotenv_values
+from packaging.requirements import InvalidRequirement, Requirement
+from workflows import Workflow
+
+from config.deployment import ServiceSpec
+from workers import environ
+from workers.errors import WorkflowLoadError
+
+ROOT_PACKAGE = "_celeriac_services"
+_generation = itertools.count(1)
+_import_lock = threading.Lock()
+
+
+def service_environment(service: ServiceSpec, root: Path) -> dict[str, str]:
+    """The service's variables: inline ``env``, then ``env-files``, which win (as LlamaDeploy)."""
+    env = dict(service.env)
+    for name in service.env_files:
+        path = root / name
+        if not path.is_file():
+            raise WorkflowLoadError(
+                f"service {service.id!r}: env file {name!r} not found in {root}"
+            )
+        env.update({k: v for k, v in dotenv_values(path).items() if v})
+    return env
+
+
+def missing_dependencies(requirements: tuple[str, ...]) -> list[str]:
+    """The requirements that the running interpreter does not satisfy (nothing is installed)."""
+    missing = []
+    for line in requirements:
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            # A path or URL: nothing to compare against; the import will tell.
+            continue
+        try:
+            installed = importlib.metadata.version(req.name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(line)
+            continue
+        if req.specifier and not req.specifier.contains(installed, prereleases=True):
+            missing.append(f"{line} (found {installed})")
+    return missing
+
+
+def load_workflow(
+    deployment: str, service: ServiceSpec, root: Path, env: Mapping[str, str]
+) -> Workflow:
+    """Import ``service.import_path`` from ``root`` and return its ``Workflow`` instance."""
+    missing = missing_dependencies(service.python_dependencies)
+    if missing:
+        raise WorkflowLoadError(
+            f"service {service.id!r}: missing python dependencies: {', '.join(missing)}; "
+            "install them into the worker's environment (Celeriac installs nothing by itself)"
+        )
+    module_dir = (root / service.module_dir).resolve()
+    if not module_dir.is_dir():
+        raise WorkflowLoadError(
+            f"service {service.id!r}: folder {service.module_dir!r} not found in {root}"
+        )
+    with _import_lock:
+        package = _make_package(deployment, service.id, module_dir)
+        if str(module_dir) not in sys.path:
+            sys.path.append(str(module_dir))
+        try:
+            with environ.scoped(env):
+                module = importlib.import_module(f"{package}.{service.module}")
+        except Exception as exc:
+            raise WorkflowLoadError(
+                f"service {service.id!r}: importing {service.module!r} from {module_dir} failed: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+    workflow = getattr(module, service.attr, None)
+    if workflow is None:
+        raise WorkflowLoadError(
+            f"service {service.id!r}: module {service.module!r} has no attribute {service.attr!r}"
+        )
+    if not isinstance(workflow, Workflow):
+        raise WorkflowLoadError(
+            f"service {service.id!r}: {service.module}:{service.attr} is a "
+            f"{type(workflow).__name__}, not a workflows.Workflow instance"
+        )
+    return workflow
+
+
+def unload(prefix: str) -> None:
+    """Forget modules imported under a private package (after a reload or delete)."""
+    for name in [n for n in sys.modules if n == prefix or n.startswith(prefix + ".")]:
+        del sys.modules[name]
+
+
+def _make_package(deployment: str, service_id: str, module_dir: Path) -> str:
+    """Register a fresh private package rooted at ``module_dir`` and return its name."""
+    if ROOT_PACKAGE not in sys.modules:
+        root = types.ModuleType(ROOT_PACKAGE, "Workflows loaded by Celeriac.")
+        root.__path__ = []
+        sys.modules[ROOT_PACKAGE] = root
+    slug = re.sub(r"\W", "_", f"{deployment}_{service_id}")
+    name = f"{ROOT_PACKAGE}.{slug}_{next(_generation)}"
+    package = types.ModuleType(name, f"Source of service {service_id!r} of {deployment!r}.")
+    package.__path__ = [str(module_dir)]
+    package.__package__ = name
+    sys.modules[name] = package
+    return name

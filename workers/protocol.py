@@ -1,0 +1,115 @@
+"""The message protocol between the control plane and service workers.
+
+Work crosses processes by task name; every message is a small JSON object with a version
+``v`` and an ``id`` that handlers use to stay idempotent under at-least-once delivery.
+
+Naming scheme:
+
+- the control plane consumes the queue ``control_plane``;
+- service ``S`` of deployment ``D`` is served from the queue ``celeriac.D.S``;
+- task names are ``celeriac.service.*`` (run by service workers) and ``celeriac.control.*``
+  (run by the control-plane consumer).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from workers.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+
+CONTROL_QUEUE = "control_plane"
+
+RUN_STEP = "celeriac.service.run_step"
+STEP_STARTED = "celeriac.control.step_started"
+STEP_EVENT = "celeriac.control.step_event"
+STEP_FINISHED = "celeriac.control.step_finished"
+
+
+def service_queue(deployment: str, service: str) -> str:
+    """The queue that serves one service of one deployment."""
+    return f"celeriac.{deployment}.{service}"
+
+
+def new_message_id() -> str:
+    """A fresh message id."""
+    return uuid.uuid4().hex
+
+
+M = TypeVar("M", bound="Message")
+
+
+@dataclass(frozen=True)
+class Message:
+    """Base of every message: JSON-safe fields, a version and an id."""
+
+    id: str = field(default_factory=new_message_id, kw_only=True)
+    v: int = field(default=PROTOCOL_VERSION, kw_only=True)
+
+    def encode(self) -> dict[str, Any]:
+        """The message as a JSON-safe dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def decode(cls: type[M], data: dict[str, Any]) -> M:
+        """Rebuild a message from :meth:`encode`'s output; unknown keys are ignored."""
+        if not isinstance(data, dict):
+            raise ProtocolError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
+        version = data.get("v", PROTOCOL_VERSION)
+        if version != PROTOCOL_VERSION:
+            raise ProtocolError(f"{cls.__name__}: unsupported protocol version {version!r}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in names})
+        except TypeError as exc:
+            raise ProtocolError(f"{cls.__name__}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class RunStep(Message):
+    """Control plane to service: run this task's workflow with this input."""
+
+    task_id: str
+    session_id: str
+    deployment: str
+    service: str
+    input: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StepStarted(Message):
+    """Service to control plane: a worker began running the task."""
+
+    task_id: str
+    worker: str
+    at: float
+
+
+@dataclass(frozen=True)
+class StepEvent(Message):
+    """Service to control plane: the workflow wrote event number ``seq`` to its stream."""
+
+    task_id: str
+    seq: int
+    event: dict[str, Any]
+    at: float
+
+
+@dataclass(frozen=True)
+class StepFinished(Message):
+    """Service to control plane: the run ended, with a result or an error.
+
+    ``event_count`` says how many events the run streamed, so readers know when the
+    stored stream is complete even if this message overtakes the last events.
+    """
+
+    task_id: str
+    ok: bool
+    result: Any
+    error: dict[str, Any] | None
+    event_count: int
+    at: float

@@ -1,0 +1,70 @@
+"""Bring a service's source code to this host: a local folder in place, or a git clone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from config.deployment import ServiceSpec, SourceType
+from workers.errors import WorkflowLoadError
+
+_MARKER = ".celeriac-source.json"
+
+
+def sync_source(deployment: str, service: ServiceSpec, base_path: Path, sources_dir: Path) -> Path:
+    """Return the folder that holds the service's code, cloning it first if it is in git."""
+    source = service.source
+    if source is None:
+        return base_path.resolve()
+    if source.type == SourceType.LOCAL:
+        root = (base_path / source.location).resolve()
+        if not root.is_dir():
+            raise WorkflowLoadError(
+                f"service {service.id!r}: local source {source.location!r} is not a folder "
+                f"under {base_path} (resolved to {root})"
+            )
+        return root
+    if source.type == SourceType.GIT:
+        return _sync_git(deployment, service, sources_dir)
+    raise WorkflowLoadError(f"service {service.id!r}: {source.type} sources are not supported")
+
+
+def _sync_git(deployment: str, service: ServiceSpec, sources_dir: Path) -> Path:
+    """Clone ``url@ref`` into the data folder, replacing any older clone of another ref."""
+    assert service.source is not None
+    url, ref = service.source.git_url, service.source.git_ref
+    wanted = {"url": url, "ref": ref}
+    dest = sources_dir / deployment / service.id
+    marker = dest / _MARKER
+    if marker.is_file() and json.loads(marker.read_text()) == wanted:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{service.id}-", dir=dest.parent))
+    command = ["git", "clone", "--quiet", "--depth", "1", "--single-branch"]
+    if ref:
+        command += ["--branch", ref]
+    command += [url, str(scratch / "tree")]
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+    try:
+        subprocess.run(command, check=True, capture_output=True, text=True, env=env, timeout=300)
+    except (OSError, subprocess.SubprocessError) as exc:
+        shutil.rmtree(scratch, ignore_errors=True)
+        detail = getattr(exc, "stderr", "") or str(exc)
+        raise WorkflowLoadError(
+            f"service {service.id!r}: git clone of {url!r}"
+            f"{' at ' + ref if ref else ''} failed: {detail.strip()}"
+        ) from exc
+    (scratch / "tree" / _MARKER).write_text(json.dumps(wanted))
+    # Swap the new clone in with renames, so a reader never sees a half-written tree.
+    old = dest.with_name(dest.name + ".old-" + hashlib.sha1(str(scratch).encode()).hexdigest()[:8])
+    if dest.exists():
+        dest.rename(old)
+    (scratch / "tree").rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return dest
