@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, Insert, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 
@@ -21,11 +22,16 @@ class Database:
         self.url = url
         self.engine = _make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time and makes the others sleep and retry; taking turns
+        # on a lock in this process is much faster than its busy-wait backoff.
+        self._write_lock: threading.Lock | nullcontext[None] = (
+            threading.Lock() if self.engine.dialect.name == "sqlite" else nullcontext()
+        )
 
     @contextmanager
     def begin(self) -> Iterator[Session]:
         """A session in a transaction that commits on success and rolls back on error."""
-        with self._sessions.begin() as session:
+        with self._write_lock, self._sessions.begin() as session:
             yield session
 
     @contextmanager
@@ -34,19 +40,20 @@ class Database:
         with self._sessions() as session:
             yield session
 
-    def insert_ignoring_duplicates(
-        self, session: Session, model: type[DeclarativeBase], values: Mapping[str, Any]
-    ) -> bool:
-        """Insert a row unless a unique key already has it; True if the row was new."""
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A Core connection in a transaction (for hot paths that skip the ORM)."""
+        with self._write_lock, self.engine.begin() as connection:
+            yield connection
+
+    def insert_ignoring_duplicates(self, table: Table) -> Insert:
+        """An INSERT into ``table`` that skips rows a unique key already has."""
         dialect = self.engine.dialect.name
         if dialect == "postgresql":
-            stmt: Any = postgresql.insert(model).values(**values).on_conflict_do_nothing()
-        elif dialect == "sqlite":
-            stmt = sqlite.insert(model).values(**values).on_conflict_do_nothing()
-        else:  # pragma: no cover - only the two supported databases
-            raise RuntimeError(f"unsupported database {dialect}")
-        result: Any = session.execute(stmt)
-        return bool(result.rowcount)
+            return postgresql.insert(table).on_conflict_do_nothing()
+        if dialect == "sqlite":
+            return sqlite.insert(table).on_conflict_do_nothing()
+        raise RuntimeError(f"unsupported database {dialect}")  # pragma: no cover
 
     def dispose(self) -> None:
         """Close every pooled connection."""

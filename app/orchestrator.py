@@ -33,7 +33,7 @@ def route(deployment: Deployment, service_id: str | None) -> str:
         raise BadRequest(
             f"no service_id given and deployment {deployment.name!r} has no default-service"
         )
-    known = [s.name for s in deployment.services]
+    known = list(deployment.spec.get("services", {}))
     if name not in known:
         raise NotFound(
             f"service {name!r} not found in deployment {deployment.name!r} "
@@ -45,6 +45,7 @@ def route(deployment: Deployment, service_id: str | None) -> str:
 def first_step(task: Task, deployment: str) -> RunStep:
     """The message that starts a task: today a task is one workflow run on its service."""
     return RunStep(
+        id=task.id,  # one first step per task: its id names the message in Flower too
         task_id=task.id,
         session_id=task.session_id,
         deployment=deployment,

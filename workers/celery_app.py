@@ -13,12 +13,14 @@ from workers.protocol import (
     STEP_EVENT,
     STEP_FINISHED,
     STEP_STARTED,
+    Message,
     RunStep,
     StepEvent,
     StepFinished,
     StepStarted,
 )
 from workers.runtime import ServiceRuntime
+from workers.transports import EMBEDDED_TRANSPORT
 
 
 class CeleriacCelery(Celery):
@@ -40,7 +42,9 @@ def create_celery(settings: Settings, *, worker_name: str = "celeriac") -> Celer
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings that give at-least-once delivery and small JSON messages."""
+    embedded = {"broker_transport": EMBEDDED_TRANSPORT} if settings.embedded else {}
     return {
+        **embedded,
         "broker_url": settings.broker_url,
         "broker_transport_options": {"polling_interval": settings.polling_interval},
         "broker_connection_retry_on_startup": True,
@@ -69,18 +73,31 @@ class CeleryReporter:
 
     def started(self, message: StepStarted) -> None:
         """Tell the control plane a worker took the task."""
-        self._send(STEP_STARTED, message.id, message.encode())
+        self._send(STEP_STARTED, message)
 
     def event(self, message: StepEvent) -> None:
         """Forward one streamed event."""
-        self._send(STEP_EVENT, message.id, message.encode())
+        self._send(STEP_EVENT, message)
 
     def finished(self, message: StepFinished) -> None:
         """Report the outcome."""
-        self._send(STEP_FINISHED, message.id, message.encode())
+        self._send(STEP_FINISHED, message)
 
-    def _send(self, name: str, message_id: str, payload: dict[str, Any]) -> None:
-        self._celery.send_task(name, kwargs=payload, queue=CONTROL_QUEUE, task_id=message_id)
+    def _send(self, name: str, message: Message) -> None:
+        send(self._celery, name, message, CONTROL_QUEUE)
+
+
+def send(celery: Celery, name: str, message: Message, queue: str) -> None:
+    """Publish a message as the task ``name`` on ``queue``, with a readable summary."""
+    celery.send_task(
+        name,
+        kwargs=message.encode(),
+        queue=queue,
+        task_id=message.id,
+        # Celery would otherwise build a repr of the arguments for every message: costly.
+        argsrepr="()",
+        kwargsrepr=message.summary(),
+    )
 
 
 def register_service_tasks(celery: CeleriacCelery) -> None:

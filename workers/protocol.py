@@ -50,6 +50,12 @@ class Message:
     id: str = field(default_factory=new_message_id, kw_only=True)
     v: int = field(default=PROTOCOL_VERSION, kw_only=True)
 
+    def summary(self) -> str:
+        """A short, readable description for monitoring (Flower shows it as the arguments)."""
+        shown = ("deployment", "service", "task_id", "seq", "ok")
+        parts = [f"{name}={getattr(self, name)!r}" for name in shown if hasattr(self, name)]
+        return ", ".join(parts)
+
     def encode(self) -> dict[str, Any]:
         """The message as a JSON-safe dict."""
         return dataclasses.asdict(self)
@@ -103,8 +109,11 @@ class StepEvent(Message):
 class StepFinished(Message):
     """Service to control plane: the run ended, with a result or an error.
 
-    ``event_count`` says how many events the run streamed, so readers know when the
-    stored stream is complete even if this message overtakes the last events.
+    A run that ends quickly sends no :class:`StepStarted` (``started_reported`` is false): this
+    message then carries the start too. The run's last events (its ``StopEvent``) travel here
+    as ``events`` (encoded :class:`StepEvent`), so they are stored in the same transaction as
+    the outcome. ``event_count`` says how many events the run streamed in all, so readers know
+    when the stored stream is complete even if this message overtakes earlier events.
     """
 
     task_id: str
@@ -112,4 +121,8 @@ class StepFinished(Message):
     result: Any
     error: dict[str, Any] | None
     event_count: int
+    events: list[dict[str, Any]]
+    worker: str
+    started_at: float
+    started_reported: bool
     at: float

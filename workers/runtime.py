@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 import traceback
@@ -12,6 +13,7 @@ from typing import Any, Protocol
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 from workflows import Workflow
+from workflows.events import StopEvent
 
 from config.deployment import DeploymentSpec
 from workers import environ, loader
@@ -101,26 +103,22 @@ class ServiceRuntime:
     # -- running ------------------------------------------------------------------------------
 
     def run(self, step: RunStep, reporter: Reporter) -> StepFinished:
-        """Run one step to its end, reporting start, every event and the outcome."""
-        reporter.started(StepStarted(task_id=step.task_id, worker=self.worker_name, at=time.time()))
-        counter = _Counter()
+        """Run one step to its end, reporting its start, every event and the outcome."""
+        run = _Run(step, self.worker_name, reporter)
         try:
             service = self.load(step.deployment, step.service)
-            future = self.loop.submit(_execute(service, step, reporter, counter))
-            result = future.result()
+            future = self.loop.submit(_execute(service, step, run))
+            try:
+                result = future.result(timeout=STARTED_GRACE)
+            except concurrent.futures.TimeoutError:
+                run.report_started()
+                result = future.result()
         except WorkerError as exc:
-            outcome = _failure(step, exc, counter.value, with_traceback=False)
+            outcome = run.outcome(error=_error(exc, with_traceback=False))
         except Exception as exc:
-            outcome = _failure(step, exc, counter.value, with_traceback=True)
+            outcome = run.outcome(error=_error(exc, with_traceback=True))
         else:
-            outcome = StepFinished(
-                task_id=step.task_id,
-                ok=True,
-                result=jsonable(result),
-                error=None,
-                event_count=counter.value,
-                at=time.time(),
-            )
+            outcome = run.outcome(result=jsonable(result))
         reporter.finished(outcome)
         return outcome
 
@@ -129,32 +127,63 @@ class ServiceRuntime:
         self.loop.stop()
 
 
-class _Counter:
-    """How many events a run has streamed so far."""
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def next(self) -> int:
-        self.value += 1
-        return self.value - 1
+#: A run still going after this many seconds reports that it started; a shorter one reports
+#: start and end in one message, which halves the per-task overhead of quick tasks.
+STARTED_GRACE = 0.02
 
 
-async def _execute(
-    service: LoadedService, step: RunStep, reporter: Reporter, counter: _Counter
-) -> Any:
+class _Run:
+    """What one run has reported so far."""
+
+    def __init__(self, step: RunStep, worker: str, reporter: Reporter) -> None:
+        self.step = step
+        self.worker = worker
+        self.reporter = reporter
+        self.started_at = time.time()
+        self.started_reported = False
+        self.count = 0
+        self.held: list[StepEvent] = []
+
+    def report_started(self) -> None:
+        """Tell the control plane the task is running (for runs past the grace period)."""
+        self.started_reported = True
+        self.reporter.started(
+            StepStarted(task_id=self.step.task_id, worker=self.worker, at=self.started_at)
+        )
+
+    def event(self, event: Any) -> None:
+        """Forward a streamed event; the final ``StopEvent`` waits to go with the outcome."""
+        message = StepEvent(
+            task_id=self.step.task_id, seq=self.count, event=describe_event(event), at=time.time()
+        )
+        self.count += 1
+        if isinstance(event, StopEvent):
+            self.held.append(message)
+        else:
+            self.reporter.event(message)
+
+    def outcome(self, result: Any = None, error: dict[str, Any] | None = None) -> StepFinished:
+        """The final report."""
+        return StepFinished(
+            task_id=self.step.task_id,
+            ok=error is None,
+            result=result,
+            error=error,
+            event_count=self.count,
+            events=[m.encode() for m in self.held],
+            worker=self.worker,
+            started_at=self.started_at,
+            started_reported=self.started_reported,
+            at=time.time(),
+        )
+
+
+async def _execute(service: LoadedService, step: RunStep, run: _Run) -> Any:
     """Run the workflow under the service's environment, forwarding streamed events in order."""
     with environ.scoped(service.env):
         handler = service.workflow.run(**step.input)
         async for event in handler.stream_events():
-            reporter.event(
-                StepEvent(
-                    task_id=step.task_id,
-                    seq=counter.next(),
-                    event=describe_event(event),
-                    at=time.time(),
-                )
-            )
+            run.event(event)
         return await handler
 
 
@@ -174,15 +203,12 @@ def jsonable(value: Any) -> Any:
     return to_jsonable_python(value, fallback=str)
 
 
-def _failure(
-    step: RunStep, exc: BaseException, events: int, *, with_traceback: bool
-) -> StepFinished:
+def _error(exc: BaseException, *, with_traceback: bool) -> dict[str, Any]:
+    """An exception as JSON: its type, message and, for user code, the traceback."""
     error: dict[str, Any] = {
         "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
         "message": str(exc) or type(exc).__name__,
     }
     if with_traceback:
         error["traceback"] = "".join(traceback.format_exception(exc))[-8000:]
-    return StepFinished(
-        task_id=step.task_id, ok=False, result=None, error=error, event_count=events, at=time.time()
-    )
+    return error

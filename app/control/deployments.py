@@ -8,6 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session as DbSession
+from sqlalchemy.orm import selectinload
 
 from app.db import Database
 from app.errors import Conflict, InvalidInput, NotFound
@@ -42,7 +43,8 @@ class Deployments:
         base = Path(base_path or ".").expanduser().resolve()
         check_local_sources(spec, base)
         with self._db.begin() as session:
-            row = session.scalar(select(Deployment).where(Deployment.name == spec.name))
+            query = select(Deployment).where(Deployment.name == spec.name)
+            row = session.scalar(query.options(selectinload(Deployment.services)))
             if row is not None and not reload:
                 raise Conflict(
                     f"deployment {spec.name!r} already exists; "
@@ -70,12 +72,13 @@ class Deployments:
     def all(self) -> list[Deployment]:
         """Every deployment, by name."""
         with self._db.read() as session:
-            return list(session.scalars(select(Deployment).order_by(Deployment.name)))
+            query = select(Deployment).options(selectinload(Deployment.services))
+            return list(session.scalars(query.order_by(Deployment.name)))
 
     def get(self, name: str) -> Deployment:
         """One deployment, or :class:`NotFound`."""
         with self._db.read() as session:
-            return find(session, name)
+            return find(session, name, with_services=True)
 
     def delete(self, name: str) -> None:
         """Delete a deployment with its sessions, tasks and events."""
@@ -89,9 +92,12 @@ class Deployments:
         return [(DeploymentSpec.from_dict(d.spec), Path(d.base_path)) for d in self.all()]
 
 
-def find(session: DbSession, name: str) -> Deployment:
+def find(session: DbSession, name: str, *, with_services: bool = False) -> Deployment:
     """The deployment called ``name`` in this session, or :class:`NotFound`."""
-    row = session.scalar(select(Deployment).where(Deployment.name == name))
+    query = select(Deployment).where(Deployment.name == name)
+    if with_services:
+        query = query.options(selectinload(Deployment.services))
+    row = session.scalar(query)
     if row is None:
         raise NotFound(f"deployment {name!r} not found")
     return row

@@ -6,6 +6,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from app.errors import Unavailable
+from workers.celery_app import send
 from workers.protocol import RUN_STEP, RunStep, service_queue
 
 
@@ -18,11 +19,6 @@ class Dispatcher:
     def run_step(self, step: RunStep) -> None:
         """Queue one step; raises :class:`Unavailable` if the broker cannot take it."""
         try:
-            self._celery.send_task(
-                RUN_STEP,
-                kwargs=step.encode(),
-                queue=service_queue(step.deployment, step.service),
-                task_id=step.task_id,
-            )
+            send(self._celery, RUN_STEP, step, service_queue(step.deployment, step.service))
         except (OperationalError, OSError) as exc:
             raise Unavailable(f"the broker did not accept the task: {exc}") from exc

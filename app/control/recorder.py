@@ -1,14 +1,57 @@
-"""Apply service workers' reports to the database; every method is idempotent."""
+"""Apply service workers' reports to the database; every method is idempotent.
+
+This is the control plane's hot path (every task passes here), so it uses Core statements
+built once, with bound parameters, rather than ORM objects.
+"""
 
 from __future__ import annotations
 
-from sqlalchemy import update
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, case, select
 
 from app.control.waiter import TaskWaiter
 from app.db import Database
 from app.models import Event, EventDirection, Task, TaskStatus
 from app.models.base import from_timestamp
 from workers.protocol import StepEvent, StepFinished, StepStarted
+
+_tasks = Task.__table__
+_events = Event.__table__
+
+_TASK_EXISTS = select(_tasks.c.id).where(_tasks.c.id == bindparam("task_id"))
+
+_COUNT_ATTEMPT = (
+    _tasks.update()
+    .where(_tasks.c.id == bindparam("task_id"))
+    .values(
+        attempts=_tasks.c.attempts + 1,
+        worker=bindparam("p_worker"),
+        started_at=bindparam("p_started_at"),
+        status=case(
+            (
+                _tasks.c.status.in_([s.value for s in TaskStatus.RUNNING.sources()]),
+                TaskStatus.RUNNING.value,
+            ),
+            else_=_tasks.c.status,
+        ),
+    )
+)
+
+_FINISH = (
+    _tasks.update()
+    .where(
+        _tasks.c.id == bindparam("task_id"),
+        _tasks.c.status.in_(bindparam("p_from", expanding=True)),
+    )
+    .values(
+        status=bindparam("p_status"),
+        result=bindparam("p_result"),
+        error=bindparam("p_error"),
+        event_count=bindparam("p_event_count"),
+        finished_at=bindparam("p_finished_at"),
+    )
+)
 
 
 class Recorder:
@@ -17,65 +60,60 @@ class Recorder:
     def __init__(self, db: Database, waiter: TaskWaiter) -> None:
         self._db = db
         self._waiter = waiter
+        self._insert_event = db.insert_ignoring_duplicates(_events)
 
     def started(self, message: StepStarted) -> None:
         """A worker took the task: count the attempt and mark it running if it still can be."""
-        at = from_timestamp(message.at)
-        with self._db.begin() as db:
-            db.execute(
-                update(Task)
-                .where(Task.id == message.task_id)
-                .values(
-                    attempts=Task.attempts + 1,
-                    worker=message.worker,
-                    started_at=at,
-                )
-            )
-            db.execute(
-                update(Task)
-                .where(Task.id == message.task_id, Task.status.in_(_from(TaskStatus.RUNNING)))
-                .values(status=TaskStatus.RUNNING)
-            )
-        self._waiter.notify(message.task_id)
+        with self._db.connect() as conn:
+            _count_attempt(conn, message.task_id, message.worker, message.at)
 
     def event(self, message: StepEvent) -> None:
         """Store one streamed event (once, whatever the number of deliveries)."""
-        event = message.event
-        with self._db.begin() as db:
-            if db.get(Task, message.task_id) is None:
+        with self._db.connect() as conn:
+            if conn.scalar(_TASK_EXISTS, {"task_id": message.task_id}) is not None:
+                conn.execute(self._insert_event, _event_row(message))
+
+    def finished(self, message: StepFinished) -> None:
+        """Record the outcome with the run's last events, unless the task already ended."""
+        status = TaskStatus.SUCCEEDED if message.ok else TaskStatus.FAILED
+        with self._db.connect() as conn:
+            if conn.scalar(_TASK_EXISTS, {"task_id": message.task_id}) is None:
                 return  # the task was deleted with its deployment
-            self._db.insert_ignoring_duplicates(
-                db,
-                Event,
+            if not message.started_reported:
+                _count_attempt(conn, message.task_id, message.worker, message.started_at)
+            for event in message.events:
+                conn.execute(self._insert_event, _event_row(StepEvent.decode(event)))
+            conn.execute(
+                _FINISH,
                 {
                     "task_id": message.task_id,
-                    "direction": EventDirection.OUT.value,
-                    "seq": message.seq,
-                    "type": str(event.get("type", "Event"))[:200],
-                    "qualified_name": str(event.get("qualified_name", ""))[:500],
-                    "data": event.get("data", {}),
-                    "created_at": from_timestamp(message.at),
+                    "p_from": [s.value for s in status.sources()],
+                    "p_status": status.value,
+                    "p_result": message.result,
+                    "p_error": message.error,
+                    "p_event_count": message.event_count,
+                    "p_finished_at": from_timestamp(message.at),
                 },
             )
         self._waiter.notify(message.task_id)
 
-    def finished(self, message: StepFinished) -> None:
-        """Record the outcome, unless the task already ended."""
-        status = TaskStatus.SUCCEEDED if message.ok else TaskStatus.FAILED
-        with self._db.begin() as db:
-            db.execute(
-                update(Task)
-                .where(Task.id == message.task_id, Task.status.in_(_from(status)))
-                .values(
-                    status=status,
-                    result=message.result,
-                    error=message.error,
-                    event_count=message.event_count,
-                    finished_at=from_timestamp(message.at),
-                )
-            )
-        self._waiter.notify(message.task_id)
+
+def _count_attempt(conn: Connection, task_id: str, worker: str, at: float) -> None:
+    """One more attempt by ``worker``; the task becomes running unless it already moved on."""
+    conn.execute(
+        _COUNT_ATTEMPT,
+        {"task_id": task_id, "p_worker": worker, "p_started_at": from_timestamp(at)},
+    )
 
 
-def _from(target: TaskStatus) -> list[str]:
-    return [s.value for s in target.sources()]
+def _event_row(message: StepEvent) -> dict[str, Any]:
+    event: dict[str, Any] = message.event
+    return {
+        "task_id": message.task_id,
+        "direction": EventDirection.OUT.value,
+        "seq": message.seq,
+        "type": str(event.get("type", "Event"))[:200],
+        "qualified_name": str(event.get("qualified_name", ""))[:500],
+        "data": event.get("data", {}),
+        "created_at": from_timestamp(message.at),
+    }

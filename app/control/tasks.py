@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 
 from app.control.deployments import find as find_deployment
 from app.control.dispatch import Dispatcher
@@ -14,7 +14,7 @@ from app.control.sessions import find as find_session
 from app.control.waiter import TaskWaiter
 from app.db import Database
 from app.errors import Conflict, InvalidInput, NotFound, TaskFailed, TaskTimeout, Unavailable
-from app.models import Session, Task, TaskStatus
+from app.models import Deployment, Session, Task, TaskStatus
 from app.models.base import utcnow
 from app.orchestrator import first_step, route
 
@@ -50,6 +50,9 @@ def parse_input(raw: Any) -> dict[str, Any]:
             },
         )
     return raw
+
+
+_STATUS = select(Task.__table__.c.status).where(Task.__table__.c.id == bindparam("task_id"))
 
 
 class Tasks:
@@ -106,24 +109,29 @@ class Tasks:
     def run(self, request: Submission, timeout: float | None = None) -> Task:
         """Submit and wait for the end; a failed task raises :class:`TaskFailed`."""
         task = self.submit(request, single_use_session=True)
-        return self.wait(request.deployment, task.id, timeout)
+        return self._await(request.deployment, task.id, timeout)
 
     def wait(self, deployment: str, task_id: str, timeout: float | None = None) -> Task:
         """Block until the task ends; :class:`TaskTimeout` if it runs longer than ``timeout``."""
+        self.get(deployment, task_id)  # 404 before waiting on a task that is not there
+        return self._await(deployment, task_id, timeout)
+
+    def _await(self, deployment: str, task_id: str, timeout: float | None) -> Task:
         limit = self._run_timeout if timeout is None else timeout
-        holder: list[Task] = []
 
-        def ended() -> bool:
-            holder[:] = [self.get(deployment, task_id)]
-            return holder[0].task_status.terminal
+        def check() -> bool:
+            with self._db.engine.connect() as conn:
+                status = conn.scalar(_STATUS, {"task_id": task_id})
+            return status is None or TaskStatus(status).terminal
 
-        if not self._waiter.wait(task_id, limit, ended):
+        if not self._waiter.wait(task_id, limit, check):
+            status = self.get(deployment, task_id).status
             raise TaskTimeout(
-                f"task {task_id} did not finish within {limit:g} s; it is still "
-                f"{holder[0].status}; read it later from /deployments/{deployment}/tasks/{task_id}",
-                errors={"task_id": task_id, "status": holder[0].status},
+                f"task {task_id} did not finish within {limit:g} s; it is still {status}; "
+                f"read it later from /deployments/{deployment}/tasks/{task_id}",
+                errors={"task_id": task_id, "status": status},
             )
-        task = holder[0]
+        task = self.get(deployment, task_id)
         if task.status != TaskStatus.SUCCEEDED:
             error = task.error or {}
             raise TaskFailed(
@@ -135,9 +143,14 @@ class Tasks:
     def get(self, deployment: str, task_id: str, session_id: str | None = None) -> Task:
         """One task of the deployment (and of the session, if given), or :class:`NotFound`."""
         with self._db.read() as db:
-            dep = find_deployment(db, deployment)
-            task = db.get(Task, task_id)
-            if task is None or task.deployment_id != dep.id:
+            query = (
+                select(Task)
+                .join(Deployment)
+                .where(Task.id == task_id, Deployment.name == deployment)
+            )
+            task = db.scalar(query)
+            if task is None:
+                find_deployment(db, deployment)  # a 404 that names what is missing
                 raise NotFound(f"task {task_id!r} not found in deployment {deployment!r}")
             if session_id and task.session_id != session_id:
                 raise NotFound(f"task {task_id!r} not found in session {session_id!r}")

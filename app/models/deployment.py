@@ -33,7 +33,6 @@ class Deployment(Base):
         back_populates="deployment",
         cascade="all, delete-orphan",
         order_by="Service.id",
-        lazy="selectin",
     )
 
     @property
