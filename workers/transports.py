@@ -43,19 +43,21 @@ class _Doorbell:
 DOORBELL = _Doorbell()
 
 
-class MemoryChannel(memory.Channel):  # type: ignore[misc]
+class MemoryChannel(memory.Channel):
     """Kombu's memory channel that rings the doorbell when it stores a message."""
 
     def _put(self, queue: str, message: Any, **kwargs: Any) -> None:
         super()._put(queue, message, **kwargs)
         DOORBELL.ring()
 
-    def _put_fanout(self, exchange: str, message: Any, routing_key: str, **kwargs: Any) -> None:
+    def _put_fanout(
+        self, exchange: Any, message: Any, routing_key: Any = None, **kwargs: Any
+    ) -> None:
         super()._put_fanout(exchange, message, routing_key, **kwargs)
         DOORBELL.ring()
 
 
-class MemoryTransport(memory.Transport):  # type: ignore[misc]
+class MemoryTransport(memory.Transport):
     """Kombu's memory transport whose consumers wait on the doorbell instead of polling."""
 
     Channel = MemoryChannel
@@ -64,15 +66,16 @@ class MemoryTransport(memory.Transport):  # type: ignore[misc]
         super().__init__(client, **kwargs)
         self._closing = False
 
-    def drain_events(self, connection: Any, timeout: float | None = None) -> None:
+    def drain_events(self, connection: Any, timeout: float | None = None, **_: Any) -> None:
         """Deliver one message, waiting up to ``timeout`` for it to arrive."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             seen = DOORBELL.rings
-            if self._closing:
+            cycle = self.cycle
+            if self._closing or cycle is None:
                 raise TimeoutError()
             try:
-                self.cycle.get(self._deliver, timeout=timeout)
+                cycle.get(self._deliver, timeout=timeout)
                 return
             except Empty:
                 pass

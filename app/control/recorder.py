@@ -13,11 +13,11 @@ from sqlalchemy import Connection, bindparam, case, select
 from app.control.waiter import TaskWaiter
 from app.db import Database
 from app.models import Event, EventDirection, Task, TaskStatus
-from app.models.base import from_timestamp
+from app.models.base import from_timestamp, table_of
 from workers.protocol import StepEvent, StepFinished, StepStarted
 
-_tasks = Task.__table__
-_events = Event.__table__
+_tasks = table_of(Task)
+_events = table_of(Event)
 
 _TASK_EXISTS = select(_tasks.c.id).where(_tasks.c.id == bindparam("task_id"))
 

@@ -15,7 +15,7 @@ from app.control.waiter import TaskWaiter
 from app.db import Database
 from app.errors import Conflict, InvalidInput, NotFound, TaskFailed, TaskTimeout, Unavailable
 from app.models import Deployment, Session, Task, TaskStatus
-from app.models.base import utcnow
+from app.models.base import table_of, utcnow
 from app.orchestrator import first_step, route
 
 
@@ -52,7 +52,7 @@ def parse_input(raw: Any) -> dict[str, Any]:
     return raw
 
 
-_STATUS = select(Task.__table__.c.status).where(Task.__table__.c.id == bindparam("task_id"))
+_STATUS = select(table_of(Task).c.status).where(table_of(Task).c.id == bindparam("task_id"))
 
 
 class Tasks:

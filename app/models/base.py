@@ -6,7 +6,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import DateTime, MetaData, TypeDecorator
+from sqlalchemy import DateTime, MetaData, Table, TypeDecorator
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase
 
@@ -42,6 +42,13 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
         if value is None:
             return None
         return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def table_of(model: type[Base]) -> Table:
+    """The Core table of a model, for statements on hot paths that skip the ORM."""
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
 
 
 def utcnow() -> dt.datetime:
