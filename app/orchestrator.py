@@ -14,7 +14,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.control.recorder import Recorder
 from app.errors import BadRequest, NotFound
-from app.models import Deployment, Task
+from app.models import Task
 from workers.protocol import (
     STEP_EVENT,
     STEP_FINISHED,
@@ -26,17 +26,17 @@ from workers.protocol import (
 )
 
 
-def route(deployment: Deployment, service_id: str | None) -> str:
+def route(deployment: str, spec: dict[str, Any], service_id: str | None) -> str:
     """The service that must run a task: the one named, else the deployment's default."""
-    name = service_id or deployment.default_service
+    name = service_id or spec.get("default-service")
     if not name:
         raise BadRequest(
-            f"no service_id given and deployment {deployment.name!r} has no default-service"
+            f"no service_id given and deployment {deployment!r} has no default-service"
         )
-    known = list(deployment.spec.get("services", {}))
+    known = list(spec.get("services", {}))
     if name not in known:
         raise NotFound(
-            f"service {name!r} not found in deployment {deployment.name!r} "
+            f"service {name!r} not found in deployment {deployment!r} "
             f"(services: {', '.join(known)})"
         )
     return name

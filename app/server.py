@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -55,19 +56,23 @@ class Server:
             exists = False
         self.plane.deployments.create(content, base, reload=exists)
 
-    def serve(self, on_ready: Callable[[str], None] | None = None) -> None:
-        """Serve HTTP until interrupted, then stop the workers."""
-        server: Any = waitress.create_server(
+    def http_server(self) -> Any:
+        """A waitress server for the app, bound (port 0 picks a free port) but not yet serving."""
+        return waitress.create_server(
             self.app,
             host=self.settings.host,
             port=self.settings.port,
             threads=self.settings.http_threads,
             ident="celeriac",
         )
-        _exit_on_sigterm()
-        url = f"http://{self.settings.host}:{server.effective_port}"
+
+    def serve(self, on_ready: Callable[[str], None] | None = None) -> None:
+        """Serve HTTP until interrupted (Ctrl-C, or SIGTERM in the main thread), then stop."""
+        server = self.http_server()
+        if threading.current_thread() is threading.main_thread():
+            _exit_on_sigterm()
         if on_ready:
-            on_ready(url)
+            on_ready(f"http://{self.settings.host}:{server.effective_port}")
         try:
             server.run()
         except (KeyboardInterrupt, SystemExit):

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from flask.testing import FlaskClient
 from kombu.transport import memory
+from waitress import wasyncore
 
 from app.server import Server
 from config.settings import Settings
@@ -30,6 +32,7 @@ def settings(tmp_path: Path) -> Settings:
     """Embedded settings in a private data folder."""
     return Settings(
         data_dir=tmp_path / ".celeriac",
+        port=0,
         polling_interval=0.001,
         worker_concurrency=4,
         run_timeout=30.0,
@@ -75,3 +78,20 @@ def deploy(client: FlaskClient, path: Path, *, reload: bool = False, base_path: 
             data={"config_file": (fh, path.name)},
             content_type="multipart/form-data",
         )
+
+
+@pytest.fixture
+def live_server(server: Server) -> Iterator[str]:
+    """The server listening on a free local port, over real HTTP; yields its base URL."""
+    http = server.http_server()
+    thread = threading.Thread(target=http.run, name="test-http", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{http.effective_port}"
+    finally:
+        # Close waitress's sockets from inside its own loop: closing them from this thread
+        # while its select() waits on them fails with EBADF now and then.
+        http.trigger.pull_trigger(lambda: wasyncore.close_all(http._map))
+        thread.join(timeout=5)
+        http.task_dispatcher.shutdown()
+        assert not thread.is_alive(), "the test HTTP server did not stop"

@@ -45,7 +45,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     embedded = {"broker_transport": EMBEDDED_TRANSPORT} if settings.embedded else {}
     return {
         **embedded,
-        "broker_url": settings.broker_url,
+        # ``memory://`` has no host; naming one spares a warning from Kombu on every connect.
+        "broker_url": "memory://localhost/" if settings.embedded else settings.broker_url,
         "broker_transport_options": {"polling_interval": settings.polling_interval},
         "broker_connection_retry_on_startup": True,
         "task_serializer": "json",

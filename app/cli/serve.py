@@ -8,8 +8,6 @@ from pathlib import Path
 
 import click
 
-import migrations
-from app.server import Server
 from config.errors import ConfigError
 from config.settings import Settings
 
@@ -35,6 +33,10 @@ def serve(deployment_file: Path | None, host: str | None, port: int | None) -> N
 
     DEPLOYMENT_FILE, if given, is deployed at start (replacing a stored one of the same name).
     """
+    # The server stack (Celery, SQLAlchemy, workflows) loads only for the commands that run it,
+    # so that client commands such as ``celeriac run`` start in a fraction of a second.
+    from app.server import Server
+
     settings = load_settings(host=host, port=port)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -79,6 +81,8 @@ def db_group() -> None:
 @click.option("--revision", default="head", show_default=True)
 def upgrade(revision: str) -> None:
     """Apply migrations to the configured database (CELERIAC_DATABASE_URL)."""
+    import migrations
+
     settings = load_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrations.upgrade(settings.sqlalchemy_url, revision)

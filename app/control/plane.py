@@ -21,7 +21,9 @@ class ControlPlane:
         self.settings = settings
         self.db = db
         self.celery = celery
-        self.waiter = TaskWaiter()
+        # In the embedded mode the recorder runs here and always notifies: polling the
+        # database is only a safety net. Elsewhere it is how waiters learn about outcomes.
+        self.waiter = TaskWaiter(first_poll=0.5) if settings.embedded else TaskWaiter()
         self.recorder = Recorder(db, self.waiter)
         self.deployments = Deployments(db, settings.max_deployments)
         self.sessions = Sessions(db)

@@ -7,15 +7,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
+from sqlalchemy.exc import IntegrityError
 
 from app.control.deployments import find as find_deployment
 from app.control.dispatch import Dispatcher
-from app.control.sessions import find as find_session
 from app.control.waiter import TaskWaiter
 from app.db import Database
 from app.errors import Conflict, InvalidInput, NotFound, TaskFailed, TaskTimeout, Unavailable
 from app.models import Deployment, Session, Task, TaskStatus
-from app.models.base import table_of, utcnow
+from app.models.base import new_id, table_of, utcnow
 from app.orchestrator import first_step, route
 
 
@@ -52,7 +52,29 @@ def parse_input(raw: Any) -> dict[str, Any]:
     return raw
 
 
-_STATUS = select(table_of(Task).c.status).where(table_of(Task).c.id == bindparam("task_id"))
+_tasks = table_of(Task)
+_sessions = table_of(Session)
+_deployments = table_of(Deployment)
+_STATUS = select(_tasks.c.status).where(_tasks.c.id == bindparam("task_id"))
+_TASK = select(_tasks).where(_tasks.c.id == bindparam("task_id"))
+_DEPLOYMENT = select(_deployments.c.id, _deployments.c.spec).where(
+    _deployments.c.name == bindparam("name")
+)
+_LIVE_SESSION = select(_sessions.c.id).where(
+    _sessions.c.id == bindparam("session_id"),
+    _sessions.c.deployment_id == bindparam("deployment_id"),
+    _sessions.c.deleted_at.is_(None),
+)
+
+
+def _row(task: Task) -> dict[str, Any]:
+    """A new task's column values."""
+    return {c.key: getattr(task, c.key) for c in _tasks.columns if c.key in _TASK_INSERT}
+
+
+_TASK_INSERT = frozenset(
+    {"id", "deployment_id", "session_id", "service", "input", "status", "attempts", "created_at"}
+)
 
 
 class Tasks:
@@ -70,35 +92,50 @@ class Tasks:
         """Store the task as queued, commit, then send its first step to its service's queue.
 
         Without a session id the task gets a new session; ``single_use_session`` closes that
-        session at once (``tasks/run`` does, as LlamaDeploy deleted it after the run).
+        session at once (``tasks/run`` does, as LlamaDeploy deleted it after the run). Every
+        task passes here, so it runs as a few Core statements rather than ORM work.
         """
-        with self._db.begin() as db:
-            deployment = find_deployment(db, request.deployment)
-            service = route(deployment, request.service_id)
-            if request.session_id:
-                session = find_session(db, deployment.id, request.session_id)
-            else:
-                session = Session(
-                    deployment_id=deployment.id,
-                    state={},
-                    deleted_at=utcnow() if single_use_session else None,
+        now = utcnow()
+        with self._db.connect() as conn:
+            found = conn.execute(_DEPLOYMENT, {"name": request.deployment}).first()
+            if found is None:
+                raise NotFound(f"deployment {request.deployment!r} not found")
+            deployment_id, spec = found
+            service = route(request.deployment, spec, request.service_id)
+            session_id = request.session_id
+            if session_id:
+                live = conn.scalar(
+                    _LIVE_SESSION, {"session_id": session_id, "deployment_id": deployment_id}
                 )
-                db.add(session)
-                db.flush()
-            if request.task_id and db.get(Task, request.task_id) is not None:
-                raise Conflict(f"task id {request.task_id!r} is already used")
+                if live is None:
+                    raise NotFound(f"session {session_id!r} not found")
+            else:
+                session_id = new_id()
+                conn.execute(
+                    _sessions.insert(),
+                    {
+                        "id": session_id,
+                        "deployment_id": deployment_id,
+                        "state": {},
+                        "created_at": now,
+                        "deleted_at": now if single_use_session else None,
+                    },
+                )
             task = Task(
-                deployment_id=deployment.id,
-                session_id=session.id,
+                id=request.task_id or new_id(),
+                deployment_id=deployment_id,
+                session_id=session_id,
                 service=service,
                 input=request.input,
-                status=TaskStatus.QUEUED,
+                status=TaskStatus.QUEUED.value,
                 attempts=0,
-                created_at=utcnow(),
+                created_at=now,
             )
-            if request.task_id:
-                task.id = request.task_id
-            db.add(task)
+            try:
+                with conn.begin_nested():
+                    conn.execute(_tasks.insert(), _row(task))
+            except IntegrityError as exc:
+                raise Conflict(f"task id {task.id!r} is already used") from exc
         try:
             self._dispatcher.run_step(first_step(task, request.deployment))
         except Unavailable as exc:
@@ -109,14 +146,16 @@ class Tasks:
     def run(self, request: Submission, timeout: float | None = None) -> Task:
         """Submit and wait for the end; a failed task raises :class:`TaskFailed`."""
         task = self.submit(request, single_use_session=True)
-        return self._await(request.deployment, task.id, timeout)
+        return self._await(request.deployment, task.id, timeout, just_queued=True)
 
     def wait(self, deployment: str, task_id: str, timeout: float | None = None) -> Task:
         """Block until the task ends; :class:`TaskTimeout` if it runs longer than ``timeout``."""
         self.get(deployment, task_id)  # 404 before waiting on a task that is not there
         return self._await(deployment, task_id, timeout)
 
-    def _await(self, deployment: str, task_id: str, timeout: float | None) -> Task:
+    def _await(
+        self, deployment: str, task_id: str, timeout: float | None, *, just_queued: bool = False
+    ) -> Task:
         limit = self._run_timeout if timeout is None else timeout
 
         def check() -> bool:
@@ -124,14 +163,18 @@ class Tasks:
                 status = conn.scalar(_STATUS, {"task_id": task_id})
             return status is None or TaskStatus(status).terminal
 
-        if not self._waiter.wait(task_id, limit, check):
+        if not self._waiter.wait(task_id, limit, check, check_first=not just_queued):
             status = self.get(deployment, task_id).status
             raise TaskTimeout(
                 f"task {task_id} did not finish within {limit:g} s; it is still {status}; "
                 f"read it later from /deployments/{deployment}/tasks/{task_id}",
                 errors={"task_id": task_id, "status": status},
             )
-        task = self.get(deployment, task_id)
+        with self._db.engine.connect() as conn:
+            row = conn.execute(_TASK, {"task_id": task_id}).first()
+        if row is None:
+            raise NotFound(f"task {task_id!r} not found in deployment {deployment!r}")
+        task = Task(**row._mapping)
         if task.status != TaskStatus.SUCCEEDED:
             error = task.error or {}
             raise TaskFailed(

@@ -22,18 +22,30 @@ class TaskWaiter:
         self._events: dict[str, list[threading.Event]] = defaultdict(list)
         self._lock = threading.Lock()
 
-    def wait(self, task_id: str, timeout: float, is_done: Callable[[], bool]) -> bool:
-        """Wait until ``is_done()`` holds or ``timeout`` seconds pass; True if it holds."""
+    def wait(
+        self,
+        task_id: str,
+        timeout: float,
+        is_done: Callable[[], bool],
+        *,
+        check_first: bool = True,
+    ) -> bool:
+        """Wait until ``is_done()`` holds or ``timeout`` seconds pass; True if it holds.
+
+        ``check_first=False`` skips the first look, for a task that was only just queued.
+        """
         event = threading.Event()
         with self._lock:
             self._events[task_id].append(event)
         try:
             deadline = time.monotonic() + timeout
             delay = self._first_poll
+            look = check_first
             while True:
                 # Registered before the check, so a notify between check and wait is not missed.
-                if is_done():
+                if look and is_done():
                     return True
+                look = True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return False

@@ -17,3 +17,11 @@ def test_quickstart_echoes_through_a_real_worker(client: FlaskClient) -> None:
     # Then the workflow's result comes back
     assert response.status_code == 200, response.json
     assert response.json == "Message received: hello"
+
+
+def test_live_server_answers_over_http(live_server: str) -> None:
+    import httpx
+
+    response = httpx.get(f"{live_server}/status/")
+    assert response.status_code == 200
+    assert response.json()["status"] == "Healthy"

@@ -1,0 +1,296 @@
+"""Benchmark: Celeriac's ``tasks/run`` against raw Celery ``apply_async().get()``, same broker.
+
+Run from the repository root (after the README's install):
+
+    python -m tests.benchmarks.bench                # the embedded mode (memory://)
+    python -m tests.benchmarks.bench --quick        # fewer calls, for a smoke run
+
+Celeriac is measured as a user meets it: ``celeriac serve`` of the quick-start deployment in
+its own process, called over HTTP with keep-alive clients. Raw Celery is measured in this
+process with an in-process worker (the memory broker exists only inside one process) and the
+same echo workload, in the same run. Prints one table; ``--json FILE`` also saves the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+QUICKSTART = REPO / "config" / "deployments" / "quickstart"
+
+
+@dataclass
+class Figures:
+    """What one system measured."""
+
+    system: str
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    tps_8: float
+    tps_32: float
+    peak_rss_mb: float | None = None
+
+
+def percentile(sorted_ms: list[float], q: float) -> float:
+    """The q-quantile (0..1) of sorted values, nearest rank."""
+    index = min(len(sorted_ms) - 1, max(0, round(q * (len(sorted_ms) - 1))))
+    return sorted_ms[index]
+
+
+def progress(label: str, done: int, total: int) -> None:
+    """A one-line progress bar on stderr."""
+    width = 30
+    filled = int(width * done / total)
+    end = "\n" if done == total else ""
+    print(
+        f"\r  {label:<34} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}",
+        end=end,
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def measure_latency(call: Callable[[], object], n: int, label: str) -> list[float]:
+    """Sequential calls; returns sorted latencies in ms."""
+    for _ in range(min(20, n)):
+        call()
+    samples = []
+    for i in range(n):
+        start = time.perf_counter()
+        call()
+        samples.append((time.perf_counter() - start) * 1000)
+        if i % 25 == 0 or i == n - 1:
+            progress(label, i + 1, n)
+    return sorted(samples)
+
+
+def measure_throughput(
+    make_call: Callable[[], Callable[[], object]], clients: int, total: int, label: str
+) -> float:
+    """``clients`` threads share ``total`` calls; returns completed calls per second."""
+    remaining = [total]
+    done = [0]
+    lock = threading.Lock()
+
+    def client() -> None:
+        call = make_call()
+        while True:
+            with lock:
+                if remaining[0] == 0:
+                    return
+                remaining[0] -= 1
+            call()
+            with lock:
+                done[0] += 1
+                if done[0] % 50 == 0 or done[0] == total:
+                    progress(label, done[0], total)
+
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        for future in [pool.submit(client) for _ in range(clients)]:
+            future.result()
+    return total / (time.perf_counter() - start)
+
+
+# -- Celeriac, as a separate server process ------------------------------------------------------
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The process's peak resident memory (Linux), in MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+@contextmanager
+def celeriac_server(env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``celeriac serve`` of the quick start in a fresh data folder; yields its URL."""
+    workdir = Path(tempfile.mkdtemp(prefix="celeriac-bench-"))
+    shutil.copytree(QUICKSTART, workdir / "quickstart")
+    port = free_port()
+    script = Path(sys.executable).parent / "celeriac"
+    command = [
+        str(script),
+        "serve",
+        str(workdir / "quickstart" / "deployment.yml"),
+        "--port",
+        str(port),
+    ]
+    full_env = {**os.environ, "CELERIAC_DATA_DIR": str(workdir / ".celeriac"), **env}
+    proc = subprocess.Popen(
+        command, cwd=workdir, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                out = proc.stdout.read().decode() if proc.stdout else ""
+                raise RuntimeError(f"celeriac serve exited early:\n{out}")
+            try:
+                if httpx.get(f"{url}/deployments/QuickStart", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("celeriac serve did not become ready in 60 s")
+        yield url, proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def bench_celeriac(args: argparse.Namespace, env: dict[str, str], label: str) -> Figures:
+    """Latency and throughput of ``POST /deployments/QuickStart/tasks/run``."""
+    print(f"{label}: starting celeriac serve", file=sys.stderr)
+    with celeriac_server(env) as (url, proc):
+        path = "/deployments/QuickStart/tasks/run"
+        body = {"input": json.dumps({"message": "hello"})}
+
+        def make_call() -> Callable[[], object]:
+            client = httpx.Client(base_url=url, timeout=60)
+
+            def call() -> object:
+                response = client.post(path, json=body)
+                if response.status_code != 200 or response.json() != "Message received: hello":
+                    raise RuntimeError(f"unexpected answer {response.status_code}: {response.text}")
+                return response
+
+            return call
+
+        latencies = measure_latency(make_call(), args.calls, f"{label} latency")
+        tps8 = measure_throughput(make_call, 8, args.tasks, f"{label} 8 clients")
+        tps32 = measure_throughput(make_call, 32, args.tasks, f"{label} 32 clients")
+        rss = peak_rss_mb(proc.pid)
+    return Figures(
+        label,
+        percentile(latencies, 0.5),
+        percentile(latencies, 0.95),
+        percentile(latencies, 0.99),
+        tps8,
+        tps32,
+        rss,
+    )
+
+
+# -- Raw Celery on the same broker ---------------------------------------------------------------
+
+
+def bench_raw_celery(args: argparse.Namespace, transport: str | None, label: str) -> Figures:
+    """``echo.apply_async().get()`` with a real worker consuming in this process."""
+    from celery import Celery
+    from celery.contrib.testing.worker import start_worker
+
+    app = Celery("raw", broker="memory://", backend="cache+memory://", set_as_current=False)
+    app.conf.update(
+        broker_transport=transport,
+        broker_transport_options={"polling_interval": 0.001},
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        worker_prefetch_multiplier=1,
+    )
+
+    @app.task(name="raw.echo", shared=False)
+    def echo(message: str) -> str:
+        return f"Message received: {message}"
+
+    with start_worker(
+        app, pool="threads", concurrency=8, perform_ping_check=False, shutdown_timeout=30
+    ):
+
+        def make_call() -> Callable[[], object]:
+            def call() -> object:
+                return echo.apply_async(kwargs={"message": "hello"}).get(timeout=60, interval=0.001)
+
+            return call
+
+        latencies = measure_latency(make_call(), args.calls, f"{label} latency")
+        tps8 = measure_throughput(make_call, 8, args.tasks, f"{label} 8 clients")
+        tps32 = measure_throughput(make_call, 32, args.tasks, f"{label} 32 clients")
+    return Figures(
+        label,
+        percentile(latencies, 0.5),
+        percentile(latencies, 0.95),
+        percentile(latencies, 0.99),
+        tps8,
+        tps32,
+        peak_rss_mb(os.getpid()),
+    )
+
+
+def print_table(rows: list[Figures]) -> None:
+    """The figures as a Markdown table."""
+    print(
+        "| system | p50 ms | p95 ms | p99 ms | tasks/s, 8 clients | tasks/s, 32 clients |"
+        " peak RSS MiB |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        rss = f"{r.peak_rss_mb:.0f}" if r.peak_rss_mb else "-"
+        print(
+            f"| {r.system} | {r.p50_ms:.1f} | {r.p95_ms:.1f} | {r.p99_ms:.1f} | {r.tps_8:.0f} |"
+            f" {r.tps_32:.0f} | {rss} |"
+        )
+
+
+def main() -> None:
+    """Parse options, run every measurement, print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=300, help="sequential calls for latency")
+    parser.add_argument("--tasks", type=int, default=1500, help="tasks per throughput run")
+    parser.add_argument("--quick", action="store_true", help="50 calls, 200 tasks")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    args = parser.parse_args()
+    if args.quick:
+        args.calls, args.tasks = 50, 200
+    rows = [
+        bench_celeriac(args, {}, "Celeriac embedded (HTTP, memory://, SQLite)"),
+        bench_raw_celery(
+            args, "workers.transports:MemoryTransport", "raw Celery, Celeriac's memory:// transport"
+        ),
+        bench_raw_celery(args, None, "raw Celery, kombu memory:// (1 ms polling)"),
+    ]
+    print(f"\n{os.cpu_count()} CPUs, Python {sys.version.split()[0]}\n")
+    print_table(rows)
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
+
+
+if __name__ == "__main__":
+    main()
