@@ -33,8 +33,10 @@ class EmbeddedWorkers:
 
     def start(self) -> None:
         """Start the control-plane worker and one worker per stored deployment."""
+        # Recording is short and SQLite takes one writer at a time: the consumer thread
+        # records each report itself (solo pool) instead of handing it to another thread.
         self._control = ThreadWorker(
-            self._celery, [CONTROL_QUEUE], name="control-plane", concurrency=self._concurrency
+            self._celery, [CONTROL_QUEUE], name="control-plane", concurrency=1, pool="solo"
         )
         self._control.start()
         for spec, base_path in self._plane.deployments.specs():

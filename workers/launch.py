@@ -37,11 +37,13 @@ class ThreadWorker:
         *,
         name: str,
         concurrency: int = 4,
+        pool: str = "threads",
     ) -> None:
         self.celery = celery
         self.queues = list(queues)
         self.name = name
         self.concurrency = concurrency
+        self.pool = pool
         self._controller: _Controller | None = None
         self._thread: threading.Thread | None = None
 
@@ -54,7 +56,7 @@ class ThreadWorker:
         controller = _Controller(
             app=self.celery,
             hostname=f"{self.name}@embedded",
-            pool="threads",
+            pool=self.pool,
             concurrency=self.concurrency,
             queues=self.queues,
             loglevel=self.celery.settings.log_level,

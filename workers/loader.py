@@ -4,8 +4,14 @@ Each service's module is imported under a private package name
 (``_celeriac_services.<deployment>_<service>_<generation>``) whose ``__path__`` is the service's
 module folder. Two deployments that both ship ``workflow.py`` therefore get two modules, a user
 file called ``app.py`` or ``config.py`` never shadows Celeriac's packages, and relative imports
-inside the user's folder work. The folder is also appended (never prepended) to ``sys.path`` so
-that plain ``import helpers`` of a sibling module keeps working.
+inside the user's folder work.
+
+Plain ``import helpers`` of a sibling module works too: while a service's module is imported,
+its folder leads ``sys.path`` and same-named sibling modules of other services are set aside,
+so each service binds its own ``helpers``. Modules already imported (Celeriac's ``app`` and
+``config``, the standard library) are never replaced. Afterwards the folder stays at the *end*
+of ``sys.path``, for imports done later inside functions; for those, the service loaded last
+wins a name two services share, so import siblings at the top of the module or relatively.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import re
 import sys
 import threading
 import types
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 from dotenv import dotenv_values
@@ -82,10 +89,8 @@ def load_workflow(
         )
     with _import_lock:
         package = _make_package(deployment, service.id, module_dir)
-        if str(module_dir) not in sys.path:
-            sys.path.append(str(module_dir))
         try:
-            with environ.scoped(env):
+            with environ.scoped(env), _siblings_first(module_dir):
                 module = importlib.import_module(f"{package}.{service.module}")
         except Exception as exc:
             raise WorkflowLoadError(
@@ -103,6 +108,35 @@ def load_workflow(
             f"{type(workflow).__name__}, not a workflows.Workflow instance"
         )
     return workflow
+
+
+#: Top-level module name -> the user folder it was imported from, for plain sibling imports.
+_sibling_origin: dict[str, Path] = {}
+
+
+@contextmanager
+def _siblings_first(module_dir: Path) -> Iterator[None]:
+    """Resolve plain imports of ``module_dir``'s own modules to its files, during an import."""
+    local = {p.stem for p in module_dir.glob("*.py")} | {
+        p.parent.name for p in module_dir.glob("*/__init__.py")
+    }
+    # Set aside other services' modules of the same names; never Celeriac's or the stdlib's.
+    for name in [n for n in list(sys.modules) if n.split(".")[0] in local]:
+        if name.split(".")[0] in _sibling_origin:
+            del sys.modules[name]
+    before = set(sys.modules)
+    folder = str(module_dir)
+    sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        sys.path.remove(folder)
+        if folder not in sys.path:
+            sys.path.append(folder)
+        for name in set(sys.modules) - before:
+            top = name.split(".")[0]
+            if top in local:
+                _sibling_origin[top] = module_dir
 
 
 def unload(prefix: str) -> None:

@@ -68,6 +68,9 @@ class Message:
         version = data.get("v", PROTOCOL_VERSION)
         if version != PROTOCOL_VERSION:
             raise ProtocolError(f"{cls.__name__}: unsupported protocol version {version!r}")
+        if not data.get("id"):
+            # Handlers deduplicate on the id: a message without one cannot be made safe.
+            raise ProtocolError(f"{cls.__name__}: missing message id")
         names = {f.name for f in dataclasses.fields(cls)}
         try:
             return cls(**{k: v for k, v in data.items() if k in names})

@@ -108,11 +108,12 @@ class ServiceRuntime:
         try:
             service = self.load(step.deployment, step.service)
             future = self.loop.submit(_execute(service, step, run))
-            try:
-                result = future.result(timeout=STARTED_GRACE)
-            except concurrent.futures.TimeoutError:
+            # Wait with ``wait``, not ``result(timeout)``: the workflow's own TimeoutError
+            # is the same class as the future's, and must not read as "still running".
+            done, _ = concurrent.futures.wait([future], timeout=STARTED_GRACE)
+            if not done:
                 run.report_started()
-                result = future.result()
+            result = future.result()
         except WorkerError as exc:
             outcome = run.outcome(error=_error(exc, with_traceback=False))
         except Exception as exc:

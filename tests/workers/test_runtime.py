@@ -1,0 +1,308 @@
+"""Tests of the service runtime: running workflows and reporting their progress and outcome."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from config.deployment import DeploymentSpec, load_deployment, load_deployment_file
+from tests.conftest import MULTISTEP
+from tests.workers.conftest import (
+    RecordingReporter,
+    run_step,
+    unique_name,
+    write_file,
+    write_workflow,
+)
+from workers import runtime as runtime_module
+from workers.protocol import StepEvent, StepFinished
+from workers.runtime import ServiceRuntime
+
+
+def local_deployment(
+    name: str = "Dep", services: tuple[str, ...] = ("svc",), **yaml: str
+) -> DeploymentSpec:
+    """A deployment whose services all load ``workflow:wf`` from ``./src``.
+
+    ``yaml`` maps a service id to extra YAML lines for that service (indented by the caller).
+    """
+    body = "".join(
+        f"  {sid}:\n"
+        f"    name: {sid}\n"
+        "    source: {type: local, name: ./src}\n"
+        "    path: workflow:wf\n" + yaml.get(sid, "")
+        for sid in services
+    )
+    return load_deployment(f"name: {name}\ncontrol-plane: {{}}\nservices:\n{body}")
+
+
+def install(runtime: ServiceRuntime, tmp_path: Path, result: str, **kwargs: str) -> DeploymentSpec:
+    """Write a workflow answering ``result`` under ``tmp_path/src`` and serve it."""
+    write_workflow(tmp_path / "src", result, preamble=kwargs.pop("preamble", ""))
+    spec = local_deployment(**kwargs)
+    runtime.install(spec, tmp_path)
+    return spec
+
+
+@pytest.fixture
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A grace period no quick test run can outlast, so "quick" does not depend on the host."""
+    monkeypatch.setattr(runtime_module, "STARTED_GRACE", 5.0)
+
+
+def test_successful_run_reports_events_in_order_then_the_outcome(
+    runtime: ServiceRuntime, reporter: RecordingReporter, tmp_path: Path, quick: None
+) -> None:
+    # Given a workflow that streams three progress events and answers
+    install(runtime, tmp_path, '"all good"')
+    step = run_step("Dep", "svc", events=3)
+    # When it runs
+    outcome = runtime.run(step, reporter)
+    # Then the events came in order, then one outcome, and no separate start
+    assert reporter.kinds == ["event", "event", "event", "finished"]
+    events = reporter.events
+    assert [e.seq for e in events] == [0, 1, 2]
+    assert [e.event["data"]["n"] for e in events] == [0, 1, 2]
+    assert all(e.event["type"] == "Progress" for e in events)
+    assert all(e.task_id == step.task_id for e in events)
+    # And the outcome carries the result, the count and the held StopEvent
+    assert reporter.finished_messages == [outcome]
+    assert outcome.ok is True
+    assert outcome.result == "all good"
+    assert outcome.error is None
+    assert outcome.task_id == step.task_id
+    assert outcome.event_count == 4
+    assert outcome.started_reported is False
+    assert outcome.worker == "test-worker"
+    assert outcome.started_at <= outcome.at
+    held = [StepEvent.decode(e) for e in outcome.events]
+    assert [e.seq for e in held] == [3]
+    assert held[0].event["type"] == "StopEvent"
+    assert held[0].task_id == step.task_id
+    # And the outcome is a valid protocol message
+    assert StepFinished.decode(json.loads(json.dumps(outcome.encode()))) == outcome
+
+
+def test_run_longer_than_the_grace_reports_its_start_first(
+    runtime: ServiceRuntime, reporter: RecordingReporter, tmp_path: Path
+) -> None:
+    # Given a workflow that works for well over the grace period before streaming
+    install(runtime, tmp_path, '"slow"')
+    sleep = max(0.2, runtime_module.STARTED_GRACE * 5)
+    # When it runs
+    outcome = runtime.run(run_step("Dep", "svc", sleep=sleep, events=1), reporter)
+    # Then the start was reported first, and the outcome says so
+    assert reporter.kinds == ["started", "event", "finished"]
+    started = reporter.messages[0][1]
+    assert started.worker == "test-worker"
+    assert started.at == outcome.started_at
+    assert outcome.started_reported is True
+    assert outcome.ok is True
+    assert outcome.result == "slow"
+
+
+def test_failing_workflow_reports_its_error_with_a_traceback(
+    runtime: ServiceRuntime, reporter: RecordingReporter, tmp_path: Path, quick: None
+) -> None:
+    # Given a workflow that raises after streaming one event
+    install(runtime, tmp_path, '"never"')
+    # When it runs
+    outcome = runtime.run(run_step("Dep", "svc", events=1, fail="ValueError"), reporter)
+    # Then a StepFinished still comes, with the error described
+    assert reporter.kinds[-1] == "finished"
+    assert reporter.finished_messages == [outcome]
+    assert outcome.ok is False
+    assert outcome.result is None
+    assert outcome.error is not None
+    assert outcome.error["type"] == "builtins.ValueError"
+    assert outcome.error["message"] == "the workflow failed on purpose"
+    assert "Traceback" in outcome.error["traceback"]
+    assert "the workflow failed on purpose" in outcome.error["traceback"]
+    assert reporter.events[0].event["type"] == "Progress"
+
+
+def test_quick_run_failing_with_a_timeout_error_still_reports_no_start(
+    runtime: ServiceRuntime, reporter: RecordingReporter, tmp_path: Path, quick: None
+) -> None:
+    # Given a workflow that fails at once with TimeoutError (what asyncio.wait_for raises)
+    install(runtime, tmp_path, '"never"')
+    # When it runs
+    outcome = runtime.run(run_step("Dep", "svc", fail="TimeoutError"), reporter)
+    # Then its own error is reported, and only once the run is over: it never "started late"
+    assert outcome.ok is False
+    assert outcome.error is not None
+    assert outcome.error["type"] == "builtins.TimeoutError"
+    assert outcome.error["message"] == "the workflow failed on purpose"
+    assert reporter.kinds == ["finished"]
+    assert outcome.started_reported is False
+
+
+@pytest.mark.parametrize(
+    ("deployment", "service", "named"),
+    [("Nowhere", "svc", "'Nowhere'"), ("Dep", "ghost", "'ghost'")],
+)
+def test_unknown_deployment_or_service_is_an_error_without_traceback(
+    runtime: ServiceRuntime,
+    reporter: RecordingReporter,
+    tmp_path: Path,
+    deployment: str,
+    service: str,
+    named: str,
+) -> None:
+    # Given a runtime that serves Dep/svc only
+    install(runtime, tmp_path, '"x"')
+    # When a step names something else
+    outcome = runtime.run(run_step(deployment, service), reporter)
+    # Then the outcome is an error that names it, with no user traceback
+    assert reporter.kinds == ["finished"]
+    assert outcome.ok is False
+    assert outcome.error is not None
+    assert named in outcome.error["message"]
+    assert outcome.error["type"] == "workers.errors.UnknownDeployment"
+    assert "traceback" not in outcome.error
+    assert outcome.event_count == 0
+
+
+def test_workflow_that_cannot_load_is_an_error_without_traceback(
+    runtime: ServiceRuntime, reporter: RecordingReporter, tmp_path: Path
+) -> None:
+    write_file(tmp_path / "src" / "workflow.py", "wf = 'not a workflow'\n")
+    runtime.install(local_deployment(), tmp_path)
+    outcome = runtime.run(run_step("Dep", "svc"), reporter)
+    assert outcome.ok is False
+    assert outcome.error is not None
+    assert outcome.error["type"] == "workers.errors.WorkflowLoadError"
+    assert "not a workflows.Workflow" in outcome.error["message"]
+    assert "traceback" not in outcome.error
+
+
+def test_pydantic_and_dict_results_become_json(
+    runtime: ServiceRuntime, reporter: RecordingReporter, tmp_path: Path, quick: None
+) -> None:
+    # Given a workflow answering a dict that holds a pydantic model and non-JSON values
+    preamble = (
+        "import datetime\n"
+        "import pydantic\n\n\n"
+        "class Answer(pydantic.BaseModel):\n"
+        "    text: str\n"
+        "    score: float\n\n\n"
+        "class Opaque:\n"
+        "    def __str__(self) -> str:\n"
+        "        return 'opaque'\n"
+    )
+    result = (
+        '{"answer": Answer(text="hi", score=0.5), "when": datetime.date(2024, 1, 2), '
+        '"tags": ("a", "b"), "other": Opaque()}'
+    )
+    install(runtime, tmp_path, result, preamble=preamble)
+    # When it runs
+    outcome = runtime.run(run_step("Dep", "svc"), reporter)
+    # Then the result is plain JSON
+    assert outcome.ok is True, outcome.error
+    assert json.loads(json.dumps(outcome.result)) == outcome.result
+    assert outcome.result["answer"] == {"text": "hi", "score": 0.5}
+    assert outcome.result["when"] == "2024-01-02"
+    assert outcome.result["tags"] == ["a", "b"]
+    assert outcome.result["other"] == "opaque"
+
+
+def test_pydantic_model_result_becomes_an_object(
+    runtime: ServiceRuntime, reporter: RecordingReporter, tmp_path: Path, quick: None
+) -> None:
+    preamble = "import pydantic\n\n\nclass Answer(pydantic.BaseModel):\n    text: str\n"
+    install(runtime, tmp_path, 'Answer(text="model")', preamble=preamble)
+    outcome = runtime.run(run_step("Dep", "svc"), reporter)
+    assert outcome.ok is True, outcome.error
+    assert outcome.result == {"text": "model"}
+
+
+def test_multistep_example_streams_its_progress_in_order(
+    runtime: ServiceRuntime, reporter: RecordingReporter
+) -> None:
+    # Given the multistep example deployment
+    spec = load_deployment_file(MULTISTEP)
+    runtime.install(spec, MULTISTEP.parent)
+    # When it runs
+    outcome = runtime.run(run_step("MultiStep", "streaming_workflow", message="go"), reporter)
+    # Then its three progress reports arrived in order, then the result
+    assert outcome.ok is True, outcome.error
+    progress = [e.event["data"]["progress"] for e in reporter.events]
+    assert progress == [0.3, 0.6, 0.9]
+    assert [e.seq for e in reporter.events] == [0, 1, 2]
+    assert outcome.result == "go_result_result_result"
+    assert outcome.event_count == 4
+
+
+ENV_WORKFLOW = """\
+import asyncio
+import os
+import time
+
+from workflows import Workflow, step
+from workflows.events import StartEvent, StopEvent
+
+
+class EnvWorkflow(Workflow):
+    @step
+    async def only(self, ev: StartEvent) -> StopEvent:
+        start = time.monotonic()
+        before = os.environ.get(ev.get("name"))
+        await asyncio.sleep(ev.get("sleep"))
+        after = os.getenv(ev.get("name"))
+        result = {"before": before, "after": after, "start": start, "end": time.monotonic()}
+        return StopEvent(result=result)
+
+
+wf = EnvWorkflow(timeout=30)
+"""
+
+
+def test_two_services_see_their_own_env_while_running_concurrently(
+    runtime: ServiceRuntime, tmp_path: Path
+) -> None:
+    # Given two services of one deployment that set the same variable differently
+    variable = unique_name()
+    write_file(tmp_path / "src" / "workflow.py", ENV_WORKFLOW)
+    spec = local_deployment(
+        services=("first", "second"),
+        first=f"    env: {{{variable}: one}}\n",
+        second=f"    env: {{{variable}: two}}\n",
+    )
+    runtime.install(spec, tmp_path)
+    outcomes: dict[str, StepFinished] = {}
+
+    def call(service: str) -> None:
+        step = run_step("Dep", service, name=variable, sleep=0.2)
+        outcomes[service] = runtime.run(step, RecordingReporter())
+
+    threads = [threading.Thread(target=call, args=(s,)) for s in ("first", "second")]
+    # When both run at the same time on the runtime's one event loop
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    # Then each saw its own value, before and after the other one ran
+    first, second = outcomes["first"], outcomes["second"]
+    assert first.ok and second.ok, (first.error, second.error)
+    assert (first.result["before"], first.result["after"]) == ("one", "one")
+    assert (second.result["before"], second.result["after"]) == ("two", "two")
+    # And the two runs did overlap, while the variable never leaked out of them
+    assert first.result["start"] < second.result["end"]
+    assert second.result["start"] < first.result["end"]
+    assert variable not in os.environ
+
+
+def test_loaded_service_is_cached(
+    runtime: ServiceRuntime, reporter: RecordingReporter, tmp_path: Path, quick: None
+) -> None:
+    install(runtime, tmp_path, '"cached"')
+    first = runtime.load("Dep", "svc")
+    assert runtime.load("Dep", "svc") is first
+    assert runtime.served() == ["Dep"]
+    runtime.remove("Dep")
+    assert runtime.served() == []
+    assert runtime.run(run_step("Dep", "svc"), reporter).ok is False

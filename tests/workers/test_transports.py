@@ -1,0 +1,136 @@
+"""Tests of the event-driven memory transport: prompt delivery and prompt shutdown."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kombu import Connection, Exchange, Queue
+
+from tests.workers.conftest import unique_name
+from workers.transports import EMBEDDED_TRANSPORT, MemoryTransport
+
+#: Kombu's memory transport would sleep this long between polls; ours must not poll at all.
+SLOW_POLLING = 5.0
+
+
+@pytest.fixture
+def queue(memory_broker: None) -> Queue:
+    """A queue of its own on the memory broker."""
+    name = unique_name("test-queue").lower()
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+
+
+@pytest.fixture
+def connection(memory_broker: None) -> Iterator[Connection]:
+    """A connection through Celeriac's memory transport, with a long polling interval."""
+    conn = Connection(
+        "memory://",
+        transport=EMBEDDED_TRANSPORT,
+        transport_options={"polling_interval": SLOW_POLLING},
+    )
+    try:
+        yield conn
+    finally:
+        conn.release()
+
+
+class Drainer(threading.Thread):
+    """A consumer blocked in ``drain_events``; records when and how it returned."""
+
+    def __init__(self, connection: Connection, timeout: float) -> None:
+        super().__init__(daemon=True)
+        self.connection = connection
+        self.timeout = timeout
+        self.blocked = threading.Event()
+        self.returned_at: float | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        self.blocked.set()
+        try:
+            self.connection.drain_events(timeout=self.timeout)
+        except BaseException as exc:
+            self.error = exc
+        finally:
+            self.returned_at = time.monotonic()
+
+
+def test_embedded_transport_is_the_event_driven_one(connection: Connection) -> None:
+    assert isinstance(connection.transport, MemoryTransport)
+
+
+def test_message_from_another_thread_wakes_a_blocked_consumer_at_once(
+    connection: Connection, queue: Queue
+) -> None:
+    # Given a consumer blocked in drain_events on an empty queue
+    received: list[Any] = []
+
+    def on_message(body: Any, message: Any) -> None:
+        received.append(body)
+        message.ack()
+
+    with connection.Consumer(queue, callbacks=[on_message], accept=["json"]):
+        drainer = Drainer(connection, timeout=10)
+        drainer.start()
+        assert drainer.blocked.wait(5)
+        time.sleep(0.05)  # let it reach its wait
+        assert drainer.returned_at is None
+        # When another thread publishes on its own connection
+        published_at = 0.0
+
+        def publish() -> None:
+            nonlocal published_at
+            with Connection("memory://", transport=EMBEDDED_TRANSPORT) as other:
+                producer = other.Producer(serializer="json")
+                published_at = time.monotonic()
+                producer.publish(
+                    {"hello": "world"},
+                    exchange=queue.exchange,
+                    routing_key=queue.routing_key,
+                    declare=[queue],
+                )
+
+        publisher = threading.Thread(target=publish)
+        publisher.start()
+        publisher.join(5)
+        drainer.join(5)
+    # Then the consumer got the message within a few milliseconds
+    assert drainer.error is None
+    assert received == [{"hello": "world"}]
+    assert drainer.returned_at is not None
+    assert drainer.returned_at - published_at < 0.05
+
+
+def test_drain_events_still_times_out_when_nothing_comes(
+    connection: Connection, queue: Queue
+) -> None:
+    with connection.Consumer(queue, callbacks=[lambda body, message: None]):
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            connection.drain_events(timeout=0.1)
+        elapsed = time.monotonic() - start
+    assert 0.1 <= elapsed < 1.0
+
+
+def test_close_connection_wakes_a_blocked_consumer_at_once(
+    connection: Connection, queue: Queue
+) -> None:
+    # Given a consumer blocked in drain_events with a long timeout
+    with connection.Consumer(queue, callbacks=[lambda body, message: None]):
+        drainer = Drainer(connection, timeout=10)
+        drainer.start()
+        assert drainer.blocked.wait(5)
+        time.sleep(0.05)  # let it reach its wait
+        assert drainer.returned_at is None
+        # When its transport closes the connection (what a stopping worker does)
+        closed_at = time.monotonic()
+        connection.transport.close_connection(connection.connection)
+        drainer.join(5)
+    # Then drain_events gives up at once with TimeoutError, instead of waiting it out
+    assert isinstance(drainer.error, TimeoutError)
+    assert drainer.returned_at is not None
+    assert drainer.returned_at - closed_at < 0.2
