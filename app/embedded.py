@@ -29,6 +29,7 @@ class EmbeddedWorkers:
         self._concurrency = plane.settings.worker_concurrency
         self._control: ThreadWorker | None = None
         self._services: dict[str, ThreadWorker] = {}
+        self._retiring: list[threading.Thread] = []
         self._lock = threading.Lock()
 
     def start(self) -> None:
@@ -57,8 +58,7 @@ class EmbeddedWorkers:
             worker.start()
             self._services[spec.name] = worker
         if old is not None:
-            # Let the old worker finish what it holds without blocking this request.
-            threading.Thread(target=old.stop, daemon=True).start()
+            self._retire(old)
 
     def removed(self, name: str) -> None:
         """Stop serving a deleted deployment."""
@@ -66,15 +66,26 @@ class EmbeddedWorkers:
             worker = self._services.pop(name, None)
         self._celery.runtime.remove(name)
         if worker is not None:
-            threading.Thread(target=worker.stop, daemon=True).start()
+            self._retire(worker)
+
+    def _retire(self, worker: ThreadWorker) -> None:
+        """Let a replaced worker finish what it holds without blocking the request."""
+        thread = threading.Thread(target=worker.stop, name=f"retire-{worker.name}", daemon=True)
+        thread.start()
+        with self._lock:
+            self._retiring.append(thread)
 
     def stop(self) -> None:
         """Stop every in-process worker."""
         with self._lock:
             workers = list(self._services.values())
+            retiring = list(self._retiring)
             self._services.clear()
+            self._retiring.clear()
         for worker in workers:
             worker.stop()
+        for thread in retiring:
+            thread.join()
         if self._control is not None:
             self._control.stop()
             self._control = None

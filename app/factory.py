@@ -43,23 +43,54 @@ def create_app(settings: Settings, plane: ControlPlane | None = None) -> Flask:
     api = Api(app)
     for module in (status, deployments, tasks, sessions):
         api.register_blueprint(module.blp)
-    _register_error_handlers(app, api)
+    _register_error_handlers(app)
     return app
 
 
-def _register_error_handlers(app: Flask, api: Api) -> None:
+def _register_error_handlers(app: Flask) -> None:
     """Every error leaves in one JSON shape: ``{code, status, message, errors}``."""
 
     @app.errorhandler(ControlPlaneError)
     def control_plane_error(exc: ControlPlaneError) -> Any:
         return _payload(app, exc.status_code, exc.message, exc.errors)
 
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Any:
+        # Replaces flask-smorest's handler, whose bodies lack ``message`` for argument errors.
+        return _http_error(app, exc)
+
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Any:
         if isinstance(exc, HTTPException):
-            return api.handle_http_exception(exc)
+            return _http_error(app, exc)
         log.exception("unhandled error")
         return _payload(app, 500, "internal error; see the server log", {})
+
+
+def _http_error(app: Flask, exc: HTTPException) -> Any:
+    """Werkzeug's and webargs' errors (404 routes, 405, 422 arguments) in our one shape."""
+    code = exc.code or 500
+    data = getattr(exc, "data", None) or {}
+    errors = data.get("messages") or data.get("errors") or {}
+    if "message" in data:
+        message = str(data["message"])
+    elif errors:
+        fields = ", ".join(_field_names(errors))
+        message = f"invalid request: {fields}" if fields else "invalid request"
+    else:
+        message = exc.description or HTTPStatus(code).phrase
+    response, status = _payload(app, code, message, errors)
+    for name, value in (data.get("headers") or {}).items():
+        response.headers[name] = value
+    return response, status
+
+
+def _field_names(errors: dict[str, Any]) -> list[str]:
+    """The fields named by webargs' errors (which nest them under the request location)."""
+    names: list[str] = []
+    for value in errors.values():
+        names.extend(value if isinstance(value, dict) else [])
+    return names
 
 
 def _payload(app: Flask, code: int, message: str, errors: dict[str, Any]) -> Any:

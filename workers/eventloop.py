@@ -50,6 +50,11 @@ class LoopThread:
                     asyncio.set_event_loop(loop)
                     loop.call_soon(ready.set)
                     loop.run_forever()
+                    # Cancel what still runs, so no thread waits forever on a run's future.
+                    pending = asyncio.all_tasks(loop)
+                    for task in pending:
+                        task.cancel()
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
 
                 self._thread = threading.Thread(target=run, name=self._name, daemon=True)
                 self._thread.start()

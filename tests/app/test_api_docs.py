@@ -1,0 +1,139 @@
+"""The generated OpenAPI document and the Swagger UI page."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from tests.app.conftest import ok
+
+D = "/deployments/{deployment_name}"
+
+#: Every path of the API with its methods (LlamaDeploy's, plus Celeriac's additions).
+OPERATIONS = {
+    "/": {"get"},
+    "/status/": {"get"},
+    "/deployments/": {"get"},
+    "/deployments/create": {"post"},
+    D: {"get", "delete"},
+    f"{D}/tasks/run": {"post"},
+    f"{D}/tasks/create": {"post"},
+    f"{D}/tasks": {"get"},
+    f"{D}/tasks/{{task_id}}": {"get"},
+    f"{D}/tasks/{{task_id}}/results": {"get"},
+    f"{D}/sessions": {"get"},
+    f"{D}/sessions/create": {"post"},
+    f"{D}/sessions/delete": {"post"},
+    f"{D}/sessions/{{session_id}}": {"get", "delete"},
+}
+
+METHODS = {"get", "post", "put", "patch", "delete"}
+
+
+@pytest.fixture
+def openapi(client: FlaskClient) -> dict[str, Any]:
+    """The OpenAPI document the server publishes."""
+    response = client.get("/openapi.json")
+    assert response.content_type.startswith("application/json")
+    document: dict[str, Any] = ok(response)
+    return document
+
+
+def resolve(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """Follow a ``$ref`` (and an array's ``items``) to the component schema it names."""
+    if schema.get("type") == "array":
+        schema = schema["items"]
+    ref = schema["$ref"]
+    assert ref.startswith("#/components/schemas/"), ref
+    component: dict[str, Any] = document["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    return component
+
+
+def success_schema(document: dict[str, Any], path: str, method: str) -> dict[str, Any]:
+    """The component schema of an operation's 200 response."""
+    response = document["paths"][path][method]["responses"]["200"]
+    return resolve(document, response["content"]["application/json"]["schema"])
+
+
+def test_document_is_openapi_3_1(openapi: dict[str, Any]) -> None:
+    assert openapi["openapi"] == "3.1.0"
+    assert openapi["info"]["title"] == "Celeriac"
+    assert openapi["info"]["version"]
+
+
+def test_document_lists_every_path_and_method(openapi: dict[str, Any]) -> None:
+    documented = {path: set(item) & METHODS for path, item in openapi["paths"].items()}
+    missing = {path: methods - documented.get(path, set()) for path, methods in OPERATIONS.items()}
+    assert {path: m for path, m in missing.items() if m} == {}
+
+
+def test_every_operation_has_a_summary(openapi: dict[str, Any]) -> None:
+    for path, methods in OPERATIONS.items():
+        for method in methods:
+            assert openapi["paths"][path][method].get("summary"), (method, path)
+
+
+def test_task_schema_has_llamadeploy_fields_and_status(openapi: dict[str, Any]) -> None:
+    task = success_schema(openapi, f"{D}/tasks/{{task_id}}", "get")
+    assert success_schema(openapi, f"{D}/tasks/create", "post") == task
+    assert success_schema(openapi, f"{D}/tasks", "get") == task
+    assert {
+        "task_id",
+        "session_id",
+        "service_id",
+        "input",
+        "status",
+        "result",
+        "error",
+        "attempts",
+        "created_at",
+        "started_at",
+        "finished_at",
+    } <= set(task["properties"])
+    assert set(task["properties"]["status"]["enum"]) >= {"queued", "running", "succeeded", "failed"}
+
+
+def test_task_definition_is_the_body_of_run_and_create(openapi: dict[str, Any]) -> None:
+    for path in (f"{D}/tasks/run", f"{D}/tasks/create"):
+        body = openapi["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+        definition = resolve(openapi, body["schema"])
+        assert {"input", "task_id", "session_id", "service_id"} <= set(definition["properties"])
+
+
+def test_result_session_deployment_and_status_schemas(openapi: dict[str, Any]) -> None:
+    result = success_schema(openapi, f"{D}/tasks/{{task_id}}/results", "get")
+    assert {"task_id", "history", "result", "data", "status"} <= set(result["properties"])
+    session = success_schema(openapi, f"{D}/sessions/create", "post")
+    assert {"session_id", "task_ids", "state"} <= set(session["properties"])
+    assert success_schema(openapi, f"{D}/sessions/{{session_id}}", "get") == session
+    deployment = success_schema(openapi, "/deployments/create", "post")
+    assert {"name", "services", "default_service", "version"} <= set(deployment["properties"])
+    status = success_schema(openapi, "/status/", "get")
+    assert {"status", "status_message", "max_deployments", "deployments"} <= set(
+        status["properties"]
+    )
+
+
+def test_create_deployment_takes_a_multipart_file(openapi: dict[str, Any]) -> None:
+    operation = openapi["paths"]["/deployments/create"]["post"]
+    form = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
+    form = resolve(openapi, form) if "$ref" in form else form
+    assert "config_file" in form["properties"]
+    query = {p["name"] for p in operation["parameters"] if p["in"] == "query"}
+    assert {"base_path", "reload", "local"} <= query
+
+
+def test_error_schema_is_the_one_error_shape(openapi: dict[str, Any]) -> None:
+    error = openapi["components"]["schemas"]["Error"]
+    assert {"code", "status", "message", "errors"} <= set(error["properties"])
+
+
+def test_swagger_ui_page(client: FlaskClient) -> None:
+    response = client.get("/docs")
+    assert response.status_code == 200
+    assert response.content_type.startswith("text/html")
+    page = response.get_data(as_text=True)
+    assert "swagger-ui" in page
+    assert "openapi.json" in page
