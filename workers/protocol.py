@@ -43,6 +43,17 @@ def new_message_id() -> str:
 M = TypeVar("M", bound="Message")
 
 
+_FIELD_NAMES: dict[type, frozenset[str]] = {}
+
+
+def _field_names(cls: type) -> frozenset[str]:
+    """A message class's field names, computed once per class (encode is on the hot path)."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = frozenset(f.name for f in dataclasses.fields(cls))
+    return names
+
+
 @dataclass(frozen=True)
 class Message:
     """Base of every message: JSON-safe fields, a version and an id."""
@@ -57,8 +68,8 @@ class Message:
         return ", ".join(parts)
 
     def encode(self) -> dict[str, Any]:
-        """The message as a JSON-safe dict."""
-        return dataclasses.asdict(self)
+        """The message as a JSON-safe dict (shallow: fields already hold JSON values)."""
+        return {name: getattr(self, name) for name in _field_names(type(self))}
 
     @classmethod
     def decode(cls: type[M], data: dict[str, Any]) -> M:
@@ -71,7 +82,7 @@ class Message:
         if not data.get("id"):
             # Handlers deduplicate on the id: a message without one cannot be made safe.
             raise ProtocolError(f"{cls.__name__}: missing message id")
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = _field_names(cls)
         try:
             return cls(**{k: v for k, v in data.items() if k in names})
         except TypeError as exc:

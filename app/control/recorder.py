@@ -53,6 +53,12 @@ _FINISH = (
     )
 )
 
+_START_AND_FINISH = _FINISH.values(
+    attempts=_tasks.c.attempts + 1,
+    worker=bindparam("p_worker"),
+    started_at=bindparam("p_started_at"),
+)
+
 
 class Recorder:
     """Writes task progress; delivery is at least once, so repeats must change nothing."""
@@ -76,25 +82,28 @@ class Recorder:
     def finished(self, message: StepFinished) -> None:
         """Record the outcome with the run's last events, unless the task already ended."""
         status = TaskStatus.SUCCEEDED if message.ok else TaskStatus.FAILED
+        params = {
+            "task_id": message.task_id,
+            "p_from": [s.value for s in status.sources()],
+            "p_status": status.value,
+            "p_result": message.result,
+            "p_error": message.error,
+            "p_event_count": message.event_count,
+            "p_finished_at": from_timestamp(message.at),
+        }
+        if message.started_reported:
+            statement = _FINISH
+        else:
+            # A quick run: its start is recorded with its end, in the same statement.
+            statement = _START_AND_FINISH
+            params["p_worker"] = message.worker
+            params["p_started_at"] = from_timestamp(message.started_at)
         with self._db.connect() as conn:
-            if conn.scalar(_TASK_EXISTS, {"task_id": message.task_id}) is None:
-                return  # the task was deleted with its deployment
-            if not message.started_reported:
-                _count_attempt(conn, message.task_id, message.worker, message.started_at)
-            for event in message.events:
-                conn.execute(self._insert_event, _event_row(StepEvent.decode(event)))
-            conn.execute(
-                _FINISH,
-                {
-                    "task_id": message.task_id,
-                    "p_from": [s.value for s in status.sources()],
-                    "p_status": status.value,
-                    "p_result": message.result,
-                    "p_error": message.error,
-                    "p_event_count": message.event_count,
-                    "p_finished_at": from_timestamp(message.at),
-                },
-            )
+            # No row changes when the task already ended (a redelivery: its events were
+            # stored the first time) or was deleted with its deployment.
+            if conn.execute(statement, params).rowcount:
+                for event in message.events:
+                    conn.execute(self._insert_event, _event_row(StepEvent.decode(event)))
         self._waiter.notify(message.task_id)
 
 
