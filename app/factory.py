@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
-from flask import Flask
+import flask_swagger_ui
+from flask import Flask, send_from_directory
 from flask_smorest import Api
 from werkzeug.exceptions import HTTPException
 
@@ -33,7 +35,8 @@ def create_app(settings: Settings, plane: ControlPlane | None = None) -> Flask:
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        # Swagger UI's files come from the flask-swagger-ui package: the docs work offline.
+        OPENAPI_SWAGGER_UI_URL="/docs/static/",
         MAX_CONTENT_LENGTH=16 * 1024 * 1024,
         JSON_SORT_KEYS=False,
     )
@@ -41,10 +44,20 @@ def create_app(settings: Settings, plane: ControlPlane | None = None) -> Flask:
         plane = ControlPlane(settings, Database(settings.sqlalchemy_url), create_celery(settings))
     app.extensions[EXTENSION] = plane
     api = Api(app)
+    _serve_swagger_ui_files(app)
     for module in (status, deployments, tasks, sessions):
         api.register_blueprint(module.blp)
     _register_error_handlers(app)
     return app
+
+
+def _serve_swagger_ui_files(app: Flask) -> None:
+    """Serve Swagger UI's JavaScript and CSS from the installed package, not a CDN."""
+    folder = Path(flask_swagger_ui.__file__).parent / "dist"
+
+    @app.get("/docs/static/<path:filename>")
+    def swagger_ui_file(filename: str) -> Any:
+        return send_from_directory(folder, filename, max_age=3600)
 
 
 def _register_error_handlers(app: Flask) -> None:

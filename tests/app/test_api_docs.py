@@ -137,3 +137,16 @@ def test_swagger_ui_page(client: FlaskClient) -> None:
     page = response.get_data(as_text=True)
     assert "swagger-ui" in page
     assert "openapi.json" in page
+
+
+def test_swagger_ui_files_are_served_locally(client: FlaskClient) -> None:
+    # Given the docs page, which must work without internet access
+    page = client.get("/docs").get_data(as_text=True)
+    # Then it loads Swagger UI from this server, and the files are there
+    assert "/docs/static/swagger-ui-bundle.js" in page
+    for name in ("swagger-ui-bundle.js", "swagger-ui.css", "swagger-ui-standalone-preset.js"):
+        response = client.get(f"/docs/static/{name}")
+        assert response.status_code == 200, name
+        assert len(response.get_data()) > 10_000, name
+        response.close()
+    assert client.get("/docs/static/../../setup.cfg").status_code == 404
