@@ -16,9 +16,11 @@ from app.control.recorder import Recorder
 from app.errors import BadRequest, NotFound
 from app.models import Task
 from workers.protocol import (
+    HEARTBEAT,
     STEP_EVENT,
     STEP_FINISHED,
     STEP_STARTED,
+    Heartbeat,
     RunStep,
     StepEvent,
     StepFinished,
@@ -42,7 +44,7 @@ def route(deployment: str, spec: dict[str, Any], service_id: str | None) -> str:
     return name
 
 
-def first_step(task: Task, deployment: str) -> RunStep:
+def first_step(task: Task, deployment: str, version: int) -> RunStep:
     """The message that starts a task: today a task is one workflow run on its service."""
     return RunStep(
         id=task.id,  # one first step per task: its id names the message in Flower too
@@ -51,6 +53,7 @@ def first_step(task: Task, deployment: str) -> RunStep:
         deployment=deployment,
         service=task.service,
         input=task.input,
+        version=version,
     )
 
 
@@ -77,3 +80,7 @@ def register_control_tasks(celery: Celery, recorder: Recorder) -> None:
     @celery.task(name=STEP_FINISHED, **_RETRY)
     def step_finished(**payload: Any) -> None:
         recorder.finished(StepFinished.decode(payload))
+
+    @celery.task(name=HEARTBEAT, **_RETRY)
+    def heartbeat(**payload: Any) -> None:
+        recorder.heartbeat(Heartbeat.decode(payload))

@@ -31,9 +31,8 @@ class Server:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        if settings.embedded:
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
-            migrations.upgrade(settings.sqlalchemy_url)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        migrations.upgrade(settings.sqlalchemy_url)
         celery = create_celery(settings, worker_name="embedded")
         self.plane = ControlPlane(settings, Database(settings.sqlalchemy_url), celery)
         self.app: Flask = create_app(settings, self.plane)

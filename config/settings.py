@@ -32,12 +32,27 @@ class Settings:
     #: Threads of the WSGI server.
     http_threads: int = 32
     log_level: str = "WARNING"
+    #: The API server that distributed workers fetch deployments from (``CELERIAC_SERVER``).
+    server: str = "http://127.0.0.1:4501"
+    #: Seconds between worker heartbeats; a worker silent for three of them is gone.
+    heartbeat_interval: float = 10.0
+    #: Redis and SQS redeliver a message unacknowledged for this long: the longest a task may
+    #: run before a second worker starts it too (SQS allows at most 43200).
+    visibility_timeout: int = 43200
+    #: AWS region of the SQS broker.
+    sqs_region: str = "us-east-1"
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def embedded(self) -> bool:
         """True when the broker lives inside this process, so every worker must run here too."""
         return self.broker_url.startswith("memory://")
+
+    @property
+    def transport(self) -> str:
+        """The broker's kind: ``memory``, ``amqp``, ``redis`` or ``sqs``."""
+        scheme = self.broker_url.split("://", 1)[0].lower()
+        return {"pyamqp": "amqp", "amqps": "amqp", "rediss": "redis"}.get(scheme, scheme)
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -7,6 +7,7 @@ from typing import Any
 from celery import Celery
 
 from config.settings import Settings
+from workers.heartbeat import HeartbeatStep
 from workers.protocol import (
     CONTROL_QUEUE,
     RUN_STEP,
@@ -19,8 +20,8 @@ from workers.protocol import (
     StepFinished,
     StepStarted,
 )
-from workers.runtime import ServiceRuntime
-from workers.transports import EMBEDDED_TRANSPORT
+from workers.runtime import Fetch, ServiceRuntime
+from workers.transports import transport_options
 
 
 class CeleriacCelery(Celery):
@@ -30,25 +31,32 @@ class CeleriacCelery(Celery):
     runtime: ServiceRuntime
 
 
-def create_celery(settings: Settings, *, worker_name: str = "celeriac") -> CeleriacCelery:
-    """Build the Celery app for this process; nothing connects until a worker or sender runs."""
+def create_celery(
+    settings: Settings, *, worker_name: str | None = None, fetch: Fetch | None = None
+) -> CeleriacCelery:
+    """Build the Celery app for this process; nothing connects until a worker or sender runs.
+
+    ``fetch`` lets service workers look up deployments they were not told about.
+    """
     celery = CeleriacCelery("celeriac", set_as_current=False)
     celery.settings = settings
-    celery.runtime = ServiceRuntime(settings.sources_dir, worker_name=worker_name)
+    celery.runtime = ServiceRuntime(settings.sources_dir, worker_name=worker_name, fetch=fetch)
     celery.conf.update(celery_config(settings))
+    celery.steps["worker"].add(HeartbeatStep)
     register_service_tasks(celery)
     return celery
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """Celery settings that give at-least-once delivery and small JSON messages."""
-    embedded = {"broker_transport": EMBEDDED_TRANSPORT} if settings.embedded else {}
     return {
-        **embedded,
+        **transport_options(settings),
         # ``memory://`` has no host; naming one spares a warning from Kombu on every connect.
         "broker_url": "memory://localhost/" if settings.embedded else settings.broker_url,
-        "broker_transport_options": {"polling_interval": settings.polling_interval},
         "broker_connection_retry_on_startup": True,
+        # Monitoring (Flower, ``celery events``) sees every task; not worth it in-process.
+        "worker_send_task_events": not settings.embedded,
+        "task_send_sent_event": not settings.embedded,
         "task_serializer": "json",
         "accept_content": ["json"],
         "result_serializer": "json",
@@ -59,6 +67,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         # Outcomes travel to the control plane as messages; no result backend is needed.
         "task_ignore_result": True,
+        # Workflows share one asyncio loop per process and answer events sent to the task
+        # they run: service workers use threads, so that loop and the task are in reach.
+        "worker_pool": "threads",
         "task_default_queue": CONTROL_QUEUE,
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,

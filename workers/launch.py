@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from celery.worker import WorkController
 
-from workers.celery_app import CeleriacCelery
+from config.settings import Settings
+from workers.catalog import http_fetcher
+from workers.celery_app import CeleriacCelery, create_celery
+from workers.errors import UnknownDeployment, WorkflowLoadError
+from workers.loader import missing_dependencies
+from workers.protocol import service_queue
 
 
 class _Controller(WorkController):
@@ -79,3 +87,80 @@ class ThreadWorker:
             return
         controller.stop(in_sighandler=False)
         thread.join(timeout)
+
+
+def run_worker(
+    celery: CeleriacCelery,
+    queues: Sequence[str],
+    *,
+    hostname: str,
+    concurrency: int,
+    pool: str = "threads",
+    loglevel: str = "INFO",
+) -> int:
+    """Run a Celery worker in this process until it is stopped; returns its exit code.
+
+    This is ``celery worker`` itself (banner, signal handling, warm shutdown on SIGTERM), so a
+    Celeriac worker behaves as Celery users expect.
+    """
+    celery.set_default()
+    worker = celery.Worker(
+        hostname=hostname,
+        queues=list(queues),
+        concurrency=concurrency,
+        pool_cls=pool,
+        loglevel=loglevel,
+    )
+    worker.start()
+    return int(worker.exitcode or 0)
+
+
+def prepare_service_worker(
+    settings: Settings,
+    deployments: Sequence[str],
+    services: Sequence[str] = (),
+    *,
+    base_path: Path | None = None,
+    hostname: str,
+    install_dependencies: bool = False,
+) -> tuple[CeleriacCelery, list[str]]:
+    """Fetch the deployments from the control plane and get a worker ready to serve them.
+
+    Returns the Celery app and the queues to consume. Nothing is installed silently: missing
+    ``python-dependencies`` stop the worker with their names unless ``install_dependencies``.
+    """
+    fetch = http_fetcher(settings.server, base_path)
+    celery = create_celery(settings, worker_name=hostname, fetch=fetch)
+    queues: list[str] = []
+    for name in deployments:
+        source = fetch(name)
+        chosen = list(services) or list(source.spec.services)
+        unknown = [s for s in chosen if s not in source.spec.services]
+        if unknown:
+            raise UnknownDeployment(
+                f"deployment {name!r} has no service {', '.join(unknown)} "
+                f"(services: {', '.join(source.spec.services)})"
+            )
+        requirements = sorted(
+            {r for s in chosen for r in source.spec.services[s].python_dependencies}
+        )
+        _ensure_dependencies(requirements, install_dependencies)
+        celery.runtime.install(source.spec, source.base_path, source.version)
+        queues += [service_queue(name, s) for s in chosen]
+    return celery, queues
+
+
+def _ensure_dependencies(requirements: list[str], install: bool) -> None:
+    """Install requirements when asked to; otherwise refuse to start if any is missing."""
+    missing = missing_dependencies(tuple(requirements))
+    if not missing:
+        return
+    if not install:
+        raise WorkflowLoadError(
+            "missing python dependencies: "
+            + ", ".join(missing)
+            + "; install them, or start the worker with --install-dependencies"
+        )
+    done = subprocess.run([sys.executable, "-m", "pip", "install", *requirements], check=False)
+    if done.returncode != 0:
+        raise WorkflowLoadError(f"pip install {' '.join(requirements)} failed")

@@ -28,6 +28,7 @@ RUN_STEP = "celeriac.service.run_step"
 STEP_STARTED = "celeriac.control.step_started"
 STEP_EVENT = "celeriac.control.step_event"
 STEP_FINISHED = "celeriac.control.step_finished"
+HEARTBEAT = "celeriac.control.heartbeat"
 
 
 def service_queue(deployment: str, service: str) -> str:
@@ -98,6 +99,9 @@ class RunStep(Message):
     deployment: str
     service: str
     input: dict[str, Any]
+    #: The deployment's version when the task was sent: a worker holding an older one
+    #: fetches the new one first.
+    version: int = 1
 
 
 @dataclass(frozen=True)
@@ -140,3 +144,17 @@ class StepFinished(Message):
     started_at: float
     started_reported: bool
     at: float
+
+
+@dataclass(frozen=True)
+class Heartbeat(Message):
+    """Worker to control plane: I am alive and consume these queues (``gone``: I stopped)."""
+
+    worker: str
+    host: str
+    pid: int
+    queues: list[str]
+    deployments: list[str]
+    started_at: float
+    at: float
+    gone: bool = False

@@ -6,6 +6,7 @@ import concurrent.futures
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,26 +49,44 @@ class LoadedService:
 class _Installed:
     spec: DeploymentSpec
     base_path: Path
+    version: int
     services: dict[str, LoadedService] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeploymentSource:
+    """A deployment as a worker gets it from the control plane."""
+
+    spec: DeploymentSpec
+    base_path: Path
+    version: int
+
+
+#: Looks a deployment up by name (over HTTP, from the control plane), for workers started
+#: without knowing what they will serve.
+Fetch = Callable[[str], DeploymentSource]
 
 
 class ServiceRuntime:
     """Runs workflow steps for the deployments installed in this process."""
 
-    def __init__(self, sources_dir: Path, worker_name: str = "celeriac") -> None:
+    def __init__(
+        self, sources_dir: Path, worker_name: str | None = None, fetch: Fetch | None = None
+    ) -> None:
         self.sources_dir = sources_dir
         self.worker_name = worker_name
+        self.fetch = fetch
         self.loop = LoopThread()
         self._installed: dict[str, _Installed] = {}
         self._lock = threading.RLock()
 
     # -- what this process serves -------------------------------------------------------------
 
-    def install(self, spec: DeploymentSpec, base_path: Path) -> list[str]:
+    def install(self, spec: DeploymentSpec, base_path: Path, version: int = 1) -> list[str]:
         """Serve ``spec`` (replacing an older version) and return its queues."""
         environ.install()
         with self._lock:
-            self._installed[spec.name] = _Installed(spec, base_path)
+            self._installed[spec.name] = _Installed(spec, base_path, version)
         return [service_queue(spec.name, sid) for sid in spec.services]
 
     def remove(self, name: str) -> None:
@@ -80,10 +99,25 @@ class ServiceRuntime:
         with self._lock:
             return sorted(self._installed)
 
-    def load(self, deployment: str, service_id: str) -> LoadedService:
-        """The service's workflow, synced and imported on first use, then cached."""
+    def load(self, deployment: str, service_id: str, version: int = 1) -> LoadedService:
+        """The service's workflow, synced and imported on first use, then cached.
+
+        A deployment this process does not know, or knows in an older version, is fetched
+        from the control plane first (when the runtime was given a way to fetch).
+        """
         with self._lock:
             installed = self._installed.get(deployment)
+            if (installed is None or installed.version < version) and self.fetch is not None:
+                try:
+                    source = self.fetch(deployment)
+                except WorkerError:
+                    raise
+                except Exception as exc:
+                    raise UnknownDeployment(
+                        f"could not fetch deployment {deployment!r} from the control plane: {exc}"
+                    ) from exc
+                self.install(source.spec, source.base_path, source.version)
+                installed = self._installed[deployment]
             if installed is None:
                 raise UnknownDeployment(f"deployment {deployment!r} is not served by this worker")
             loaded = installed.services.get(service_id)
@@ -104,9 +138,9 @@ class ServiceRuntime:
 
     def run(self, step: RunStep, reporter: Reporter) -> StepFinished:
         """Run one step to its end, reporting its start, every event and the outcome."""
-        run = _Run(step, self.worker_name, reporter)
+        run = _Run(step, self.worker_name or "celeriac", reporter)
         try:
-            service = self.load(step.deployment, step.service)
+            service = self.load(step.deployment, step.service, step.version)
             future = self.loop.submit(_execute(service, step, run))
             # Wait with ``wait``, not ``result(timeout)``: the workflow's own TimeoutError
             # is the same class as the future's, and must not read as "still running".

@@ -6,7 +6,8 @@ Embedded (``memory://``)
     (and would take two seconds to notice that its worker is stopping). Messages live only in
     this process: the embedded mode runs every worker here.
 
-Every other URL (``amqp://``, ``redis://``, ``sqs://``) uses Kombu's own transport unchanged.
+Every other URL (``amqp://``, ``redis://``, ``sqs://``) uses Kombu's own transport, with the
+options of :func:`transport_options`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from queue import Empty
 from typing import Any
 
 from kombu.transport import memory
+
+from config.settings import Settings
 
 EMBEDDED_TRANSPORT = "workers.transports:MemoryTransport"
 
@@ -91,3 +94,39 @@ class MemoryTransport(memory.Transport):
         self._closing = True
         DOORBELL.ring()
         super().close_connection(connection)
+
+
+def transport_options(settings: Settings) -> dict[str, Any]:
+    """Celery settings for the broker in ``settings``: the transport's profile.
+
+    ====== ===================================================================================
+    memory Event-driven in-process transport (above).
+    amqp   Publisher confirms: ``send_task`` returns once RabbitMQ has the message.
+    redis  ``visibility_timeout``: an unacknowledged message is redelivered after it.
+    sqs    ``visibility_timeout`` and ``region``; long polling; queue names with ``-``.
+    ====== ===================================================================================
+    """
+    kind = settings.transport
+    if kind == "memory":
+        return {"broker_transport": EMBEDDED_TRANSPORT}
+    if kind == "amqp":
+        return {"broker_transport_options": {"confirm_publish": True}}
+    if kind == "redis":
+        return {
+            "broker_transport_options": {
+                "visibility_timeout": settings.visibility_timeout,
+                "fanout_prefix": True,
+                "fanout_patterns": True,
+            }
+        }
+    if kind == "sqs":
+        return {
+            "broker_transport_options": {
+                "visibility_timeout": min(settings.visibility_timeout, 43200),
+                "region": settings.sqs_region,
+                "wait_time_seconds": 10,
+                "polling_interval": 0.1,
+                "queue_name_prefix": "",
+            }
+        }
+    return {"broker_transport_options": {"polling_interval": settings.polling_interval}}

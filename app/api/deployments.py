@@ -8,7 +8,13 @@ from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from app.api import plane
-from app.api.schemas import CreateDeploymentArgs, DeploymentFileSchema, DeploymentSchema
+from app.api.schemas import (
+    CreateDeploymentArgs,
+    DeploymentFileSchema,
+    DeploymentSchema,
+    DeploymentSpecSchema,
+    LiveServiceSchema,
+)
 from app.errors import InvalidInput
 
 blp = Blueprint("deployments", __name__, url_prefix="/deployments", description="Deployments.")
@@ -41,6 +47,26 @@ class DeploymentCreate(MethodView):
                 "the deployment file is not UTF-8 text", errors={"config_file": [str(exc)]}
             ) from exc
         return plane().deployments.create(text, args["base_path"], reload=args["reload"])
+
+
+@blp.route("/<string:deployment_name>/services")
+class DeploymentServices(MethodView):
+    """The live service registry of a deployment."""
+
+    @blp.response(200, LiveServiceSchema(many=True))
+    def get(self, deployment_name: str) -> Any:
+        """Each service with its queue, its live workers and their last heartbeat."""
+        return plane().registry.services(deployment_name)
+
+
+@blp.route("/<string:deployment_name>/spec")
+class DeploymentSpecItem(MethodView):
+    """The full parsed deployment, as service workers load it."""
+
+    @blp.response(200, DeploymentSpecSchema)
+    def get(self, deployment_name: str) -> Any:
+        """The deployment's parsed spec, version and base path (what workers fetch)."""
+        return plane().deployments.get(deployment_name)
 
 
 @blp.route("/<string:deployment_name>")

@@ -28,6 +28,22 @@ class ServiceSchema(Schema):
     queue = fields.String(metadata={"description": "The Celery queue its workers consume."})
 
 
+class WorkerSchema(Schema):
+    """A live worker of a service."""
+
+    name = fields.String()
+    host = fields.String()
+    pid = fields.Integer()
+    started_at = fields.DateTime()
+    last_heartbeat = fields.DateTime(attribute="last_seen")
+
+
+class LiveServiceSchema(ServiceSchema):
+    """A service with the workers consuming its queue now."""
+
+    workers = fields.List(fields.Nested(WorkerSchema))
+
+
 class DeploymentSchema(Schema):
     """A deployment (LlamaDeploy's ``DeploymentDefinition`` is just ``name``)."""
 
@@ -38,6 +54,15 @@ class DeploymentSchema(Schema):
     services = fields.List(fields.Nested(ServiceSchema))
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
+
+
+class DeploymentSpecSchema(Schema):
+    """A deployment's full parsed file, as service workers load it."""
+
+    name = fields.String()
+    version = fields.Integer()
+    base_path = fields.String()
+    spec = fields.Dict(metadata={"description": "The deployment file, parsed and completed."})
 
 
 class DeploymentFileSchema(Schema):

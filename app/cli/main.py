@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from app.cli import deployments, profiles, serve, sessions, tasks
+from app.cli import deployments, profiles, serve, sessions, tasks, worker
 from app.cli.context import CliState
 from app.sdk import DEFAULT_SERVER
 
@@ -28,6 +28,7 @@ def cli(ctx: click.Context, server: str | None, profile: str | None, timeout: fl
 
 cli.add_command(serve.serve)
 cli.add_command(serve.db_group)
+cli.add_command(worker.worker)
 cli.add_command(deployments.deploy)
 cli.add_command(deployments.deployments_group)
 cli.add_command(deployments.status)

@@ -38,6 +38,8 @@ def serve(deployment_file: Path | None, host: str | None, port: int | None) -> N
     from app.server import Server
 
     settings = load_settings(host=host, port=port)
+    if deployment_file is not None:
+        settings = _adopt_platform(settings, deployment_file)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -62,6 +64,29 @@ def serve(deployment_file: Path | None, host: str | None, port: int | None) -> N
         click.echo(f"API docs: {url}/docs    Stop with Ctrl-C.")
 
     server.serve(on_ready=ready)
+
+
+def _adopt_platform(settings: Settings, deployment_file: Path) -> Settings:
+    """Take the broker and database from the file's ``message-queue`` and ``state_store_uri``
+    unless the environment sets them (the environment wins)."""
+    from config.deployment import load_deployment_file
+    from config.errors import DeploymentSpecError
+    from config.platform import broker_url, state_store_url
+
+    try:
+        spec = load_deployment_file(deployment_file)
+        broker = broker_url(spec.message_queue)
+        database = state_store_url(spec.control_plane.state_store_uri)
+    except DeploymentSpecError as exc:
+        raise click.ClickException(f"{deployment_file} is not valid:\n{exc}") from exc
+    except ConfigError as exc:
+        raise click.ClickException(f"{deployment_file}: {exc}") from exc
+    changes: dict[str, object] = {}
+    if broker and "CELERIAC_BROKER_URL" not in os.environ:
+        changes["broker_url"] = broker
+    if database and "CELERIAC_DATABASE_URL" not in os.environ:
+        changes["database_url"] = database
+    return settings.replace(**changes) if changes else settings
 
 
 def _describe(exc: Exception) -> str:

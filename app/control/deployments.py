@@ -16,6 +16,8 @@ from app.models import Deployment, Service
 from app.models.base import utcnow
 from config.deployment import DeploymentSpec, SourceType, load_deployment
 from config.errors import DeploymentSpecError
+from config.platform import platform_mismatches
+from config.settings import Settings
 from workers.protocol import service_queue
 
 log = logging.getLogger(__name__)
@@ -28,9 +30,11 @@ RemovedHook = Callable[[str], None]
 class Deployments:
     """Create, reload, read and delete deployments."""
 
-    def __init__(self, db: Database, max_deployments: int) -> None:
+    def __init__(self, db: Database, settings: Settings) -> None:
         self._db = db
-        self._max = max_deployments
+        self._max = settings.max_deployments
+        self._broker = settings.broker_url
+        self._database = settings.sqlalchemy_url
         self.on_deployed: list[DeployedHook] = []
         self.on_removed: list[RemovedHook] = []
 
@@ -40,6 +44,12 @@ class Deployments:
             spec = load_deployment(config)
         except DeploymentSpecError as exc:
             raise InvalidInput("the deployment file is not valid", errors=exc.errors) from exc
+        mismatches = platform_mismatches(spec, self._broker, self._database)
+        if mismatches:
+            raise InvalidInput(
+                "the deployment names a broker or database this Celeriac does not use",
+                errors=mismatches,
+            )
         base = Path(base_path or ".").expanduser().resolve()
         check_local_sources(spec, base)
         with self._db.begin() as session:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from app.control.deployments import Deployments
 from app.control.dispatch import Dispatcher
 from app.control.recorder import Recorder
+from app.control.registry import Registry
 from app.control.sessions import Sessions
 from app.control.tasks import Tasks
 from app.control.waiter import TaskWaiter
@@ -25,8 +26,9 @@ class ControlPlane:
         # database is only a safety net. Elsewhere it is how waiters learn about outcomes.
         self.waiter = TaskWaiter(first_poll=0.5) if settings.embedded else TaskWaiter()
         self.recorder = Recorder(db, self.waiter)
-        self.deployments = Deployments(db, settings.max_deployments)
+        self.deployments = Deployments(db, settings)
         self.sessions = Sessions(db)
+        self.registry = Registry(db, settings.heartbeat_interval)
         self.tasks = Tasks(db, Dispatcher(celery), self.waiter, settings.run_timeout)
         register_control_tasks(celery, self.recorder)
 

@@ -9,15 +9,17 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, case, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from app.control.waiter import TaskWaiter
 from app.db import Database
-from app.models import Event, EventDirection, Task, TaskStatus
+from app.models import Event, EventDirection, Task, TaskStatus, Worker
 from app.models.base import from_timestamp, table_of
-from workers.protocol import StepEvent, StepFinished, StepStarted
+from workers.protocol import Heartbeat, StepEvent, StepFinished, StepStarted
 
 _tasks = table_of(Task)
 _events = table_of(Event)
+_workers = table_of(Worker)
 
 _TASK_EXISTS = select(_tasks.c.id).where(_tasks.c.id == bindparam("task_id"))
 
@@ -105,6 +107,34 @@ class Recorder:
                 for event in message.events:
                     conn.execute(self._insert_event, _event_row(StepEvent.decode(event)))
         self._waiter.notify(message.task_id)
+
+    def heartbeat(self, message: Heartbeat) -> None:
+        """Note that a worker is alive (or, with ``gone``, that it stopped)."""
+        with self._db.connect() as conn:
+            _upsert_worker(conn, message, self._db.engine.dialect.name)
+
+
+def _upsert_worker(conn: Connection, message: Heartbeat, dialect: str) -> None:
+    values = {
+        "name": message.worker,
+        "host": message.host,
+        "pid": message.pid,
+        "queues": message.queues,
+        "deployments": message.deployments,
+        "started_at": from_timestamp(message.started_at),
+        "last_seen": from_timestamp(message.at),
+        "stopped_at": from_timestamp(message.at) if message.gone else None,
+    }
+    insert = (postgresql if dialect == "postgresql" else sqlite).insert(_workers).values(values)
+    changed = {k: v for k, v in values.items() if k != "name"}
+    conn.execute(
+        insert.on_conflict_do_update(
+            index_elements=[_workers.c.name],
+            set_=changed,
+            # Heartbeats may arrive out of order: never let an older one win.
+            where=_workers.c.last_seen <= changed["last_seen"],
+        )
+    )
 
 
 def _count_attempt(conn: Connection, task_id: str, worker: str, at: float) -> None:

@@ -57,7 +57,7 @@ _sessions = table_of(Session)
 _deployments = table_of(Deployment)
 _STATUS = select(_tasks.c.status).where(_tasks.c.id == bindparam("task_id"))
 _TASK = select(_tasks).where(_tasks.c.id == bindparam("task_id"))
-_DEPLOYMENT = select(_deployments.c.id, _deployments.c.spec).where(
+_DEPLOYMENT = select(_deployments.c.id, _deployments.c.spec, _deployments.c.version).where(
     _deployments.c.name == bindparam("name")
 )
 _LIVE_SESSION = select(_sessions.c.id).where(
@@ -100,7 +100,7 @@ class Tasks:
             found = conn.execute(_DEPLOYMENT, {"name": request.deployment}).first()
             if found is None:
                 raise NotFound(f"deployment {request.deployment!r} not found")
-            deployment_id, spec = found
+            deployment_id, spec, version = found
             service = route(request.deployment, spec, request.service_id)
             session_id = request.session_id
             if session_id:
@@ -137,7 +137,7 @@ class Tasks:
             except IntegrityError as exc:
                 raise Conflict(f"task id {task.id!r} is already used") from exc
         try:
-            self._dispatcher.run_step(first_step(task, request.deployment))
+            self._dispatcher.run_step(first_step(task, request.deployment, version))
         except Unavailable as exc:
             self._fail_undispatched(task.id, exc)
             raise

@@ -5,6 +5,7 @@ from app.models.deployment import Deployment, Service
 from app.models.event import Event, EventDirection
 from app.models.session import Session
 from app.models.task import Task, TaskStatus
+from app.models.worker import Worker
 
 __all__ = [
     "Base",
@@ -15,4 +16,5 @@ __all__ = [
     "Session",
     "Task",
     "TaskStatus",
+    "Worker",
 ]
