@@ -8,12 +8,15 @@ from celery import Celery
 
 from config.settings import Settings
 from workers.heartbeat import HeartbeatStep
+from workers.inbox import InboxStep
 from workers.protocol import (
     CONTROL_QUEUE,
+    DELIVER_EVENT,
     RUN_STEP,
     STEP_EVENT,
     STEP_FINISHED,
     STEP_STARTED,
+    DeliverEvent,
     Message,
     RunStep,
     StepEvent,
@@ -43,6 +46,7 @@ def create_celery(
     celery.runtime = ServiceRuntime(settings.sources_dir, worker_name=worker_name, fetch=fetch)
     celery.conf.update(celery_config(settings))
     celery.steps["worker"].add(HeartbeatStep)
+    celery.steps["consumer"].add(InboxStep)
     register_service_tasks(celery)
     return celery
 
@@ -119,3 +123,7 @@ def register_service_tasks(celery: CeleriacCelery) -> None:
     @celery.task(name=RUN_STEP, shared=False, acks_late=True, reject_on_worker_lost=True)
     def run_step(**payload: Any) -> None:
         celery.runtime.run(RunStep.decode(payload), reporter)
+
+    @celery.task(name=DELIVER_EVENT, shared=False)
+    def deliver_event(**payload: Any) -> None:
+        celery.runtime.deliver(DeliverEvent.decode(payload))

@@ -3,7 +3,8 @@
 WorkerError
 ├── ProtocolError        a message that cannot be decoded (wrong version, missing field)
 ├── UnknownDeployment    a step for a deployment this worker does not serve
-└── WorkflowLoadError    a service's workflow could not be synced, imported or found
+├── WorkflowLoadError    a service's workflow could not be synced, imported or found
+└── WorkflowStateError   a session's Context could not be stored as JSON
 """
 
 from __future__ import annotations
@@ -23,3 +24,7 @@ class UnknownDeployment(WorkerError):
 
 class WorkflowLoadError(WorkerError):
     """A service's workflow could not be synced, imported or found."""
+
+
+class WorkflowStateError(WorkerError):
+    """A session's Context could not be stored as JSON."""

@@ -7,6 +7,8 @@ Naming scheme:
 
 - the control plane consumes the queue ``control_plane``;
 - service ``S`` of deployment ``D`` is served from the queue ``celeriac.D.S``;
+- each service worker also consumes its inbox ``celeriac.inbox.<worker>``, where events sent
+  into the tasks it runs arrive;
 - task names are ``celeriac.service.*`` (run by service workers) and ``celeriac.control.*``
   (run by the control-plane consumer).
 """
@@ -25,15 +27,25 @@ PROTOCOL_VERSION = 1
 CONTROL_QUEUE = "control_plane"
 
 RUN_STEP = "celeriac.service.run_step"
+DELIVER_EVENT = "celeriac.service.deliver_event"
 STEP_STARTED = "celeriac.control.step_started"
 STEP_EVENT = "celeriac.control.step_event"
 STEP_FINISHED = "celeriac.control.step_finished"
 HEARTBEAT = "celeriac.control.heartbeat"
 
 
+SERVICE_QUEUE_PREFIX = "celeriac."
+INBOX_PREFIX = "celeriac.inbox."
+
+
 def service_queue(deployment: str, service: str) -> str:
     """The queue that serves one service of one deployment."""
-    return f"celeriac.{deployment}.{service}"
+    return f"{SERVICE_QUEUE_PREFIX}{deployment}.{service}"
+
+
+def inbox_queue(worker: str) -> str:
+    """The queue of one worker, through which events reach the tasks it runs."""
+    return f"{INBOX_PREFIX}{worker}"
 
 
 def new_message_id() -> str:
@@ -102,6 +114,10 @@ class RunStep(Message):
     #: The deployment's version when the task was sent: a worker holding an older one
     #: fetches the new one first.
     version: int = 1
+    #: The session's workflow Context (JSON, as ``Context.to_dict`` gives it), if any.
+    context: dict[str, Any] | None = None
+    #: Whether to send the Context back at the end (not for single-use sessions).
+    keep_context: bool = False
 
 
 @dataclass(frozen=True)
@@ -111,6 +127,8 @@ class StepStarted(Message):
     task_id: str
     worker: str
     at: float
+    #: Where events for this task must be sent (the worker's inbox queue).
+    inbox: str = ""
 
 
 @dataclass(frozen=True)
@@ -144,6 +162,11 @@ class StepFinished(Message):
     started_at: float
     started_reported: bool
     at: float
+    #: The session's Context after the run, when the step was asked to keep it.
+    context: dict[str, Any] | None = None
+    inbox: str = ""
+    #: The task belongs to a session that lives on: the control plane hands it on.
+    keep_context: bool = False
 
 
 @dataclass(frozen=True)
@@ -158,3 +181,15 @@ class Heartbeat(Message):
     started_at: float
     at: float
     gone: bool = False
+
+
+@dataclass(frozen=True)
+class DeliverEvent(Message):
+    """Control plane to a worker's inbox: send this event into the task's running workflow.
+
+    ``event`` is LlamaDeploy's ``event_obj_str``: llama-index's JSON form of the event.
+    """
+
+    task_id: str
+    seq: int
+    event: str

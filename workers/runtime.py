@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
+import json
 import threading
 import time
 import traceback
@@ -13,14 +15,24 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
-from workflows import Workflow
-from workflows.events import StopEvent
+from workflows import Context, Workflow
+from workflows.context.serializers import JsonSerializer
+from workflows.events import InputRequiredEvent, StopEvent
 
 from config.deployment import DeploymentSpec
 from workers import environ, loader
-from workers.errors import UnknownDeployment, WorkerError
+from workers.errors import UnknownDeployment, WorkerError, WorkflowStateError
 from workers.eventloop import LoopThread
-from workers.protocol import RunStep, StepEvent, StepFinished, StepStarted, service_queue
+from workers.inbox import Inbox, decode_event
+from workers.protocol import (
+    DeliverEvent,
+    RunStep,
+    StepEvent,
+    StepFinished,
+    StepStarted,
+    inbox_queue,
+    service_queue,
+)
 from workers.sources import sync_source
 
 
@@ -77,6 +89,7 @@ class ServiceRuntime:
         self.worker_name = worker_name
         self.fetch = fetch
         self.loop = LoopThread()
+        self.inbox = Inbox()
         self._installed: dict[str, _Installed] = {}
         self._lock = threading.RLock()
 
@@ -134,14 +147,19 @@ class ServiceRuntime:
             installed.services[service_id] = loaded
             return loaded
 
+    @property
+    def inbox_queue(self) -> str:
+        """The queue through which events reach the tasks this process runs."""
+        return inbox_queue(self.worker_name or "celeriac")
+
     # -- running ------------------------------------------------------------------------------
 
     def run(self, step: RunStep, reporter: Reporter) -> StepFinished:
         """Run one step to its end, reporting its start, every event and the outcome."""
-        run = _Run(step, self.worker_name or "celeriac", reporter)
+        run = _Run(step, self.worker_name or "celeriac", self.inbox_queue, reporter)
         try:
             service = self.load(step.deployment, step.service, step.version)
-            future = self.loop.submit(_execute(service, step, run))
+            future = self.loop.submit(self._execute(service, step, run))
             # Wait with ``wait``, not ``result(timeout)``: the workflow's own TimeoutError
             # is the same class as the future's, and must not read as "still running".
             done, _ = concurrent.futures.wait([future], timeout=STARTED_GRACE)
@@ -157,9 +175,46 @@ class ServiceRuntime:
         reporter.finished(outcome)
         return outcome
 
+    def deliver(self, message: DeliverEvent) -> bool:
+        """Send an event into a running task; False for a duplicate delivery."""
+        return self.inbox.deliver(message.task_id, message.seq, decode_event(message.event))
+
+    async def _execute(self, service: LoadedService, step: RunStep, run: _Run) -> Any:
+        """Run the workflow under the service's environment, in the session's Context,
+        forwarding streamed events in order and accepting events sent in."""
+        with environ.scoped(service.env):
+            ctx = (
+                Context.from_dict(service.workflow, step.context, serializer=JsonSerializer())
+                if step.context
+                else Context(service.workflow)
+            )
+            handler = service.workflow.run(ctx=ctx, **step.input)
+            self.inbox.attach(step.task_id, handler.ctx or ctx, asyncio.get_running_loop())
+            try:
+                async for event in handler.stream_events():
+                    run.event(event)
+                result = await handler
+            finally:
+                self.inbox.detach(step.task_id)
+            if step.keep_context and handler.ctx is not None:
+                run.context = _context_json(handler.ctx)
+            return result
+
     def close(self) -> None:
         """Stop the event loop."""
         self.loop.stop()
+
+
+def _context_json(ctx: Context) -> dict[str, Any]:
+    """The Context as JSON data (never pickle); values that are not JSON are an error."""
+    try:
+        data = ctx.to_dict(serializer=JsonSerializer())
+        json.dumps(data)
+    except (TypeError, ValueError) as exc:
+        raise WorkflowStateError(
+            f"the session's Context holds a value that cannot be stored as JSON: {exc}"
+        ) from exc
+    return data
 
 
 #: A run still going after this many seconds reports that it started; a shorter one reports
@@ -170,10 +225,12 @@ STARTED_GRACE = 0.02
 class _Run:
     """What one run has reported so far."""
 
-    def __init__(self, step: RunStep, worker: str, reporter: Reporter) -> None:
+    def __init__(self, step: RunStep, worker: str, inbox: str, reporter: Reporter) -> None:
         self.step = step
         self.worker = worker
+        self.inbox = inbox
         self.reporter = reporter
+        self.context: dict[str, Any] | None = None
         self.started_at = time.time()
         self.started_reported = False
         self.count = 0
@@ -181,13 +238,21 @@ class _Run:
 
     def report_started(self) -> None:
         """Tell the control plane the task is running (for runs past the grace period)."""
+        if self.started_reported:
+            return
         self.started_reported = True
         self.reporter.started(
-            StepStarted(task_id=self.step.task_id, worker=self.worker, at=self.started_at)
+            StepStarted(
+                task_id=self.step.task_id, worker=self.worker, at=self.started_at, inbox=self.inbox
+            )
         )
 
     def event(self, event: Any) -> None:
-        """Forward a streamed event; the final ``StopEvent`` waits to go with the outcome."""
+        """Forward a streamed event; the final ``StopEvent`` waits to go with the outcome.
+
+        The start is reported before the first forwarded event, so that whoever sees the event
+        (an ``InputRequiredEvent``, say) can already reach this worker.
+        """
         message = StepEvent(
             task_id=self.step.task_id, seq=self.count, event=describe_event(event), at=time.time()
         )
@@ -195,6 +260,7 @@ class _Run:
         if isinstance(event, StopEvent):
             self.held.append(message)
         else:
+            self.report_started()
             self.reporter.event(message)
 
     def outcome(self, result: Any = None, error: dict[str, Any] | None = None) -> StepFinished:
@@ -210,26 +276,25 @@ class _Run:
             started_at=self.started_at,
             started_reported=self.started_reported,
             at=time.time(),
+            context=self.context,
+            inbox=self.inbox,
+            keep_context=self.step.keep_context,
         )
-
-
-async def _execute(service: LoadedService, step: RunStep, run: _Run) -> Any:
-    """Run the workflow under the service's environment, forwarding streamed events in order."""
-    with environ.scoped(service.env):
-        handler = service.workflow.run(**step.input)
-        async for event in handler.stream_events():
-            run.event(event)
-        return await handler
 
 
 def describe_event(event: Any) -> dict[str, Any]:
     """A streamed event as JSON: its type, qualified name and fields."""
     cls = type(event)
     data = event.model_dump() if isinstance(event, BaseModel) else event
+    if isinstance(data, dict) and isinstance(data.get("_data"), dict):
+        # Workflow events keep keyword fields in ``_data``; clients expect them at the top,
+        # as LlamaDeploy streamed them (an InputRequiredEvent has ``prefix``).
+        data = {**data.pop("_data"), **data}
     return {
         "type": cls.__name__,
         "qualified_name": f"{cls.__module__}.{cls.__qualname__}",
         "data": jsonable(data),
+        "input_required": isinstance(event, InputRequiredEvent),
     }
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from flask_smorest.fields import Upload
 from marshmallow import EXCLUDE, Schema, fields, validate
 
+from app.control.turns import MultitaskStrategy
 from app.models import Task, TaskStatus
 
 
@@ -120,6 +121,46 @@ class RunArgs(Schema):
         load_default=None,
         validate=validate.Range(min=0, min_inclusive=False, max=86400),
         metadata={"description": "Seconds ``tasks/run`` waits before answering 504."},
+    )
+    multitask_strategy = fields.Enum(
+        MultitaskStrategy,
+        by_value=True,
+        load_default=MultitaskStrategy.ENQUEUE,
+        metadata={
+            "description": "If the session is busy with another task: `enqueue` this one "
+            "(it starts when the session is free) or `reject` it with 409."
+        },
+    )
+
+
+class EventsArgs(Schema):
+    """Query arguments of the event stream."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    session_id = fields.String(load_default=None)
+    raw_event = fields.Boolean(
+        load_default=False,
+        metadata={"description": "NDJSON lines carry the type and qualified name (LlamaDeploy)."},
+    )
+    last_event_id = fields.Integer(
+        load_default=None,
+        validate=validate.Range(min=-1),
+        metadata={"description": "Resume after this event (as the Last-Event-ID header)."},
+    )
+
+
+class EventDefinitionSchema(Schema):
+    """LlamaDeploy's ``EventDefinition``: an event to send into a running task."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    service_id = fields.String(load_default=None, allow_none=True)
+    event_obj_str = fields.String(
+        required=True,
+        metadata={"description": "The event as llama-index's JsonSerializer writes it."},
     )
 
 

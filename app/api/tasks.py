@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-from flask import current_app
+from flask import Response, current_app, request, stream_with_context
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from app.api import plane
 from app.api.schemas import (
+    EventDefinitionSchema,
+    EventsArgs,
     PageArgs,
     RunArgs,
     SessionArgs,
@@ -17,7 +20,9 @@ from app.api.schemas import (
     TaskResultSchema,
     TaskSchema,
 )
+from app.api.streams import NDJSON, SSE, ndjson_lines, sse_lines
 from app.control.tasks import Submission, parse_input
+from app.errors import InvalidInput
 
 blp = Blueprint(
     "tasks",
@@ -25,6 +30,14 @@ blp = Blueprint(
     url_prefix="/deployments/<string:deployment_name>/tasks",
     description="Tasks of a deployment.",
 )
+
+_STREAM_TYPES = [NDJSON, SSE]
+_STREAM = {
+    200: {
+        "description": "The task's events as they happen, then the end of the stream.",
+        "content": {NDJSON: {"schema": {}}, SSE: {"schema": {}}},
+    }
+}
 
 _RAW_RESULT = {
     200: {
@@ -42,6 +55,7 @@ def _submission(deployment: str, body: dict[str, Any], args: dict[str, Any]) -> 
         # The query wins: it is where LlamaDeploy's API server read it from.
         session_id=args.get("session_id") or body.get("session_id"),
         task_id=body.get("task_id"),
+        multitask_strategy=args["multitask_strategy"],
     )
 
 
@@ -104,3 +118,55 @@ class TaskResults(MethodView):
         if not task.task_status.terminal:
             return current_app.json.response(None)
         return task
+
+
+@blp.route("/<string:task_id>/events")
+class TaskEvents(MethodView):
+    """A task's event stream (out) and the events sent into it (in)."""
+
+    @blp.arguments(EventsArgs, location="query")
+    @blp.doc(responses=_STREAM)
+    def get(self, args: dict[str, Any], deployment_name: str, task_id: str) -> Response:
+        """Follow the events the task's workflow streams, live, from the first (or after
+        ``Last-Event-ID``) to its end: NDJSON, or server-sent events with
+        ``Accept: text/event-stream``."""
+        cp = plane()
+        cp.tasks.get(deployment_name, task_id, args["session_id"])  # 404 before streaming
+        after = _resume_point(args["last_event_id"])
+        events = cp.events.follow(task_id, after=after)
+        if request.accept_mimetypes.best_match(_STREAM_TYPES) == SSE:
+            return _response(sse_lines(events, task_id), SSE)
+        return _response(ndjson_lines(events, raw=args["raw_event"]), NDJSON)
+
+    @blp.arguments(SessionArgs, location="query")
+    @blp.arguments(EventDefinitionSchema)
+    @blp.response(200, EventDefinitionSchema)
+    def post(
+        self, args: dict[str, Any], body: dict[str, Any], deployment_name: str, task_id: str
+    ) -> Any:
+        """Send an event (e.g. a HumanResponseEvent) into the running task."""
+        plane().events.send(deployment_name, task_id, body["event_obj_str"], args["session_id"])
+        return body
+
+
+def _resume_point(query_value: int | None) -> int:
+    """Where to resume: the ``last_event_id`` query or the ``Last-Event-ID`` header."""
+    if query_value is not None:
+        return query_value
+    header = request.headers.get("Last-Event-ID", "").strip()
+    if not header:
+        return -1
+    try:
+        return max(-1, int(header))
+    except ValueError as exc:
+        raise InvalidInput(
+            "Last-Event-ID must be an event id from this stream",
+            errors={"Last-Event-ID": [f"not an integer: {header!r}"]},
+        ) from exc
+
+
+def _response(lines: Iterator[str], mimetype: str) -> Response:
+    response = Response(stream_with_context(lines), mimetype=mimetype)
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # let reverse proxies pass it through
+    return response

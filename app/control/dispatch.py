@@ -7,7 +7,7 @@ from kombu.exceptions import OperationalError
 
 from app.errors import Unavailable
 from workers.celery_app import send
-from workers.protocol import RUN_STEP, RunStep, service_queue
+from workers.protocol import DELIVER_EVENT, RUN_STEP, DeliverEvent, RunStep, service_queue
 
 
 class Dispatcher:
@@ -22,3 +22,10 @@ class Dispatcher:
             send(self._celery, RUN_STEP, step, service_queue(step.deployment, step.service))
         except (OperationalError, OSError) as exc:
             raise Unavailable(f"the broker did not accept the task: {exc}") from exc
+
+    def deliver(self, inbox: str, message: DeliverEvent) -> None:
+        """Send an event to the worker that runs its task."""
+        try:
+            send(self._celery, DELIVER_EVENT, message, inbox)
+        except (OperationalError, OSError) as exc:
+            raise Unavailable(f"the broker did not accept the event: {exc}") from exc

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from app.control.deployments import Deployments
 from app.control.dispatch import Dispatcher
+from app.control.events import EventLog
 from app.control.recorder import Recorder
 from app.control.registry import Registry
 from app.control.sessions import Sessions
@@ -25,11 +26,16 @@ class ControlPlane:
         # In the embedded mode the recorder runs here and always notifies: polling the
         # database is only a safety net. Elsewhere it is how waiters learn about outcomes.
         self.waiter = TaskWaiter(first_poll=0.5) if settings.embedded else TaskWaiter()
-        self.recorder = Recorder(db, self.waiter)
+        dispatcher = Dispatcher(celery)
+        self.recorder = Recorder(db, self.waiter, dispatcher)
         self.deployments = Deployments(db, settings)
         self.sessions = Sessions(db)
         self.registry = Registry(db, settings.heartbeat_interval)
-        self.tasks = Tasks(db, Dispatcher(celery), self.waiter, settings.run_timeout)
+        self.tasks = Tasks(db, dispatcher, self.waiter, settings.run_timeout)
+        # Streams wake on the recorder's notifications when it runs in this process; else
+        # they re-read the database this often.
+        poll = 1.0 if settings.embedded else 0.1
+        self.events = EventLog(db, self.tasks, self.waiter, dispatcher, poll=poll)
         register_control_tasks(celery, self.recorder)
 
     def close(self) -> None:

@@ -6,16 +6,29 @@ built once, with bound parameters, rather than ORM objects.
 
 from __future__ import annotations
 
+import json
+import time
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, case, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from app.control.dispatch import Dispatcher
+from app.control.routing import first_step
+from app.control.turns import pass_turn, session_context
 from app.control.waiter import TaskWaiter
 from app.db import Database
+from app.errors import Unavailable
 from app.models import Event, EventDirection, Task, TaskStatus, Worker
 from app.models.base import from_timestamp, table_of
-from workers.protocol import Heartbeat, StepEvent, StepFinished, StepStarted
+from workers.protocol import (
+    DeliverEvent,
+    Heartbeat,
+    RunStep,
+    StepEvent,
+    StepFinished,
+    StepStarted,
+)
 
 _tasks = table_of(Task)
 _events = table_of(Event)
@@ -55,6 +68,23 @@ _FINISH = (
     )
 )
 
+_SET_INBOX = (
+    _tasks.update().where(_tasks.c.id == bindparam("task_id")).values(inbox=bindparam("p_inbox"))
+)
+_INPUTS = (
+    select(_events.c.seq, _events.c.data)
+    .where(
+        _events.c.task_id == bindparam("task_id"),
+        _events.c.direction == EventDirection.IN.value,
+    )
+    .order_by(_events.c.seq)
+)
+_WAIT_FOR_INPUT = (
+    _tasks.update()
+    .where(_tasks.c.id == bindparam("task_id"), _tasks.c.status == TaskStatus.RUNNING.value)
+    .values(status=TaskStatus.WAITING_INPUT.value)
+)
+
 _START_AND_FINISH = _FINISH.values(
     attempts=_tasks.c.attempts + 1,
     worker=bindparam("p_worker"),
@@ -65,21 +95,36 @@ _START_AND_FINISH = _FINISH.values(
 class Recorder:
     """Writes task progress; delivery is at least once, so repeats must change nothing."""
 
-    def __init__(self, db: Database, waiter: TaskWaiter) -> None:
+    def __init__(self, db: Database, waiter: TaskWaiter, dispatcher: Dispatcher) -> None:
         self._db = db
         self._waiter = waiter
+        self._dispatcher = dispatcher
         self._insert_event = db.insert_ignoring_duplicates(_events)
 
     def started(self, message: StepStarted) -> None:
-        """A worker took the task: count the attempt and mark it running if it still can be."""
+        """A worker took the task: count the attempt, mark it running if it still can be,
+        and send it the events clients sent in before anyone knew where it ran."""
         with self._db.connect() as conn:
             _count_attempt(conn, message.task_id, message.worker, message.at)
+            conn.execute(_SET_INBOX, {"task_id": message.task_id, "p_inbox": message.inbox})
+            inputs = conn.execute(_INPUTS, {"task_id": message.task_id}).all()
+        for seq, data in inputs:
+            self._dispatcher.deliver(
+                message.inbox,
+                DeliverEvent(task_id=message.task_id, seq=seq, event=json.dumps(data)),
+            )
+        self._waiter.notify(message.task_id)
 
     def event(self, message: StepEvent) -> None:
-        """Store one streamed event (once, whatever the number of deliveries)."""
+        """Store one streamed event (once, whatever the number of deliveries); an
+        ``InputRequiredEvent`` marks the task as waiting for input."""
         with self._db.connect() as conn:
-            if conn.scalar(_TASK_EXISTS, {"task_id": message.task_id}) is not None:
-                conn.execute(self._insert_event, _event_row(message))
+            if conn.scalar(_TASK_EXISTS, {"task_id": message.task_id}) is None:
+                return
+            conn.execute(self._insert_event, _event_row(message))
+            if message.event.get("input_required"):
+                conn.execute(_WAIT_FOR_INPUT, {"task_id": message.task_id})
+        self._waiter.notify(message.task_id)
 
     def finished(self, message: StepFinished) -> None:
         """Record the outcome with the run's last events, unless the task already ended."""
@@ -100,13 +145,54 @@ class Recorder:
             statement = _START_AND_FINISH
             params["p_worker"] = message.worker
             params["p_started_at"] = from_timestamp(message.started_at)
+        following = None
         with self._db.connect() as conn:
             # No row changes when the task already ended (a redelivery: its events were
             # stored the first time) or was deleted with its deployment.
-            if conn.execute(statement, params).rowcount:
+            changed = conn.execute(statement.returning(_tasks.c.session_id), params).first()
+            if changed is not None:
                 for event in message.events:
                     conn.execute(self._insert_event, _event_row(StepEvent.decode(event)))
+                if message.keep_context:
+                    following = self._hand_on(conn, changed.session_id, message)
         self._waiter.notify(message.task_id)
+        if following is not None:
+            self._start(following)
+
+    def _hand_on(self, conn: Connection, session_id: str, message: StepFinished) -> RunStep | None:
+        """Free the session (keeping the Context of a successful run) for its next task."""
+        context = message.context if message.ok else None
+        row = pass_turn(conn, session_id, message.task_id, context)
+        if row is None:
+            return None
+        return first_step(
+            row,
+            row.deployment_name,
+            row.version,
+            context=session_context(conn, session_id),
+            keep_context=True,
+        )
+
+    def _start(self, step: RunStep) -> None:
+        """Send the next task of a session; if the broker refuses, fail it and go on."""
+        try:
+            self._dispatcher.run_step(step)
+        except Unavailable as exc:
+            self.finished(
+                StepFinished(
+                    task_id=step.task_id,
+                    ok=False,
+                    result=None,
+                    error={"type": "DispatchError", "message": str(exc)},
+                    event_count=0,
+                    events=[],
+                    worker="",
+                    started_at=time.time(),
+                    started_reported=True,
+                    at=time.time(),
+                    keep_context=True,
+                )
+            )
 
     def heartbeat(self, message: Heartbeat) -> None:
         """Note that a worker is alive (or, with ``gone``, that it stopped)."""

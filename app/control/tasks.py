@@ -11,12 +11,14 @@ from sqlalchemy.exc import IntegrityError
 
 from app.control.deployments import find as find_deployment
 from app.control.dispatch import Dispatcher
+from app.control.routing import first_step, route
+from app.control.turns import MultitaskStrategy, Turn, take_turn
 from app.control.waiter import TaskWaiter
 from app.db import Database
 from app.errors import Conflict, InvalidInput, NotFound, TaskFailed, TaskTimeout, Unavailable
 from app.models import Deployment, Session, Task, TaskStatus
 from app.models.base import new_id, table_of, utcnow
-from app.orchestrator import first_step, route
+from workers.protocol import RunStep
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class Submission:
     service_id: str | None = None
     session_id: str | None = None
     task_id: str | None = None
+    multitask_strategy: MultitaskStrategy = MultitaskStrategy.ENQUEUE
 
 
 def parse_input(raw: Any) -> dict[str, Any]:
@@ -73,7 +76,17 @@ def _row(task: Task) -> dict[str, Any]:
 
 
 _TASK_INSERT = frozenset(
-    {"id", "deployment_id", "session_id", "service", "input", "status", "attempts", "created_at"}
+    {
+        "id",
+        "deployment_id",
+        "session_id",
+        "service",
+        "input",
+        "status",
+        "attempts",
+        "created_at",
+        "dispatched_at",
+    }
 )
 
 
@@ -96,6 +109,8 @@ class Tasks:
         task passes here, so it runs as a few Core statements rather than ORM work.
         """
         now = utcnow()
+        task_id = request.task_id or new_id()
+        single_use_session = single_use_session and not request.session_id
         with self._db.connect() as conn:
             found = conn.execute(_DEPLOYMENT, {"name": request.deployment}).first()
             if found is None:
@@ -104,13 +119,12 @@ class Tasks:
             service = route(request.deployment, spec, request.service_id)
             session_id = request.session_id
             if session_id:
-                live = conn.scalar(
-                    _LIVE_SESSION, {"session_id": session_id, "deployment_id": deployment_id}
+                turn = take_turn(
+                    conn, session_id, deployment_id, task_id, request.multitask_strategy
                 )
-                if live is None:
-                    raise NotFound(f"session {session_id!r} not found")
             else:
                 session_id = new_id()
+                turn = Turn(run_now=True, context=None)
                 conn.execute(
                     _sessions.insert(),
                     {
@@ -119,10 +133,12 @@ class Tasks:
                         "state": {},
                         "created_at": now,
                         "deleted_at": now if single_use_session else None,
+                        # A single-use session has no later task to hand a Context to.
+                        "active_task_id": None if single_use_session else task_id,
                     },
                 )
             task = Task(
-                id=request.task_id or new_id(),
+                id=task_id,
                 deployment_id=deployment_id,
                 session_id=session_id,
                 service=service,
@@ -130,18 +146,32 @@ class Tasks:
                 status=TaskStatus.QUEUED.value,
                 attempts=0,
                 created_at=now,
+                dispatched_at=now if turn.run_now else None,
             )
             try:
                 with conn.begin_nested():
                     conn.execute(_tasks.insert(), _row(task))
             except IntegrityError as exc:
                 raise Conflict(f"task id {task.id!r} is already used") from exc
-        try:
-            self._dispatcher.run_step(first_step(task, request.deployment, version))
-        except Unavailable as exc:
-            self._fail_undispatched(task.id, exc)
-            raise
+        if turn.run_now:
+            self.dispatch(
+                first_step(
+                    task,
+                    request.deployment,
+                    version,
+                    context=turn.context,
+                    keep_context=not single_use_session,
+                )
+            )
         return task
+
+    def dispatch(self, step: RunStep) -> None:
+        """Send a step; if the broker refuses it, the task fails instead of staying queued."""
+        try:
+            self._dispatcher.run_step(step)
+        except Unavailable as exc:
+            self._fail_undispatched(step.task_id, exc)
+            raise
 
     def run(self, request: Submission, timeout: float | None = None) -> Task:
         """Submit and wait for the end; a failed task raises :class:`TaskFailed`."""

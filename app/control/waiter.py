@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 class TaskWaiter:
@@ -52,6 +53,23 @@ class TaskWaiter:
                 event.wait(min(delay, remaining))
                 event.clear()
                 delay = min(delay * 2, self._max_poll)
+        finally:
+            with self._lock:
+                waiters = self._events.get(task_id, [])
+                if event in waiters:
+                    waiters.remove(event)
+                if not waiters:
+                    self._events.pop(task_id, None)
+
+    @contextmanager
+    def listen(self, task_id: str) -> Iterator[threading.Event]:
+        """An event that ``notify(task_id)`` sets, for readers that loop on their own
+        (event streams): register, read, then wait on it, and no notify is missed."""
+        event = threading.Event()
+        with self._lock:
+            self._events[task_id].append(event)
+        try:
+            yield event
         finally:
             with self._lock:
                 waiters = self._events.get(task_id, [])

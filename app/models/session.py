@@ -24,3 +24,5 @@ class Session(Base):
     state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: The task that has the session's Context now; later tasks of the session wait for it.
+    active_task_id: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -80,6 +80,10 @@ class Task(Base):
     #: How many events the run streamed, known once it ends.
     event_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: The queue through which events reach the worker running the task.
+    inbox: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    #: When the first step went to the broker; empty while the task waits for its session.
+    dispatched_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)

@@ -62,8 +62,9 @@ def test_successful_run_reports_events_in_order_then_the_outcome(
     step = run_step("Dep", "svc", events=3)
     # When it runs
     outcome = runtime.run(step, reporter)
-    # Then the events came in order, then one outcome, and no separate start
-    assert reporter.kinds == ["event", "event", "event", "finished"]
+    # Then the start came before the first event (so whoever sees it can reach the
+    # worker), then the events in order, then one outcome
+    assert reporter.kinds == ["started", "event", "event", "event", "finished"]
     events = reporter.events
     assert [e.seq for e in events] == [0, 1, 2]
     assert [e.event["data"]["n"] for e in events] == [0, 1, 2]
@@ -76,7 +77,7 @@ def test_successful_run_reports_events_in_order_then_the_outcome(
     assert outcome.error is None
     assert outcome.task_id == step.task_id
     assert outcome.event_count == 4
-    assert outcome.started_reported is False
+    assert outcome.started_reported is True
     assert outcome.worker == "test-worker"
     assert outcome.started_at <= outcome.at
     held = [StepEvent.decode(e) for e in outcome.events]

@@ -1,0 +1,45 @@
+"""The wire formats of event streams: NDJSON (LlamaDeploy's) and server-sent events."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from app.control.events import StreamedEvent, StreamEnd
+
+NDJSON = "application/x-ndjson"
+SSE = "text/event-stream"
+
+
+def ndjson_lines(events: Iterator[StreamedEvent | StreamEnd | None], *, raw: bool) -> Iterator[str]:
+    """One JSON object per line: the event's fields, or with ``raw`` llama-index's
+    serialized form (``__is_pydantic``, ``value``, ``qualified_name``)."""
+    for item in events:
+        if item is None:
+            yield "\n"  # keep-alive: an empty line, which NDJSON readers skip
+        elif isinstance(item, StreamEnd):
+            return
+        elif raw:
+            wrapped = {
+                "__is_pydantic": True,
+                "value": item.data,
+                "qualified_name": item.qualified_name,
+            }
+            yield json.dumps(wrapped) + "\n"
+        else:
+            yield json.dumps(item.data) + "\n"
+
+
+def sse_lines(events: Iterator[StreamedEvent | StreamEnd | None], task_id: str) -> Iterator[str]:
+    """Server-sent events: ``id`` is the event's sequence number (for ``Last-Event-ID``),
+    ``event`` its type; a final ``end`` event carries the task's status."""
+    yield "retry: 1000\n\n"
+    for item in events:
+        if item is None:
+            yield ": keep-alive\n\n"
+        elif isinstance(item, StreamEnd):
+            yield f"event: end\ndata: {json.dumps({'task_id': task_id, 'status': item.status})}\n\n"
+            return
+        else:
+            payload = {"type": item.type, "qualified_name": item.qualified_name, "data": item.data}
+            yield f"id: {item.seq}\nevent: {item.type}\ndata: {json.dumps(payload)}\n\n"

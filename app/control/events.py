@@ -1,0 +1,175 @@
+"""A task's events: the stream a workflow writes, followed live, and the events sent in."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, func, select
+
+from app.control.dispatch import Dispatcher
+from app.control.tasks import Tasks
+from app.control.waiter import TaskWaiter
+from app.db import Database
+from app.errors import Conflict, InvalidInput
+from app.models import Event, EventDirection, Task, TaskStatus
+from app.models.base import table_of, utcnow
+from workers.protocol import DeliverEvent
+
+_events = table_of(Event)
+_tasks = table_of(Task)
+
+_OUT_FROM = (
+    select(_events.c.seq, _events.c.type, _events.c.qualified_name, _events.c.data)
+    .where(
+        _events.c.task_id == bindparam("task_id"),
+        _events.c.direction == EventDirection.OUT.value,
+        _events.c.seq >= bindparam("seq"),
+    )
+    .order_by(_events.c.seq)
+    .limit(500)
+)
+_PROGRESS = select(_tasks.c.status, _tasks.c.event_count).where(_tasks.c.id == bindparam("task_id"))
+_TASK_FOR_INPUT = (
+    select(_tasks.c.status, _tasks.c.inbox)
+    .where(_tasks.c.id == bindparam("task_id"))
+    .with_for_update()
+)
+_NEXT_INPUT_SEQ = select(func.coalesce(func.max(_events.c.seq) + 1, 0)).where(
+    _events.c.task_id == bindparam("task_id"), _events.c.direction == EventDirection.IN.value
+)
+
+#: Seconds of silence after which a stream sends a keep-alive.
+KEEP_ALIVE = 15.0
+#: How long a stream of an ended task waits for events still on their way, then ends anyway.
+STRAGGLER_GRACE = 5.0
+
+
+@dataclass(frozen=True)
+class StreamedEvent:
+    """One event of a task's stream, with its sequence number."""
+
+    seq: int
+    type: str
+    qualified_name: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """The task ended and every event it streamed has been read."""
+
+    status: str
+
+
+class EventLog:
+    """Reads a task's stream as it grows, and sends events into running tasks."""
+
+    def __init__(
+        self,
+        db: Database,
+        tasks: Tasks,
+        waiter: TaskWaiter,
+        dispatcher: Dispatcher,
+        poll: float = 0.1,
+    ) -> None:
+        self._poll = poll
+        self._db = db
+        self._tasks = tasks
+        self._waiter = waiter
+        self._dispatcher = dispatcher
+
+    def follow(self, task_id: str, after: int = -1) -> Iterator[StreamedEvent | StreamEnd | None]:
+        """Every event after sequence number ``after``, as it is stored, then the end.
+
+        Yields ``None`` after ``KEEP_ALIVE`` seconds with nothing new, so that the caller can
+        send a keep-alive (and notice a client that left). Events are yielded strictly in
+        order: a gap (an event still on its way) is waited for, not skipped.
+        """
+        next_seq = after + 1
+        gap_since: float | None = None
+        quiet_since = time.monotonic()
+        while True:
+            with self._waiter.listen(task_id) as changed:
+                with self._db.engine.connect() as conn:
+                    rows = conn.execute(_OUT_FROM, {"task_id": task_id, "seq": next_seq}).all()
+                    progress = conn.execute(_PROGRESS, {"task_id": task_id}).first()
+                start = next_seq
+                for row in rows:
+                    if row.seq != next_seq:
+                        break
+                    yield StreamedEvent(row.seq, row.type, row.qualified_name, row.data)
+                    next_seq += 1
+                if progress is None:
+                    yield StreamEnd("deleted")
+                    return
+                status, count = progress
+                if TaskStatus(status).terminal:
+                    complete = count is None or next_seq >= count
+                    gap_since = gap_since or time.monotonic()
+                    if complete or time.monotonic() - gap_since > STRAGGLER_GRACE:
+                        yield StreamEnd(status)
+                        return
+                if next_seq != start:
+                    quiet_since = time.monotonic()
+                elif not changed.wait(self._poll) and time.monotonic() - quiet_since > KEEP_ALIVE:
+                    quiet_since = time.monotonic()
+                    yield None
+
+    def send(
+        self, deployment: str, task_id: str, event_obj_str: str, session_id: str | None
+    ) -> int:
+        """Store an event sent into a running task and forward it to the worker that runs it.
+
+        ``event_obj_str`` is LlamaDeploy's form: llama-index's JSON of the event. Returns the
+        event's sequence number among the task's inputs.
+        """
+        try:
+            parsed = json.loads(event_obj_str)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(
+                "event_obj_str is not valid JSON",
+                errors={"event_obj_str": [f"not valid JSON: {exc.msg} at position {exc.pos}"]},
+            ) from exc
+        if not isinstance(parsed, dict) or not isinstance(parsed.get("qualified_name"), str):
+            raise InvalidInput(
+                "event_obj_str is not a serialized workflow event",
+                errors={"event_obj_str": ["expected an object with a qualified_name and a value"]},
+            )
+        self._tasks.get(deployment, task_id, session_id)  # 404s
+        qualified = parsed["qualified_name"]
+        with self._db.connect() as conn:
+            status, inbox = conn.execute(_TASK_FOR_INPUT, {"task_id": task_id}).one()
+            if TaskStatus(status).terminal:
+                raise Conflict(
+                    f"task {task_id} has ended ({status}); it takes no more events",
+                    errors={"task_id": task_id, "status": status},
+                )
+            seq = int(conn.scalar(_NEXT_INPUT_SEQ, {"task_id": task_id}))
+            conn.execute(
+                _events.insert(),
+                {
+                    "task_id": task_id,
+                    "direction": EventDirection.IN.value,
+                    "seq": seq,
+                    "type": qualified.rsplit(".", 1)[-1][:200],
+                    "qualified_name": qualified[:500],
+                    "data": parsed,
+                    "created_at": utcnow(),
+                },
+            )
+            conn.execute(
+                _tasks.update()
+                .where(_tasks.c.id == task_id, _tasks.c.status == TaskStatus.WAITING_INPUT.value)
+                .values(status=TaskStatus.RUNNING.value)
+            )
+        if inbox:
+            # Not yet started: the recorder forwards stored inputs when the start is reported.
+            self._dispatcher.deliver(
+                inbox, DeliverEvent(task_id=task_id, seq=seq, event=event_obj_str)
+            )
+        self._waiter.notify(task_id)
+        return seq

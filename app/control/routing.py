@@ -1,0 +1,46 @@
+"""Where a task's steps go: its service, and the message that starts it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.errors import BadRequest, NotFound
+from workers.protocol import RunStep
+
+
+def route(deployment: str, spec: dict[str, Any], service_id: str | None) -> str:
+    """The service that must run a task: the one named, else the deployment's default."""
+    name = service_id or spec.get("default-service")
+    if not name:
+        raise BadRequest(
+            f"no service_id given and deployment {deployment!r} has no default-service"
+        )
+    known = list(spec.get("services", {}))
+    if name not in known:
+        raise NotFound(
+            f"service {name!r} not found in deployment {deployment!r} "
+            f"(services: {', '.join(known)})"
+        )
+    return name
+
+
+def first_step(
+    task: Any,
+    deployment: str,
+    version: int,
+    context: dict[str, Any] | None = None,
+    keep_context: bool = False,
+) -> RunStep:
+    """The message that starts a task (a ``Task`` or a row of ``tasks``): today a task is one
+    workflow run on its service, in its session's Context."""
+    return RunStep(
+        id=task.id,  # one first step per task: its id names the message in Flower too
+        task_id=task.id,
+        session_id=task.session_id,
+        deployment=deployment,
+        service=task.service,
+        input=task.input,
+        version=version,
+        context=context,
+        keep_context=keep_context,
+    )
