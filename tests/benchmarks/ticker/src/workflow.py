@@ -1,4 +1,4 @@
-"""Writes ``count`` events, ``interval`` seconds apart, each stamped with the time it was written."""
+"""Writes ``count`` events, ``interval`` seconds apart, each stamped with its writing time."""
 
 import asyncio
 import time
