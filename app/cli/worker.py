@@ -11,7 +11,6 @@ import click
 
 from app.cli.context import CliState, pass_state
 from app.cli.serve import load_settings
-from config.settings import Settings
 
 
 @click.command()
@@ -67,6 +66,9 @@ def worker(
             "CELERIAC_BROKER_URL is not set: with the embedded memory:// broker every worker "
             "runs inside `celeriac serve`; set a broker (amqp://, redis://, sqs://) first"
         )
+    # The worker stack loads only for this command, so client commands start fast.
+    from workers.errors import WorkerError
+    from workers.launch import prepare_service_worker, run_worker
     from workers.protocol import CONTROL_QUEUE
 
     if control_plane:
@@ -74,59 +76,29 @@ def worker(
         from app.control.plane import ControlPlane
         from app.db import Database
         from workers.celery_app import create_celery
-        from workers.launch import run_worker
 
         migrations.upgrade(settings.sqlalchemy_url)
         plane = ControlPlane(settings, Database(settings.sqlalchemy_url), create_celery(settings))
+        celery, queues = plane.celery, [CONTROL_QUEUE]
         node = hostname or _node_name("control-plane")
-        sys.exit(
-            run_worker(
-                plane.celery,
-                [CONTROL_QUEUE],
+    else:
+        node = hostname or _node_name(deployments[0])
+        try:
+            celery, queues = prepare_service_worker(
+                settings,
+                deployments,
+                services,
+                base_path=base_path,
                 hostname=node,
-                concurrency=concurrency,
-                loglevel=loglevel,
+                install_dependencies=install_dependencies,
             )
-        )
-    _run_service_worker(
-        settings,
-        deployments,
-        services,
-        concurrency,
-        base_path,
-        install_dependencies,
-        hostname,
-        loglevel,
+        except WorkerError as exc:
+            raise click.ClickException(str(exc)) from exc
+        click.echo(f"Serving {', '.join(queues)} from {settings.server}", err=True)
+    exit_code = run_worker(
+        celery, queues, hostname=node, concurrency=concurrency, loglevel=loglevel
     )
-
-
-def _run_service_worker(
-    settings: Settings,
-    deployments: tuple[str, ...],
-    services: tuple[str, ...],
-    concurrency: int,
-    base_path: Path | None,
-    install_dependencies: bool,
-    hostname: str | None,
-    loglevel: str,
-) -> None:
-    from workers.errors import WorkerError
-    from workers.launch import prepare_service_worker, run_worker
-
-    node = hostname or _node_name(deployments[0])
-    try:
-        celery, queues = prepare_service_worker(
-            settings,
-            deployments,
-            services,
-            base_path=base_path,
-            hostname=node,
-            install_dependencies=install_dependencies,
-        )
-    except WorkerError as exc:
-        raise click.ClickException(str(exc)) from exc
-    click.echo(f"Serving {', '.join(queues)} from {settings.server}", err=True)
-    sys.exit(run_worker(celery, queues, hostname=node, concurrency=concurrency, loglevel=loglevel))
+    sys.exit(exit_code)
 
 
 def _node_name(what: str) -> str:

@@ -35,10 +35,7 @@ class TaskWaiter:
 
         ``check_first=False`` skips the first look, for a task that was only just queued.
         """
-        event = threading.Event()
-        with self._lock:
-            self._events[task_id].append(event)
-        try:
+        with self.listen(task_id) as event:
             deadline = time.monotonic() + timeout
             delay = self._first_poll
             look = check_first
@@ -53,13 +50,6 @@ class TaskWaiter:
                 event.wait(min(delay, remaining))
                 event.clear()
                 delay = min(delay * 2, self._max_poll)
-        finally:
-            with self._lock:
-                waiters = self._events.get(task_id, [])
-                if event in waiters:
-                    waiters.remove(event)
-                if not waiters:
-                    self._events.pop(task_id, None)
 
     @contextmanager
     def listen(self, task_id: str) -> Iterator[threading.Event]:
