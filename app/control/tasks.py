@@ -63,11 +63,6 @@ _TASK = select(_tasks).where(_tasks.c.id == bindparam("task_id"))
 _DEPLOYMENT = select(_deployments.c.id, _deployments.c.spec, _deployments.c.version).where(
     _deployments.c.name == bindparam("name")
 )
-_LIVE_SESSION = select(_sessions.c.id).where(
-    _sessions.c.id == bindparam("session_id"),
-    _sessions.c.deployment_id == bindparam("deployment_id"),
-    _sessions.c.deleted_at.is_(None),
-)
 
 
 def _row(task: Task) -> dict[str, Any]:
