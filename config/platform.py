@@ -100,7 +100,8 @@ def same_database(a: str, b: str) -> bool:
     return (
         first.get_backend_name() == second.get_backend_name()
         and _host(first.host) == _host(second.host)
-        and first.port == second.port
+        and _db_port(first.get_backend_name(), first.port)
+        == _db_port(second.get_backend_name(), second.port)
         and first.database == second.database
     )
 
@@ -138,6 +139,10 @@ def platform_mismatches(spec: DeploymentSpec, broker: str, database: str) -> dic
                 "leave state_store_uri out, or point it at that database"
             ]
     return errors
+
+
+def _db_port(backend: str, port: int | None) -> int | None:
+    return port or {"postgresql": 5432, "mysql": 3306, "mariadb": 3306}.get(backend)
 
 
 def _auth(user: str | None, password: str | None) -> str:

@@ -37,6 +37,11 @@ class HeartbeatStep(bootsteps.StartStopStep):
         interval = worker.app.settings.heartbeat_interval
 
         def beat_until_stopped() -> None:
+            # The first beat waits for the consumer: its queues are this worker's own.
+            deadline = time.monotonic() + interval
+            while _own_queues(worker) is None and time.monotonic() < deadline:
+                if self._stop.wait(0.05):
+                    return
             self._beat(worker)
             while not self._stop.wait(interval):
                 self._beat(worker)
@@ -57,7 +62,9 @@ class HeartbeatStep(bootsteps.StartStopStep):
 
     def _beat(self, worker: Any, gone: bool = False) -> None:
         app = worker.app
-        queues = sorted(q.name for q in app.amqp.queues.consume_from.values())
+        # Not ``app.amqp.queues``: workers of one app in one process (the embedded mode)
+        # share it, and each start rewrites it.
+        queues = _own_queues(worker) or []
         message = Heartbeat(
             worker=worker.hostname,
             host=socket.gethostname(),
@@ -79,3 +86,11 @@ class HeartbeatStep(bootsteps.StartStopStep):
             )
         except Exception:
             app.log.get_default_logger().warning("heartbeat not sent", exc_info=True)
+
+
+def _own_queues(worker: Any) -> list[str] | None:
+    """The queues this worker's consumer consumes, once it has started."""
+    task_consumer = getattr(getattr(worker, "consumer", None), "task_consumer", None)
+    if task_consumer is None:
+        return None
+    return sorted(q.name for q in task_consumer.queues)

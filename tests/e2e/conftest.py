@@ -1,0 +1,561 @@
+"""Fixtures of the end-to-end tests: real brokers, a fresh PostgreSQL database, real processes.
+
+A test asks for a broker (``redis_url``, ``amqp_url``, ``sqs_url``) and ``make_platform``, then
+starts the processes of a distributed Celeriac with the :class:`Platform` it gets. Every process
+logs to a file in ``tmp_path``, is killed at teardown, and has its log shown when the test fails.
+Brokers and PostgreSQL that cannot be reached skip the test, or fail it under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import ModuleType
+from typing import Any, NoReturn, TypeVar
+
+import httpx
+import pytest
+from kombu import Connection
+
+from tests.conftest import in_ci
+
+POSTGRES = ("127.0.0.1", 5432)
+REDIS = ("127.0.0.1", 6379)
+RABBITMQ = ("127.0.0.1", 5672)
+
+#: Seconds between worker heartbeats in every platform these tests start.
+HEARTBEAT_INTERVAL = 1.0
+#: How long a process may take to answer after it starts (imports take a few seconds here).
+READY_TIMEOUT = 45.0
+#: How long a process may take to exit after SIGTERM.
+STOP_TIMEOUT = 20.0
+#: How long a batch of tasks may take to end; only a failing test waits this long.
+TASKS_TIMEOUT = 90.0
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+#: Celery node names end with this host part.
+NODE_HOST = "e2e"
+
+T = TypeVar("T")
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip the test for a missing service or package; under ``CI=true`` fail it instead."""
+    if in_ci():
+        pytest.fail(f"{reason}; CI=true needs every service and package (.ci/services)")
+    pytest.skip(reason)
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    """Skip the test if ``host:port`` does not answer; under ``CI=true`` fail it instead."""
+    try:
+        socket.create_connection((host, port), timeout=2.0).close()
+    except OSError as exc:
+        unavailable(f"{name} is not reachable at {host}:{port} ({exc})")
+
+
+def require_module(name: str) -> ModuleType:
+    """Import an optional package (a broker's client, Flower), or skip (fail in CI) without it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        unavailable(f"the Python package {name} is not installed ({exc})")
+
+
+def free_port() -> int:
+    """A local TCP port that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def script(name: str) -> str:
+    """A console script of the running interpreter's environment (or from PATH)."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        unavailable(f"no {name} script next to {sys.executable} nor on PATH")
+    return found
+
+
+def poll(probe: Callable[[], T], until: Callable[[T], bool], timeout: float, what: str) -> T:
+    """Call ``probe`` until ``until(value)`` holds; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if until(value):
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: still not there after {timeout:g} s; last value {value!r}")
+        time.sleep(0.1)
+
+
+# -- processes ------------------------------------------------------------------------------------
+
+
+class Process:
+    """A process started by a test, with its log file."""
+
+    def __init__(self, name: str, argv: Sequence[str], log: Path, popen: subprocess.Popen[bytes]):
+        self.name = name
+        self.argv = list(argv)
+        self.log = log
+        self.popen = popen
+
+    @property
+    def pid(self) -> int:
+        """The process id."""
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.popen.poll() is None
+
+    def output(self) -> str:
+        """What the process wrote so far (stdout and stderr)."""
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def terminate(self, timeout: float = STOP_TIMEOUT) -> int:
+        """Send SIGTERM (a warm shutdown) and wait for the exit; fail if it takes too long."""
+        self.popen.send_signal(signal.SIGTERM)
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{self.name} still running {timeout:g} s after SIGTERM:\n{self.output()}")
+
+    def kill(self) -> None:
+        """SIGKILL the process and everything it started, then reap it."""
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(timeout=STOP_TIMEOUT)
+
+
+class Processes:
+    """Starts processes logging into one folder, and kills every one of them at the end."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.started: list[Process] = []
+
+    def start(
+        self, name: str, argv: Sequence[str], env: dict[str, str], cwd: Path | None = None
+    ) -> Process:
+        """Start ``argv`` in a session of its own, stdout and stderr to ``<name>.log``."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        count = sum(1 for p in self.started if p.name == name)
+        log = self.folder / (f"{name}.log" if count == 0 else f"{name}.{count + 1}.log")
+        with log.open("wb") as out:
+            popen = subprocess.Popen(
+                list(argv),
+                cwd=cwd or self.folder,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        process = Process(name, argv, log, popen)
+        self.started.append(process)
+        return process
+
+    def kill_all(self) -> None:
+        """Kill every process still running (newest first)."""
+        for process in reversed(self.started):
+            process.kill()
+
+    def logs(self, tail: int = 60) -> list[tuple[str, str]]:
+        """The last ``tail`` lines of each process's log, with a title."""
+        sections = []
+        for process in self.started:
+            lines = process.output().splitlines()[-tail:]
+            code = process.popen.poll()
+            state = "running" if code is None else f"exit {code}"
+            title = f"{process.log.name} ({state}): {' '.join(process.argv)}"
+            sections.append((title, "\n".join(lines)))
+        return sections
+
+    def report(self) -> str:
+        """Every log tail as one text, for failure messages."""
+        return "".join(f"\n----- {title}\n{text}" for title, text in self.logs())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Show the logs of the test's processes when it fails."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    processes = getattr(item, "funcargs", {}).get("processes")
+    if report.failed and isinstance(processes, Processes):
+        for title, text in processes.logs():
+            report.sections.append((f"log {title}", text))
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    """Processes of this test; every one is killed at teardown."""
+    started = Processes(tmp_path / "logs")
+    try:
+        yield started
+    finally:
+        started.kill_all()
+
+
+# -- PostgreSQL and brokers -----------------------------------------------------------------------
+
+
+def _admin_connection() -> Any:
+    psycopg = require_module("psycopg")
+    host, port = POSTGRES
+    return psycopg.connect(
+        host=host, port=port, user="postgres", dbname="postgres", autocommit=True, connect_timeout=5
+    )
+
+
+@pytest.fixture
+def postgres_url(processes: Processes) -> Iterator[str]:
+    """A fresh PostgreSQL database (SQLAlchemy URL), dropped after the test."""
+    require_service("PostgreSQL", *POSTGRES)
+    name = f"celeriac_e2e_{uuid.uuid4().hex[:12]}"
+    with _admin_connection() as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@{POSTGRES[0]}:{POSTGRES[1]}/{name}"
+    finally:
+        processes.kill_all()
+        with _admin_connection() as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def redis_url(processes: Processes) -> Iterator[str]:
+    """A Redis broker URL on a database number nobody uses now, flushed after the test."""
+    redis = require_module("redis")
+    require_service("Redis", *REDIS)
+    host, port = REDIS
+    numbers = list(range(1, 16))
+    random.shuffle(numbers)
+    for number in numbers:
+        client = redis.Redis(host=host, port=port, db=number, socket_timeout=5)
+        if client.dbsize() == 0:
+            break
+        client.close()
+    else:
+        pytest.fail("every Redis database 1-15 holds keys: none is free for this test")
+    try:
+        yield f"redis://{host}:{port}/{number}"
+    finally:
+        processes.kill_all()
+        client.flushdb()
+        client.close()
+
+
+#: Queues the tests create on RabbitMQ's default virtual host, when they must use it.
+_RABBITMQ_QUEUES = ("control_plane", "celeriac.QuickStart.echo_workflow", "celeriac.Sleepy.nap")
+
+
+def _rabbitmqctl(*args: str) -> bool:
+    """Run rabbitmqctl if this host has it and may use it; True if it worked."""
+    command = shutil.which("rabbitmqctl")
+    if command is None:
+        return False
+    try:
+        done = subprocess.run([command, *args], capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def _delete_queues(url: str) -> None:
+    with Connection(url, connect_timeout=5) as conn:
+        channel = conn.channel()
+        for queue in _RABBITMQ_QUEUES:
+            channel.queue_delete(queue)
+
+
+@pytest.fixture
+def amqp_url(processes: Processes) -> Iterator[str]:
+    """A RabbitMQ broker URL on a private virtual host (the default one without rabbitmqctl)."""
+    # Without rabbitmqctl (a laptop with only the AMQP port), the default virtual host is used
+    # and the tests' queues are deleted before and after.
+    require_service("RabbitMQ", *RABBITMQ)
+    host, port = RABBITMQ
+    vhost = f"celeriac-e2e-{uuid.uuid4().hex[:12]}"
+    if _rabbitmqctl("add_vhost", vhost):
+        _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        try:
+            yield f"amqp://guest:guest@{host}:{port}/{vhost}"
+        finally:
+            processes.kill_all()
+            _rabbitmqctl("delete_vhost", vhost)
+        return
+    url = f"amqp://guest:guest@{host}:{port}//"
+    _delete_queues(url)
+    try:
+        yield url
+    finally:
+        processes.kill_all()
+        _delete_queues(url)
+
+
+@pytest.fixture
+def sqs_url(processes: Processes) -> str:
+    """An SQS broker URL served by a private moto server on a free port."""
+    require_module("boto3")
+    port = free_port()
+    env = dict(os.environ) | {"PYTHONUNBUFFERED": "1"}
+    moto = processes.start("moto", [script("moto_server"), "-H", "127.0.0.1", "-p", str(port)], env)
+
+    def answers() -> bool:
+        if not moto.alive():
+            pytest.fail(f"moto_server exited with {moto.popen.returncode}:\n{moto.output()}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/moto-api/", timeout=2.0).status_code < 500
+        except httpx.TransportError:
+            return False
+
+    poll(answers, bool, READY_TIMEOUT, "moto_server answering")
+    return f"sqs://test:test@127.0.0.1:{port}"
+
+
+# -- the platform ---------------------------------------------------------------------------------
+
+
+class Platform:
+    """One distributed Celeriac: a broker, a database, an API port, and the processes it runs."""
+
+    def __init__(
+        self, broker_url: str, database_url: str, workdir: Path, processes: Processes
+    ) -> None:
+        self.broker_url = broker_url
+        self.database_url = database_url
+        self.workdir = workdir
+        self.processes = processes
+        self.port = free_port()
+        self.http = httpx.Client(base_url=self.server, timeout=30.0)
+
+    @property
+    def server(self) -> str:
+        """The API server's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self, *, database: bool = True) -> dict[str, str]:
+        """The environment of a Celeriac process; service workers get no database URL."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CELERIAC_")}
+        env |= {
+            "CELERIAC_BROKER_URL": self.broker_url,
+            "CELERIAC_PORT": str(self.port),
+            "CELERIAC_SERVER": self.server,
+            "CELERIAC_HEARTBEAT_INTERVAL": str(HEARTBEAT_INTERVAL),
+            "CELERIAC_DATA_DIR": str(self.workdir / "data"),
+            "CELERIAC_CONFIG": str(self.workdir / "profiles.yml"),
+            "CELERIAC_LOG_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1",
+            # No AWS credentials or metadata lookups from the host: the URL carries them.
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+        if database:
+            env["CELERIAC_DATABASE_URL"] = self.database_url
+        return env
+
+    def start(self, name: str, argv: Sequence[str], *, database: bool = True) -> Process:
+        """Start one process of this platform."""
+        return self.processes.start(name, argv, self.env(database=database), cwd=self.workdir)
+
+    # -- the processes -----------------------------------------------------------------------------
+
+    def serve(self, deployment_file: Path | None = None, name: str = "api") -> Process:
+        """Start ``celeriac serve [FILE]`` and wait until it answers."""
+        argv = [script("celeriac"), "serve"]
+        if deployment_file is not None:
+            argv.append(str(deployment_file))
+        process = self.start(name, argv)
+        self.wait_until_ready(process)
+        return process
+
+    def control_plane(self, name: str = "control-plane", *, celery_cli: bool = False) -> Process:
+        """Start the control-plane consumer (``celeriac worker --control-plane`` or ``celery``)."""
+        node = f"{name}@{NODE_HOST}"
+        if celery_cli:
+            argv = [script("celery"), "-A", "app.entry", "worker", "-Q", "control_plane"]
+            argv += ["-P", "threads", "-c", "4", "-n", node, "-l", "WARNING"]
+        else:
+            argv = [script("celeriac"), "worker", "--control-plane", "-n", node, "-l", "WARNING"]
+        return self.start(name, argv)
+
+    def service_worker(
+        self,
+        name: str,
+        *,
+        deployment: str = "QuickStart",
+        service: str = "echo_workflow",
+        celery_cli: bool = False,
+        concurrency: int = 4,
+    ) -> Process:
+        """Start a service worker (``celeriac worker -d``, or plain ``celery worker -Q``)."""
+        # Service workers run user code: they get no database URL.
+        node = f"{name}@{NODE_HOST}"
+        if celery_cli:
+            queue = f"celeriac.{deployment}.{service}"
+            argv = [script("celery"), "-A", "workers.entry", "worker", "-Q", queue, "-P", "threads"]
+        else:
+            argv = [script("celeriac"), "worker", "-d", deployment]
+        argv += ["-c", str(concurrency), "-n", node, "-l", "WARNING"]
+        return self.start(name, argv, database=False)
+
+    # -- waiting -----------------------------------------------------------------------------------
+
+    def wait_until_ready(self, process: Process, timeout: float = READY_TIMEOUT) -> None:
+        """Poll ``GET /status/`` until it answers 200; fail if the process exits first."""
+
+        def answers() -> bool:
+            if not process.alive():
+                pytest.fail(
+                    f"{process.name} exited with {process.popen.returncode}:\n{process.output()}"
+                )
+            try:
+                return self.http.get("/status/", timeout=2.0).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        poll(answers, bool, timeout, f"{process.name} answering on {self.server}")
+
+    def live_workers(self, deployment: str) -> dict[str, set[str]]:
+        """Service id to the names of its live workers, from ``GET /deployments/{d}/services``."""
+        response = self.http.get(f"/deployments/{deployment}/services")
+        assert response.status_code == 200, response.text
+        return {s["name"]: {w["name"] for w in s["workers"]} for s in response.json()}
+
+    def workers_of(self, deployment: str) -> set[str]:
+        """Every live worker of any service of ``deployment``."""
+        return set().union(*self.live_workers(deployment).values())
+
+    def wait_for_workers(
+        self, deployment: str, names: set[str], timeout: float = READY_TIMEOUT
+    ) -> set[str]:
+        """Wait until every worker in ``names`` is live in the deployment's /services."""
+        return poll(
+            lambda: self.workers_of(deployment),
+            lambda live: names <= live,
+            timeout,
+            f"workers {sorted(names)} live in /deployments/{deployment}/services",
+        )
+
+    def wait_for_consumer(self, node: str, timeout: float = READY_TIMEOUT) -> None:
+        """Wait until the control plane recorded a heartbeat of ``node`` (so it is consuming)."""
+        poll(
+            lambda: self.query(
+                "SELECT count(*) FROM workers WHERE name = %s AND stopped_at IS NULL", (node,)
+            )[0][0],
+            lambda count: count == 1,
+            timeout,
+            f"a heartbeat of {node} recorded",
+        )
+
+    # -- tasks -------------------------------------------------------------------------------------
+
+    def submit(self, deployment: str, inputs: Sequence[dict[str, Any]]) -> list[str]:
+        """Queue one task per input with ``tasks/create``, eight at a time; their ids in order."""
+
+        def create(kwargs: dict[str, Any]) -> str:
+            response = self.http.post(
+                f"/deployments/{deployment}/tasks/create", json={"input": json.dumps(kwargs)}
+            )
+            assert response.status_code == 200, response.text
+            task_id: str = response.json()["task_id"]
+            return task_id
+
+        with ThreadPoolExecutor(8) as pool:
+            return list(pool.map(create, inputs))
+
+    def tasks(self, deployment: str) -> dict[str, dict[str, Any]]:
+        """Every task of the deployment, by id."""
+        response = self.http.get(f"/deployments/{deployment}/tasks", params={"limit": 1000})
+        assert response.status_code == 200, response.text
+        return {t["task_id"]: t for t in response.json()}
+
+    def wait_for_tasks(
+        self, deployment: str, ids: Sequence[str], timeout: float = TASKS_TIMEOUT
+    ) -> dict[str, dict[str, Any]]:
+        """Wait until every task in ``ids`` ended; return them by id."""
+
+        def unfinished(tasks: dict[str, dict[str, Any]]) -> list[str]:
+            return [i for i in ids if tasks.get(i, {}).get("status") not in TERMINAL]
+
+        tasks = poll(
+            lambda: self.tasks(deployment),
+            lambda tasks: not unfinished(tasks),
+            timeout,
+            f"{len(ids)} tasks of {deployment} ended",
+        )
+        return {i: tasks[i] for i in ids}
+
+    # -- the database ------------------------------------------------------------------------------
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a query on the platform's PostgreSQL database."""
+        psycopg = require_module("psycopg")
+        url = self.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            return list(conn.execute(sql, params).fetchall())
+
+    def workers_by_task(self, ids: Sequence[str]) -> dict[str, int]:
+        """How many of these tasks each worker ran, from the ``tasks.worker`` column."""
+        rows = self.query(
+            "SELECT worker, count(*) FROM tasks WHERE id = ANY(%s) GROUP BY worker", (list(ids),)
+        )
+        return {worker: count for worker, count in rows}
+
+    def stop_events(self, ids: Sequence[str]) -> dict[str, int]:
+        """How many stored ``StopEvent`` events each of these tasks has."""
+        rows = self.query(
+            "SELECT task_id, count(*) FROM events WHERE type = 'StopEvent' AND task_id = ANY(%s) "
+            "GROUP BY task_id",
+            (list(ids),),
+        )
+        return {task_id: count for task_id, count in rows}
+
+    def close(self) -> None:
+        """Release the HTTP client."""
+        self.http.close()
+
+
+@pytest.fixture
+def make_platform(
+    tmp_path: Path, postgres_url: str, processes: Processes
+) -> Iterator[Callable[[str], Platform]]:
+    """Build the :class:`Platform` of a broker URL, on this test's fresh database."""
+    made: list[Platform] = []
+
+    def make(broker_url: str) -> Platform:
+        workdir = tmp_path / "platform"
+        workdir.mkdir(exist_ok=True)
+        platform = Platform(broker_url, postgres_url, workdir, processes)
+        made.append(platform)
+        return platform
+
+    try:
+        yield make
+    finally:
+        for platform in made:
+            platform.close()
+
+
+def node(name: str) -> str:
+    """The Celery node name the platform gives a process called ``name``."""
+    return f"{name}@{NODE_HOST}"

@@ -1,0 +1,108 @@
+"""End to end: Flower monitors Celeriac's service workers and tasks through its HTTP API."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import QUICKSTART
+from tests.e2e.conftest import (
+    READY_TIMEOUT,
+    Platform,
+    free_port,
+    node,
+    poll,
+    require_module,
+    script,
+)
+
+#: Flower's HTTP API answers only with credentials (or FLOWER_UNAUTHENTICATED_API).
+AUTH = ("admin", "s3cret")
+RUN_STEP = "celeriac.service.run_step"
+
+
+@pytest.mark.e2e
+def test_flower_lists_the_service_workers_and_their_run_step_tasks(
+    redis_url: str, make_platform: Callable[[str], Platform]
+) -> None:
+    """Flower's /api/workers shows both service workers; /api/tasks shows each task's ids."""
+    # Given a platform on Redis with two service workers, and Flower watching its broker
+    require_module("flower")
+    platform = make_platform(redis_url)
+    platform.serve(QUICKSTART)
+    platform.control_plane()
+    platform.service_worker("w1")
+    platform.service_worker("w2", celery_cli=True)
+    workers = {node("w1"), node("w2")}
+    platform.wait_for_workers("QuickStart", workers)
+    port = free_port()
+    flower = platform.start(
+        "flower",
+        [
+            script("celery"),
+            *("-A", "workers.entry", "flower", f"--port={port}", "--address=127.0.0.1"),
+            f"--basic-auth={AUTH[0]}:{AUTH[1]}",
+        ],
+        database=False,
+    )
+    api = httpx.Client(base_url=f"http://127.0.0.1:{port}", auth=AUTH, timeout=30.0)
+
+    def get(path: str, **params: Any) -> Any:
+        if not flower.alive():
+            pytest.fail(f"flower exited with {flower.popen.returncode}:\n{flower.output()}")
+        try:
+            response = api.get(path, params=params)
+        except httpx.TransportError:
+            return None
+        return response.json() if response.status_code == 200 else None
+
+    try:
+        # When Flower has asked the workers who they are
+        listed = poll(
+            lambda: get("/api/workers", refresh=1),
+            lambda found: found is not None and workers <= set(found),
+            READY_TIMEOUT,
+            "both service workers in Flower's /api/workers",
+        )
+        # Then it lists both service workers, each consuming the quick start's queue
+        for name in workers:
+            queues = {q["name"] for q in listed[name]["active_queues"]}
+            assert "celeriac.QuickStart.echo_workflow" in queues, listed[name]
+        # And its API refuses a client without credentials
+        assert httpx.get(f"http://127.0.0.1:{port}/api/workers", timeout=10).status_code == 401
+
+        # When a few tasks run
+        ids = platform.submit("QuickStart", [{"message": f"f{i}"} for i in range(6)])
+        tasks = platform.wait_for_tasks("QuickStart", ids)
+        assert {t["status"] for t in tasks.values()} == {"succeeded"}
+
+        # Then Flower lists a successful run_step for each, naming its deployment, service, id
+        def runs() -> dict[str, dict[str, Any]]:
+            found = get("/api/tasks", taskname=RUN_STEP) or {}
+            return {
+                task_id: task
+                for task_id in ids
+                for task in found.values()
+                if f"task_id={task_id!r}" in f"{task.get('args')} {task.get('kwargs')}"
+                and task.get("state") == "SUCCESS"
+            }
+
+        seen = poll(
+            runs,
+            lambda found: set(found) == set(ids),
+            READY_TIMEOUT,
+            "every task as a successful run_step in Flower's /api/tasks",
+        )
+        ran_by = dict(platform.query("SELECT id, worker FROM tasks WHERE id = ANY(%s)", (ids,)))
+        for task_id, task in seen.items():
+            assert task["name"] == RUN_STEP
+            shown = f"{task['args']} {task['kwargs']}"
+            assert "deployment='QuickStart'" in shown, task
+            assert "service='echo_workflow'" in shown, task
+            # And on the worker that the database says ran it
+            assert task["worker"] == ran_by[task_id], task
+    finally:
+        api.close()
