@@ -8,7 +8,7 @@ import httpx
 
 from config.deployment import DeploymentSpec
 from config.errors import DeploymentSpecError
-from workers.errors import UnknownDeployment
+from workers.errors import ControlPlaneUnreachable, UnknownDeployment
 from workers.runtime import DeploymentSource, Fetch
 
 
@@ -24,9 +24,15 @@ def http_fetcher(server: str, base_path: Path | None = None, timeout: float = 30
         try:
             response = httpx.get(f"{server}/deployments/{name}/spec", timeout=timeout)
         except httpx.TransportError as exc:
-            raise UnknownDeployment(f"cannot reach the control plane at {server}: {exc}") from exc
+            raise ControlPlaneUnreachable(
+                f"cannot reach the control plane at {server}: {exc}"
+            ) from exc
         if response.status_code == 404:
             raise UnknownDeployment(f"deployment {name!r} not found at {server}")
+        if response.status_code >= 500:
+            raise ControlPlaneUnreachable(
+                f"the control plane at {server} answered {response.status_code} for {name!r}"
+            )
         if response.status_code != 200:
             raise UnknownDeployment(
                 f"the control plane at {server} answered {response.status_code} for {name!r}"

@@ -7,6 +7,7 @@ from typing import Any
 from celery import Celery
 
 from config.settings import Settings
+from workers.errors import ControlPlaneUnreachable
 from workers.heartbeat import HeartbeatStep
 from workers.inbox import InboxStep
 from workers.protocol import (
@@ -120,9 +121,14 @@ def register_service_tasks(celery: CeleriacCelery) -> None:
     """Register the task that service workers run: decode, run the workflow, report."""
     reporter = CeleryReporter(celery)
 
-    @celery.task(name=RUN_STEP, shared=False, acks_late=True, reject_on_worker_lost=True)
-    def run_step(**payload: Any) -> None:
-        celery.runtime.run(RunStep.decode(payload), reporter)
+    @celery.task(name=RUN_STEP, shared=False, bind=True, acks_late=True, reject_on_worker_lost=True)
+    def run_step(task: Any, **payload: Any) -> None:
+        try:
+            celery.runtime.run(RunStep.decode(payload), reporter)
+        except ControlPlaneUnreachable as exc:
+            # The deployment could not be fetched (the API server restarts, say): the step
+            # goes back to the queue for a moment later, instead of failing the task.
+            raise task.retry(exc=exc, countdown=2, max_retries=300) from exc
 
     @celery.task(name=DELIVER_EVENT, shared=False)
     def deliver_event(**payload: Any) -> None:

@@ -3,6 +3,7 @@
 WorkerError
 ├── ProtocolError        a message that cannot be decoded (wrong version, missing field)
 ├── UnknownDeployment    a step for a deployment this worker does not serve
+│   └── ControlPlaneUnreachable  the deployment could not be fetched now (retry later)
 ├── WorkflowLoadError    a service's workflow could not be synced, imported or found
 └── WorkflowStateError   a session's Context could not be stored as JSON
 """
@@ -28,3 +29,7 @@ class WorkflowLoadError(WorkerError):
 
 class WorkflowStateError(WorkerError):
     """A session's Context could not be stored as JSON."""
+
+
+class ControlPlaneUnreachable(UnknownDeployment):
+    """The control plane did not answer a worker's question; the step is tried again later."""

@@ -21,7 +21,12 @@ from workflows.events import InputRequiredEvent, StopEvent
 
 from config.deployment import DeploymentSpec
 from workers import environ, loader
-from workers.errors import UnknownDeployment, WorkerError, WorkflowStateError
+from workers.errors import (
+    ControlPlaneUnreachable,
+    UnknownDeployment,
+    WorkerError,
+    WorkflowStateError,
+)
 from workers.eventloop import LoopThread
 from workers.inbox import Inbox, decode_event
 from workers.protocol import (
@@ -124,7 +129,7 @@ class ServiceRuntime:
                 try:
                     source = self.fetch(deployment)
                 except WorkerError:
-                    raise
+                    raise  # ControlPlaneUnreachable among them: the caller retries
                 except Exception as exc:
                     raise UnknownDeployment(
                         f"could not fetch deployment {deployment!r} from the control plane: {exc}"
@@ -166,6 +171,8 @@ class ServiceRuntime:
             if not done:
                 run.report_started()
             result = future.result()
+        except ControlPlaneUnreachable:
+            raise  # not the task's fault: the step is tried again, not failed
         except WorkerError as exc:
             outcome = run.outcome(error=_error(exc, with_traceback=False))
         except Exception as exc:
