@@ -9,10 +9,9 @@ from celery import Celery
 from config.settings import Settings
 from workers.errors import ControlPlaneUnreachable
 from workers.heartbeat import HeartbeatStep
-from workers.inbox import InboxStep
+from workers.inbox import InboxStep, inbox_entity
 from workers.protocol import (
     CONTROL_QUEUE,
-    DELIVER_EVENT,
     RUN_STEP,
     STEP_EVENT,
     STEP_FINISHED,
@@ -130,6 +129,17 @@ def register_service_tasks(celery: CeleriacCelery) -> None:
             # goes back to the queue for a moment later, instead of failing the task.
             raise task.retry(exc=exc, countdown=2, max_retries=300) from exc
 
-    @celery.task(name=DELIVER_EVENT, shared=False)
-    def deliver_event(**payload: Any) -> None:
-        celery.runtime.deliver(DeliverEvent.decode(payload))
+
+def send_to_inbox(celery: Celery, inbox: str, message: DeliverEvent) -> None:
+    """Publish an event for a task to the inbox of the worker that runs it (a plain Kombu
+    message: the worker handles it in its consumer thread, see ``InboxStep``)."""
+    entity = inbox_entity(inbox)
+    with celery.producer_or_acquire() as producer:
+        producer.publish(
+            message.encode(),
+            exchange=entity.exchange,
+            routing_key=inbox,
+            declare=[entity],
+            serializer="json",
+            retry=True,
+        )

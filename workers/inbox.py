@@ -9,14 +9,18 @@ sequence number makes the second copy a no-op).
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from typing import Any
 
 from celery import bootsteps
+from kombu import Consumer, Exchange, Queue
 from workflows import Context
 from workflows.context.serializers import JsonSerializer
 
-from workers.protocol import INBOX_PREFIX, SERVICE_QUEUE_PREFIX
+from workers.protocol import INBOX_PREFIX, SERVICE_QUEUE_PREFIX, DeliverEvent
+
+log = logging.getLogger(__name__)
 
 #: LlamaDeploy clients built on llama-index-core name events by that package's module path.
 _LEGACY_PREFIX = "llama_index.core.workflow."
@@ -73,19 +77,46 @@ class Inbox:
         return True
 
 
-class InboxStep(bootsteps.StartStopStep):
-    """Makes a service worker consume its inbox queue too (never the control-plane worker)."""
+class InboxStep(bootsteps.ConsumerStep):
+    """A service worker's inbox, consumed in the consumer's own thread, not the task pool.
+
+    Events for a task must get through even when every pool thread runs a task that waits
+    for one (a worker full of workflows waiting for humans): so they are plain Kombu
+    messages, handled as they arrive, never queued behind tasks. The control-plane worker
+    (which consumes no service queue) has no inbox.
+    """
 
     requires = {"celery.worker.consumer.tasks:Tasks"}
 
-    def start(self, consumer: Any) -> None:
-        """Add the inbox to the queues of a worker that consumes service queues."""
+    def get_consumers(self, channel: Any) -> list[Consumer]:
+        """A Kombu consumer of this worker's inbox queue, if it serves any service."""
+        consumer = self.consumer
         runtime = consumer.app.runtime
         if runtime.worker_name is None:
             runtime.worker_name = consumer.hostname
         names = [q.name for q in consumer.task_consumer.queues]
-        serves = any(
+        if not any(
             n.startswith(SERVICE_QUEUE_PREFIX) and not n.startswith(INBOX_PREFIX) for n in names
-        )
-        if serves and runtime.inbox_queue not in names:
-            consumer.add_task_queue(runtime.inbox_queue)
+        ):
+            return []
+        queue = inbox_entity(runtime.inbox_queue)
+        return [Consumer(channel, queues=[queue], callbacks=[self._on_message], accept=["json"])]
+
+    def start(self, c: Any) -> None:
+        """Remember the worker's consumer, then start consuming."""
+        self.consumer = c
+        super().start(c)
+
+    def _on_message(self, body: Any, message: Any) -> None:
+        runtime = self.consumer.app.runtime
+        try:
+            runtime.deliver(DeliverEvent.decode(body))
+        except Exception:
+            log.exception("could not deliver an event to its task")
+        finally:
+            message.ack()
+
+
+def inbox_entity(name: str) -> Queue:
+    """The Kombu queue (with its direct exchange) of a worker's inbox."""
+    return Queue(name, Exchange(name, type="direct"), routing_key=name)

@@ -27,7 +27,6 @@ PROTOCOL_VERSION = 1
 CONTROL_QUEUE = "control_plane"
 
 RUN_STEP = "celeriac.service.run_step"
-DELIVER_EVENT = "celeriac.service.deliver_event"
 STEP_STARTED = "celeriac.control.step_started"
 STEP_EVENT = "celeriac.control.step_event"
 STEP_FINISHED = "celeriac.control.step_finished"

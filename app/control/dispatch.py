@@ -6,8 +6,8 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from app.errors import Unavailable
-from workers.celery_app import send
-from workers.protocol import DELIVER_EVENT, RUN_STEP, DeliverEvent, RunStep, service_queue
+from workers.celery_app import send, send_to_inbox
+from workers.protocol import RUN_STEP, DeliverEvent, RunStep, service_queue
 
 
 class Dispatcher:
@@ -26,6 +26,6 @@ class Dispatcher:
     def deliver(self, inbox: str, message: DeliverEvent) -> None:
         """Send an event to the worker that runs its task."""
         try:
-            send(self._celery, DELIVER_EVENT, message, inbox)
+            send_to_inbox(self._celery, inbox, message)
         except (OperationalError, OSError) as exc:
             raise Unavailable(f"the broker did not accept the event: {exc}") from exc
