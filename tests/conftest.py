@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -91,7 +92,10 @@ def live_server(server: Server) -> Iterator[str]:
     finally:
         # Close waitress's sockets from inside its own loop: closing them from this thread
         # while its select() waits on them fails with EBADF now and then.
-        http.trigger.pull_trigger(lambda: wasyncore.close_all(http._map))
+        with contextlib.suppress(OSError):
+            # The loop may already have run close_all (woken by a worker thread) and closed
+            # the trigger's pipe: then there is nothing left to close.
+            http.trigger.pull_trigger(lambda: wasyncore.close_all(http._map))
         thread.join(timeout=5)
         http.task_dispatcher.shutdown()
         assert not thread.is_alive(), "the test HTTP server did not stop"

@@ -43,7 +43,7 @@ _NEXT_INPUT_SEQ = select(func.coalesce(func.max(_events.c.seq) + 1, 0)).where(
 )
 
 #: Seconds of silence after which a stream sends a keep-alive.
-KEEP_ALIVE = 15.0
+KEEP_ALIVE = 5.0
 #: How long a stream of an ended task waits for events still on their way, then ends anyway.
 STRAGGLER_GRACE = 5.0
 

@@ -1,7 +1,14 @@
-"""Python SDK of Celeriac's HTTP API."""
+"""Python SDK of Celeriac's HTTP API: :class:`Client` (sync) and :class:`AsyncClient` (async).
 
-from app.sdk.client import DEFAULT_SERVER, Client
-from app.sdk.errors import (
+Both have the same namespaces and methods (``deployments``, ``tasks``, ``sessions``) and raise
+the same errors, one tree rooted at :class:`CeleriacError` (drawn in ``app/sdk/_errors.py``).
+Everything public is listed in ``__all__``; the modules behind it are private.
+"""
+
+from app.sdk._async_client import AsyncClient, AsyncEventStream
+from app.sdk._calls import DEFAULT_SERVER, DEFAULT_TIMEOUT, MultitaskStrategy
+from app.sdk._client import Client, EventStream
+from app.sdk._errors import (
     APIError,
     BadRequest,
     CeleriacError,
@@ -9,28 +16,55 @@ from app.sdk.errors import (
     ConnectionFailed,
     InvalidInput,
     NotFound,
+    RequestTimeout,
     ServerError,
+    SessionBusy,
+    TaskEnded,
     TaskFailed,
     TaskTimeout,
 )
-from app.sdk.models import Deployment, Service, Session, Status, Task
+from app.sdk._models import (
+    Deployment,
+    EventDefinition,
+    EventItem,
+    LiveService,
+    Service,
+    Session,
+    Status,
+    Task,
+    TaskResult,
+    Worker,
+)
 
 __all__ = [
     "DEFAULT_SERVER",
+    "DEFAULT_TIMEOUT",
     "APIError",
+    "AsyncClient",
+    "AsyncEventStream",
     "BadRequest",
     "CeleriacError",
     "Client",
     "Conflict",
     "ConnectionFailed",
     "Deployment",
+    "EventDefinition",
+    "EventItem",
+    "EventStream",
     "InvalidInput",
+    "LiveService",
+    "MultitaskStrategy",
     "NotFound",
+    "RequestTimeout",
     "ServerError",
     "Service",
     "Session",
+    "SessionBusy",
     "Status",
     "Task",
+    "TaskEnded",
     "TaskFailed",
+    "TaskResult",
     "TaskTimeout",
+    "Worker",
 ]

@@ -7,8 +7,12 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+#: Statuses after which a task changes no more.
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
 
 def _time(value: str | None) -> dt.datetime | None:
+    """An ISO 8601 timestamp of the API, or None."""
     return dt.datetime.fromisoformat(value) if value else None
 
 
@@ -40,6 +44,50 @@ class Service:
     display_name: str
     queue: str
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Service:
+        """Build from the API's JSON."""
+        return cls(name=data["name"], display_name=data["display_name"], queue=data["queue"])
+
+
+@dataclass(frozen=True)
+class Worker:
+    """A live worker consuming a service's queue."""
+
+    name: str
+    host: str | None = None
+    pid: int | None = None
+    started_at: dt.datetime | None = None
+    last_heartbeat: dt.datetime | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Worker:
+        """Build from the API's JSON."""
+        return cls(
+            name=data["name"],
+            host=data.get("host"),
+            pid=data.get("pid"),
+            started_at=_time(data.get("started_at")),
+            last_heartbeat=_time(data.get("last_heartbeat")),
+        )
+
+
+@dataclass(frozen=True)
+class LiveService(Service):
+    """A service with the workers consuming its queue now."""
+
+    workers: list[Worker] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LiveService:
+        """Build from the API's JSON."""
+        return cls(
+            name=data["name"],
+            display_name=data["display_name"],
+            queue=data["queue"],
+            workers=[Worker.from_json(w) for w in data.get("workers") or []],
+        )
+
 
 @dataclass(frozen=True)
 class Deployment:
@@ -51,6 +99,7 @@ class Deployment:
     services: list[Service] = field(default_factory=list)
     created_at: dt.datetime | None = None
     updated_at: dt.datetime | None = None
+    base_path: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Deployment:
@@ -59,9 +108,10 @@ class Deployment:
             name=data["name"],
             default_service=data.get("default_service"),
             version=data.get("version", 1),
-            services=[Service(**s) for s in data.get("services", [])],
+            services=[Service.from_json(s) for s in data.get("services") or []],
             created_at=_time(data.get("created_at")),
             updated_at=_time(data.get("updated_at")),
+            base_path=data.get("base_path"),
         )
 
 
@@ -84,7 +134,7 @@ class Task:
     @property
     def done(self) -> bool:
         """True once the task ended."""
-        return self.status in {"succeeded", "failed", "cancelled"}
+        return self.status in TERMINAL_STATUSES
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Task:
@@ -123,3 +173,50 @@ class Session:
             state=dict(data.get("state") or {}),
             created_at=_time(data.get("created_at")),
         )
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """LlamaDeploy's ``TaskResult``: the result as text, with the task's status and error."""
+
+    task_id: str
+    result: str
+    status: str | None = None
+    error: dict[str, Any] | None = None
+    history: list[Any] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TaskResult:
+        """Build from the API's JSON."""
+        return cls(
+            task_id=data["task_id"],
+            result=data.get("result") or "",
+            status=data.get("status"),
+            error=data.get("error"),
+            history=list(data.get("history") or []),
+            data=dict(data.get("data") or {}),
+        )
+
+
+@dataclass(frozen=True)
+class EventItem:
+    """One event a task's workflow streamed: its sequence number, type and fields."""
+
+    seq: int
+    type: str
+    qualified_name: str
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EventDefinition:
+    """LlamaDeploy's ``EventDefinition``: an event sent into a task, as the server took it."""
+
+    event_obj_str: str
+    service_id: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EventDefinition:
+        """Build from the API's JSON."""
+        return cls(event_obj_str=data["event_obj_str"], service_id=data.get("service_id"))

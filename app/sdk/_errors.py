@@ -1,15 +1,19 @@
-"""Errors raised by the SDK.
+"""Errors raised by the SDK, sync and async alike.
 
 CeleriacError
-├── ConnectionFailed          the server could not be reached
+├── ConnectionFailed          the server could not be reached, or the connection broke
+│   └── RequestTimeout        the server did not answer within the HTTP timeout
 └── APIError                  the server answered with an error (``status_code``, ``errors``)
-    ├── BadRequest (400)
-    ├── NotFound (404)
-    ├── Conflict (409)
-    ├── InvalidInput (422)
-    ├── TaskFailed (502)      the task ran and its workflow failed
-    ├── TaskTimeout (504)     the task did not end in time; it keeps running
-    └── ServerError (5xx)
+    ├── BadRequest (400)      e.g. no service named and no ``default-service``
+    ├── NotFound (404)        unknown deployment, service, session or task
+    ├── Conflict (409)        the name or id is taken, or the state forbids the change
+    │   ├── SessionBusy       ``multitask_strategy="reject"`` and the session runs a task
+    │   └── TaskEnded         an event sent to a task that has ended
+    ├── InvalidInput (422)    some fields have wrong values; ``errors`` says which and why
+    ├── TaskFailed (502)      the task ran and its workflow raised
+    ├── TaskTimeout (504)     the task did not end in time (server's ``tasks/run`` or the
+    │                         client's ``wait``/``events`` timeout); it keeps running
+    └── ServerError (5xx)     any other server error
 """
 
 from __future__ import annotations
@@ -22,13 +26,19 @@ class CeleriacError(Exception):
 
 
 class ConnectionFailed(CeleriacError):
-    """The server could not be reached."""
+    """The server could not be reached, or the connection broke."""
+
+
+class RequestTimeout(ConnectionFailed):
+    """The server did not answer within the HTTP timeout."""
 
 
 class APIError(CeleriacError):
     """The server answered with an error."""
 
-    def __init__(self, status_code: int, message: str, errors: dict[str, Any] | None = None):
+    def __init__(
+        self, status_code: int, message: str, errors: dict[str, Any] | None = None
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.message = message
@@ -53,6 +63,14 @@ class Conflict(APIError):
     """409: the name or id is taken, or the state forbids the change."""
 
 
+class SessionBusy(Conflict):
+    """409: the session runs another task and the task was sent with ``reject``."""
+
+
+class TaskEnded(Conflict):
+    """409: the task has ended, so it takes no more events."""
+
+
 class InvalidInput(APIError):
     """422: some fields have wrong values; ``errors`` says which and why."""
 
@@ -62,7 +80,7 @@ class TaskFailed(APIError):
 
 
 class TaskTimeout(APIError):
-    """504: the task is still running after the wait allowed."""
+    """504: the task is still running after the wait allowed; it keeps running."""
 
 
 class ServerError(APIError):
@@ -79,14 +97,18 @@ _BY_STATUS: dict[int, type[APIError]] = {
 }
 
 
-def error_for(status_code: int, body: Any) -> APIError:
-    """The exception for an error response."""
+def error_for(status_code: int, body: Any, conflict: type[Conflict] = Conflict) -> APIError:
+    """The exception for an error response; ``conflict`` is the class a 409 of this call
+    means (a busy session is recognised from the body whatever the call)."""
     message = f"HTTP {status_code}"
     errors: dict[str, Any] = {}
     if isinstance(body, dict):
         message = str(body.get("message") or body.get("detail") or body.get("status") or message)
-        errors = body.get("errors") or {}
+        raw_errors = body.get("errors")
+        errors = raw_errors if isinstance(raw_errors, dict) else {}
     cls = _BY_STATUS.get(status_code, ServerError if status_code >= 500 else APIError)
+    if status_code == 409:
+        cls = SessionBusy if "active_task_id" in errors else conflict
     return cls(status_code, message, errors)
 
 

@@ -1,0 +1,337 @@
+"""The synchronous client: :class:`Client` and its ``deployments``, ``tasks`` and ``sessions``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+import httpx
+
+from app.sdk import _calls as calls
+from app.sdk._calls import DEFAULT_SERVER, DEFAULT_TIMEOUT, Call, MultitaskStrategy
+from app.sdk._errors import APIError, ConnectionFailed
+from app.sdk._models import (
+    Deployment,
+    EventDefinition,
+    EventItem,
+    LiveService,
+    Session,
+    Status,
+    Task,
+    TaskResult,
+)
+from app.sdk._stream import Follower
+
+if TYPE_CHECKING:
+    from workflows.events import Event
+
+T = TypeVar("T")
+
+
+class Client:
+    """Talks to one Celeriac API server; use as a context manager or call :meth:`close`.
+
+    ``timeout`` is the HTTP timeout in seconds (None: none) and the default wait of
+    ``tasks.run`` and ``tasks.wait``.
+    """
+
+    def __init__(
+        self,
+        server: str = DEFAULT_SERVER,
+        *,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.server = server.rstrip("/")
+        self.timeout = timeout
+        self._http = httpx.Client(base_url=self.server, timeout=timeout, transport=transport)
+        self.deployments = Deployments(self)
+        self.tasks = Tasks(self)
+        self.sessions = Sessions(self)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def status(self) -> Status:
+        """The server's health: ``Healthy``, ``Unhealthy`` if it answers with an error, or
+        ``Down`` if it cannot be reached."""
+        try:
+            return self._send(calls.status())
+        except ConnectionFailed as exc:
+            return Status("Down", str(exc), None, [])
+        except APIError as exc:
+            return Status("Unhealthy", str(exc), None, [])
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Send any request (``kwargs`` go to httpx) and return the decoded JSON, raising the
+        SDK's errors."""
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise calls.transport_error(self.server, exc) from exc
+        return calls.outcome(Call(method, path, calls.identity), response)
+
+    def _send(self, call: Call[T]) -> T:
+        """Send one described call and decode its answer."""
+        try:
+            response = self._http.request(
+                call.method,
+                call.path,
+                params=call.params,
+                json=call.json,
+                files=call.files,
+                timeout=call.timeout if call.timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+        except httpx.TransportError as exc:
+            raise calls.transport_error(self.server, exc) from exc
+        return calls.outcome(call, response)
+
+    def _follow(self, follower: Follower) -> Generator[EventItem, None, None]:
+        """The events of a stream as they arrive, reconnecting after drops, to its end."""
+        while not follower.ended:
+            connection = follower.connect(time.monotonic())
+            left = False  # on purpose: the stream ended, or the connection is to be renewed
+            try:
+                with self._http.stream(
+                    "GET", connection.path, headers=connection.headers, timeout=connection.timeout
+                ) as response:
+                    if response.status_code >= 400:
+                        response.read()
+                    follower.opened(response)
+                    for line in response.iter_lines():
+                        item = follower.feed(line, time.monotonic())
+                        if item is not None:
+                            yield item
+                        if follower.ended or follower.stale(time.monotonic()):
+                            left = True
+                            break
+            except httpx.TransportError as exc:
+                time.sleep(follower.dropped(exc, time.monotonic()))
+                continue
+            if not left:
+                time.sleep(follower.dropped(None, time.monotonic()))
+
+
+class EventStream(Iterator[EventItem]):
+    """A live iterator over a task's events; ends after the task's last event.
+
+    ``last_event_id`` is where to resume (``tasks.events(..., last_event_id=...)``) and
+    ``status`` the task's final status once the stream ended. Close it (or use it as a
+    context manager) to leave early.
+    """
+
+    def __init__(self, items: Generator[EventItem, None, None], follower: Follower) -> None:
+        self._items = items
+        self._follower = follower
+
+    def __iter__(self) -> EventStream:
+        return self
+
+    def __next__(self) -> EventItem:
+        return next(self._items)
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def last_event_id(self) -> int | None:
+        """The sequence number of the last event read, None before the first."""
+        return self._follower.last_event_id
+
+    @property
+    def status(self) -> str | None:
+        """The task's final status once the stream ended, else None."""
+        return self._follower.status
+
+    def close(self) -> None:
+        """Drop the connection."""
+        self._items.close()
+
+
+class Deployments:
+    """``client.deployments``."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def create(
+        self,
+        config: str | Path | IO[bytes],
+        *,
+        base_path: str | Path | None = None,
+        reload: bool = False,
+    ) -> Deployment:
+        """Deploy a YAML file (a path or an open binary file); local sources are relative to
+        ``base_path``, by default the file's folder."""
+        return self._c._send(calls.create_deployment(config, base_path, reload))
+
+    def services(self, name: str) -> list[LiveService]:
+        """A deployment's services with the workers serving them now."""
+        return self._c._send(calls.deployment_services(name))
+
+    def list(self) -> list[Deployment]:
+        """Every deployment."""
+        return self._c._send(calls.list_deployments())
+
+    def get(self, name: str) -> Deployment:
+        """One deployment."""
+        return self._c._send(calls.get_deployment(name))
+
+    def delete(self, name: str) -> None:
+        """Delete a deployment with its sessions, tasks and events."""
+        self._c._send(calls.delete_deployment(name))
+
+
+class Tasks:
+    """``client.tasks``."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def run(
+        self,
+        deployment: str,
+        input: dict[str, Any] | None = None,
+        *,
+        service: str | None = None,
+        session_id: str | None = None,
+        multitask_strategy: MultitaskStrategy | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Run a task and return its result; :class:`TaskFailed` if the workflow fails,
+        :class:`TaskTimeout` after ``timeout`` seconds (default: the client's timeout)."""
+        return self._c._send(
+            calls.run_task(
+                deployment,
+                input,
+                service=service,
+                session_id=session_id,
+                multitask_strategy=multitask_strategy,
+                timeout=timeout,
+                client_timeout=self._c.timeout,
+            )
+        )
+
+    def create(
+        self,
+        deployment: str,
+        input: dict[str, Any] | None = None,
+        *,
+        service: str | None = None,
+        session_id: str | None = None,
+        multitask_strategy: MultitaskStrategy | None = None,
+        task_id: str | None = None,
+    ) -> Task:
+        """Queue a task and return it without waiting (:class:`SessionBusy` if the session
+        is busy and ``multitask_strategy="reject"``)."""
+        return self._c._send(
+            calls.create_task(
+                deployment,
+                input,
+                service=service,
+                session_id=session_id,
+                multitask_strategy=multitask_strategy,
+                task_id=task_id,
+            )
+        )
+
+    def get(self, deployment: str, task_id: str) -> Task:
+        """A task's status and outcome."""
+        return self._c._send(calls.get_task(deployment, task_id))
+
+    def list(
+        self,
+        deployment: str,
+        *,
+        session_id: str | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> list[Task]:
+        """A deployment's tasks, oldest first."""
+        return self._c._send(
+            calls.list_tasks(deployment, session_id=session_id, limit=limit, offset=offset)
+        )
+
+    def results(self, deployment: str, task_id: str) -> TaskResult | None:
+        """LlamaDeploy's ``TaskResult`` once the task ended, else None."""
+        return self._c._send(calls.task_results(deployment, task_id))
+
+    def events(
+        self,
+        deployment: str,
+        task_id: str,
+        *,
+        last_event_id: int | None = None,
+        timeout: float | None = None,
+    ) -> EventStream:
+        """Follow a task's events live, from the first (or after ``last_event_id``) to its
+        end, resuming by itself after a dropped connection; :class:`TaskTimeout` if the task
+        has not ended after ``timeout`` seconds (default: no limit)."""
+        follower = Follower(
+            self._c.server,
+            deployment,
+            task_id,
+            last_event_id=last_event_id,
+            timeout=timeout,
+            client_timeout=self._c.timeout,
+            now=time.monotonic(),
+        )
+        return EventStream(self._c._follow(follower), follower)
+
+    def send_event(
+        self,
+        deployment: str,
+        task_id: str,
+        event: Event | str,
+        service: str | None = None,
+    ) -> EventDefinition:
+        """Send an event (a workflow ``Event`` or its JsonSerializer form) into a running
+        task; :class:`TaskEnded` if the task has ended."""
+        return self._c._send(calls.send_event(deployment, task_id, event, service))
+
+    def wait(self, deployment: str, task_id: str, timeout: float | None = None) -> Task:
+        """Follow a task to its end and return it; :class:`TaskTimeout` after ``timeout``
+        seconds (default: the client's timeout)."""
+        task = self.get(deployment, task_id)
+        if task.done:
+            return task
+        limit = timeout if timeout is not None else self._c.timeout
+        with self.events(deployment, task_id, timeout=limit) as stream:
+            for _ in stream:
+                pass
+        return self.get(deployment, task_id)
+
+
+class Sessions:
+    """``client.sessions``."""
+
+    def __init__(self, client: Client) -> None:
+        self._c = client
+
+    def create(self, deployment: str) -> Session:
+        """A new session."""
+        return self._c._send(calls.create_session(deployment))
+
+    def list(self, deployment: str) -> list[Session]:
+        """The live sessions of a deployment."""
+        return self._c._send(calls.list_sessions(deployment))
+
+    def get(self, deployment: str, session_id: str) -> Session:
+        """One session."""
+        return self._c._send(calls.get_session(deployment, session_id))
+
+    def delete(self, deployment: str, session_id: str) -> None:
+        """Delete a session (its tasks stay readable)."""
+        self._c._send(calls.delete_session(deployment, session_id))
