@@ -43,9 +43,11 @@ _COUNT_ATTEMPT = (
         attempts=_tasks.c.attempts + 1,
         worker=bindparam("p_worker"),
         started_at=bindparam("p_started_at"),
+        # Reports may arrive in any order: a start recorded after the task's question
+        # (an InputRequiredEvent) must not hide that the task waits for input.
         status=case(
             (
-                _tasks.c.status.in_([s.value for s in TaskStatus.RUNNING.sources()]),
+                _tasks.c.status.in_([TaskStatus.QUEUED.value, TaskStatus.RUNNING.value]),
                 TaskStatus.RUNNING.value,
             ),
             else_=_tasks.c.status,
@@ -81,7 +83,10 @@ _INPUTS = (
 )
 _WAIT_FOR_INPUT = (
     _tasks.update()
-    .where(_tasks.c.id == bindparam("task_id"), _tasks.c.status == TaskStatus.RUNNING.value)
+    .where(
+        _tasks.c.id == bindparam("task_id"),
+        _tasks.c.status.in_([s.value for s in TaskStatus.WAITING_INPUT.sources()]),
+    )
     .values(status=TaskStatus.WAITING_INPUT.value)
 )
 

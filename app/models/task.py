@@ -35,11 +35,18 @@ class TaskStatus(str, enum.Enum):
 TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 #: status -> statuses it may move to. ``running -> running`` is a redelivery to another worker
-#: (at-least-once delivery); ``queued -> succeeded/failed`` happens when the outcome overtakes
-#: the start report.
+#: (at-least-once delivery); ``queued -> succeeded/failed/waiting_input`` happens when the
+#: outcome, or the workflow's question, overtakes the start report. ``waiting_input`` moves
+#: back to ``running`` when an answer is sent in, never because of a late start report.
 TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.QUEUED: frozenset(
-        {TaskStatus.RUNNING, TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED}
+        {
+            TaskStatus.RUNNING,
+            TaskStatus.WAITING_INPUT,
+            TaskStatus.SUCCEEDED,
+            TaskStatus.FAILED,
+            TaskStatus.CANCELLED,
+        }
     ),
     TaskStatus.RUNNING: frozenset(
         {
