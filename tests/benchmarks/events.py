@@ -47,13 +47,17 @@ def follow(url: str, task_id: str, expected: int, out: list[StreamResult]) -> No
             headers={"Accept": "text/event-stream"},
         ) as response,
     ):
+        # Events written before this reader was connected measure the connection, not the
+        # stream: they are counted as seen but not timed.
+        connected = time.time()
         for line in response.iter_lines():
             if not line.startswith("data: "):
                 continue
             payload = json.loads(line[6:])
             data = payload.get("data", {})
             if payload.get("type") == "Tick":
-                latencies.append((time.time() - data["sent_at"]) * 1000)
+                if data["sent_at"] >= connected:
+                    latencies.append((time.time() - data["sent_at"]) * 1000)
                 seen += 1
             if "status" in payload and "type" not in payload:
                 break
