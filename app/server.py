@@ -14,6 +14,7 @@ import waitress
 from flask import Flask
 
 import migrations
+from app.control.notifications import Listener
 from app.control.plane import ControlPlane
 from app.db import Database
 from app.embedded import EmbeddedWorkers
@@ -37,6 +38,11 @@ class Server:
         self.plane = ControlPlane(settings, Database(settings.sqlalchemy_url), celery)
         self.app: Flask = create_app(settings, self.plane)
         self.workers = EmbeddedWorkers(self.plane) if settings.embedded else None
+        # Outcomes are recorded in another process: hear of them from PostgreSQL at once.
+        self.listener = None
+        if not settings.embedded and self.plane.db.engine.dialect.name == "postgresql":
+            self.listener = Listener(settings.sqlalchemy_url, self.plane.waiter)
+            self.listener.start()
 
     def start_workers(self) -> None:
         """Start the in-process workers (embedded mode only)."""
@@ -84,6 +90,8 @@ class Server:
         """Stop workers and release connections."""
         if self.workers is not None:
             self.workers.stop()
+        if self.listener is not None:
+            self.listener.stop()
         self.plane.close()
 
 

@@ -1,0 +1,63 @@
+"""Wake waiters across processes: the recorder NOTIFYs, API servers LISTEN (PostgreSQL).
+
+In the distributed mode the recorder runs in the control-plane consumer, not in the API
+server whose ``tasks/run`` or event stream waits. Without a signal those waiters poll the
+database; with PostgreSQL, every recorded outcome or event is also a ``NOTIFY`` on one
+channel (sent when its transaction commits), and each API server keeps one connection that
+``LISTEN``s and wakes its local waiters. Polling stays as the safety net.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from sqlalchemy import Connection, text
+from sqlalchemy.engine import make_url
+
+from app.control.waiter import TaskWaiter
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "celeriac_tasks"
+_NOTIFY = text(f"SELECT pg_notify('{CHANNEL}', :task_id)")
+
+
+def announce(conn: Connection, task_id: str) -> None:
+    """Tell listening API servers that the task changed (on commit; PostgreSQL only)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(_NOTIFY, {"task_id": task_id})
+
+
+class Listener:
+    """A daemon thread that turns PostgreSQL notifications into local waiter wake-ups."""
+
+    def __init__(self, database_url: str, waiter: TaskWaiter) -> None:
+        url = make_url(database_url).set(drivername="postgresql")
+        self._dsn = url.render_as_string(hide_password=False)
+        self._waiter = waiter
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="celeriac-listen", daemon=True)
+
+    def start(self) -> None:
+        """Start listening."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop listening (the thread ends at its next timeout)."""
+        self._stop.set()
+
+    def _run(self) -> None:
+        # psycopg is the ``postgres`` extra; it is there whenever the database is PostgreSQL.
+        import psycopg
+
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self._dsn, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=1.0):
+                            self._waiter.notify(note.payload)
+            except psycopg.Error:
+                log.warning("lost the database notification channel; retrying", exc_info=True)
+                self._stop.wait(1.0)
