@@ -2,13 +2,17 @@
 
 Run from the repository root (after the README's install):
 
-    python -m tests.benchmarks.bench                # the embedded mode (memory://)
-    python -m tests.benchmarks.bench --quick        # fewer calls, for a smoke run
+    python -m tests.benchmarks.bench                    # the embedded mode (memory://)
+    python -m tests.benchmarks.bench --quick            # fewer calls, for a smoke run
+    python -m tests.benchmarks.bench --transport redis  # or amqp, sqs; ``all`` runs every one
 
 Celeriac is measured as a user meets it: ``celeriac serve`` of the quick-start deployment in
-its own process, called over HTTP with keep-alive clients. Raw Celery is measured in this
-process with an in-process worker (the memory broker exists only inside one process) and the
-same echo workload, in the same run. Prints one table; ``--json FILE`` also saves the figures.
+its own process, called over HTTP with keep-alive clients. In the embedded mode raw Celery is
+measured in this process with an in-process worker (the memory broker exists only inside one
+process) and the same echo workload, in the same run. The distributed transports (Redis,
+RabbitMQ, SQS on a local moto server) start Celeriac's three processes and a raw Celery worker
+as subprocesses: see ``tests/benchmarks/distributed.py``. Prints one table for the embedded
+mode and one for the distributed transports; ``--json FILE`` also saves the figures.
 """
 
 from __future__ import annotations
@@ -27,13 +31,19 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 REPO = Path(__file__).resolve().parents[2]
 QUICKSTART = REPO / "config" / "deployments" / "quickstart"
+TRANSPORTS = ("memory", "redis", "amqp", "sqs")
+#: What Celeriac must reach against raw Celery: at most this latency ratio, at least this
+#: throughput ratio.
+GOAL_LATENCY, GOAL_THROUGHPUT = 3.0, 1 / 3
+ECHO_ANSWER = "Message received: hello"
 
 
 @dataclass
@@ -44,9 +54,14 @@ class Figures:
     p50_ms: float
     p95_ms: float
     p99_ms: float
-    tps_8: float
+    tps_8: float | None
     tps_32: float
     peak_rss_mb: float | None = None
+    transport: str = "memory"
+    #: Peak RSS of each process of a distributed run, by role.
+    rss_by_process_mb: dict[str, float] = field(default_factory=dict)
+    #: Share of one core each process used during the 32-client run (1.0 = a full core).
+    cpu_by_process: dict[str, float] = field(default_factory=dict)
 
 
 def percentile(sorted_ms: list[float], q: float) -> float:
@@ -105,8 +120,13 @@ def measure_throughput(
 
     start = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
-        for future in [pool.submit(client) for _ in range(clients)]:
-            future.result()
+        try:
+            for future in [pool.submit(client) for _ in range(clients)]:
+                future.result()
+        except BaseException:
+            with lock:  # on an error or Ctrl-C, let the other clients stop after their call
+                remaining[0] = 0
+            raise
     return total / (time.perf_counter() - start)
 
 
@@ -174,24 +194,30 @@ def celeriac_server(env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def http_caller(url: str) -> Callable[[], Callable[[], object]]:
+    """Makes one keep-alive client per caller of ``tasks/run`` on the server at ``url``."""
+    path = "/deployments/QuickStart/tasks/run"
+    body = {"input": json.dumps({"message": "hello"})}
+
+    def make_call() -> Callable[[], object]:
+        client = httpx.Client(base_url=url, timeout=60)
+
+        def call() -> object:
+            response = client.post(path, json=body)
+            if response.status_code != 200 or response.json() != ECHO_ANSWER:
+                raise RuntimeError(f"unexpected answer {response.status_code}: {response.text}")
+            return response
+
+        return call
+
+    return make_call
+
+
 def bench_celeriac(args: argparse.Namespace, env: dict[str, str], label: str) -> Figures:
     """Latency and throughput of ``POST /deployments/QuickStart/tasks/run``."""
     print(f"{label}: starting celeriac serve", file=sys.stderr)
     with celeriac_server(env) as (url, proc):
-        path = "/deployments/QuickStart/tasks/run"
-        body = {"input": json.dumps({"message": "hello"})}
-
-        def make_call() -> Callable[[], object]:
-            client = httpx.Client(base_url=url, timeout=60)
-
-            def call() -> object:
-                response = client.post(path, json=body)
-                if response.status_code != 200 or response.json() != "Message received: hello":
-                    raise RuntimeError(f"unexpected answer {response.status_code}: {response.text}")
-                return response
-
-            return call
-
+        make_call = http_caller(url)
         latencies = measure_latency(make_call(), args.calls, f"{label} latency")
         tps8 = measure_throughput(make_call, 8, args.tasks, f"{label} 8 clients")
         tps32 = measure_throughput(make_call, 32, args.tasks, f"{label} 32 clients")
@@ -254,7 +280,7 @@ def bench_raw_celery(args: argparse.Namespace, transport: str | None, label: str
 
 
 def print_table(rows: list[Figures]) -> None:
-    """The figures as a Markdown table."""
+    """The embedded mode's figures as a Markdown table."""
     print(
         "| system | p50 ms | p95 ms | p99 ms | tasks/s, 8 clients | tasks/s, 32 clients |"
         " peak RSS MiB |"
@@ -268,25 +294,107 @@ def print_table(rows: list[Figures]) -> None:
         )
 
 
-def main() -> None:
-    """Parse options, run every measurement, print the table."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=300, help="sequential calls for latency")
-    parser.add_argument("--tasks", type=int, default=1500, help="tasks per throughput run")
-    parser.add_argument("--quick", action="store_true", help="50 calls, 200 tasks")
-    parser.add_argument("--json", type=Path, help="also write the figures to this file")
-    args = parser.parse_args()
-    if args.quick:
-        args.calls, args.tasks = 50, 200
-    rows = [
+def comparison(celeriac: Figures, raw: Figures) -> str:
+    """One line: Celeriac's latency and throughput as multiples of raw Celery's, and the goal."""
+    latency = celeriac.p50_ms / raw.p50_ms
+    throughput = celeriac.tps_32 / raw.tps_32
+    met = latency <= GOAL_LATENCY and throughput >= GOAL_THROUGHPUT
+    return (
+        f"{celeriac.transport}: Celeriac's p50 latency is {latency:.1f}x raw Celery's "
+        f"(goal <= {GOAL_LATENCY:g}x), its throughput with 32 clients {throughput:.2f}x "
+        f"(goal >= {GOAL_THROUGHPUT:.2f}x): goal {'met' if met else 'missed'}"
+    )
+
+
+def bench_memory(args: argparse.Namespace) -> list[Figures]:
+    """The embedded mode, measured exactly as the README reports it."""
+    return [
         bench_celeriac(args, {}, "Celeriac embedded (HTTP, memory://, SQLite)"),
         bench_raw_celery(
             args, "workers.transports:MemoryTransport", "raw Celery, Celeriac's memory:// transport"
         ),
         bench_raw_celery(args, None, "raw Celery, kombu memory:// (1 ms polling)"),
     ]
-    print(f"\n{os.cpu_count()} CPUs, Python {sys.version.split()[0]}\n")
-    print_table(rows)
+
+
+def parse_args() -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=300, help="sequential calls for latency")
+    parser.add_argument("--tasks", type=int, default=1500, help="tasks per throughput run")
+    parser.add_argument("--quick", action="store_true", help="50 calls, 200 tasks")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--transport", choices=[*TRANSPORTS, "all"], default="memory", help="broker(s) to measure"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="Celeriac service workers (distributed)"
+    )
+    parser.add_argument(
+        "--redis-url",
+        help="Redis database to flush and use [default: an empty one of the local Redis]",
+    )
+    parser.add_argument(
+        "--amqp-url",
+        help="RabbitMQ virtual host [default: a private one of the local RabbitMQ, if rabbitmqctl"
+        " works, else its default one]",
+    )
+    parser.add_argument(
+        "--pg-url",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="PostgreSQL to create and drop a benchmark database in",
+    )
+    args = parser.parse_args()
+    if min(args.calls, args.tasks, args.workers) < 1:
+        parser.error("--calls, --tasks and --workers must be at least 1")
+    if args.quick:
+        args.calls, args.tasks = 50, 200
+    return args
+
+
+def run(args: argparse.Namespace) -> list[Figures]:
+    """Every measurement asked for; prints the tables."""
+    from tests.benchmarks import distributed
+
+    transports = TRANSPORTS if args.transport == "all" else (args.transport,)
+    remote = [t for t in transports if t != "memory"]
+    distributed.preflight(remote, args)  # a broker that is down fails the run before it starts
+    load = os.getloadavg()[0]
+    embedded = bench_memory(args) if "memory" in transports else []
+    spread: list[Figures] = []
+    for transport in remote:
+        spread += distributed.bench_transport(args, transport)
+    print(f"\n{os.cpu_count()} CPUs, Python {sys.version.split()[0]}", end="")
+    print(f", load average {load:.1f} before the run and {os.getloadavg()[0]:.1f} after\n")
+    if embedded:
+        print_table(embedded)
+        print(f"\n{comparison(embedded[0], embedded[1])}\n")
+    if spread:
+        distributed.print_table(spread)
+        print()
+        for celeriac, raw in zip(spread[::2], spread[1::2], strict=True):
+            print(comparison(celeriac, raw))
+        distributed.print_cpu(spread)
+    return embedded + spread
+
+
+def _exit_on_sigterm(_signum: int, _frame: Any) -> None:
+    """SIGTERM unwinds like Ctrl-C, so every child process is stopped on the way out."""
+    raise SystemExit(143)
+
+
+def main() -> None:
+    """Parse options, run every measurement, print the tables."""
+    args = parse_args()
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    started = time.monotonic()
+    try:
+        rows = run(args)
+    except (RuntimeError, httpx.HTTPError) as exc:
+        sys.exit(f"\nbenchmark failed: {exc}")
+    except KeyboardInterrupt:
+        sys.exit("\ninterrupted: every process the benchmark started is stopped")
+    print(f"\nWhole run: {time.monotonic() - started:.0f} s.")
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2))
 
