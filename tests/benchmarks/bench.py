@@ -390,8 +390,10 @@ def main() -> None:
     started = time.monotonic()
     try:
         rows = run(args)
-    except (RuntimeError, httpx.HTTPError) as exc:
+    except RuntimeError as exc:
         sys.exit(f"\nbenchmark failed: {exc}")
+    except httpx.HTTPError as exc:  # a call to Celeriac got no answer within 60 s, for one
+        sys.exit(f"\nbenchmark failed: a call to Celeriac failed: {type(exc).__name__}: {exc}")
     except KeyboardInterrupt:
         sys.exit("\ninterrupted: every process the benchmark started is stopped")
     print(f"\nWhole run: {time.monotonic() - started:.0f} s.")
