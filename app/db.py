@@ -14,19 +14,36 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from config.settings import Settings
+
 
 class Database:
     """One engine and session factory; the service layer opens short units of work on it."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url
-        self.engine = _make_engine(url)
+        self.engine = _make_engine(url, pool_size)
+        # Single statements need no transaction: without one, a read is one round trip
+        # instead of BEGIN, the query and the ROLLBACK that returns the connection. (SQLite
+        # reads are in-process, and its in-memory database shares one connection.)
+        self._autocommit = (
+            self.engine
+            if self.engine.dialect.name == "sqlite"
+            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer at a time and makes the others sleep and retry; taking turns
         # on a lock in this process is much faster than its busy-wait backoff.
         self._write_lock: threading.Lock | nullcontext[None] = (
             threading.Lock() if self.engine.dialect.name == "sqlite" else nullcontext()
         )
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Database:
+        """The database of these settings, pooled for the threads of any of its processes
+        (HTTP threads in the API server, pool threads in the control-plane consumer)."""
+        threads = max(settings.http_threads, settings.worker_concurrency)
+        return cls(settings.sqlalchemy_url, pool_size=threads + 2)
 
     @contextmanager
     def begin(self) -> Iterator[Session]:
@@ -39,6 +56,13 @@ class Database:
         """A session for reads only."""
         with self._sessions() as session:
             yield session
+
+    @contextmanager
+    def peek(self) -> Iterator[Connection]:
+        """A Core connection outside any transaction, for single-statement reads on hot
+        paths (several statements in it would not see one snapshot)."""
+        with self._autocommit.connect() as connection:
+            yield connection
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
@@ -60,10 +84,14 @@ class Database:
         self.engine.dispose()
 
 
-def _make_engine(url: str) -> Engine:
+def _make_engine(url: str, pool_size: int) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        # A connection for every thread that may hold one at once, so that none is opened
+        # and closed per request. No ping before each use (a round trip per checkout): a
+        # connection found dead fails its statement, the pool then drops every connection
+        # made before, and the caller's retry (control tasks) or the client's gets new ones.
+        return create_engine(url, pool_size=pool_size, max_overflow=10, pool_recycle=3600)
     database = parsed.database or ""
     if database in ("", ":memory:"):
         # One shared connection, or every thread would see its own empty database.

@@ -17,5 +17,5 @@ from config.settings import Settings
 from workers.celery_app import create_celery
 
 settings = Settings.from_env(os.environ)
-plane = ControlPlane(settings, Database(settings.sqlalchemy_url), create_celery(settings))
+plane = ControlPlane(settings, Database.for_settings(settings), create_celery(settings))
 celery = plane.celery

@@ -41,7 +41,7 @@ def create_app(settings: Settings, plane: ControlPlane | None = None) -> Flask:
         JSON_SORT_KEYS=False,
     )
     if plane is None:
-        plane = ControlPlane(settings, Database(settings.sqlalchemy_url), create_celery(settings))
+        plane = ControlPlane(settings, Database.for_settings(settings), create_celery(settings))
     app.extensions[EXTENSION] = plane
     api = Api(app)
     _serve_swagger_ui_files(app)

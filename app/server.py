@@ -35,7 +35,7 @@ class Server:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         migrations.upgrade(settings.sqlalchemy_url)
         celery = create_celery(settings, worker_name="embedded")
-        self.plane = ControlPlane(settings, Database(settings.sqlalchemy_url), celery)
+        self.plane = ControlPlane(settings, Database.for_settings(settings), celery)
         self.app: Flask = create_app(settings, self.plane)
         self.workers = EmbeddedWorkers(self.plane) if settings.embedded else None
         # Outcomes are recorded in another process: hear of them from PostgreSQL at once.

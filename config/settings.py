@@ -41,6 +41,10 @@ class Settings:
     visibility_timeout: int = 43200
     #: AWS region of the SQS broker.
     sqs_region: str = "us-east-1"
+    #: Whether workers send Celery's task events from the start (``-E``) and senders the
+    #: ``task-sent`` event. Each costs a broker round trip per task; Flower switches worker
+    #: events on by itself while it runs, so they are off unless asked for.
+    task_events: bool = False
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -85,15 +89,25 @@ class Settings:
         return cls(**values)  # type: ignore[arg-type]
 
 
+_BOOLEANS = {
+    **dict.fromkeys(("1", "true", "yes", "on"), True),
+    **dict.fromkeys(("0", "false", "no", "off"), False),
+}
+
+
 def _coerce(name: str, raw: str, default: object) -> object:
     """Turn one environment string into the type of the field's default."""
     try:
         if isinstance(default, bool):
-            return raw.strip().lower() in {"1", "true", "yes", "on"}
+            return _BOOLEANS[raw.strip().lower()]
         if isinstance(default, int):
             return int(raw)
         if isinstance(default, float):
             return float(raw)
+    except KeyError as exc:
+        raise ConfigError(
+            f"CELERIAC_{name.upper()}: {raw!r} is not a yes or no (use true or false)"
+        ) from exc
     except ValueError as exc:
         raise ConfigError(f"CELERIAC_{name.upper()}: {raw!r} is not a valid number") from exc
     if isinstance(default, Path):

@@ -58,9 +58,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # ``memory://`` has no host; naming one spares a warning from Kombu on every connect.
         "broker_url": "memory://localhost/" if settings.embedded else settings.broker_url,
         "broker_connection_retry_on_startup": True,
-        # Monitoring (Flower, ``celery events``) sees every task; not worth it in-process.
-        "worker_send_task_events": not settings.embedded,
-        "task_send_sent_event": not settings.embedded,
+        # Celery's monitoring events cost a broker round trip each, several per task: on
+        # when asked for. Flower (``enable_events``) turns workers' on while it watches.
+        "worker_send_task_events": settings.task_events,
+        "task_send_sent_event": settings.task_events,
         "task_serializer": "json",
         "accept_content": ["json"],
         "result_serializer": "json",

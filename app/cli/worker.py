@@ -78,7 +78,7 @@ def worker(
         from workers.celery_app import create_celery
 
         migrations.upgrade(settings.sqlalchemy_url)
-        plane = ControlPlane(settings, Database(settings.sqlalchemy_url), create_celery(settings))
+        plane = ControlPlane(settings, Database.for_settings(settings), create_celery(settings))
         celery, queues = plane.celery, [CONTROL_QUEUE]
         node = hostname or _node_name("control-plane")
     else:

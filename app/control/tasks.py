@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, select, update
-from sqlalchemy.exc import IntegrityError
 
 from app.control.deployments import find as find_deployment
 from app.control.dispatch import Dispatcher
@@ -58,7 +57,6 @@ def parse_input(raw: Any) -> dict[str, Any]:
 _tasks = table_of(Task)
 _sessions = table_of(Session)
 _deployments = table_of(Deployment)
-_STATUS = select(_tasks.c.status).where(_tasks.c.id == bindparam("task_id"))
 _TASK = select(_tasks).where(_tasks.c.id == bindparam("task_id"))
 _DEPLOYMENT = select(_deployments.c.id, _deployments.c.spec, _deployments.c.version).where(
     _deployments.c.name == bindparam("name")
@@ -95,6 +93,7 @@ class Tasks:
         self._dispatcher = dispatcher
         self._waiter = waiter
         self._run_timeout = run_timeout
+        self._insert_task = db.insert_ignoring_duplicates(_tasks).returning(_tasks.c.id)
 
     def submit(self, request: Submission, *, single_use_session: bool = False) -> Task:
         """Store the task as queued, commit, then send its first step to its service's queue.
@@ -143,11 +142,9 @@ class Tasks:
                 created_at=now,
                 dispatched_at=now if turn.run_now else None,
             )
-            try:
-                with conn.begin_nested():
-                    conn.execute(_tasks.insert(), _row(task))
-            except IntegrityError as exc:
-                raise Conflict(f"task id {task.id!r} is already used") from exc
+            # A duplicate id inserts nothing (and rolls back the session made above).
+            if conn.execute(self._insert_task, _row(task)).first() is None:
+                raise Conflict(f"task id {task.id!r} is already used")
         if turn.run_now:
             self.dispatch(
                 first_step(
@@ -183,23 +180,22 @@ class Tasks:
     ) -> Task:
         limit = self._run_timeout if timeout is None else timeout
 
-        def check() -> bool:
-            with self._db.engine.connect() as conn:
-                status = conn.scalar(_STATUS, {"task_id": task_id})
-            return status is None or TaskStatus(status).terminal
+        def ended() -> Task | None:
+            # One read per look: the whole row, kept once the task has ended.
+            with self._db.peek() as conn:
+                row = conn.execute(_TASK, {"task_id": task_id}).first()
+            if row is None:  # deleted with its deployment meanwhile
+                raise NotFound(f"task {task_id!r} not found in deployment {deployment!r}")
+            return Task(**row._mapping) if TaskStatus(row.status).terminal else None
 
-        if not self._waiter.wait(task_id, limit, check, check_first=not just_queued):
+        task = self._waiter.wait(task_id, limit, ended, check_first=not just_queued)
+        if task is None:
             status = self.get(deployment, task_id).status
             raise TaskTimeout(
                 f"task {task_id} did not finish within {limit:g} s; it is still {status}; "
                 f"read it later from /deployments/{deployment}/tasks/{task_id}",
                 errors={"task_id": task_id, "status": status},
             )
-        with self._db.engine.connect() as conn:
-            row = conn.execute(_TASK, {"task_id": task_id}).first()
-        if row is None:
-            raise NotFound(f"task {task_id!r} not found in deployment {deployment!r}")
-        task = Task(**row._mapping)
         if task.status != TaskStatus.SUCCEEDED:
             error = task.error or {}
             raise TaskFailed(

@@ -7,6 +7,9 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class TaskWaiter:
@@ -27,26 +30,29 @@ class TaskWaiter:
         self,
         task_id: str,
         timeout: float,
-        is_done: Callable[[], bool],
+        look: Callable[[], T | None],
         *,
         check_first: bool = True,
-    ) -> bool:
-        """Wait until ``is_done()`` holds or ``timeout`` seconds pass; True if it holds.
+    ) -> T | None:
+        """Call ``look`` until it returns something, and return that; ``None`` once
+        ``timeout`` seconds pass. It is called again on every notify and poll.
 
         ``check_first=False`` skips the first look, for a task that was only just queued.
         """
         with self.listen(task_id) as event:
             deadline = time.monotonic() + timeout
             delay = self._first_poll
-            look = check_first
+            check = check_first
             while True:
-                # Registered before the check, so a notify between check and wait is not missed.
-                if look and is_done():
-                    return True
-                look = True
+                # Registered before the look, so a notify between look and wait is not missed.
+                if check:
+                    found = look()
+                    if found is not None:
+                        return found
+                check = True
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    return False
+                    return None
                 event.wait(min(delay, remaining))
                 event.clear()
                 delay = min(delay * 2, self._max_poll)

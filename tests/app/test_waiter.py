@@ -8,6 +8,9 @@ from collections.abc import Callable
 
 from app.control.waiter import TaskWaiter
 
+#: What ``look`` returns once the task it waits for has ended.
+ENDED = "ended"
+
 #: A poll interval far longer than any wake-up these tests accept.
 SLOW_POLL = 5.0
 
@@ -27,7 +30,7 @@ def later(delay: float, action: Callable[[], None]) -> threading.Thread:
 def test_wait_returns_at_once_when_the_task_is_already_done() -> None:
     waiter = TaskWaiter(first_poll=SLOW_POLL, max_poll=SLOW_POLL)
     start = time.monotonic()
-    assert waiter.wait("t-1", timeout=10, is_done=lambda: True) is True
+    assert waiter.wait("t-1", timeout=10, look=lambda: ENDED) == ENDED
     assert time.monotonic() - start < 0.05
 
 
@@ -44,11 +47,11 @@ def test_notify_from_another_thread_wakes_the_waiter_well_before_its_poll() -> N
 
     # When the task ends and notifies shortly after the wait began
     thread = later(0.05, finish)
-    result = waiter.wait("t-1", timeout=10, is_done=done.is_set)
+    result = waiter.wait("t-1", timeout=10, look=lambda: ENDED if done.is_set() else None)
     woke_at = time.monotonic()
     thread.join(5)
     # Then the waiter woke at once, not at its next poll
-    assert result is True
+    assert result == ENDED
     assert woke_at - notified_at[0] < 0.1
 
 
@@ -56,7 +59,7 @@ def test_notify_of_another_task_does_not_end_the_wait() -> None:
     waiter = TaskWaiter(first_poll=SLOW_POLL, max_poll=SLOW_POLL)
     thread = later(0.02, lambda: waiter.notify("other-task"))
     start = time.monotonic()
-    assert waiter.wait("t-1", timeout=0.2, is_done=lambda: False) is False
+    assert waiter.wait("t-1", timeout=0.2, look=lambda: None) is None
     assert time.monotonic() - start >= 0.2
     thread.join(5)
 
@@ -64,29 +67,29 @@ def test_notify_of_another_task_does_not_end_the_wait() -> None:
 def test_wait_returns_false_after_the_timeout() -> None:
     waiter = TaskWaiter(first_poll=0.01, max_poll=0.05)
     start = time.monotonic()
-    assert waiter.wait("t-1", timeout=0.15, is_done=lambda: False) is False
+    assert waiter.wait("t-1", timeout=0.15, look=lambda: None) is None
     elapsed = time.monotonic() - start
     assert 0.15 <= elapsed < 1.0
 
 
-def test_wait_polls_is_done_again_without_any_notify() -> None:
+def test_wait_looks_again_without_any_notify() -> None:
     # Given a task whose end is recorded elsewhere (another process), so no notify comes
     waiter = TaskWaiter(first_poll=0.01, max_poll=0.02)
     done = threading.Event()
     checks: list[float] = []
 
-    def is_done() -> bool:
+    def look() -> str | None:
         checks.append(time.monotonic())
-        return done.is_set()
+        return ENDED if done.is_set() else None
 
     # When it ends a little after the wait began
     thread = later(0.05, done.set)
     start = time.monotonic()
-    result = waiter.wait("t-1", timeout=5, is_done=is_done)
+    result = waiter.wait("t-1", timeout=5, look=look)
     elapsed = time.monotonic() - start
     thread.join(5)
     # Then the waiter noticed by polling, soon after, having looked several times
-    assert result is True
+    assert result == ENDED
     assert elapsed < 0.5
     assert len(checks) >= 3
 
@@ -94,11 +97,11 @@ def test_wait_polls_is_done_again_without_any_notify() -> None:
 def test_notify_wakes_every_waiter_of_the_task() -> None:
     waiter = TaskWaiter(first_poll=SLOW_POLL, max_poll=SLOW_POLL)
     done = threading.Event()
-    results: list[bool] = []
+    results: list[str | None] = []
     lock = threading.Lock()
 
     def wait() -> None:
-        outcome = waiter.wait("t-1", timeout=10, is_done=done.is_set)
+        outcome = waiter.wait("t-1", timeout=10, look=lambda: ENDED if done.is_set() else None)
         with lock:
             results.append(outcome)
 
@@ -111,11 +114,11 @@ def test_notify_wakes_every_waiter_of_the_task() -> None:
     waiter.notify("t-1")
     for thread in threads:
         thread.join(5)
-    assert results == [True, True, True]
+    assert results == [ENDED] * 3
     assert time.monotonic() - start < 0.5
 
 
 def test_notify_without_waiters_is_harmless() -> None:
     waiter = TaskWaiter()
     waiter.notify("nobody-waits")
-    assert waiter.wait("nobody-waits", timeout=0.01, is_done=lambda: True) is True
+    assert waiter.wait("nobody-waits", timeout=0.01, look=lambda: ENDED) == ENDED

@@ -1,0 +1,56 @@
+"""Tests of settings read from ``CELERIAC_*`` variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from config.errors import ConfigError
+from config.settings import Settings
+
+
+def test_unset_and_empty_variables_keep_the_defaults() -> None:
+    settings = Settings.from_env({"CELERIAC_PORT": "", "UNRELATED": "x"})
+    assert settings == Settings()
+
+
+def test_variables_are_read_as_the_type_of_their_field() -> None:
+    settings = Settings.from_env(
+        {
+            "CELERIAC_PORT": "8080",
+            "CELERIAC_RUN_TIMEOUT": "2.5",
+            "CELERIAC_DATA_DIR": "/tmp/somewhere",
+            "CELERIAC_BROKER_URL": "redis://127.0.0.1:6379/0",
+            "CELERIAC_TASK_EVENTS": "yes",
+        }
+    )
+    assert settings.port == 8080
+    assert settings.run_timeout == 2.5
+    assert settings.data_dir == Path("/tmp/somewhere")
+    assert settings.transport == "redis"
+    assert settings.task_events is True
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("1", True), ("TRUE", True), (" on ", True), ("0", False), ("false", False), ("Off", False)],
+)
+def test_yes_or_no_variables_accept_the_usual_spellings(raw: str, expected: bool) -> None:
+    assert Settings.from_env({"CELERIAC_TASK_EVENTS": raw}).task_events is expected
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "reason"),
+    [
+        ("CELERIAC_TASK_EVENTS", "ture", "is not a yes or no"),
+        ("CELERIAC_PORT", "eighty", "is not a valid number"),
+        ("CELERIAC_RUN_TIMEOUT", "soon", "is not a valid number"),
+    ],
+)
+def test_a_malformed_value_is_refused_with_its_variable_named(
+    name: str, raw: str, reason: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({name: raw})
+    assert str(caught.value).startswith(f"{name}: {raw!r} {reason}")
