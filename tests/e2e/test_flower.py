@@ -74,13 +74,7 @@ def test_flower_lists_the_service_workers_and_their_run_step_tasks(
         # And its API refuses a client without credentials
         assert httpx.get(f"http://127.0.0.1:{port}/api/workers", timeout=10).status_code == 401
 
-        # When a few tasks run
-        ids = platform.submit("QuickStart", [{"message": f"f{i}"} for i in range(6)])
-        tasks = platform.wait_for_tasks("QuickStart", ids)
-        assert {t["status"] for t in tasks.values()} == {"succeeded"}
-
-        # Then Flower lists a successful run_step for each, naming its deployment, service, id
-        def runs() -> dict[str, dict[str, Any]]:
+        def runs(ids: list[str]) -> dict[str, dict[str, Any]]:
             found = get("/api/tasks", taskname=RUN_STEP) or {}
             return {
                 task_id: task
@@ -90,8 +84,23 @@ def test_flower_lists_the_service_workers_and_their_run_step_tasks(
                 and task.get("state") == "SUCCESS"
             }
 
+        # Workers send no task events until Flower switches them on (every few seconds, for
+        # workers it has not seen yet): until one task shows, tasks run unseen.
+        def probe() -> dict[str, dict[str, Any]]:
+            [task_id] = platform.submit("QuickStart", [{"message": "probe"}])
+            platform.wait_for_tasks("QuickStart", [task_id])
+            return runs([task_id])
+
+        poll(probe, bool, READY_TIMEOUT, "a task in Flower once it switched task events on")
+
+        # When a few tasks run
+        ids = platform.submit("QuickStart", [{"message": f"f{i}"} for i in range(6)])
+        tasks = platform.wait_for_tasks("QuickStart", ids)
+        assert {t["status"] for t in tasks.values()} == {"succeeded"}
+
+        # Then Flower lists a successful run_step for each, naming its deployment, service, id
         seen = poll(
-            runs,
+            lambda: runs(ids),
             lambda found: set(found) == set(ids),
             READY_TIMEOUT,
             "every task as a successful run_step in Flower's /api/tasks",
