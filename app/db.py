@@ -24,12 +24,13 @@ class Database:
         self.url = url
         self.engine = _make_engine(url, pool_size)
         # Single statements need no transaction: without one, a read is one round trip
-        # instead of BEGIN, the query and the ROLLBACK that returns the connection. (SQLite
-        # reads are in-process, and its in-memory database shares one connection.)
+        # instead of BEGIN, the query and the ROLLBACK that returns the connection. Its own
+        # pool, so no connection switches mode per use. (SQLite reads are in-process, and
+        # its in-memory database shares one connection.)
         self._autocommit = (
             self.engine
             if self.engine.dialect.name == "sqlite"
-            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+            else _make_engine(url, pool_size, isolation_level="AUTOCOMMIT")
         )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         # SQLite has one writer at a time and makes the others sleep and retry; taking turns
@@ -82,16 +83,19 @@ class Database:
     def dispose(self) -> None:
         """Close every pooled connection."""
         self.engine.dispose()
+        self._autocommit.dispose()
 
 
-def _make_engine(url: str, pool_size: int) -> Engine:
+def _make_engine(url: str, pool_size: int, **options: Any) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         # A connection for every thread that may hold one at once, so that none is opened
         # and closed per request. No ping before each use (a round trip per checkout): a
         # connection found dead fails its statement, the pool then drops every connection
         # made before, and the caller's retry (control tasks) or the client's gets new ones.
-        return create_engine(url, pool_size=pool_size, max_overflow=10, pool_recycle=3600)
+        return create_engine(
+            url, pool_size=pool_size, max_overflow=10, pool_recycle=3600, **options
+        )
     database = parsed.database or ""
     if database in ("", ":memory:"):
         # One shared connection, or every thread would see its own empty database.

@@ -12,7 +12,7 @@ from sqlalchemy import bindparam, func, select
 
 from app.control.dispatch import Dispatcher
 from app.control.tasks import Tasks
-from app.control.waiter import TaskWaiter
+from app.control.waiter import RELAYED_POLL, TaskWaiter
 from app.db import Database
 from app.errors import Conflict, InvalidInput
 from app.models import Event, EventDirection, Task, TaskStatus
@@ -115,9 +115,15 @@ class EventLog:
                         return
                 if next_seq != start:
                     quiet_since = time.monotonic()
-                elif not changed.wait(self._poll) and time.monotonic() - quiet_since > KEEP_ALIVE:
+                elif not changed.wait(self._wake_every()) and (
+                    time.monotonic() - quiet_since > KEEP_ALIVE
+                ):
                     quiet_since = time.monotonic()
                     yield None
+
+    def _wake_every(self) -> float:
+        """Seconds between re-reads of a quiet stream: long while notifications are relayed."""
+        return RELAYED_POLL[0] if self._waiter.relayed else self._poll
 
     def send(
         self, deployment: str, task_id: str, event_obj_str: str, session_id: str | None

@@ -55,9 +55,12 @@ class Listener:
             try:
                 with psycopg.connect(self._dsn, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
+                    self._waiter.set_relayed(True)
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=1.0):
                             self._waiter.notify(note.payload)
             except psycopg.Error:
                 log.warning("lost the database notification channel; retrying", exc_info=True)
+                self._waiter.set_relayed(False)
                 self._stop.wait(1.0)
+        self._waiter.set_relayed(False)

@@ -23,7 +23,10 @@ class ControlPlane:
         self.settings = settings
         self.db = db
         self.celery = celery
-        self.waiter = TaskWaiter(first_poll=_first_poll(settings, db))
+        # In the embedded mode the recorder runs here and always notifies: polling the
+        # database is only a safety net. Elsewhere it is how waiters learn about outcomes,
+        # unless a Listener relays the recorder's notifications (``TaskWaiter.set_relayed``).
+        self.waiter = TaskWaiter(first_poll=0.5) if settings.embedded else TaskWaiter()
         dispatcher = Dispatcher(celery)
         self.recorder = Recorder(db, self.waiter, dispatcher)
         self.deployments = Deployments(db, settings)
@@ -39,12 +42,3 @@ class ControlPlane:
     def close(self) -> None:
         """Release connections."""
         self.db.dispose()
-
-
-def _first_poll(settings: Settings, db: Database) -> float:
-    """How soon a waiter re-reads the database when no notification woke it."""
-    if settings.embedded:
-        return 0.5  # the recorder runs in this process and always notifies
-    if db.engine.dialect.name == "postgresql":
-        return 0.1  # API servers LISTEN for the recorder's NOTIFY (see notifications)
-    return 0.01  # another process records outcomes, unheard: polling is the only way

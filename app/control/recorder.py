@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, case, select
+from sqlalchemy import ColumnElement, Connection, bindparam, case, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from app.control.dispatch import Dispatcher
@@ -35,6 +36,13 @@ _tasks = table_of(Task)
 _events = table_of(Event)
 _workers = table_of(Worker)
 
+
+def _status_in(statuses: Iterable[TaskStatus]) -> ColumnElement[bool]:
+    """``status IN (...)`` written as comparisons: SQLAlchemy re-renders an IN list's SQL on
+    every execution, and these statements run for every task."""
+    return or_(*(_tasks.c.status == status.value for status in statuses))
+
+
 _TASK_EXISTS = select(_tasks.c.id).where(_tasks.c.id == bindparam("task_id"))
 
 _COUNT_ATTEMPT = (
@@ -48,7 +56,7 @@ _COUNT_ATTEMPT = (
         # (an InputRequiredEvent) must not hide that the task waits for input.
         status=case(
             (
-                _tasks.c.status.in_([TaskStatus.QUEUED.value, TaskStatus.RUNNING.value]),
+                _status_in([TaskStatus.QUEUED, TaskStatus.RUNNING]),
                 TaskStatus.RUNNING.value,
             ),
             else_=_tasks.c.status,
@@ -60,7 +68,8 @@ _FINISH = (
     _tasks.update()
     .where(
         _tasks.c.id == bindparam("task_id"),
-        _tasks.c.status.in_(bindparam("p_from", expanding=True)),
+        # Succeeded and failed are both reached from any status that is not final.
+        _status_in(s for s in TaskStatus if not s.terminal),
     )
     .values(
         status=bindparam("p_status"),
@@ -86,7 +95,7 @@ _WAIT_FOR_INPUT = (
     _tasks.update()
     .where(
         _tasks.c.id == bindparam("task_id"),
-        _tasks.c.status.in_([s.value for s in TaskStatus.WAITING_INPUT.sources()]),
+        _status_in(TaskStatus.WAITING_INPUT.sources()),
     )
     .values(status=TaskStatus.WAITING_INPUT.value)
 )
@@ -138,7 +147,6 @@ class Recorder:
         status = TaskStatus.SUCCEEDED if message.ok else TaskStatus.FAILED
         params = {
             "task_id": message.task_id,
-            "p_from": [s.value for s in status.sources()],
             "p_status": status.value,
             "p_result": message.result,
             "p_error": message.error,

@@ -12,17 +12,24 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
+#: Polls while another process's outcomes reach :meth:`TaskWaiter.notify` reliably: only a
+#: safety net then.
+RELAYED_POLL = (1.0, 5.0)
+
+
 class TaskWaiter:
     """Lets ``tasks/run`` block until a task ends.
 
     The recorder calls :meth:`notify` after it commits an outcome. When the recorder runs in
     this process (the embedded mode), waiters wake at once; otherwise they fall back to
     re-reading the database with a backoff, so correctness never depends on the notification.
+    While outcomes recorded elsewhere are relayed (PostgreSQL's notifications, see
+    :meth:`set_relayed`), that backoff is slow, sparing the database a read per poll.
     """
 
     def __init__(self, first_poll: float = 0.01, max_poll: float = 0.25) -> None:
-        self._first_poll = first_poll
-        self._max_poll = max_poll
+        self._own_polls = (first_poll, max_poll)
+        self._polls = self._own_polls
         self._events: dict[str, list[threading.Event]] = defaultdict(list)
         self._lock = threading.Lock()
 
@@ -41,7 +48,7 @@ class TaskWaiter:
         """
         with self.listen(task_id) as event:
             deadline = time.monotonic() + timeout
-            delay = self._first_poll
+            delay = self._polls[0]
             check = check_first
             while True:
                 # Registered before the look, so a notify between look and wait is not missed.
@@ -55,7 +62,23 @@ class TaskWaiter:
                     return None
                 event.wait(min(delay, remaining))
                 event.clear()
-                delay = min(delay * 2, self._max_poll)
+                delay = min(delay * 2, self._polls[1])
+
+    @property
+    def relayed(self) -> bool:
+        """True while outcomes recorded elsewhere reach :meth:`notify`."""
+        return self._polls is RELAYED_POLL
+
+    def set_relayed(self, relayed: bool) -> None:
+        """Outcomes recorded in other processes now reach :meth:`notify` (``True``), or may
+        not (``False``). Polls slow down or speed up accordingly, and every waiter looks
+        again at once: outcomes may have been missed before the relay began or after it broke.
+        """
+        self._polls = RELAYED_POLL if relayed else self._own_polls
+        with self._lock:
+            waiters = [event for events in self._events.values() for event in events]
+        for event in waiters:
+            event.set()
 
     @contextmanager
     def listen(self, task_id: str) -> Iterator[threading.Event]:

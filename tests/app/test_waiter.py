@@ -122,3 +122,56 @@ def test_notify_without_waiters_is_harmless() -> None:
     waiter = TaskWaiter()
     waiter.notify("nobody-waits")
     assert waiter.wait("nobody-waits", timeout=0.01, look=lambda: ENDED) == ENDED
+
+
+def test_while_relayed_waiters_poll_rarely_and_a_notify_still_wakes_them_at_once() -> None:
+    # Given a waiter with quick polls, whose notifications are relayed from elsewhere
+    waiter = TaskWaiter(first_poll=0.01, max_poll=0.02)
+    waiter.set_relayed(True)
+    looks: list[float] = []
+    done = threading.Event()
+
+    def look() -> str | None:
+        looks.append(time.monotonic())
+        return ENDED if done.is_set() else None
+
+    def finish() -> None:
+        done.set()
+        waiter.notify("t-1")
+
+    # When the task ends, and notifies, after a while
+    thread = later(0.3, finish)
+    start = time.monotonic()
+    result = waiter.wait("t-1", timeout=5, look=look, check_first=False)
+    thread.join(5)
+    # Then it did not poll meanwhile (quick polls would have looked a dozen times), and woke
+    assert result == ENDED
+    assert len(looks) == 1
+    assert looks[0] - start >= 0.3
+    assert waiter.relayed is True
+
+
+def test_a_change_of_relay_makes_every_waiter_look_again_at_once() -> None:
+    # Given waiters that poll rarely because notifications are relayed
+    waiter = TaskWaiter(first_poll=0.01, max_poll=0.02)
+    waiter.set_relayed(True)
+    done = threading.Event()
+    results: list[str | None] = []
+
+    def wait(task_id: str) -> None:
+        results.append(waiter.wait(task_id, 10, lambda: ENDED if done.is_set() else None))
+
+    threads = [threading.Thread(target=wait, args=(f"t-{n}",), daemon=True) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.05)
+    # When their tasks ended unheard, and then the relay breaks
+    done.set()
+    start = time.monotonic()
+    waiter.set_relayed(False)
+    for thread in threads:
+        thread.join(5)
+    # Then every waiter looked again at once and found its task ended
+    assert results == [ENDED] * 3
+    assert time.monotonic() - start < 0.5
+    assert waiter.relayed is False

@@ -89,11 +89,15 @@ def test_successful_run_reports_events_in_order_then_the_outcome(
 
 
 def test_run_longer_than_the_grace_reports_its_start_first(
-    runtime: ServiceRuntime, reporter: RecordingReporter, tmp_path: Path
+    runtime: ServiceRuntime,
+    reporter: RecordingReporter,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Given a workflow that works for well over the grace period before streaming
+    monkeypatch.setattr(runtime_module, "STARTED_GRACE", 0.04)
     install(runtime, tmp_path, '"slow"')
-    sleep = max(0.2, runtime_module.STARTED_GRACE * 5)
+    sleep = 0.2
     # When it runs
     outcome = runtime.run(run_step("Dep", "svc", sleep=sleep, events=1), reporter)
     # Then the start was reported first, and the outcome says so
