@@ -1,10 +1,11 @@
-"""Wake waiters across processes: the recorder NOTIFYs, API servers LISTEN (PostgreSQL).
+"""Wake waiters across processes: PostgreSQL NOTIFYs, API servers LISTEN.
 
 In the distributed mode the recorder runs in the control-plane consumer, not in the API
 server whose ``tasks/run`` or event stream waits. Without a signal those waiters poll the
-database; with PostgreSQL, every recorded outcome or event is also a ``NOTIFY`` on one
-channel (sent when its transaction commits), and each API server keeps one connection that
-``LISTEN``s and wakes its local waiters. Polling stays as the safety net.
+database; with PostgreSQL, triggers (migration 0004) NOTIFY on one channel when a task's
+status changes or one of its events is stored, as the change commits, and each API server
+keeps one connection that ``LISTEN``s and wakes its local waiters. Polling stays as the
+safety net.
 """
 
 from __future__ import annotations
@@ -12,21 +13,14 @@ from __future__ import annotations
 import logging
 import threading
 
-from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
 
 from app.control.waiter import TaskWaiter
 
 log = logging.getLogger(__name__)
 
+#: The channel the triggers of migration 0004 notify on.
 CHANNEL = "celeriac_tasks"
-_NOTIFY = text(f"SELECT pg_notify('{CHANNEL}', :task_id)")
-
-
-def announce(conn: Connection, task_id: str) -> None:
-    """Tell listening API servers that the task changed (on commit; PostgreSQL only)."""
-    if conn.dialect.name == "postgresql":
-        conn.execute(_NOTIFY, {"task_id": task_id})
 
 
 class Listener:

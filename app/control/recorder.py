@@ -15,7 +15,6 @@ from sqlalchemy import ColumnElement, Connection, bindparam, case, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from app.control.dispatch import Dispatcher
-from app.control.notifications import announce
 from app.control.routing import first_step
 from app.control.turns import pass_turn, session_context
 from app.control.waiter import TaskWaiter
@@ -139,7 +138,6 @@ class Recorder:
             conn.execute(self._insert_event, _event_row(message))
             if message.event.get("input_required"):
                 conn.execute(_WAIT_FOR_INPUT, {"task_id": message.task_id})
-            announce(conn, message.task_id)
         self._waiter.notify(message.task_id)
 
     def finished(self, message: StepFinished) -> None:
@@ -170,7 +168,6 @@ class Recorder:
                     conn.execute(self._insert_event, _event_row(StepEvent.decode(event)))
                 if message.keep_context:
                     following = self._hand_on(conn, changed.session_id, message)
-                announce(conn, message.task_id)
         self._waiter.notify(message.task_id)
         if following is not None:
             self._start(following)
