@@ -7,10 +7,8 @@ Embedded (``memory://``)
     this process: the embedded mode runs every worker here.
 
 Redis (``redis://``, ``rediss://``)
-    Kombu's Redis transport, but each channel builds its redis-py client once: Kombu's builds
-    a new one (and its table of reply callbacks) for every publish, receipt and ack, which
-    cost about half a millisecond of CPU each, several times per task. A redis-py client is
-    safe to share between threads; its connections come from the channel's pool as before.
+    Kombu's Redis transport, with one redis-py client per channel: see ``redis_transport``
+    (a module of its own, so that other processes never import redis-py).
 
 Every other URL (``amqp://``, ``sqs://``) uses Kombu's own transport. All take the options of
 :func:`transport_options`.
@@ -20,18 +18,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from functools import cached_property
 from queue import Empty
 from typing import Any
 
-from kombu.transport import memory, redis
+from kombu.transport import memory
 
 from config.settings import Settings
 
 EMBEDDED_TRANSPORT = "workers.transports:MemoryTransport"
-REDIS_TRANSPORT = "workers.transports:RedisTransport"
+REDIS_TRANSPORT = "workers.redis_transport:RedisTransport"
 
 
 class _Doorbell:
@@ -104,24 +99,6 @@ class MemoryTransport(memory.Transport):
         self._closing = True
         DOORBELL.ring()
         super().close_connection(connection)
-
-
-class _RedisChannel(redis.Channel):
-    """A Redis channel that reuses one client for its commands."""
-
-    @contextmanager
-    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
-        yield client or self._commands_client
-
-    @cached_property
-    def _commands_client(self) -> Any:
-        return self._create_client()
-
-
-class RedisTransport(redis.Transport):
-    """Kombu's Redis transport with :class:`_RedisChannel`."""
-
-    Channel = _RedisChannel
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:

@@ -10,7 +10,8 @@ import redis
 from kombu import Connection, Exchange, Queue
 from kombu.message import Message
 
-from workers.transports import REDIS_TRANSPORT, RedisTransport
+from workers.redis_transport import RedisTransport
+from workers.transports import REDIS_TRANSPORT
 
 MESSAGES = 200
 THREADS = 4
