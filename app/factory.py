@@ -10,6 +10,7 @@ from typing import Any
 import flask_swagger_ui
 from flask import Flask, send_from_directory
 from flask_smorest import Api
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from app.api import EXTENSION, deployments, sessions, status, tasks
@@ -71,6 +72,19 @@ def _register_error_handlers(app: Flask) -> None:
     def http_error(exc: HTTPException) -> Any:
         # Replaces flask-smorest's handler, whose bodies lack ``message`` for argument errors.
         return _http_error(app, exc)
+
+    @app.errorhandler(DBAPIError)
+    def database_error(exc: DBAPIError) -> Any:
+        # A lost connection (the database restarted: pooled connections are not pinged
+        # before use) or an outage: the pool starts afresh, and the client may try again.
+        if exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError)):
+            log.warning("database unavailable: %s", exc.orig)
+            response, status = _payload(
+                app, 503, "the database is unavailable; try again in a moment", {}
+            )
+            response.headers["Retry-After"] = "1"
+            return response, status
+        return unexpected(exc)
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Any:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from flask.testing import FlaskClient
 
+from app.factory import create_app
 from config.settings import Settings
 from tests.app.conftest import STRUCTURED, assert_error, deployed, ok
 from tests.conftest import MULTISTEP, QUICKSTART
@@ -60,3 +62,22 @@ def test_unknown_path_is_a_404_in_the_error_shape(client: FlaskClient) -> None:
 
 def test_wrong_method_is_a_405_in_the_error_shape(client: FlaskClient) -> None:
     assert_error(client.put("/status/"), 405)
+
+
+def test_an_unreachable_database_answers_503_with_a_retry_hint(tmp_path: Path) -> None:
+    # Given an API whose database does not answer (nothing listens on its port)
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url="postgresql+psycopg://postgres@127.0.0.1:9/celeriac?connect_timeout=2",
+    )
+    app = create_app(settings)
+    # When a request needs the database
+    response = app.test_client().get("/status/")
+    # Then it is told to try again later, in the usual error shape, not given a 500
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert response.get_json() == {
+        "code": 503,
+        "status": "Service Unavailable",
+        "message": "the database is unavailable; try again in a moment",
+    }
