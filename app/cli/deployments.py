@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import click
 
 from app.cli.context import CliState, echo_json, pass_state, reporting_errors
-from app.sdk import Deployment
+from app.sdk import Deployment, LiveService
 
 
-def _describe(deployment: Deployment) -> dict[str, object]:
+def _describe(deployment: Deployment, live: list[LiveService]) -> dict[str, object]:
+    """A deployment as JSON, each service with the workers serving it now."""
+    workers = {service.name: service.workers for service in live}
     return {
         "name": deployment.name,
         "version": deployment.version,
         "default_service": deployment.default_service,
         "services": [
-            {"name": s.name, "display_name": s.display_name, "queue": s.queue}
+            {
+                "name": s.name,
+                "display_name": s.display_name,
+                "queue": s.queue,
+                "workers": [asdict(w) for w in workers.get(s.name, [])],
+            }
             for s in deployment.services
         ],
         "created_at": deployment.created_at,
@@ -79,9 +87,9 @@ def list_deployments(state: CliState) -> None:
 @click.argument("name")
 @pass_state
 def get_deployment(state: CliState, name: str) -> None:
-    """Show a deployment and its services."""
+    """Show a deployment, its services and the live workers of each."""
     with reporting_errors(), state.client() as client:
-        echo_json(_describe(client.deployments.get(name)))
+        echo_json(_describe(client.deployments.get(name), client.deployments.services(name)))
 
 
 @deployments_group.command("delete")

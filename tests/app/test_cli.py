@@ -331,6 +331,9 @@ def test_deployments_list_get_delete(live_server: str) -> None:
     assert service["name"] == "echo_workflow"
     assert service["display_name"] == "Echo Workflow"
     assert service["queue"] == service_queue("QuickStart", "echo_workflow")
+    # And the live workers serving it (the embedded ones), each with its last heartbeat
+    assert service["workers"], described
+    assert all(worker["last_heartbeat"] for worker in service["workers"])
     # When it is deleted
     deleted = on(live_server, "deployments", "delete", "QuickStart", "--yes")
     # Then it is gone

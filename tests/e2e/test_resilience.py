@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import QUICKSTART
-from tests.e2e.conftest import HEARTBEAT_INTERVAL, TERMINAL, Platform, node, poll
+from tests.e2e.conftest import HEARTBEAT_INTERVAL, TERMINAL, Platform, node, poll, script
 
 #: Beyond three silent heartbeat intervals, how late a dead worker may still be listed.
 SLACK = 2.0
@@ -124,6 +127,23 @@ def test_a_killed_worker_leaves_the_registry_and_the_other_stays(platform: Platf
     # And the dead one dropped out by silence: it never said goodbye
     stopped = platform.query("SELECT stopped_at FROM workers WHERE name = %s", (node("w1"),))
     assert stopped == [(None,)]
+    # And the command line shows the service's one live worker with its last heartbeat
+    shown = subprocess.run(
+        [script("celeriac"), "deployments", "get", "QuickStart"],
+        env=platform.env(database=False),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    (service,) = json.loads(shown.stdout)["services"]
+    assert service["queue"] == "celeriac.QuickStart.echo_workflow"
+    [worker] = service["workers"]
+    assert worker["name"] == node("w2")
+    heartbeat = dt.datetime.fromisoformat(worker["last_heartbeat"])
+    assert dt.datetime.now(dt.timezone.utc) - heartbeat < dt.timedelta(
+        seconds=2 * HEARTBEAT_INTERVAL
+    )
 
 
 @pytest.mark.e2e
