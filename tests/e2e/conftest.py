@@ -227,24 +227,23 @@ def _admin_connection() -> Any:
     )
 
 
-@pytest.fixture
-def postgres_url(processes: Processes) -> Iterator[str]:
-    """A fresh PostgreSQL database (SQLAlchemy URL), dropped after the test."""
+@contextlib.contextmanager
+def fresh_postgres_database(prefix: str = "celeriac_e2e") -> Iterator[str]:
+    """A new PostgreSQL database (SQLAlchemy URL), dropped on the way out."""
     require_service("PostgreSQL", *POSTGRES)
-    name = f"celeriac_e2e_{uuid.uuid4().hex[:12]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     with _admin_connection() as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
         yield f"postgresql+psycopg://postgres@{POSTGRES[0]}:{POSTGRES[1]}/{name}"
     finally:
-        processes.kill_all()
         with _admin_connection() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture
-def redis_url(processes: Processes) -> Iterator[str]:
-    """A Redis broker URL on a database number nobody uses now, flushed after the test."""
+@contextlib.contextmanager
+def free_redis_database() -> Iterator[str]:
+    """A Redis URL on a database number nobody uses now, flushed on the way out."""
     redis = require_module("redis")
     require_service("Redis", *REDIS)
     host, port = REDIS
@@ -260,9 +259,28 @@ def redis_url(processes: Processes) -> Iterator[str]:
     try:
         yield f"redis://{host}:{port}/{number}"
     finally:
-        processes.kill_all()
         client.flushdb()
         client.close()
+
+
+@pytest.fixture
+def postgres_url(processes: Processes) -> Iterator[str]:
+    """A fresh PostgreSQL database (SQLAlchemy URL), dropped after the test."""
+    with fresh_postgres_database() as url:
+        try:
+            yield url
+        finally:
+            processes.kill_all()
+
+
+@pytest.fixture
+def redis_url(processes: Processes) -> Iterator[str]:
+    """A Redis broker URL on a database number nobody uses now, flushed after the test."""
+    with free_redis_database() as url:
+        try:
+            yield url
+        finally:
+            processes.kill_all()
 
 
 #: Queues the tests create on RabbitMQ's default virtual host, when they must use it.

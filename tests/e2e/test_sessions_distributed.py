@@ -11,10 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
-import random
 import shutil
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,14 +24,12 @@ from workflows.events import HumanResponseEvent
 
 from tests.conftest import EXAMPLES
 from tests.e2e.conftest import (
-    POSTGRES,
-    REDIS,
     Platform,
     Processes,
+    free_redis_database,
+    fresh_postgres_database,
     node,
     poll,
-    require_module,
-    require_service,
     script,
 )
 
@@ -64,44 +60,15 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def redis_broker() -> Iterator[str]:
     """A Redis broker URL on a database number nobody uses now, flushed after the module."""
-    redis = require_module("redis")
-    require_service("Redis", *REDIS)
-    host, port = REDIS
-    numbers = list(range(1, 16))
-    random.shuffle(numbers)
-    for number in numbers:
-        client = redis.Redis(host=host, port=port, db=number, socket_timeout=5)
-        if client.dbsize() == 0:
-            break
-        client.close()
-    else:
-        pytest.fail("every Redis database 1-15 holds keys: none is free for this test")
-    try:
-        yield f"redis://{host}:{port}/{number}"
-    finally:
-        client.flushdb()
-        client.close()
+    with free_redis_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
 def postgres_database() -> Iterator[str]:
     """A fresh PostgreSQL database (SQLAlchemy URL), dropped after the module."""
-    psycopg = require_module("psycopg")
-    require_service("PostgreSQL", *POSTGRES)
-    host, port = POSTGRES
-    name = f"celeriac_e2e_sessions_{uuid.uuid4().hex[:12]}"
-
-    def admin(statement: str) -> None:
-        with psycopg.connect(
-            host=host, port=port, user="postgres", dbname="postgres", autocommit=True
-        ) as conn:
-            conn.execute(statement)
-
-    admin(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"postgresql+psycopg://postgres@{host}:{port}/{name}"
-    finally:
-        admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with fresh_postgres_database("celeriac_e2e_sessions") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
