@@ -66,6 +66,17 @@ class Database:
             yield connection
 
     @contextmanager
+    def single(self) -> Iterator[Connection]:
+        """A Core connection for one writing statement, which commits on its own: no BEGIN
+        and COMMIT round trips on PostgreSQL. Statements in it are not atomic together."""
+        if self._autocommit is self.engine:  # SQLite: its writers still take turns
+            with self.connect() as connection:
+                yield connection
+        else:
+            with self._autocommit.connect() as connection:
+                yield connection
+
+    @contextmanager
     def connect(self) -> Iterator[Connection]:
         """A Core connection in a transaction (for hot paths that skip the ORM)."""
         with self._write_lock, self.engine.begin() as connection:

@@ -106,7 +106,8 @@ class RunStep(Message):
     """Control plane to service: run this task's workflow with this input."""
 
     task_id: str
-    session_id: str
+    #: Empty for a task run on its own.
+    session_id: str | None
     deployment: str
     service: str
     input: dict[str, Any]

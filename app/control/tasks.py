@@ -58,29 +58,33 @@ _tasks = table_of(Task)
 _sessions = table_of(Session)
 _deployments = table_of(Deployment)
 _TASK = select(_tasks).where(_tasks.c.id == bindparam("task_id"))
-_DEPLOYMENT = select(_deployments.c.id, _deployments.c.spec, _deployments.c.version).where(
+_DEPLOYMENT = select(_deployments.c.id, _deployments.c.version, _deployments.c.spec).where(
     _deployments.c.name == bindparam("name")
 )
-
-
-def _row(task: Task) -> dict[str, Any]:
-    """A new task's column values."""
-    return {c.key: getattr(task, c.key) for c in _tasks.columns if c.key in _TASK_INSERT}
-
-
-_TASK_INSERT = frozenset(
-    {
-        "id",
-        "deployment_id",
-        "session_id",
-        "service",
-        "input",
-        "status",
-        "attempts",
-        "created_at",
-        "dispatched_at",
-    }
+#: The columns a new task fills in.
+_NEW_TASK = (
+    "id",
+    "session_id",
+    "service",
+    "input",
+    "status",
+    "attempts",
+    "created_at",
+    "dispatched_at",
 )
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What submitting needs of a deployment: its row, its version and its routing."""
+
+    id: int
+    version: int
+    spec: dict[str, Any]
+
+
+class _Refused(Exception):
+    """The task row was not inserted (a used id, or a deployment changed meanwhile)."""
 
 
 class Tasks:
@@ -93,66 +97,110 @@ class Tasks:
         self._dispatcher = dispatcher
         self._waiter = waiter
         self._run_timeout = run_timeout
-        self._insert_task = db.insert_ignoring_duplicates(_tasks).returning(_tasks.c.id)
+        # Deployments by name, as last read. Every insert checks that the deployment still
+        # has this id and version, so a stale entry can refuse a task but never misroute it.
+        self._targets: dict[str, _Target] = {}
+        # INSERT INTO tasks SELECT <the new task> FROM deployments WHERE id and version match,
+        # skipping a task id already used: one statement, one round trip.
+        values = [bindparam(name, type_=_tasks.c[name].type) for name in _NEW_TASK]
+        self._insert_task = (
+            db.insert_ignoring_duplicates(_tasks)
+            .from_select(
+                [*_NEW_TASK, "deployment_id"],
+                select(*values, _deployments.c.id).where(
+                    _deployments.c.id == bindparam("deployment_id"),
+                    _deployments.c.version == bindparam("version"),
+                ),
+            )
+            .returning(_tasks.c.id)
+        )
 
     def submit(self, request: Submission, *, single_use_session: bool = False) -> Task:
         """Store the task as queued, commit, then send its first step to its service's queue.
 
-        Without a session id the task gets a new session; ``single_use_session`` closes that
-        session at once (``tasks/run`` does, as LlamaDeploy deleted it after the run). Every
-        task passes here, so it runs as a few Core statements rather than ORM work.
+        Without a session id the task gets a new session, unless ``single_use_session``
+        (``tasks/run``): then, as no later task could use that session, it has none. Every
+        task passes here, so it runs as few Core statements as it can: a task without a
+        session is a single INSERT, with no transaction around it.
         """
-        now = utcnow()
-        task_id = request.task_id or new_id()
-        single_use_session = single_use_session and not request.session_id
-        with self._db.connect() as conn:
-            found = conn.execute(_DEPLOYMENT, {"name": request.deployment}).first()
+        target = self._target(request.deployment)
+        try:
+            return self._submit(request, target, single_use_session)
+        except _Refused:
+            pass
+        # Tell a used task id from a deployment changed since it was read.
+        self._targets.pop(request.deployment, None)
+        fresh = self._target(request.deployment)
+        if fresh == target:
+            raise Conflict(f"task id {request.task_id!r} is already used")
+        try:
+            return self._submit(request, fresh, single_use_session)
+        except _Refused:
+            raise Conflict(
+                f"task id {request.task_id!r} is already used, or deployment "
+                f"{request.deployment!r} changed while the task was sent; send it again"
+            ) from None
+
+    def _target(self, name: str) -> _Target:
+        target = self._targets.get(name)
+        if target is None:
+            with self._db.peek() as conn:
+                found = conn.execute(_DEPLOYMENT, {"name": name}).first()
             if found is None:
-                raise NotFound(f"deployment {request.deployment!r} not found")
-            deployment_id, spec, version = found
-            service = route(request.deployment, spec, request.service_id)
-            session_id = request.session_id
-            if session_id:
-                turn = take_turn(
-                    conn, session_id, deployment_id, task_id, request.multitask_strategy
-                )
-            else:
-                session_id = new_id()
-                turn = Turn(run_now=True, context=None)
-                conn.execute(
-                    _sessions.insert(),
-                    {
-                        "id": session_id,
-                        "deployment_id": deployment_id,
-                        "state": {},
-                        "created_at": now,
-                        "deleted_at": now if single_use_session else None,
-                        # A single-use session has no later task to hand a Context to.
-                        "active_task_id": None if single_use_session else task_id,
-                    },
-                )
-            task = Task(
-                id=task_id,
-                deployment_id=deployment_id,
-                session_id=session_id,
-                service=service,
-                input=request.input,
-                status=TaskStatus.QUEUED.value,
-                attempts=0,
-                created_at=now,
-                dispatched_at=now if turn.run_now else None,
-            )
-            # A duplicate id inserts nothing (and rolls back the session made above).
-            if conn.execute(self._insert_task, _row(task)).first() is None:
-                raise Conflict(f"task id {task.id!r} is already used")
+                raise NotFound(f"deployment {name!r} not found")
+            target = self._targets[name] = _Target(*found)
+        return target
+
+    def _submit(self, request: Submission, target: _Target, single_use_session: bool) -> Task:
+        now = utcnow()
+        row: dict[str, Any] = {
+            "id": request.task_id or new_id(),
+            "deployment_id": target.id,
+            "version": target.version,
+            "session_id": request.session_id,
+            "service": route(request.deployment, target.spec, request.service_id),
+            "input": request.input,
+            "status": TaskStatus.QUEUED.value,
+            "attempts": 0,
+            "created_at": now,
+            "dispatched_at": now,
+        }
+        turn = Turn(run_now=True, context=None)
+        if request.session_id is None and single_use_session:
+            with self._db.single() as conn:
+                if conn.execute(self._insert_task, row).first() is None:
+                    raise _Refused
+        else:
+            with self._db.connect() as conn:
+                if request.session_id:
+                    turn = take_turn(
+                        conn, request.session_id, target.id, row["id"], request.multitask_strategy
+                    )
+                    row["dispatched_at"] = now if turn.run_now else None
+                else:
+                    row["session_id"] = new_id()
+                    conn.execute(
+                        _sessions.insert(),
+                        {
+                            "id": row["session_id"],
+                            "deployment_id": target.id,
+                            "state": {},
+                            "created_at": now,
+                            "active_task_id": row["id"],
+                        },
+                    )
+                if conn.execute(self._insert_task, row).first() is None:
+                    raise _Refused  # and the session's changes roll back
+        del row["version"]
+        task = Task(**row)
         if turn.run_now:
             self.dispatch(
                 first_step(
                     task,
                     request.deployment,
-                    version,
+                    target.version,
                     context=turn.context,
-                    keep_context=not single_use_session,
+                    keep_context=task.session_id is not None,
                 )
             )
         return task

@@ -75,8 +75,9 @@ class Task(Base):
     deployment_id: Mapped[int] = mapped_column(
         ForeignKey("deployments.id", ondelete="CASCADE"), index=True
     )
-    session_id: Mapped[str] = mapped_column(
-        ForeignKey("sessions.id", ondelete="CASCADE"), index=True
+    #: Empty for a task run on its own (``tasks/run`` without a session).
+    session_id: Mapped[str | None] = mapped_column(
+        ForeignKey("sessions.id", ondelete="CASCADE"), index=True, nullable=True
     )
     service: Mapped[str] = mapped_column(String(200))
     input: Mapped[dict[str, Any]] = mapped_column(JSON)

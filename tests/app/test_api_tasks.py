@@ -62,6 +62,21 @@ def test_run_takes_input_as_a_json_string(quickstart: FlaskClient) -> None:
     assert ok(response) == "Message received: hello"
 
 
+def test_run_without_a_session_leaves_no_session_behind(quickstart: FlaskClient) -> None:
+    # When a task is run without a session
+    assert ok(quickstart.post(RUN, json={"input": '{"message": "alone"}'})) == (
+        "Message received: alone"
+    )
+    # Then it is recorded, in no session, and no session was made for it
+    [task] = all_tasks(quickstart)
+    assert task["session_id"] is None
+    assert task["result"] == "Message received: alone"
+    assert ok(quickstart.get(f"/deployments/QuickStart/tasks/{task['task_id']}"))["status"] == (
+        "succeeded"
+    )
+    assert ok(quickstart.get("/deployments/QuickStart/sessions")) == []
+
+
 def test_run_takes_input_as_an_object(quickstart: FlaskClient) -> None:
     response = quickstart.post(RUN, json={"input": {"message": "object"}})
     assert ok(response) == "Message received: object"

@@ -1,0 +1,76 @@
+"""Migrations that change existing tables keep what those tables hold."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from alembic import command
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.exc import IntegrityError
+
+import migrations
+from migrations import alembic_config
+
+NOW = dt.datetime(2026, 11, 21, tzinfo=dt.UTC).isoformat()
+
+
+def _columns_nullable(url: str, table: str) -> dict[str, bool]:
+    engine = create_engine(url)
+    try:
+        return {c["name"]: c["nullable"] for c in inspect(engine).get_columns(table)}
+    finally:
+        engine.dispose()
+
+
+def _execute(url: str, *statements: str) -> list[tuple[object, ...]]:
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            rows: list[tuple[object, ...]] = []
+            for statement in statements:
+                result = conn.execute(text(statement))
+                if result.returns_rows:
+                    rows = [tuple(r) for r in result]
+            return rows
+    finally:
+        engine.dispose()
+
+
+def test_0005_lets_a_task_have_no_session_and_keeps_existing_rows(tmp_path: Path) -> None:
+    # Given a database at 0004 holding a deployment, a session, a task and its event
+    url = f"sqlite:///{tmp_path / 'celeriac.db'}"
+    migrations.upgrade(url, "0004")
+    _execute(
+        url,
+        "INSERT INTO deployments (name, spec, source_yaml, base_path, version, created_at, "
+        f"updated_at) VALUES ('D', '{{}}', '', '.', 1, '{NOW}', '{NOW}')",
+        f"INSERT INTO sessions (id, deployment_id, state, created_at) VALUES ('s1', 1, '{{}}', "
+        f"'{NOW}')",
+        "INSERT INTO tasks (id, deployment_id, session_id, service, input, status, attempts, "
+        f"created_at) VALUES ('t1', 1, 's1', 'echo', '{{}}', 'succeeded', 1, '{NOW}')",
+        "INSERT INTO events (task_id, direction, seq, type, qualified_name, data, created_at) "
+        f"VALUES ('t1', 'out', 0, 'StopEvent', 'x.StopEvent', '{{}}', '{NOW}')",
+    )
+    assert _columns_nullable(url, "tasks")["session_id"] is False
+    # When it is upgraded
+    migrations.upgrade(url)
+    # Then a task may have no session, and the rows are all there
+    assert _columns_nullable(url, "tasks")["session_id"] is True
+    assert _execute(url, "SELECT id, session_id FROM tasks") == [("t1", "s1")]
+    assert _execute(url, "SELECT task_id, seq FROM events") == [("t1", 0)]
+    _execute(
+        url,
+        "INSERT INTO tasks (id, deployment_id, session_id, service, input, status, attempts, "
+        f"created_at) VALUES ('t2', 1, NULL, 'echo', '{{}}', 'queued', 0, '{NOW}')",
+    )
+    # And going back removes only the tasks without a session, which 0004 cannot hold
+    command.downgrade(alembic_config(url), "0004")
+    assert _execute(url, "SELECT id FROM tasks") == [("t1",)]
+    with pytest.raises(IntegrityError):
+        _execute(
+            url,
+            "INSERT INTO tasks (id, deployment_id, session_id, service, input, status, "
+            f"attempts, created_at) VALUES ('t3', 1, NULL, 'echo', '{{}}', 'queued', 0, '{NOW}')",
+        )
