@@ -1,4 +1,8 @@
-"""REST resources (flask-smorest blueprints) and their marshmallow schemas."""
+"""REST resources (flask-smorest blueprints) and their marshmallow schemas.
+
+Views take their arguments' schemas as instances (``@blp.arguments(RunArgs())``): given a
+class, webargs builds an instance on every request. The schemas hold no state.
+"""
 
 from __future__ import annotations
 

@@ -34,8 +34,8 @@ class DeploymentList(MethodView):
 class DeploymentCreate(MethodView):
     """Deploy a YAML file."""
 
-    @blp.arguments(CreateDeploymentArgs, location="query")
-    @blp.arguments(DeploymentFileSchema, location="files")
+    @blp.arguments(CreateDeploymentArgs(), location="query")
+    @blp.arguments(DeploymentFileSchema(), location="files")
     @blp.response(200, DeploymentSchema)
     def post(self, args: dict[str, Any], files: dict[str, Any]) -> Any:
         """Create (or, with ``reload``, replace) a deployment from a YAML file."""

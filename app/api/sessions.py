@@ -54,7 +54,7 @@ class SessionCreate(MethodView):
 class SessionDelete(MethodView):
     """End a session (LlamaDeploy's form, with ``session_id`` in the query)."""
 
-    @blp.arguments(RequiredSessionArgs, location="query")
+    @blp.arguments(RequiredSessionArgs(), location="query")
     @blp.doc(responses={200: {"description": "null", "content": {"application/json": {}}}})
     def post(self, args: dict[str, Any], deployment_name: str) -> Any:
         """Delete a session; its tasks stay readable."""

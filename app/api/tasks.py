@@ -63,8 +63,8 @@ def _submission(deployment: str, body: dict[str, Any], args: dict[str, Any]) -> 
 class TaskRun(MethodView):
     """Run a task and wait for its result."""
 
-    @blp.arguments(RunArgs, location="query")
-    @blp.arguments(TaskDefinitionSchema)
+    @blp.arguments(RunArgs(), location="query")
+    @blp.arguments(TaskDefinitionSchema())
     @blp.doc(responses=_RAW_RESULT)
     def post(self, args: dict[str, Any], body: dict[str, Any], deployment_name: str) -> Any:
         """Run a task and return its result when it ends (502 if it fails, 504 on timeout)."""
@@ -76,8 +76,8 @@ class TaskRun(MethodView):
 class TaskCreate(MethodView):
     """Queue a task without waiting."""
 
-    @blp.arguments(RunArgs, location="query")
-    @blp.arguments(TaskDefinitionSchema)
+    @blp.arguments(RunArgs(), location="query")
+    @blp.arguments(TaskDefinitionSchema())
     @blp.response(200, TaskSchema)
     def post(self, args: dict[str, Any], body: dict[str, Any], deployment_name: str) -> Any:
         """Queue a task and return it with its ``task_id`` and ``session_id``."""
@@ -88,7 +88,7 @@ class TaskCreate(MethodView):
 class TaskList(MethodView):
     """The tasks of a deployment."""
 
-    @blp.arguments(PageArgs, location="query")
+    @blp.arguments(PageArgs(), location="query")
     @blp.response(200, TaskSchema(many=True))
     def get(self, args: dict[str, Any], deployment_name: str) -> Any:
         """List tasks, oldest first (``limit``, ``offset``, optional ``session_id``)."""
@@ -99,7 +99,7 @@ class TaskList(MethodView):
 class TaskItem(MethodView):
     """One task."""
 
-    @blp.arguments(SessionArgs, location="query")
+    @blp.arguments(SessionArgs(), location="query")
     @blp.response(200, TaskSchema)
     def get(self, args: dict[str, Any], deployment_name: str, task_id: str) -> Any:
         """Read a task: status, result or error, attempts and timestamps."""
@@ -110,7 +110,7 @@ class TaskItem(MethodView):
 class TaskResults(MethodView):
     """A task's result in LlamaDeploy's shape."""
 
-    @blp.arguments(SessionArgs, location="query")
+    @blp.arguments(SessionArgs(), location="query")
     @blp.response(200, TaskResultSchema)
     def get(self, args: dict[str, Any], deployment_name: str, task_id: str) -> Any:
         """The result once the task ended, ``null`` while it runs."""
@@ -124,7 +124,7 @@ class TaskResults(MethodView):
 class TaskEvents(MethodView):
     """A task's event stream (out) and the events sent into it (in)."""
 
-    @blp.arguments(EventsArgs, location="query")
+    @blp.arguments(EventsArgs(), location="query")
     @blp.doc(responses=_STREAM)
     def get(self, args: dict[str, Any], deployment_name: str, task_id: str) -> Response:
         """Follow the events the task's workflow streams, live, from the first (or after
@@ -138,8 +138,8 @@ class TaskEvents(MethodView):
             return _response(sse_lines(events, task_id), SSE)
         return _response(ndjson_lines(events, raw=args["raw_event"]), NDJSON)
 
-    @blp.arguments(SessionArgs, location="query")
-    @blp.arguments(EventDefinitionSchema)
+    @blp.arguments(SessionArgs(), location="query")
+    @blp.arguments(EventDefinitionSchema())
     @blp.response(200, EventDefinitionSchema)
     def post(
         self, args: dict[str, Any], body: dict[str, Any], deployment_name: str, task_id: str
