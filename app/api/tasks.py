@@ -68,8 +68,8 @@ class TaskRun(MethodView):
     @blp.doc(responses=_RAW_RESULT)
     def post(self, args: dict[str, Any], body: dict[str, Any], deployment_name: str) -> Any:
         """Run a task and return its result when it ends (502 if it fails, 504 on timeout)."""
-        task = plane().tasks.run(_submission(deployment_name, body, args), args["timeout"])
-        return current_app.json.response(task.result)
+        result = plane().tasks.run(_submission(deployment_name, body, args), args["timeout"])
+        return current_app.json.response(result)
 
 
 @blp.route("/create")

@@ -57,7 +57,9 @@ def parse_input(raw: Any) -> dict[str, Any]:
 _tasks = table_of(Task)
 _sessions = table_of(Session)
 _deployments = table_of(Deployment)
-_TASK = select(_tasks).where(_tasks.c.id == bindparam("task_id"))
+_OUTCOME = select(_tasks.c.status, _tasks.c.result, _tasks.c.error).where(
+    _tasks.c.id == bindparam("task_id")
+)
 _DEPLOYMENT = select(_deployments.c.id, _deployments.c.version, _deployments.c.spec).where(
     _deployments.c.name == bindparam("name")
 )
@@ -213,44 +215,36 @@ class Tasks:
             self._fail_undispatched(step.task_id, exc)
             raise
 
-    def run(self, request: Submission, timeout: float | None = None) -> Task:
-        """Submit and wait for the end; a failed task raises :class:`TaskFailed`."""
-        task = self.submit(request, single_use_session=True)
-        return self._await(request.deployment, task.id, timeout, just_queued=True)
-
-    def wait(self, deployment: str, task_id: str, timeout: float | None = None) -> Task:
-        """Block until the task ends; :class:`TaskTimeout` if it runs longer than ``timeout``."""
-        self.get(deployment, task_id)  # 404 before waiting on a task that is not there
-        return self._await(deployment, task_id, timeout)
-
-    def _await(
-        self, deployment: str, task_id: str, timeout: float | None, *, just_queued: bool = False
-    ) -> Task:
+    def run(self, request: Submission, timeout: float | None = None) -> Any:
+        """Submit and wait for the end; returns the task's result, or raises
+        :class:`TaskFailed` if it failed and :class:`TaskTimeout` if it runs too long."""
+        task_id = self.submit(request, single_use_session=True).id
         limit = self._run_timeout if timeout is None else timeout
 
-        def ended() -> Task | None:
-            # One read per look: the whole row, kept once the task has ended.
+        def ended() -> Any:
+            # One read per look, of what the answer needs.
             with self._db.peek() as conn:
-                row = conn.execute(_TASK, {"task_id": task_id}).first()
+                row = conn.execute(_OUTCOME, {"task_id": task_id}).first()
             if row is None:  # deleted with its deployment meanwhile
-                raise NotFound(f"task {task_id!r} not found in deployment {deployment!r}")
-            return Task(**row._mapping) if TaskStatus(row.status).terminal else None
+                raise NotFound(f"task {task_id!r} not found in deployment {request.deployment!r}")
+            return row if TaskStatus(row.status).terminal else None
 
-        task = self._waiter.wait(task_id, limit, ended, check_first=not just_queued)
-        if task is None:
-            status = self.get(deployment, task_id).status
+        # The task was only just queued: wait before the first look.
+        outcome = self._waiter.wait(task_id, limit, ended, check_first=False)
+        if outcome is None:
+            status = self.get(request.deployment, task_id).status
             raise TaskTimeout(
                 f"task {task_id} did not finish within {limit:g} s; it is still {status}; "
-                f"read it later from /deployments/{deployment}/tasks/{task_id}",
+                f"read it later from /deployments/{request.deployment}/tasks/{task_id}",
                 errors={"task_id": task_id, "status": status},
             )
-        if task.status != TaskStatus.SUCCEEDED:
-            error = task.error or {}
+        if outcome.status != TaskStatus.SUCCEEDED:
+            error = outcome.error or {}
             raise TaskFailed(
-                f"task {task_id} {task.status}: {error.get('message', 'no error message')}",
-                errors={"task_id": task_id, "status": task.status, "error": error},
+                f"task {task_id} {outcome.status}: {error.get('message', 'no error message')}",
+                errors={"task_id": task_id, "status": outcome.status, "error": error},
             )
-        return task
+        return outcome.result
 
     def get(self, deployment: str, task_id: str, session_id: str | None = None) -> Task:
         """One task of the deployment (and of the session, if given), or :class:`NotFound`."""
