@@ -120,7 +120,8 @@ class Task:
     """A task and, once it ended, its outcome."""
 
     task_id: str
-    session_id: str
+    #: None for a task run on its own (``tasks.run`` without a session).
+    session_id: str | None
     service_id: str
     input: dict[str, Any]
     status: str

@@ -124,6 +124,14 @@ def test_session_counter(sdk: Client) -> None:
     assert [t.result for t in tasks] == ["1", "2"]
 
 
+def test_a_task_run_without_a_session_lists_with_none(sdk: Client) -> None:
+    """tasks.run without a session: the task is listed, in no session."""
+    sdk.deployments.create(COUNTER)
+    assert sdk.tasks.run("Counter") == "1"
+    [task] = sdk.tasks.list("Counter")
+    assert (task.session_id, task.result, task.status) == (None, "1", "succeeded")
+
+
 def test_session_counter_async(live_server: str) -> None:
     """The same with the async client."""
 
