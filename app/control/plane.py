@@ -33,6 +33,8 @@ class ControlPlane:
         self.sessions = Sessions(db)
         self.registry = Registry(db, settings.heartbeat_interval)
         self.tasks = Tasks(db, dispatcher, self.waiter, settings.run_timeout)
+        self.deployments.on_deployed.append(lambda spec, _base: self.tasks.forget(spec.name))
+        self.deployments.on_removed.append(self.tasks.forget)
         # Streams wake on the recorder's notifications when it runs in this process; else
         # they re-read the database this often.
         poll = 1.0 if settings.embedded else 0.1

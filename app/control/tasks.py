@@ -131,7 +131,7 @@ class Tasks:
         except _Refused:
             pass
         # Tell a used task id from a deployment changed since it was read.
-        self._targets.pop(request.deployment, None)
+        self.forget(request.deployment)
         fresh = self._target(request.deployment)
         if fresh == target:
             raise Conflict(f"task id {request.task_id!r} is already used")
@@ -142,6 +142,12 @@ class Tasks:
                 f"task id {request.task_id!r} is already used, or deployment "
                 f"{request.deployment!r} changed while the task was sent; send it again"
             ) from None
+
+    def forget(self, deployment: str) -> None:
+        """Drop what is known of a deployment this process reloaded or deleted. (Another
+        process's changes are caught by the insert's check, but SQLite may give a deployment
+        made again the id of a deleted one, at the same version.)"""
+        self._targets.pop(deployment, None)
 
     def _target(self, name: str) -> _Target:
         target = self._targets.get(name)

@@ -77,6 +77,28 @@ def test_run_without_a_session_leaves_no_session_behind(quickstart: FlaskClient)
     assert ok(quickstart.get("/deployments/QuickStart/sessions")) == []
 
 
+def test_run_after_the_deployment_is_made_again_with_other_services(
+    client: FlaskClient, project: Path
+) -> None:
+    # Given the quick start, run once, then deleted and deployed again with its service renamed
+    # (SQLite gives the new deployment the deleted one's id, at the same version)
+    path = project / "quickstart" / "deployment.yml"
+    deployed(client, path)
+    assert ok(client.post(RUN, json={"input": '{"message": "one"}'})) == "Message received: one"
+    assert client.delete("/deployments/QuickStart").status_code == 204
+    path.write_text(
+        path.read_text()
+        .replace("echo_workflow:\n", "renamed:\n", 1)
+        .replace("default-service: echo_workflow", "default-service: renamed")
+    )
+    deployed(client, path)
+    # When a task is run on it
+    response = client.post(RUN, query_string={"timeout": "5"}, json={"input": '{"message": "2"}'})
+    # Then the new deployment's service runs it
+    assert ok(response) == "Message received: 2"
+    assert [t["service_id"] for t in all_tasks(client)] == ["renamed"]
+
+
 def test_run_takes_input_as_an_object(quickstart: FlaskClient) -> None:
     response = quickstart.post(RUN, json={"input": {"message": "object"}})
     assert ok(response) == "Message received: object"
