@@ -12,8 +12,11 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 from kombu.transport import memory
+from sqlalchemy import select
 from werkzeug.test import TestResponse
 
+from app.models import Event
+from app.models.base import table_of
 from app.server import Server
 from config.settings import Settings
 from tests.conftest import deploy
@@ -30,6 +33,7 @@ TWIN_TWO = WORKFLOWS / "twins" / "two" / "deployment.yml"
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 #: Where flask-smorest files request-parsing errors under ``errors``.
 LOCATIONS = frozenset({"query", "json", "files", "form", "headers", "cookies", "path"})
+_EVENTS = table_of(Event)
 #: Generous bound for work that takes milliseconds; only a failing test ever waits this long.
 DEADLINE = 10.0
 
@@ -137,6 +141,21 @@ def poll(probe: Callable[[], Any], until: Callable[[Any], bool], timeout: float 
             pytest.fail(f"still not there after {timeout} s: {value!r}")
         time.sleep(delay)
         delay = min(delay * 2, 0.1)
+
+
+def asked(server: Server, task_id: str) -> None:
+    """Wait until the task streamed its question (an event is stored before it is streamed)."""
+    query = select(_EVENTS.c.seq).where(
+        _EVENTS.c.task_id == task_id,
+        _EVENTS.c.direction == "out",
+        _EVENTS.c.type == "InputRequiredEvent",
+    )
+
+    def questions() -> list[Any]:
+        with server.plane.db.engine.connect() as conn:
+            return list(conn.execute(query))
+
+    poll(questions, bool)
 
 
 def wait_for_task(

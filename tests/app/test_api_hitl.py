@@ -20,11 +20,11 @@ from app.server import Server
 from config.settings import Settings
 from tests.app.conftest import (
     TERMINAL,
+    asked,
     assert_error,
     deployed,
     field_errors,
     ok,
-    poll,
     wait_for_task,
 )
 from tests.conftest import EXAMPLES
@@ -70,21 +70,6 @@ def status_of(client: FlaskClient, task_id: str) -> str:
     """A task's status now."""
     status: str = ok(client.get(f"{TASKS}/{task_id}"))["status"]
     return status
-
-
-def asked(server: Server, task_id: str) -> None:
-    """Wait until the task streamed its question (an event is stored before it is streamed)."""
-    query = select(_events.c.seq).where(
-        _events.c.task_id == task_id,
-        _events.c.direction == "out",
-        _events.c.type == "InputRequiredEvent",
-    )
-
-    def questions() -> list[Any]:
-        with server.plane.db.engine.connect() as conn:
-            return list(conn.execute(query))
-
-    poll(questions, bool)
 
 
 def inputs(server: Server, task_id: str) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from workflows.events import HumanResponseEvent
 
 from app.models import Event, Session
 from app.server import Server
-from tests.app.conftest import TERMINAL, assert_error, deployed, ok, poll, wait_for_task
+from tests.app.conftest import TERMINAL, asked, assert_error, deployed, ok, wait_for_task
 from tests.conftest import EXAMPLES, QUICKSTART
 
 #: Every test here ends with all its tasks ended: a task never stays queued.
@@ -89,21 +89,6 @@ def status_of(client: FlaskClient, deployment: str, task_id: str) -> str:
     """A task's status now."""
     status: str = ok(client.get(f"/deployments/{deployment}/tasks/{task_id}"))["status"]
     return status
-
-
-def asked(server: Server, task_id: str) -> None:
-    """Wait until the human-in-the-loop task streamed its question (it is stored first)."""
-    query = select(_events.c.seq).where(
-        _events.c.task_id == task_id,
-        _events.c.direction == "out",
-        _events.c.type == "InputRequiredEvent",
-    )
-
-    def questions() -> list[Any]:
-        with server.plane.db.engine.connect() as conn:
-            return list(conn.execute(query))
-
-    poll(questions, bool)
 
 
 def stored_state(server: Server, session_id: str) -> Any:
