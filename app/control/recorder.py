@@ -11,7 +11,24 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, bindparam, case, or_, select
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Connection,
+    DateTime,
+    Integer,
+    Select,
+    String,
+    Update,
+    bindparam,
+    case,
+    column,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from app.control.dispatch import Dispatcher
@@ -106,6 +123,36 @@ _START_AND_FINISH = _FINISH.values(
 )
 
 
+#: The columns of a stored event, in the order its rows are written.
+_EVENT_COLUMNS = ("task_id", "direction", "seq", "type", "qualified_name", "data", "created_at")
+
+
+def _finish_at_once(finish: Update) -> Select[Any]:
+    """PostgreSQL: ``finish`` and the insert of the run's last events as one statement.
+
+    The events come as one JSON array (``p_events``) and are stored only if the task row
+    changed, as in the transaction that SQLite runs; the statement commits on its own, so
+    recording an outcome is one round trip instead of four (BEGIN, UPDATE, INSERT, COMMIT).
+    """
+    done = finish.returning(_tasks.c.id, _tasks.c.session_id).cte("done")
+    last = (
+        func.json_to_recordset(bindparam("p_events", type_=JSON))
+        .table_valued(
+            column("seq", Integer),
+            column("type", String),
+            column("qualified_name", String),
+            column("data", JSON),
+            column("created_at", DateTime(timezone=True)),
+        )
+        .render_derived(name="last", with_types=True)
+    )
+    rows = select(done.c.id, literal(EventDirection.OUT.value), *last.c).select_from(
+        done.join(last, true())
+    )
+    store = postgresql.insert(_events).from_select(_EVENT_COLUMNS, rows).on_conflict_do_nothing()
+    return select(done.c.session_id).add_cte(store.cte("stored"))
+
+
 class Recorder:
     """Writes task progress; delivery is at least once, so repeats must change nothing."""
 
@@ -114,6 +161,11 @@ class Recorder:
         self._waiter = waiter
         self._dispatcher = dispatcher
         self._insert_event = db.insert_ignoring_duplicates(_events)
+        self._at_once = (
+            {s: _finish_at_once(s) for s in (_FINISH, _START_AND_FINISH)}
+            if db.engine.dialect.name == "postgresql"
+            else None
+        )
 
     def started(self, message: StepStarted) -> None:
         """A worker took the task: count the attempt, mark it running if it still can be,
@@ -158,19 +210,35 @@ class Recorder:
             statement = _START_AND_FINISH
             params["p_worker"] = message.worker
             params["p_started_at"] = from_timestamp(message.started_at)
+        events = [_event_row(StepEvent.decode(event)) for event in message.events]
         following = None
-        with self._db.connect() as conn:
-            # No row changes when the task already ended (a redelivery: its events were
-            # stored the first time) or was deleted with its deployment.
-            changed = conn.execute(statement.returning(_tasks.c.session_id), params).first()
-            if changed is not None:
-                for event in message.events:
-                    conn.execute(self._insert_event, _event_row(StepEvent.decode(event)))
-                if message.keep_context:
-                    following = self._hand_on(conn, changed.session_id, message)
+        # A session's next task is handed on in the same transaction; a task on its own
+        # needs none on PostgreSQL, where the outcome is a single statement.
+        with self._db.connect() if message.keep_context else self._db.single() as conn:
+            session_id = self._store_outcome(conn, statement, params, events)
+            if session_id is not None and message.keep_context:
+                following = self._hand_on(conn, session_id, message)
         self._waiter.notify(message.task_id)
         if following is not None:
             self._start(following)
+
+    def _store_outcome(
+        self, conn: Connection, finish: Update, params: dict[str, Any], events: list[dict[str, Any]]
+    ) -> str | None:
+        """Apply ``finish`` and store the run's last events; returns the task's session id.
+
+        No row changes when the task already ended (a redelivery: its events were stored the
+        first time) or was deleted with its deployment; nothing is stored then.
+        """
+        if self._at_once is not None:
+            params["p_events"] = [{**e, "created_at": e["created_at"].isoformat()} for e in events]
+            return conn.scalar(self._at_once[finish], params)
+        changed = conn.execute(finish.returning(_tasks.c.session_id), params).first()
+        if changed is None:
+            return None
+        for event in events:
+            conn.execute(self._insert_event, event)
+        return changed.session_id
 
     def _hand_on(self, conn: Connection, session_id: str, message: StepFinished) -> RunStep | None:
         """Free the session (keeping the Context of a successful run) for its next task."""
