@@ -17,6 +17,7 @@ from sqlalchemy import (
     Connection,
     DateTime,
     Integer,
+    Row,
     Select,
     String,
     Update,
@@ -34,7 +35,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from app.control.dispatch import Dispatcher
 from app.control.routing import first_step
 from app.control.turns import pass_turn, session_context
-from app.control.waiter import TaskWaiter
+from app.control.waiter import Outcome, TaskWaiter
 from app.db import Database
 from app.errors import Unavailable
 from app.models import Event, EventDirection, Task, TaskStatus, Worker
@@ -215,30 +216,32 @@ class Recorder:
         # A session's next task is handed on in the same transaction; a task on its own
         # needs none on PostgreSQL, where the outcome is a single statement.
         with self._db.connect() if message.keep_context else self._db.single() as conn:
-            session_id = self._store_outcome(conn, statement, params, events)
-            if session_id is not None and message.keep_context:
-                following = self._hand_on(conn, session_id, message)
-        self._waiter.notify(message.task_id)
+            changed = self._store_outcome(conn, statement, params, events)
+            if changed is not None and message.keep_context:
+                following = self._hand_on(conn, changed.session_id, message)
+        # Waiters in this process (the embedded mode) take the outcome as it was stored.
+        outcome = Outcome(status.value, message.result, message.error) if changed else None
+        self._waiter.notify(message.task_id, outcome)
         if following is not None:
             self._start(following)
 
     def _store_outcome(
         self, conn: Connection, finish: Update, params: dict[str, Any], events: list[dict[str, Any]]
-    ) -> str | None:
-        """Apply ``finish`` and store the run's last events; returns the task's session id.
+    ) -> Row[Any] | None:
+        """Apply ``finish`` and store the run's last events; returns the changed task's
+        ``session_id``, in a row.
 
         No row changes when the task already ended (a redelivery: its events were stored the
         first time) or was deleted with its deployment; nothing is stored then.
         """
         if self._at_once is not None:
             params["p_events"] = [{**e, "created_at": e["created_at"].isoformat()} for e in events]
-            return conn.scalar(self._at_once[finish], params)
+            return conn.execute(self._at_once[finish], params).first()
         changed = conn.execute(finish.returning(_tasks.c.session_id), params).first()
-        if changed is None:
-            return None
-        for event in events:
-            conn.execute(self._insert_event, event)
-        return changed.session_id
+        if changed is not None:
+            for event in events:
+                conn.execute(self._insert_event, event)
+        return changed
 
     def _hand_on(self, conn: Connection, session_id: str, message: StepFinished) -> RunStep | None:
         """Free the session (keeping the Context of a successful run) for its next task."""

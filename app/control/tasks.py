@@ -12,7 +12,7 @@ from app.control.deployments import find as find_deployment
 from app.control.dispatch import Dispatcher
 from app.control.routing import first_step, route
 from app.control.turns import MultitaskStrategy, Turn, take_turn
-from app.control.waiter import TaskWaiter
+from app.control.waiter import Outcome, TaskWaiter
 from app.db import Database
 from app.errors import Conflict, InvalidInput, NotFound, TaskFailed, TaskTimeout, Unavailable
 from app.models import Deployment, Session, Task, TaskStatus
@@ -227,15 +227,16 @@ class Tasks:
         task_id = self.submit(request, single_use_session=True).id
         limit = self._run_timeout if timeout is None else timeout
 
-        def ended() -> Any:
+        def ended() -> Outcome | None:
             # One read per look, of what the answer needs.
             with self._db.peek() as conn:
                 row = conn.execute(_OUTCOME, {"task_id": task_id}).first()
             if row is None:  # deleted with its deployment meanwhile
                 raise NotFound(f"task {task_id!r} not found in deployment {request.deployment!r}")
-            return row if TaskStatus(row.status).terminal else None
+            return Outcome(*row) if TaskStatus(row.status).terminal else None
 
-        # The task was only just queued: wait before the first look.
+        # The task was only just queued: wait before the first look (the recorder may pass
+        # the outcome on, and then nothing needs reading).
         outcome = self._waiter.wait(task_id, limit, ended, check_first=False)
         if outcome is None:
             status = self.get(request.deployment, task_id).status

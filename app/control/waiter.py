@@ -7,9 +7,21 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, NamedTuple
 
-T = TypeVar("T")
+
+class Outcome(NamedTuple):
+    """How a task ended: what ``tasks/run`` answers with."""
+
+    status: str
+    result: Any
+    error: dict[str, Any] | None
+
+
+class _Signal(threading.Event):
+    """Set when a task changed; holds its outcome when whoever recorded it passed it on."""
+
+    outcome: Outcome | None = None
 
 
 #: Polls while another process's outcomes reach :meth:`TaskWaiter.notify` reliably: only a
@@ -24,25 +36,28 @@ class TaskWaiter:
     this process (the embedded mode), waiters wake at once; otherwise they fall back to
     re-reading the database with a backoff, so correctness never depends on the notification.
     While outcomes recorded elsewhere are relayed (PostgreSQL's notifications, see
-    :meth:`set_relayed`), that backoff is slow, sparing the database a read per poll.
+    :meth:`set_relayed`), that backoff is slow, sparing the database a read per poll. A
+    notification may carry the committed outcome itself: the waiter then takes it without
+    reading the database.
     """
 
     def __init__(self, first_poll: float = 0.01, max_poll: float = 0.25) -> None:
         self._own_polls = (first_poll, max_poll)
         self._polls = self._own_polls
-        self._events: dict[str, list[threading.Event]] = defaultdict(list)
+        self._events: dict[str, list[_Signal]] = defaultdict(list)
         self._lock = threading.Lock()
 
     def wait(
         self,
         task_id: str,
         timeout: float,
-        look: Callable[[], T | None],
+        look: Callable[[], Outcome | None],
         *,
         check_first: bool = True,
-    ) -> T | None:
-        """Call ``look`` until it returns something, and return that; ``None`` once
-        ``timeout`` seconds pass. It is called again on every notify and poll.
+    ) -> Outcome | None:
+        """The task's outcome, as soon as a notify passes it on or ``look`` (called at first,
+        and again on every other notify and poll) finds it; ``None`` once ``timeout``
+        seconds pass.
 
         ``check_first=False`` skips the first look, for a task that was only just queued.
         """
@@ -51,6 +66,8 @@ class TaskWaiter:
             delay = self._polls[0]
             check = check_first
             while True:
+                if event.outcome is not None:
+                    return event.outcome
                 # Registered before the look, so a notify between look and wait is not missed.
                 if check:
                     found = look()
@@ -81,10 +98,10 @@ class TaskWaiter:
             event.set()
 
     @contextmanager
-    def listen(self, task_id: str) -> Iterator[threading.Event]:
+    def listen(self, task_id: str) -> Iterator[_Signal]:
         """An event that ``notify(task_id)`` sets, for readers that loop on their own
         (event streams): register, read, then wait on it, and no notify is missed."""
-        event = threading.Event()
+        event = _Signal()
         with self._lock:
             self._events[task_id].append(event)
         try:
@@ -97,9 +114,12 @@ class TaskWaiter:
                 if not waiters:
                     self._events.pop(task_id, None)
 
-    def notify(self, task_id: str) -> None:
-        """Something about the task changed: let its waiters look again."""
+    def notify(self, task_id: str, outcome: Outcome | None = None) -> None:
+        """Something about the task changed: let its waiters look again, or, given the
+        ``outcome`` it ended with (committed), let them take it."""
         with self._lock:
             waiters = list(self._events.get(task_id, ()))
         for event in waiters:
+            if outcome is not None:
+                event.outcome = outcome
             event.set()

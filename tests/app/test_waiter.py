@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from app.control.waiter import TaskWaiter
+from app.control.waiter import Outcome, TaskWaiter
 
 #: What ``look`` returns once the task it waits for has ended.
 ENDED = "ended"
@@ -53,6 +53,22 @@ def test_notify_from_another_thread_wakes_the_waiter_well_before_its_poll() -> N
     # Then the waiter woke at once, not at its next poll
     assert result == ENDED
     assert woke_at - notified_at[0] < 0.1
+
+
+def test_an_outcome_passed_on_by_notify_is_taken_without_a_look() -> None:
+    waiter = TaskWaiter(first_poll=SLOW_POLL, max_poll=SLOW_POLL)
+    outcome = Outcome("succeeded", {"answer": 42}, None)
+    looks: list[float] = []
+
+    def look() -> None:
+        looks.append(time.monotonic())
+
+    thread = later(0.02, lambda: waiter.notify("t-1", outcome))
+    start = time.monotonic()
+    assert waiter.wait("t-1", timeout=10, look=look, check_first=False) == outcome
+    assert time.monotonic() - start < 1.0
+    assert looks == []
+    thread.join(5)
 
 
 def test_notify_of_another_task_does_not_end_the_wait() -> None:

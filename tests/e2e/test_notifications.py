@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
 
+import psycopg
 import pytest
+from alembic import command
 
 import migrations
-from app.control.notifications import Listener
-from app.control.waiter import RELAYED_POLL, TaskWaiter
+from app.control.notifications import CHANNEL, Listener
+from app.control.waiter import RELAYED_POLL, Outcome, TaskWaiter
 from app.db import Database
 from app.models import Deployment, Event, Session, Task
+from migrations import alembic_config
 from tests.e2e.conftest import poll
 
-ENDED = "ended"
+#: What a waiter's look finds (the tests' tasks never really end).
+ENDED = Outcome("looked", None, None)
 TASKS = ("t-1", "t-2", "t-3")
 
 
@@ -54,17 +59,23 @@ def waiter(postgres_url: str, db: Database) -> Iterator[TaskWaiter]:
     poll(lambda: relayed.relayed, lambda on: not on, 5, "the relay ended")
 
 
-def second_looks(waiter: TaskWaiter, change: Callable[[], None]) -> dict[str, float]:
-    """Wait on every task, make ``change``, and return how long after it each waiter looked
-    again (its first look is at once)."""
-    looks: dict[str, list[float]] = {t: [] for t in TASKS}
+def woken(waiter: TaskWaiter, change: Callable[[], None]) -> dict[str, tuple[float, Outcome]]:
+    """Wait on every task, make ``change``, and return, for each waiter, how long after the
+    change it woke (took an outcome passed on, or looked again: its first look is at once)
+    and the outcome it ended with."""
+    woke: dict[str, tuple[float, Outcome]] = {}
 
     def wait(task_id: str) -> None:
-        def look() -> str | None:
-            looks[task_id].append(time.monotonic())
-            return ENDED if len(looks[task_id]) > 1 else None
+        looks = 0
 
-        waiter.wait(task_id, 5, look)
+        def look() -> Outcome | None:
+            nonlocal looks
+            looks += 1
+            return ENDED if looks > 1 else None
+
+        outcome = waiter.wait(task_id, 5, look)
+        assert outcome is not None
+        woke[task_id] = (time.monotonic() - changed_at, outcome)
 
     threads = [threading.Thread(target=wait, args=(t,), daemon=True) for t in TASKS]
     for thread in threads:
@@ -74,7 +85,7 @@ def second_looks(waiter: TaskWaiter, change: Callable[[], None]) -> dict[str, fl
     change()
     for thread in threads:
         thread.join(5)
-    return {t: looks[t][1] - changed_at for t in TASKS}
+    return woke
 
 
 @pytest.mark.e2e
@@ -87,18 +98,43 @@ def test_a_committed_status_change_wakes_its_waiter_and_others_do_not(
         # t-1's status changes and commits; t-2's changes but rolls back; t-3 changes, but
         # not its status
         with db.connect() as conn:
-            conn.execute(tasks.update().where(tasks.c.id == "t-1").values(status="succeeded"))
+            ended = {"status": "succeeded", "result": {"answer": 42}}
+            conn.execute(tasks.update().where(tasks.c.id == "t-1").values(**ended))
         with db.engine.connect() as conn, conn.begin() as transaction:
             conn.execute(tasks.update().where(tasks.c.id == "t-2").values(status="failed"))
             transaction.rollback()
         with db.connect() as conn:
             conn.execute(tasks.update().where(tasks.c.id == "t-3").values(inbox="q"))
 
-    after = second_looks(waiter, change)
-    # Only t-1's waiter looked again at once; the others at the relayed safety-net poll
-    assert after["t-1"] < 0.5
-    assert after["t-2"] >= RELAYED_POLL[0] - 0.3
-    assert after["t-3"] >= RELAYED_POLL[0] - 0.3
+    woke = woken(waiter, change)
+    # Only t-1's waiter woke at once, and took the outcome from the notification without a
+    # look; the others looked again at the relayed safety-net poll
+    assert woke["t-1"][0] < 0.5
+    assert woke["t-1"][1] == Outcome("succeeded", {"answer": 42}, None)
+    assert woke["t-2"][0] >= RELAYED_POLL[0] - 0.3
+    assert woke["t-3"][0] >= RELAYED_POLL[0] - 0.3
+    assert woke["t-2"][1] == woke["t-3"][1] == ENDED
+
+
+@pytest.mark.e2e
+def test_a_change_that_is_not_an_end_or_too_large_to_notify_wakes_the_waiter_to_look(
+    db: Database, waiter: TaskWaiter
+) -> None:
+    tasks = Task.__table__
+    large = "x" * 8000  # PostgreSQL refuses a notification of 8000 bytes or more
+
+    def change() -> None:
+        with db.connect() as conn:
+            conn.execute(tasks.update().where(tasks.c.id == "t-1").values(status="running"))
+            conn.execute(
+                tasks.update().where(tasks.c.id == "t-2").values(status="failed", result=large)
+            )
+
+    woke = woken(waiter, change)
+    # Both woke at once, and found the task by looking, as nothing came with the notification
+    for task in ("t-1", "t-2"):
+        assert woke[task] == (pytest.approx(0, abs=0.5), ENDED)
+    assert woke["t-3"][0] >= RELAYED_POLL[0] - 0.3
 
 
 @pytest.mark.e2e
@@ -111,9 +147,9 @@ def test_a_stored_event_of_the_workflow_wakes_its_waiter_and_a_client_event_does
             session.add(Event(task_id="t-1", direction="out", **row))
             session.add(Event(task_id="t-2", direction="in", **row))
 
-    after = second_looks(waiter, change)
-    assert after["t-1"] < 0.5
-    assert after["t-2"] >= RELAYED_POLL[0] - 0.3
+    woke = woken(waiter, change)
+    assert woke["t-1"] == (pytest.approx(0, abs=0.5), ENDED)
+    assert woke["t-2"][0] >= RELAYED_POLL[0] - 0.3
 
 
 @pytest.mark.e2e
@@ -126,3 +162,24 @@ def test_a_listener_that_cannot_reach_the_database_relays_nothing(postgres_url: 
         assert waiter.relayed is False
     finally:
         listener.stop()
+
+
+@pytest.mark.e2e
+def test_downgraded_below_0006_a_status_change_notifies_only_the_task_id(
+    postgres_url: str, db: Database
+) -> None:
+    tasks = Task.__table__
+    dsn = postgres_url.replace("postgresql+psycopg", "postgresql")
+
+    def payload_of_a_change(task_id: str) -> str:
+        with psycopg.connect(dsn, autocommit=True) as listening:
+            listening.execute(f"LISTEN {CHANNEL}")
+            with db.connect() as conn:
+                conn.execute(tasks.update().where(tasks.c.id == task_id).values(status="failed"))
+            return next(listening.notifies(timeout=5)).payload
+
+    assert json.loads(payload_of_a_change("t-1"))["status"] == "failed"
+    command.downgrade(alembic_config(postgres_url), "0005")
+    assert payload_of_a_change("t-2") == "t-2"
+    command.upgrade(alembic_config(postgres_url), "head")
+    assert json.loads(payload_of_a_change("t-3"))["id"] == "t-3"

@@ -19,7 +19,7 @@ from sqlalchemy import delete, select
 import migrations
 from app.control.dispatch import Dispatcher
 from app.control.recorder import Recorder
-from app.control.waiter import TaskWaiter
+from app.control.waiter import Outcome, TaskWaiter
 from app.db import Database
 from app.models import Deployment, Event, Task
 from app.models.base import table_of
@@ -53,10 +53,15 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
 
 
 @pytest.fixture
-def recorder(db: Database, tmp_path: Path) -> Recorder:
+def waiter() -> TaskWaiter:
+    return TaskWaiter()
+
+
+@pytest.fixture
+def recorder(db: Database, waiter: TaskWaiter, tmp_path: Path) -> Recorder:
     # Tasks without a session never dispatch: the memory broker is never reached.
     celery = create_celery(Settings(data_dir=tmp_path / ".celeriac"))
-    return Recorder(db, TaskWaiter(), Dispatcher(celery))
+    return Recorder(db, waiter, Dispatcher(celery))
 
 
 def finished(ok: bool = True, result: Any = "done", last_events: int = 1) -> StepFinished:
@@ -117,6 +122,19 @@ def test_a_redelivered_report_changes_nothing(db: Database, recorder: Recorder) 
     row = task_row(db)
     assert (row.status, row.result, row.attempts) == ("succeeded", "first", 1)
     assert stored_events(db) == [(0, "StopEvent", {"n": 0})]
+
+
+def test_waiters_in_the_process_get_the_outcome_as_stored_and_not_a_redelivered_one(
+    recorder: Recorder, waiter: TaskWaiter
+) -> None:
+    with waiter.listen(TASK) as first:
+        recorder.finished(finished(result="first"))
+    with waiter.listen(TASK) as again:
+        recorder.finished(finished(result="second"))
+
+    assert first.is_set() and first.outcome == Outcome("succeeded", "first", None)
+    # The redelivery wakes waiters, which look, and find the first outcome
+    assert again.is_set() and again.outcome is None
 
 
 def test_a_failure_is_stored_with_its_error(db: Database, recorder: Recorder) -> None:
