@@ -3,15 +3,18 @@
 For each of ``redis``, ``amqp`` and ``sqs`` (SQS is a ``moto_server`` started for the run):
 
 1. Celeriac: a fresh PostgreSQL database, ``celeriac serve`` of the quick start, the
-   control-plane consumer and ``--workers`` service workers (8 threads each), measured through
-   ``POST /deployments/QuickStart/tasks/run``, with each process's peak RSS and CPU.
+   control-plane consumer and ``--workers`` service workers (8 threads each), called through
+   ``POST /deployments/QuickStart/tasks/run``.
 2. Raw Celery on the same broker, with Celery's default transport options (so no publisher
    confirms on RabbitMQ, where Celeriac asks for them) except on SQS, where it polls as often
    as Celeriac does (Kombu's default of 1 s caps it at a dozen tasks per second):
    ``celery -A tests.benchmarks.raw_app worker -P threads -c 8`` and ``apply_async().get()``
    from this process; results over ``rpc://`` on RabbitMQ and in Redis otherwise (SQS has no
    result backend of its own).
-3. Clean-up: the queues deleted (RabbitMQ) or the Redis database flushed, moto thrown away,
+3. Both systems up at once, measured in turns (rounds of sequential calls, then rounds of
+   32-client throughput; who goes first alternates), so that the machine's drifting speed
+   falls on both alike; with each process's peak RSS and its CPU during the throughput rounds.
+4. Clean-up: the queues deleted (RabbitMQ) or the Redis database flushed, moto thrown away,
    every process stopped (SIGTERM, then SIGKILL at a deadline), the database dropped.
 
 Every child runs in a session of its own, so Ctrl-C reaches only this process, which stops
@@ -397,47 +400,89 @@ def celeriac_cluster(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def bench_celeriac(
+@dataclass
+class System:
+    """One of the two systems under test, up and answering, and what it has measured."""
+
+    name: str
+    make_call: Callable[[], Callable[[], object]]
+    children: list[Child]
+    latencies: list[float] = field(default_factory=list)
+    tasks: int = 0
+    wall: float = 0.0
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+
+    def label(self, transport: str) -> str:
+        return f"{transport} {self.name.split(' (')[0]}"
+
+
+@contextmanager
+def celeriac_system(
     args: argparse.Namespace, broker: Broker, database_url: str, logs: Path
-) -> Figures:
-    """``tasks/run`` of the quick start through the API server, on the broker."""
+) -> Iterator[System]:
+    """Celeriac's processes, called through ``tasks/run`` of the quick start."""
     label = f"{broker.transport} Celeriac"
     print(f"{label}: starting the API server, control plane, service worker(s)", file=sys.stderr)
     workers = f"{args.workers} service worker{'s' if args.workers > 1 else ''} x 8 threads"
     system = f"Celeriac (HTTP, PostgreSQL, {workers})"
     with celeriac_cluster(broker, database_url, args.workers, logs) as (url, children):
-        return measure(args, broker, system, http_caller(url), children)
+        yield System(system, http_caller(url), children)
 
 
-def measure(
-    args: argparse.Namespace,
-    broker: Broker,
-    system: str,
-    make_call: Callable[[], Callable[[], object]],
-    children: list[Child],
-) -> Figures:
-    """Latency, throughput with 32 clients, the cores each process (and the clients) used
-    meanwhile, and each process's peak RSS."""
-    label = f"{broker.transport} {system.split(' (')[0]}"
-    latencies = measure_latency(make_call(), args.calls, f"{label} latency")
-    pids = {c.name: c.proc.pid for c in children} | {"clients": os.getpid()}
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    start = time.perf_counter()
-    tps = measure_throughput(make_call, CLIENTS, args.tasks, f"{label} {CLIENTS} clients")
-    wall = time.perf_counter() - start
-    cpu = {name: (cpu_seconds(pid) - before[name]) / wall for name, pid in pids.items()}
-    rss = {c.name: peak_rss_mb(c.proc.pid) or 0.0 for c in children}
+#: Each system's sequential calls, then its throughput tasks, are split into rounds, the two
+#: systems taking turns (who goes first alternates): the machine's speed drifts within a run,
+#: and taking turns spreads that drift over both systems. Throughput has one round each: a
+#: second round of fresh client threads made raw Celery's ``rpc://`` results time out on
+#: RabbitMQ (seen once in two runs), and each round needs enough tasks for a steady state.
+LATENCY_ROUNDS = 6
+THROUGHPUT_ROUNDS = 1
+
+
+def measure(args: argparse.Namespace, broker: Broker, systems: list[System]) -> list[Figures]:
+    """Latency, then throughput with 32 clients, of every system, in alternating rounds; with
+    the cores each process (and the clients) used during its throughput rounds, and each
+    process's peak RSS."""
+    for n in range(LATENCY_ROUNDS):
+        for system in systems if n % 2 == 0 else systems[::-1]:
+            calls = _share(args.calls, n, LATENCY_ROUNDS)
+            label = f"{system.label(broker.transport)} latency {n + 1}/{LATENCY_ROUNDS}"
+            system.latencies += measure_latency(system.make_call(), calls, label)
+    for n in range(THROUGHPUT_ROUNDS):
+        for system in systems if n % 2 == 0 else systems[::-1]:
+            tasks = _share(args.tasks, n, THROUGHPUT_ROUNDS)
+            pids = {c.name: c.proc.pid for c in system.children} | {"clients": os.getpid()}
+            before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            start = time.perf_counter()
+            rounds = f"{n + 1}/{THROUGHPUT_ROUNDS}"
+            label = f"{system.label(broker.transport)} {CLIENTS} clients {rounds}"
+            measure_throughput(system.make_call, CLIENTS, tasks, label)
+            system.wall += time.perf_counter() - start
+            system.tasks += tasks
+            for name, pid in pids.items():
+                used = cpu_seconds(pid) - before[name]
+                system.cpu_seconds[name] = system.cpu_seconds.get(name, 0.0) + used
+    return [_figures(broker, system) for system in systems]
+
+
+def _share(total: int, round_number: int, rounds: int) -> int:
+    """Round ``round_number``'s part of ``total`` (the parts add up to it)."""
+    return total * (round_number + 1) // rounds - total * round_number // rounds
+
+
+def _figures(broker: Broker, system: System) -> Figures:
+    latencies = sorted(system.latencies)
+    rss = {c.name: peak_rss_mb(c.proc.pid) or 0.0 for c in system.children}
     return Figures(
-        system,
+        system.name,
         percentile(latencies, 0.5),
         percentile(latencies, 0.95),
         percentile(latencies, 0.99),
         None,
-        tps,
+        system.tasks / system.wall,
         max(rss.values(), default=None),
         broker.transport,
         rss,
-        cpu,
+        {name: used / system.wall for name, used in system.cpu_seconds.items()},
     )
 
 
@@ -462,8 +507,9 @@ def raw_worker(broker: Broker, logs: Path) -> Iterator[Child]:
         stop([child])
 
 
-def bench_raw(args: argparse.Namespace, broker: Broker, logs: Path) -> Figures:
-    """``echo.apply_async().get()`` from this process against a worker process, same broker."""
+@contextmanager
+def raw_system(broker: Broker, logs: Path) -> Iterator[System]:
+    """A raw Celery worker process, called with ``echo.apply_async().get()`` from this one."""
     from celery.exceptions import TimeoutError as ResultTimeout
 
     print(f"{broker.transport} raw Celery: starting the worker", file=sys.stderr)
@@ -490,7 +536,7 @@ def bench_raw(args: argparse.Namespace, broker: Broker, logs: Path) -> Figures:
                 return False
 
             wait_until("the raw Celery worker's first answer", answered, [child])
-            return measure(args, broker, system, make_call, [child])
+            yield System(system, make_call, [child])
     finally:
         app.close()
 
@@ -499,22 +545,26 @@ def bench_raw(args: argparse.Namespace, broker: Broker, logs: Path) -> Figures:
 
 
 def bench_transport(args: argparse.Namespace, transport: str) -> list[Figures]:
-    """Celeriac, then raw Celery, on one broker; the broker and the database cleaned after."""
+    """Celeriac and raw Celery on one broker, both up, measured in turns; the broker and the
+    database cleaned after."""
     logs = Path(tempfile.mkdtemp(prefix=f"celeriac-bench-{transport}-logs-"))
     done = False
+    database = f"celeriac_bench_{transport}_{os.getpid()}"
     try:
-        with broker_for(transport, args, logs) as broker:
-            database = f"celeriac_bench_{transport}_{os.getpid()}"
-            with fresh_database(args.pg_url, database) as database_url:
-                celeriac = bench_celeriac(args, broker, database_url, logs)
-            raw = bench_raw(args, broker, logs)
+        with (
+            broker_for(transport, args, logs) as broker,
+            fresh_database(args.pg_url, database) as database_url,
+            celeriac_system(args, broker, database_url, logs) as celeriac,
+            raw_system(broker, logs) as raw,
+        ):
+            figures = measure(args, broker, [celeriac, raw])
         done = True
     finally:
         if done:
             shutil.rmtree(logs, ignore_errors=True)
         else:
             print(f"\n{transport}: process logs kept in {logs}", file=sys.stderr)
-    return [celeriac, raw]
+    return figures
 
 
 def print_table(rows: list[Figures]) -> None:
