@@ -30,6 +30,9 @@ import httpx
 import pytest
 from kombu import Connection
 
+import migrations
+from app.db import Database
+from app.models import Deployment, Session, Task
 from tests.conftest import in_ci
 
 POSTGRES = ("127.0.0.1", 5432)
@@ -239,6 +242,30 @@ def fresh_postgres_database(prefix: str = "celeriac_e2e") -> Iterator[str]:
     finally:
         with _admin_connection() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def seeded_database(
+    url: str, task_ids: Sequence[str], session_id: str | None = None
+) -> Iterator[Database]:
+    """The migrated database at ``url`` holding deployment ``D`` and queued tasks of service
+    ``svc`` (in session ``session_id``, if given)."""
+    migrations.upgrade(url)
+    database = Database(url)
+    with database.begin() as session:
+        deployment = Deployment(name="D", spec={}, source_yaml="", base_path="")
+        session.add(deployment)
+        session.flush()
+        if session_id is not None:
+            session.add(Session(id=session_id, deployment_id=deployment.id))
+        session.add_all(
+            Task(id=t, deployment_id=deployment.id, session_id=session_id, service="svc", input={})
+            for t in task_ids
+        )
+    try:
+        yield database
+    finally:
+        database.dispose()
 
 
 @contextlib.contextmanager

@@ -11,13 +11,12 @@ import psycopg
 import pytest
 from alembic import command
 
-import migrations
 from app.control.notifications import CHANNEL, Listener
 from app.control.waiter import RELAYED_POLL, Outcome, TaskWaiter
 from app.db import Database
-from app.models import Deployment, Event, Session, Task
+from app.models import Event, Task
 from migrations import alembic_config
-from tests.e2e.conftest import poll
+from tests.e2e.conftest import poll, seeded_database
 
 #: What a waiter's look finds (the tests' tasks never really end).
 ENDED = Outcome("looked", None, None)
@@ -27,21 +26,8 @@ TASKS = ("t-1", "t-2", "t-3")
 @pytest.fixture
 def db(postgres_url: str) -> Iterator[Database]:
     """The migrated database holding one deployment, one session and three queued tasks."""
-    migrations.upgrade(postgres_url)
-    database = Database(postgres_url)
-    with database.begin() as session:
-        deployment = Deployment(name="D", spec={}, source_yaml="", base_path="")
-        session.add(deployment)
-        session.flush()
-        session.add(Session(id="s", deployment_id=deployment.id))
-        session.add_all(
-            Task(id=t, deployment_id=deployment.id, session_id="s", service="svc", input={})
-            for t in TASKS
-        )
-    try:
+    with seeded_database(postgres_url, TASKS, session_id="s") as database:
         yield database
-    finally:
-        database.dispose()
 
 
 @pytest.fixture

@@ -16,15 +16,14 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, select
 
-import migrations
 from app.control.dispatch import Dispatcher
 from app.control.recorder import Recorder
 from app.control.waiter import Outcome, TaskWaiter
 from app.db import Database
-from app.models import Deployment, Event, Task
+from app.models import Event, Task
 from app.models.base import table_of
 from config.settings import Settings
-from tests.e2e.conftest import fresh_postgres_database
+from tests.e2e.conftest import fresh_postgres_database, seeded_database
 from workers.celery_app import create_celery
 from workers.protocol import StepEvent, StepFinished
 
@@ -35,21 +34,14 @@ TASK = "t-1"
 def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     """A migrated database holding one deployment and one queued task without a session."""
     with (
-        fresh_postgres_database("celeriac_recording")
-        if request.param == "postgresql"
-        else nullcontext(f"sqlite:///{tmp_path / 'recording.db'}")
-    ) as url:
-        migrations.upgrade(url)
-        database = Database(url)
-        with database.begin() as session:
-            deployment = Deployment(name="D", spec={}, source_yaml="", base_path="")
-            session.add(deployment)
-            session.flush()
-            session.add(Task(id=TASK, deployment_id=deployment.id, service="svc", input={}))
-        try:
-            yield database
-        finally:
-            database.dispose()
+        (
+            fresh_postgres_database("celeriac_recording")
+            if request.param == "postgresql"
+            else nullcontext(f"sqlite:///{tmp_path / 'recording.db'}")
+        ) as url,
+        seeded_database(url, [TASK]) as database,
+    ):
+        yield database
 
 
 @pytest.fixture
