@@ -3,18 +3,25 @@
 They are thin adapters around the recorder, which also decides the next messages (the next
 task of a session, events waiting for a worker); routing a new task is a plain function
 (``app.control.routing``) run when the task is submitted, so mistakes are answered at once.
-Control tasks retry on database outages instead of dropping a report.
+Control tasks retry on database outages instead of dropping a report. A control-plane
+consumer also sweeps the outbox, sending again the steps of tasks whose sender died before
+the broker took them (:class:`SweepStep`).
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
 
-from celery import Celery
-from sqlalchemy.exc import InterfaceError, OperationalError
+from celery import Celery, bootsteps
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
+from app.control.outbox import Outbox
 from app.control.recorder import Recorder
+from workers.heartbeat import own_queues
 from workers.protocol import (
+    CONTROL_QUEUE,
     HEARTBEAT,
     STEP_EVENT,
     STEP_FINISHED,
@@ -25,6 +32,8 @@ from workers.protocol import (
     StepStarted,
 )
 
+log = logging.getLogger(__name__)
+
 _RETRY: dict[str, Any] = {
     "autoretry_for": (OperationalError, InterfaceError),
     "retry_backoff": True,
@@ -34,8 +43,10 @@ _RETRY: dict[str, Any] = {
 }
 
 
-def register_control_tasks(celery: Celery, recorder: Recorder) -> None:
-    """Register the control-plane tasks that record reports from service workers."""
+def register_control_tasks(celery: Celery, recorder: Recorder, outbox: Outbox) -> None:
+    """Register the control-plane tasks that record reports from service workers, and the
+    outbox's sweep in the workers that consume the control queue."""
+    celery.steps["worker"].add(_sweep_step(outbox))
 
     @celery.task(name=STEP_STARTED, **_RETRY)
     def step_started(**payload: Any) -> None:
@@ -52,3 +63,54 @@ def register_control_tasks(celery: Celery, recorder: Recorder) -> None:
     @celery.task(name=HEARTBEAT, **_RETRY)
     def heartbeat(**payload: Any) -> None:
         recorder.heartbeat(Heartbeat.decode(payload))
+
+
+def _sweep_step(outbox: Outbox) -> type[bootsteps.StartStopStep]:
+    """A worker bootstep that sweeps ``outbox`` while the worker consumes the control queue."""
+
+    class SweepStep(bootsteps.StartStopStep):
+        """Sweeps the outbox at start, then every third of ``redispatch_after``; writes its
+        notes when the worker stops."""
+
+        def __init__(self, worker: Any, **kwargs: Any) -> None:
+            super().__init__(worker, **kwargs)
+            self._stop = threading.Event()
+            self._thread: threading.Thread | None = None
+
+        def start(self, worker: Any) -> None:
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._sweep_until_stopped,
+                args=(worker,),
+                name=f"sweep-{worker.hostname}",
+                daemon=True,
+            )
+            self._thread.start()
+
+        def stop(self, worker: Any) -> None:
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join(timeout=10)
+                self._thread = None
+            # The consumer has stopped: note the last steps it sent (the next task of a
+            # session) before the process ends, or a sweep would send them again.
+            outbox.close()
+
+        def _sweep_until_stopped(self, worker: Any) -> None:
+            # Only a worker of the control queue sweeps; its queues are known once its
+            # consumer runs (service workers of the embedded mode share this app).
+            while (queues := own_queues(worker)) is None:
+                if self._stop.wait(0.05):
+                    return
+            if CONTROL_QUEUE not in queues:
+                return
+            interval = max(outbox.redispatch_after / 3, 0.05)
+            while True:
+                try:
+                    outbox.sweep()
+                except SQLAlchemyError:
+                    log.warning("the outbox sweep failed; trying again", exc_info=True)
+                if self._stop.wait(interval):
+                    return
+
+    return SweepStep

@@ -20,6 +20,7 @@ from app.db import Database
 from app.embedded import EmbeddedWorkers
 from app.errors import NotFound
 from app.factory import create_app
+from app.models.base import utcnow
 from config.deployment import load_deployment
 from config.settings import Settings
 from workers.celery_app import create_celery
@@ -45,9 +46,16 @@ class Server:
             self.listener.start()
 
     def start_workers(self) -> None:
-        """Start the in-process workers (embedded mode only)."""
-        if self.workers is not None:
-            self.workers.start()
+        """Start the in-process workers (embedded mode only), after queueing again the tasks
+        that an earlier run of this server left unfinished: its broker's messages died with
+        it."""
+        if self.workers is None:
+            return
+        outbox = self.plane.outbox
+        if lost := outbox.requeue_lost():
+            log.warning("%d unfinished task(s) of an earlier run are queued again", lost)
+            outbox.sweep(cutoff=utcnow())
+        self.workers.start()
 
     def deploy(self, path: Path) -> None:
         """Deploy a file at start-up, replacing the stored version of the same name."""

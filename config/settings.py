@@ -36,6 +36,9 @@ class Settings:
     server: str = "http://127.0.0.1:4501"
     #: Seconds between worker heartbeats; a worker silent for three of them is gone.
     heartbeat_interval: float = 10.0
+    #: A task whose step has not been seen to reach the broker this many seconds after it was
+    #: dispatched (its sender died in between) is sent again by the control-plane consumer.
+    redispatch_after: float = 30.0
     #: Redis and SQS redeliver a message unacknowledged for this long: the longest a task may
     #: run before a second worker starts it too (SQS allows at most 43200).
     visibility_timeout: int = 43200

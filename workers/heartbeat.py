@@ -39,7 +39,7 @@ class HeartbeatStep(bootsteps.StartStopStep):
         def beat_until_stopped() -> None:
             # The first beat waits for the consumer: its queues are this worker's own.
             deadline = time.monotonic() + interval
-            while _own_queues(worker) is None and time.monotonic() < deadline:
+            while own_queues(worker) is None and time.monotonic() < deadline:
                 if self._stop.wait(0.05):
                     return
             self._beat(worker)
@@ -64,7 +64,7 @@ class HeartbeatStep(bootsteps.StartStopStep):
         app = worker.app
         # Not ``app.amqp.queues``: workers of one app in one process (the embedded mode)
         # share it, and each start rewrites it.
-        queues = _own_queues(worker) or []
+        queues = own_queues(worker) or []
         message = Heartbeat(
             worker=worker.hostname,
             host=socket.gethostname(),
@@ -88,7 +88,7 @@ class HeartbeatStep(bootsteps.StartStopStep):
             app.log.get_default_logger().warning("heartbeat not sent", exc_info=True)
 
 
-def _own_queues(worker: Any) -> list[str] | None:
+def own_queues(worker: Any) -> list[str] | None:
     """The queues this worker's consumer consumes, once it has started."""
     task_consumer = getattr(getattr(worker, "consumer", None), "task_consumer", None)
     if task_consumer is None:

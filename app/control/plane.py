@@ -5,6 +5,7 @@ from __future__ import annotations
 from app.control.deployments import Deployments
 from app.control.dispatch import Dispatcher
 from app.control.events import EventLog
+from app.control.outbox import Outbox
 from app.control.recorder import Recorder
 from app.control.registry import Registry
 from app.control.sessions import Sessions
@@ -28,19 +29,21 @@ class ControlPlane:
         # unless a Listener relays the recorder's notifications (``TaskWaiter.set_relayed``).
         self.waiter = TaskWaiter(first_poll=0.5) if settings.embedded else TaskWaiter()
         dispatcher = Dispatcher(celery)
-        self.recorder = Recorder(db, self.waiter, dispatcher)
+        self.outbox = Outbox(db, dispatcher, settings.redispatch_after)
+        self.recorder = Recorder(db, self.waiter, dispatcher, self.outbox)
         self.deployments = Deployments(db, settings)
         self.sessions = Sessions(db)
         self.registry = Registry(db, settings.heartbeat_interval)
-        self.tasks = Tasks(db, dispatcher, self.waiter, settings.run_timeout)
+        self.tasks = Tasks(db, self.outbox, self.waiter, settings.run_timeout)
         self.deployments.on_deployed.append(lambda spec, _base: self.tasks.forget(spec.name))
         self.deployments.on_removed.append(self.tasks.forget)
         # Streams wake on the recorder's notifications when it runs in this process; else
         # they re-read the database this often.
         poll = 1.0 if settings.embedded else 0.1
         self.events = EventLog(db, self.tasks, self.waiter, dispatcher, poll=poll)
-        register_control_tasks(celery, self.recorder)
+        register_control_tasks(celery, self.recorder, self.outbox)
 
     def close(self) -> None:
-        """Release connections."""
+        """Write the last notes of published tasks, then release connections."""
+        self.outbox.close()
         self.db.dispose()

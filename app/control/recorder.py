@@ -33,6 +33,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from app.control.dispatch import Dispatcher
+from app.control.outbox import Outbox
 from app.control.routing import first_step
 from app.control.turns import pass_turn, session_context
 from app.control.waiter import Outcome, TaskWaiter
@@ -157,10 +158,13 @@ def _finish_at_once(finish: Update) -> Select[Any]:
 class Recorder:
     """Writes task progress; delivery is at least once, so repeats must change nothing."""
 
-    def __init__(self, db: Database, waiter: TaskWaiter, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self, db: Database, waiter: TaskWaiter, dispatcher: Dispatcher, outbox: Outbox
+    ) -> None:
         self._db = db
         self._waiter = waiter
         self._dispatcher = dispatcher
+        self._outbox = outbox
         self._insert_event = db.insert_ignoring_duplicates(_events)
         self._at_once = (
             {s: _finish_at_once(s) for s in (_FINISH, _START_AND_FINISH)}
@@ -260,7 +264,7 @@ class Recorder:
     def _start(self, step: RunStep) -> None:
         """Send the next task of a session; if the broker refuses, fail it and go on."""
         try:
-            self._dispatcher.run_step(step)
+            self._outbox.send(step)
         except Unavailable as exc:
             self.finished(
                 StepFinished(

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import bindparam, select, update
 
 from app.control.deployments import find as find_deployment
-from app.control.dispatch import Dispatcher
+from app.control.outbox import Outbox
 from app.control.routing import first_step, route
 from app.control.turns import MultitaskStrategy, Turn, take_turn
 from app.control.waiter import Outcome, TaskWaiter
@@ -93,10 +93,10 @@ class Tasks:
     """Submit, run, wait for and read tasks."""
 
     def __init__(
-        self, db: Database, dispatcher: Dispatcher, waiter: TaskWaiter, run_timeout: float
+        self, db: Database, outbox: Outbox, waiter: TaskWaiter, run_timeout: float
     ) -> None:
         self._db = db
-        self._dispatcher = dispatcher
+        self._outbox = outbox
         self._waiter = waiter
         self._run_timeout = run_timeout
         # Deployments by name, as last read. Every insert checks that the deployment still
@@ -216,7 +216,7 @@ class Tasks:
     def dispatch(self, step: RunStep) -> None:
         """Send a step; if the broker refuses it, the task fails instead of staying queued."""
         try:
-            self._dispatcher.run_step(step)
+            self._outbox.send(step)
         except Unavailable as exc:
             self._fail_undispatched(step.task_id, exc)
             raise

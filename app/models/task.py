@@ -38,6 +38,8 @@ TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCEL
 #: (at-least-once delivery); ``queued -> succeeded/failed/waiting_input`` happens when the
 #: outcome, or the workflow's question, overtakes the start report. ``waiting_input`` moves
 #: back to ``running`` when an answer is sent in, never because of a late start report.
+#: ``running`` or ``waiting_input -> queued`` is a run lost with the embedded server's
+#: process, queued again when it restarts (``Outbox.requeue_lost``).
 TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     TaskStatus.QUEUED: frozenset(
         {
@@ -50,6 +52,7 @@ TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     ),
     TaskStatus.RUNNING: frozenset(
         {
+            TaskStatus.QUEUED,
             TaskStatus.RUNNING,
             TaskStatus.WAITING_INPUT,
             TaskStatus.SUCCEEDED,
@@ -58,7 +61,13 @@ TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
         }
     ),
     TaskStatus.WAITING_INPUT: frozenset(
-        {TaskStatus.RUNNING, TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED}
+        {
+            TaskStatus.QUEUED,
+            TaskStatus.RUNNING,
+            TaskStatus.SUCCEEDED,
+            TaskStatus.FAILED,
+            TaskStatus.CANCELLED,
+        }
     ),
     TaskStatus.SUCCEEDED: frozenset(),
     TaskStatus.FAILED: frozenset(),
@@ -92,6 +101,8 @@ class Task(Base):
     inbox: Mapped[str | None] = mapped_column(String(300), nullable=True)
     #: When the first step went to the broker; empty while the task waits for its session.
     dispatched_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: When the broker took that step (noted in batches; see ``app.control.outbox``).
+    published_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)

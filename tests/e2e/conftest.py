@@ -41,6 +41,8 @@ RABBITMQ = ("127.0.0.1", 5672)
 
 #: Seconds between worker heartbeats in every platform these tests start.
 HEARTBEAT_INTERVAL = 1.0
+#: Seconds after which the control plane sends again a task that no sender published.
+REDISPATCH_AFTER = 3.0
 #: How long a process may take to answer after it starts (imports take a few seconds here).
 READY_TIMEOUT = 45.0
 #: How long a process may take to exit after SIGTERM.
@@ -407,6 +409,7 @@ class Platform:
             "CELERIAC_PORT": str(self.port),
             "CELERIAC_SERVER": self.server,
             "CELERIAC_HEARTBEAT_INTERVAL": str(HEARTBEAT_INTERVAL),
+            "CELERIAC_REDISPATCH_AFTER": str(REDISPATCH_AFTER),
             "CELERIAC_DATA_DIR": str(self.workdir / "data"),
             "CELERIAC_CONFIG": str(self.workdir / "profiles.yml"),
             "CELERIAC_LOG_LEVEL": "WARNING",
@@ -604,3 +607,53 @@ def make_platform(
 def node(name: str) -> str:
     """The Celery node name the platform gives a process called ``name``."""
     return f"{name}@{NODE_HOST}"
+
+
+SLEEPY_YAML = """\
+name: Sleepy
+
+control-plane: {}
+
+default-service: nap
+
+services:
+  nap:
+    name: Nap
+    source:
+      type: local
+      name: ./src
+    path: workflow:sleepy_workflow
+"""
+
+SLEEPY_CODE = '''\
+"""A workflow that sleeps a little, so that tasks are in flight for a while."""
+
+import asyncio
+
+from workflows import Workflow, step
+from workflows.events import StartEvent, StopEvent
+
+
+class SleepyWorkflow(Workflow):
+    """Sleep ``seconds``, then answer with ``n``."""
+
+    @step
+    async def nap(self, ev: StartEvent) -> StopEvent:
+        """Sleep, then reply."""
+        await asyncio.sleep(float(ev.get("seconds", 0.2)))
+        return StopEvent(result=f"slept {ev.get('n')}")
+
+
+sleepy_workflow = SleepyWorkflow(timeout=60)
+'''
+
+
+@pytest.fixture
+def sleepy(tmp_path: Path) -> Path:
+    """A deployment whose tasks each sleep a little; its YAML file."""
+    folder = tmp_path / "sleepy"
+    (folder / "src").mkdir(parents=True)
+    (folder / "src" / "workflow.py").write_text(SLEEPY_CODE)
+    path = folder / "deployment.yml"
+    path.write_text(SLEEPY_YAML)
+    return path

@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import delete, select
 
 from app.control.dispatch import Dispatcher
+from app.control.outbox import Outbox
 from app.control.recorder import Recorder
 from app.control.waiter import Outcome, TaskWaiter
 from app.db import Database
@@ -53,7 +54,8 @@ def waiter() -> TaskWaiter:
 def recorder(db: Database, waiter: TaskWaiter, tmp_path: Path) -> Recorder:
     # Tasks without a session never dispatch: the memory broker is never reached.
     celery = create_celery(Settings(data_dir=tmp_path / ".celeriac"))
-    return Recorder(db, waiter, Dispatcher(celery))
+    dispatcher = Dispatcher(celery)
+    return Recorder(db, waiter, dispatcher, Outbox(db, dispatcher, redispatch_after=30.0))
 
 
 def finished(ok: bool = True, result: Any = "done", last_events: int = 1) -> StepFinished:

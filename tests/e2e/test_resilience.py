@@ -14,7 +14,15 @@ import httpx
 import pytest
 
 from tests.conftest import QUICKSTART
-from tests.e2e.conftest import HEARTBEAT_INTERVAL, TERMINAL, Platform, node, poll, script
+from tests.e2e.conftest import (
+    HEARTBEAT_INTERVAL,
+    REDISPATCH_AFTER,
+    TERMINAL,
+    Platform,
+    node,
+    poll,
+    script,
+)
 
 #: Beyond three silent heartbeat intervals, how late a dead worker may still be listed.
 SLACK = 2.0
@@ -22,60 +30,11 @@ SLACK = 2.0
 BATCH = 40
 NAP = 0.2
 
-SLEEPY_YAML = """\
-name: Sleepy
-
-control-plane: {}
-
-default-service: nap
-
-services:
-  nap:
-    name: Nap
-    source:
-      type: local
-      name: ./src
-    path: workflow:sleepy_workflow
-"""
-
-SLEEPY_CODE = '''\
-"""A workflow that sleeps a little, so that tasks are in flight for a while."""
-
-import asyncio
-
-from workflows import Workflow, step
-from workflows.events import StartEvent, StopEvent
-
-
-class SleepyWorkflow(Workflow):
-    """Sleep ``seconds``, then answer with ``n``."""
-
-    @step
-    async def nap(self, ev: StartEvent) -> StopEvent:
-        """Sleep, then reply."""
-        await asyncio.sleep(float(ev.get("seconds", 0.2)))
-        return StopEvent(result=f"slept {ev.get('n')}")
-
-
-sleepy_workflow = SleepyWorkflow(timeout=60)
-'''
-
 
 @pytest.fixture
 def platform(redis_url: str, make_platform: Callable[[str], Platform]) -> Platform:
     """A distributed platform on Redis and PostgreSQL (nothing started yet)."""
     return make_platform(redis_url)
-
-
-@pytest.fixture
-def sleepy(tmp_path: Path) -> Path:
-    """A deployment whose tasks each sleep a little; its YAML file."""
-    folder = tmp_path / "sleepy"
-    (folder / "src").mkdir(parents=True)
-    (folder / "src" / "workflow.py").write_text(SLEEPY_CODE)
-    path = folder / "deployment.yml"
-    path.write_text(SLEEPY_YAML)
-    return path
 
 
 def in_flight(platform: Platform, ids: list[str]) -> int:
@@ -187,6 +146,34 @@ def test_restarts_of_the_api_server_and_the_control_plane_lose_and_repeat_nothin
     assert set(by_worker) == {node("w1"), node("w2")}, by_worker
     # And no process died on the way
     assert api.alive() and control.alive(), platform.processes.report()
+
+
+@pytest.mark.e2e
+def test_a_task_committed_by_an_api_server_that_died_before_publishing_runs_once(
+    platform: Platform, sleepy: Path
+) -> None:
+    """The control plane sends again the step of a stored task that no message names."""
+    # Given the sleepy deployment served by a worker, and its control-plane consumer
+    platform.serve(sleepy)
+    platform.control_plane()
+    platform.service_worker("w1", deployment="Sleepy", service="nap")
+    platform.wait_for_workers("Sleepy", {node("w1")})
+    platform.wait_for_consumer(node("control-plane"))
+    # When an API server commits a task and dies before publishing its step
+    [(task_id,)] = platform.query(
+        "INSERT INTO tasks (id, deployment_id, service, input, status, attempts, created_at, "
+        "dispatched_at) SELECT 'orphan', id, 'nap', %s, 'queued', 0, now(), now() "
+        "FROM deployments WHERE name = 'Sleepy' RETURNING id",
+        (json.dumps({"n": 0, "seconds": 0}),),
+    )
+    # Then nothing runs it before the grace period ends
+    time.sleep(REDISPATCH_AFTER / 2)
+    assert platform.tasks("Sleepy")[task_id]["status"] == "queued"
+    # And the control plane sends it within a sweep after it; it runs and is recorded once
+    tasks = platform.wait_for_tasks("Sleepy", [task_id], timeout=REDISPATCH_AFTER * 4)
+    assert_each_ran_once(platform, tasks)
+    [(published,)] = platform.query("SELECT published_at FROM tasks WHERE id = %s", (task_id,))
+    assert published is not None
 
 
 def deployment_file(name: str, extra: str) -> str:

@@ -159,3 +159,54 @@ def test_serve_runs_workflows_and_keeps_state_across_restarts(
         assert run(url, "run", "-d", "QuickStart", "-a", "message", "again") == (
             "Message received: again\n"
         )
+
+
+@pytest.mark.e2e
+def test_tasks_in_flight_when_the_embedded_server_is_killed_run_after_it_restarts(
+    tmp_path: Path, sleepy: Path
+) -> None:
+    """The embedded broker's messages die with its process: a restart queues them again."""
+    # Given the embedded server with a deployment whose tasks sleep, on a private data folder
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CELERIAC_")}
+    env |= {"CELERIAC_DATA_DIR": str(tmp_path / "data"), "CELERIAC_WORKER_CONCURRENCY": "2"}
+    with serving([str(sleepy)], cwd=tmp_path, env=env, log=tmp_path / "serve1.log") as (
+        proc,
+        url,
+    ):
+        # When five tasks are sent, two of them start, and the server is killed (SIGKILL)
+        ids = [
+            httpx.post(
+                f"{url}/deployments/Sleepy/tasks/create",
+                json={"input": json.dumps({"n": n, "seconds": 5})},
+                timeout=10,
+            ).json()["task_id"]
+            for n in range(5)
+        ]
+        deadline = time.monotonic() + READY_TIMEOUT
+        while statuses(url, ids).count("running") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert statuses(url, ids).count("running") == 2, statuses(url, ids)
+        proc.kill()
+        proc.wait(timeout=STOP_TIMEOUT)
+    # When it restarts on the same data folder, with tasks that now sleep no more
+    env["CELERIAC_WORKER_CONCURRENCY"] = "8"
+    with serving([], cwd=tmp_path, env=env, log=tmp_path / "serve2.log") as (_proc, url):
+        # Then every task runs and succeeds: the two killed mid-run on a second attempt
+        deadline = time.monotonic() + READY_TIMEOUT
+        while set(statuses(url, ids)) != {"succeeded"} and time.monotonic() < deadline:
+            time.sleep(0.2)
+        tasks = [httpx.get(f"{url}/deployments/Sleepy/tasks/{i}", timeout=10).json() for i in ids]
+    assert [t["status"] for t in tasks] == ["succeeded"] * 5, tasks
+    assert [t["result"] for t in tasks] == [f"slept {n}" for n in range(5)]
+    assert sorted(t["attempts"] for t in tasks) == [1, 1, 1, 2, 2]
+    assert (
+        "5 unfinished task(s) of an earlier run are queued again"
+        in (tmp_path / "serve2.log").read_text()
+    )
+
+
+def statuses(url: str, ids: list[str]) -> list[str]:
+    """The status of each task, in order."""
+    return [
+        httpx.get(f"{url}/deployments/Sleepy/tasks/{i}", timeout=10).json()["status"] for i in ids
+    ]

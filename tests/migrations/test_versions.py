@@ -74,3 +74,28 @@ def test_0005_lets_a_task_have_no_session_and_keeps_existing_rows(tmp_path: Path
             "INSERT INTO tasks (id, deployment_id, session_id, service, input, status, "
             f"attempts, created_at) VALUES ('t3', 1, NULL, 'echo', '{{}}', 'queued', 0, '{NOW}')",
         )
+
+
+def test_0007_takes_stored_tasks_as_published_when_they_were_dispatched(tmp_path: Path) -> None:
+    # Given a database at 0006 with a dispatched task and one waiting for its session's turn
+    url = f"sqlite:///{tmp_path / 'celeriac.db'}"
+    migrations.upgrade(url, "0006")
+    _execute(
+        url,
+        "INSERT INTO deployments (name, spec, source_yaml, base_path, version, created_at, "
+        f"updated_at) VALUES ('D', '{{}}', '', '.', 1, '{NOW}', '{NOW}')",
+        "INSERT INTO tasks (id, deployment_id, service, input, status, attempts, created_at, "
+        f"dispatched_at) VALUES ('sent', 1, 'echo', '{{}}', 'queued', 0, '{NOW}', '{NOW}')",
+        "INSERT INTO tasks (id, deployment_id, service, input, status, attempts, created_at) "
+        f"VALUES ('waiting', 1, 'echo', '{{}}', 'queued', 0, '{NOW}')",
+    )
+    # When it is upgraded
+    migrations.upgrade(url)
+    # Then the dispatched task counts as published then (no sweep sends it again), the
+    # waiting one as not published
+    rows = _execute(url, "SELECT id, published_at IS NOT NULL FROM tasks ORDER BY id")
+    assert rows == [("sent", 1), ("waiting", 0)]
+    # And going back drops the column and keeps the tasks
+    command.downgrade(alembic_config(url), "0006")
+    assert "published_at" not in _columns_nullable(url, "tasks")
+    assert _execute(url, "SELECT id FROM tasks ORDER BY id") == [("sent",), ("waiting",)]

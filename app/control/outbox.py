@@ -1,0 +1,172 @@
+"""The outbox: which tasks' first steps reached the broker, and sending again those that did not.
+
+A task is committed, then its step is published (commit before dispatch). A process that dies
+in between leaves a queued task that no message names. So every sender notes the steps the
+broker took (:meth:`Outbox.send`); a thread writes the notes in batches, off the request's
+path. The control-plane consumer sweeps (:meth:`Outbox.sweep`): a task dispatched more than
+``redispatch_after`` seconds ago and never noted as published has its step sent again.
+
+What this costs: a process that dies after publishing but before its batch is written leaves
+steps that are sent twice, and the workflow runs twice (delivery is at least once anyway);
+the control plane records the task once. A task waiting for its session's turn has no
+dispatch time and is left alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from typing import Any
+
+from sqlalchemy import bindparam, select, update
+from sqlalchemy.exc import SQLAlchemyError
+
+from app.control.dispatch import Dispatcher
+from app.control.routing import first_step
+from app.control.turns import session_context
+from app.db import Database
+from app.errors import Unavailable
+from app.models import Deployment, Task, TaskStatus
+from app.models.base import table_of, utcnow
+from workers.protocol import RunStep
+
+log = logging.getLogger(__name__)
+
+_tasks = table_of(Task)
+_deployments = table_of(Deployment)
+
+#: Seconds between two writes of the notes (and the most a clean stop waits for one).
+FLUSH_EVERY = 0.2
+#: Tasks sent again per sweep, at most; the next sweep takes the rest.
+SWEEP_BATCH = 200
+
+_MARK = (
+    update(_tasks)
+    .where(_tasks.c.id.in_(bindparam("ids", expanding=True)), _tasks.c.published_at.is_(None))
+    .values(published_at=bindparam("now"))
+)
+_OVERDUE = (
+    select(
+        _tasks.c.id,
+        _tasks.c.session_id,
+        _tasks.c.service,
+        _tasks.c.input,
+        _deployments.c.name.label("deployment_name"),
+        _deployments.c.version,
+    )
+    .join(_deployments, _deployments.c.id == _tasks.c.deployment_id)
+    .where(
+        _tasks.c.status == TaskStatus.QUEUED.value,
+        _tasks.c.published_at.is_(None),
+        _tasks.c.dispatched_at.is_not(None),
+        _tasks.c.dispatched_at < bindparam("cutoff"),
+    )
+    .order_by(_tasks.c.dispatched_at)
+    .limit(SWEEP_BATCH)
+    # Control-plane consumers sweep side by side: each takes rows no other holds.
+    .with_for_update(of=_tasks, skip_locked=True)
+)
+
+#: Running or waiting for input: the run was lost with its process and starts again.
+_REQUEUE_LOST = (
+    update(_tasks)
+    .where(
+        _tasks.c.status.in_([s.value for s in TaskStatus if not s.terminal]),
+        _tasks.c.dispatched_at.is_not(None),
+    )
+    .values(status=TaskStatus.QUEUED.value, published_at=None)
+)
+
+
+class Outbox:
+    """Sends tasks' first steps, notes that the broker took them, and resends lost ones."""
+
+    def __init__(self, db: Database, dispatcher: Dispatcher, redispatch_after: float) -> None:
+        self._db = db
+        self._dispatcher = dispatcher
+        self.redispatch_after = redispatch_after
+        self._published: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._writer: threading.Thread | None = None
+
+    def send(self, step: RunStep) -> None:
+        """Publish a task's first step (raises :class:`Unavailable` if the broker refuses
+        it), and note it for the next batch."""
+        self._dispatcher.run_step(step)
+        with self._lock:
+            self._published.add(step.task_id)
+            if self._writer is None:
+                self._stop.clear()
+                self._writer = threading.Thread(
+                    target=self._write_until_stopped, name="celeriac-outbox", daemon=True
+                )
+                self._writer.start()
+
+    def flush(self) -> None:
+        """Write the notes taken so far; kept for the next try if the database fails."""
+        with self._lock:
+            ids, self._published = self._published, set()
+        if not ids:
+            return
+        try:
+            with self._db.single() as conn:
+                conn.execute(_MARK, {"ids": sorted(ids), "now": utcnow()})
+        except SQLAlchemyError:
+            log.warning("could not note %d published task(s); trying again", len(ids))
+            with self._lock:
+                self._published |= ids
+
+    def close(self) -> None:
+        """Stop the writer after a last write."""
+        with self._lock:
+            writer, self._writer = self._writer, None
+        if writer is not None:
+            self._stop.set()
+            writer.join(timeout=10)
+        self.flush()
+
+    def sweep(self, cutoff: dt.datetime | None = None) -> list[str]:
+        """Send again the steps of tasks dispatched before ``cutoff`` (by default
+        ``redispatch_after`` seconds ago) that no sender noted as published; returns their
+        ids."""
+        if cutoff is None:
+            cutoff = utcnow() - dt.timedelta(seconds=self.redispatch_after)
+        sent: list[str] = []
+        with self._db.connect() as conn:
+            for row in conn.execute(_OVERDUE, {"cutoff": cutoff}).all():
+                try:
+                    self._dispatcher.run_step(_step_of(conn, row))
+                except Unavailable:
+                    log.warning("the broker refused a step sent again; the next sweep retries")
+                    break
+                sent.append(row.id)
+            if sent:
+                conn.execute(_MARK, {"ids": sent, "now": utcnow()})
+        if sent:
+            log.warning("sent again %d task(s) that no sender had published", len(sent))
+        return sent
+
+    def requeue_lost(self) -> int:
+        """Mark every dispatched task that has not ended as queued and unpublished, for the
+        next sweep to send again; returns how many. For a broker that lost every message:
+        the embedded one, when its process restarts."""
+        with self._db.single() as conn:
+            return conn.execute(_REQUEUE_LOST).rowcount
+
+    def _write_until_stopped(self) -> None:
+        while not self._stop.wait(FLUSH_EVERY):
+            self.flush()
+
+
+def _step_of(conn: Any, row: Any) -> RunStep:
+    """The first step of an overdue task, in its session's Context if it has one."""
+    context = session_context(conn, row.session_id) if row.session_id else None
+    return first_step(
+        row,
+        row.deployment_name,
+        row.version,
+        context=context,
+        keep_context=row.session_id is not None,
+    )

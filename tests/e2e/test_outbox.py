@@ -1,0 +1,220 @@
+"""The outbox on SQLite and on PostgreSQL: a task whose sender died between commit and publish
+is sent again by the sweep, once; published, recent and waiting tasks are left alone."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kombu import Connection
+from sqlalchemy import select, update
+
+from app.control.dispatch import Dispatcher
+from app.control.outbox import Outbox
+from app.db import Database
+from app.models import Session, Task, TaskStatus
+from app.models.base import table_of, utcnow
+from config.settings import Settings
+from tests.e2e.conftest import fresh_postgres_database, seeded_database
+from workers.celery_app import CeleriacCelery, create_celery
+from workers.protocol import RunStep, service_queue
+
+LOST, SENT, RECENT, WAITING = "lost", "sent", "recent", "waiting"
+LONG_AGO = dt.timedelta(minutes=5)
+_tasks = table_of(Task)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A migrated database holding deployment ``D`` and four queued tasks of service ``svc``
+    that no sender has noted as published yet."""
+    with (
+        (
+            fresh_postgres_database("celeriac_outbox")
+            if request.param == "postgresql"
+            else nullcontext(f"sqlite:///{tmp_path / 'outbox.db'}")
+        ) as url,
+        seeded_database(url, [LOST, SENT, RECENT, WAITING]) as database,
+    ):
+        yield database
+
+
+@pytest.fixture
+def celery(tmp_path: Path) -> Iterator[CeleriacCelery]:
+    """A Celery app on the memory broker, whose service queue starts empty."""
+    app = create_celery(Settings(data_dir=tmp_path / ".celeriac"))
+    drain(app)
+    yield app
+    drain(app)
+
+
+@pytest.fixture
+def outbox(db: Database, celery: CeleriacCelery) -> Iterator[Outbox]:
+    box = Outbox(db, Dispatcher(celery), redispatch_after=30.0)
+    yield box
+    box.close()
+
+
+def drain(celery: CeleriacCelery) -> list[dict[str, Any]]:
+    """Take every message off the service queue of ``D``/``svc``; their payloads, in order."""
+    taken = []
+    with Connection(celery.conf.broker_url) as conn:
+        queue = conn.SimpleQueue(service_queue("D", "svc"))
+        while True:
+            try:
+                message = queue.get(block=False)
+            except queue.Empty:
+                break
+            taken.append(message.payload)
+            message.ack()
+        queue.close()
+    return taken
+
+
+def dispatched(db: Database, task_id: str, ago: dt.timedelta) -> None:
+    with db.connect() as conn:
+        conn.execute(
+            update(_tasks).where(_tasks.c.id == task_id).values(dispatched_at=utcnow() - ago)
+        )
+
+
+def published_at(db: Database, task_id: str) -> dt.datetime | None:
+    with db.peek() as conn:
+        return conn.scalar(select(_tasks.c.published_at).where(_tasks.c.id == task_id))
+
+
+def step(task_id: str, session_id: str | None = None) -> RunStep:
+    return RunStep(
+        id=task_id, task_id=task_id, session_id=session_id, deployment="D", service="svc", input={}
+    )
+
+
+def sent_task_ids(messages: list[dict[str, Any]]) -> list[str]:
+    """The task ids that Celery messages (protocol 2: args, kwargs, embed) carry."""
+    return [body[1]["task_id"] for body in messages]
+
+
+def test_only_a_task_dispatched_long_ago_and_never_published_is_sent_again(
+    db: Database, outbox: Outbox, celery: CeleriacCelery
+) -> None:
+    # Given a task published long ago, one dispatched long ago by a sender that died before
+    # publishing, one dispatched a moment ago, and one waiting for its session's turn
+    dispatched(db, SENT, LONG_AGO)
+    outbox.send(step(SENT))
+    outbox.flush()
+    assert drain(celery) != []
+    dispatched(db, LOST, LONG_AGO)
+    dispatched(db, RECENT, dt.timedelta(seconds=1))
+    # When the outbox is swept
+    swept = outbox.sweep()
+    # Then only the lost task's step is sent again, and noted as published
+    assert swept == [LOST]
+    assert sent_task_ids(drain(celery)) == [LOST]
+    assert published_at(db, LOST) is not None
+    assert published_at(db, RECENT) is None and published_at(db, WAITING) is None
+    # And a second sweep sends nothing more
+    assert outbox.sweep() == []
+    assert drain(celery) == []
+
+
+def test_a_sent_step_is_noted_by_the_writer_and_at_close(db: Database, outbox: Outbox) -> None:
+    # When two steps are sent
+    outbox.send(step(SENT))
+    outbox.send(step(RECENT))
+    # Then the writer notes both within a few of its periods, without a flush being asked for
+    deadline = utcnow() + dt.timedelta(seconds=5)
+    while published_at(db, RECENT) is None and utcnow() < deadline:
+        pass
+    assert published_at(db, SENT) is not None and published_at(db, RECENT) is not None
+    # And a step sent just before closing is noted too
+    outbox.send(step(LOST))
+    outbox.close()
+    assert published_at(db, LOST) is not None
+
+
+def test_a_session_task_is_sent_again_with_its_session_context(
+    tmp_path: Path, celery: CeleriacCelery, request: pytest.FixtureRequest
+) -> None:
+    # Given a task of a session whose Context holds a count, lost by its sender
+    url = f"sqlite:///{tmp_path / 'session.db'}"
+    with seeded_database(url, ["in-session"], session_id="s-1") as db:
+        with db.connect() as conn:
+            conn.execute(
+                update(table_of(Session)).values(state={"count": 3}, active_task_id="in-session")
+            )
+        dispatched(db, "in-session", LONG_AGO)
+        outbox = Outbox(db, Dispatcher(celery), redispatch_after=30.0)
+        # When the outbox is swept
+        assert outbox.sweep() == ["in-session"]
+        outbox.close()
+    # Then the step carries the session, its Context, and asks for the Context back
+    [message] = drain(celery)
+    payload = message[1]
+    assert payload["session_id"] == "s-1"
+    assert payload["context"] == {"count": 3}
+    assert payload["keep_context"] is True
+
+
+def test_requeue_lost_takes_back_every_unfinished_dispatched_task(
+    db: Database, outbox: Outbox
+) -> None:
+    # Given tasks running, waiting for input, queued and succeeded, all dispatched and
+    # published, and one waiting for its session's turn
+    statuses = {LOST: "running", SENT: "waiting_input", RECENT: "queued"}
+    with db.connect() as conn:
+        conn.execute(update(_tasks).values(dispatched_at=utcnow(), published_at=utcnow()))
+        conn.execute(update(_tasks).where(_tasks.c.id == WAITING).values(dispatched_at=None))
+        for task_id, status in statuses.items():
+            conn.execute(update(_tasks).where(_tasks.c.id == task_id).values(status=status))
+        done = "done"
+        conn.execute(
+            _tasks.insert().values(
+                id=done,
+                deployment_id=conn.scalar(select(_tasks.c.deployment_id).limit(1)),
+                service="svc",
+                input={},
+                status=TaskStatus.SUCCEEDED.value,
+                attempts=1,
+                created_at=utcnow(),
+                dispatched_at=utcnow(),
+                published_at=utcnow(),
+            )
+        )
+    # When the broker lost every message and the lost runs are queued again
+    assert outbox.requeue_lost() == 3
+    # Then the three unfinished tasks are queued and unpublished, the others unchanged
+    with db.peek() as conn:
+        rows = {r.id: r for r in conn.execute(select(_tasks))}
+    for task_id in statuses:
+        assert (rows[task_id].status, rows[task_id].published_at) == ("queued", None)
+    assert rows[done].status == "succeeded" and rows[done].published_at is not None
+    assert rows[WAITING].dispatched_at is None
+    # And a sweep at once sends each of them
+    assert sorted(outbox.sweep(cutoff=utcnow())) == sorted(statuses)
+
+
+def test_a_task_another_sweeper_holds_is_skipped_until_it_lets_go(
+    celery: CeleriacCelery,
+) -> None:
+    # (PostgreSQL only: SQLite has one writer at a time, so two sweeps cannot overlap.)
+    with (
+        fresh_postgres_database("celeriac_outbox") as url,
+        seeded_database(url, [LOST]) as db,
+        db.engine.connect() as other,
+    ):
+        outbox = Outbox(db, Dispatcher(celery), redispatch_after=30.0)
+        # Given a lost task that another control-plane consumer is sweeping (its row locked)
+        dispatched(db, LOST, LONG_AGO)
+        other.execute(select(_tasks.c.id).where(_tasks.c.id == LOST).with_for_update())
+        # When this consumer sweeps meanwhile
+        # Then it skips the task instead of waiting for it or sending it twice
+        assert outbox.sweep() == []
+        # And sends it once the other let go without sending it
+        other.rollback()
+        assert outbox.sweep() == [LOST]
+        assert sent_task_ids(drain(celery)) == [LOST]
+        outbox.close()
