@@ -46,7 +46,8 @@ _RETRY: dict[str, Any] = {
 def register_control_tasks(celery: Celery, recorder: Recorder, outbox: Outbox) -> None:
     """Register the control-plane tasks that record reports from service workers, and the
     outbox's sweep in the workers that consume the control queue."""
-    celery.steps["worker"].add(_sweep_step(outbox))
+    if outbox.swept:
+        celery.steps["worker"].add(_sweep_step(outbox))
 
     @celery.task(name=STEP_STARTED, **_RETRY)
     def step_started(**payload: Any) -> None:

@@ -82,10 +82,21 @@ _REQUEUE_LOST = (
 class Outbox:
     """Sends tasks' first steps, notes that the broker took them, and resends lost ones."""
 
-    def __init__(self, db: Database, dispatcher: Dispatcher, redispatch_after: float) -> None:
+    def __init__(
+        self,
+        db: Database,
+        dispatcher: Dispatcher,
+        redispatch_after: float,
+        *,
+        swept: bool = True,
+    ) -> None:
         self._db = db
         self._dispatcher = dispatcher
         self.redispatch_after = redispatch_after
+        #: False for the embedded broker: its messages live and die with this process, so
+        #: there is nothing to note nor to sweep; a restart queues every unfinished task
+        #: again (:meth:`requeue_lost`).
+        self.swept = swept
         self._published: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -95,6 +106,8 @@ class Outbox:
         """Publish a task's first step (raises :class:`Unavailable` if the broker refuses
         it), and note it for the next batch."""
         self._dispatcher.run_step(step)
+        if not self.swept:
+            return
         with self._lock:
             self._published.add(step.task_id)
             if self._writer is None:

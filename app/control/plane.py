@@ -29,7 +29,7 @@ class ControlPlane:
         # unless a Listener relays the recorder's notifications (``TaskWaiter.set_relayed``).
         self.waiter = TaskWaiter(first_poll=0.5) if settings.embedded else TaskWaiter()
         dispatcher = Dispatcher(celery)
-        self.outbox = Outbox(db, dispatcher, settings.redispatch_after)
+        self.outbox = Outbox(db, dispatcher, settings.redispatch_after, swept=not settings.embedded)
         self.recorder = Recorder(db, self.waiter, dispatcher, self.outbox)
         self.deployments = Deployments(db, settings)
         self.sessions = Sessions(db)
