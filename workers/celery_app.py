@@ -9,7 +9,7 @@ from celery import Celery
 from config.settings import Settings
 from workers.errors import ControlPlaneUnreachable
 from workers.heartbeat import HeartbeatStep
-from workers.inbox import InboxStep, inbox_entity
+from workers.inbox import InboxStep
 from workers.protocol import (
     CONTROL_QUEUE,
     RUN_STEP,
@@ -133,14 +133,11 @@ def register_service_tasks(celery: CeleriacCelery) -> None:
 
 def send_to_inbox(celery: Celery, inbox: str, message: DeliverEvent) -> None:
     """Publish an event for a task to the inbox of the worker that runs it (a plain Kombu
-    message: the worker handles it in its consumer thread, see ``InboxStep``)."""
-    entity = inbox_entity(inbox)
+    message: the worker handles it in its consumer thread, see ``InboxStep``).
+
+    Nothing is declared: the worker owns its inbox, and a sender that declared one would bring
+    back the inbox of a worker that is gone, with nobody to consume or delete it."""
     with celery.producer_or_acquire() as producer:
         producer.publish(
-            message.encode(),
-            exchange=entity.exchange,
-            routing_key=inbox,
-            declare=[entity],
-            serializer="json",
-            retry=True,
+            message.encode(), exchange="", routing_key=inbox, serializer="json", retry=True
         )

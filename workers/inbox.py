@@ -1,9 +1,16 @@
 """Events sent into running workflows (human in the loop), delivered on the worker's loop.
 
-The control plane sends each event to the inbox queue of the worker that runs the task
-(``celeriac.inbox.<worker>``). An event may arrive before the run registered its Context
+The control plane sends each event to the inbox queue of the worker process that runs the task
+(``celeriac.inbox.<worker>.<pid>``). An event may arrive before the run registered its Context
 (it is then held until it does) and more than once (at-least-once delivery: the event's
 sequence number makes the second copy a no-op).
+
+An inbox lives as long as its worker: the worker deletes it when it stops (but on SQS), and
+RabbitMQ deletes the inbox of a worker that died once it has had no consumer for
+``INBOX_EXPIRES``.
+Events the control plane sends to an inbox that is gone are dropped, and nothing is lost with
+them: the task they were for is run again by another worker, and the control plane sends
+that worker every event the task was sent, as soon as it reports the start.
 """
 
 from __future__ import annotations
@@ -14,13 +21,25 @@ import threading
 from typing import Any
 
 from celery import bootsteps
-from kombu import Consumer, Exchange, Queue
+from kombu import Consumer, Queue
+from kombu.common import ignore_errors
 from workflows import Context
 from workflows.context.serializers import JsonSerializer
 
 from workers.protocol import INBOX_PREFIX, SERVICE_QUEUE_PREFIX, DeliverEvent
 
 log = logging.getLogger(__name__)
+
+#: Seconds an inbox outlives its last consumer on RabbitMQ (``x-expires``). Nothing needs an
+#: inbox once its worker lost the broker: RabbitMQ then puts the worker's unfinished steps
+#: back in their queues, for other workers to start again. A constant, not a setting: the
+#: declarations of one name must agree. (Kombu's Redis transport has no expiry: there the
+#: deletion by a stopping worker is what cleans up.)
+INBOX_EXPIRES = 600.0
+
+#: Transports on which a stopping worker leaves its inbox. Kombu's SQS senders keep the URL of
+#: each queue they sent to, and a message sent to a deleted SQS queue is an error, not a drop.
+_INBOXES_KEPT = frozenset({"sqs"})
 
 #: LlamaDeploy clients built on llama-index-core name events by that package's module path.
 _LEGACY_PREFIX = "llama_index.core.workflow."
@@ -107,6 +126,19 @@ class InboxStep(bootsteps.ConsumerStep):
         self.consumer = c
         super().start(c)
 
+    def shutdown(self, c: Any) -> None:
+        """The worker stops for good (not a reconnection): delete its inbox, then close.
+
+        The tasks it did not finish run again on other workers, and the control plane sends
+        their events to those workers' inboxes.
+        """
+        connection = c.connection
+        if connection is not None and connection.transport.driver_type not in _INBOXES_KEPT:
+            for consumer in self.consumers or []:
+                for queue in consumer.queues:
+                    ignore_errors(connection, _delete, queue, connection)
+        super().shutdown(c)
+
     def _on_message(self, body: Any, message: Any) -> None:
         runtime = self.consumer.app.runtime
         try:
@@ -117,6 +149,11 @@ class InboxStep(bootsteps.ConsumerStep):
             message.ack()
 
 
+def _delete(queue: Queue, connection: Any) -> None:
+    queue(connection.default_channel).delete()
+
+
 def inbox_entity(name: str) -> Queue:
-    """The Kombu queue (with its direct exchange) of a worker's inbox."""
-    return Queue(name, Exchange(name, type="direct"), routing_key=name)
+    """The Kombu queue of a worker's inbox, on the default exchange (senders publish to it by
+    name, without declaring anything), expiring once its worker is gone."""
+    return Queue(name, routing_key=name, expires=INBOX_EXPIRES)

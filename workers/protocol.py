@@ -42,9 +42,14 @@ def service_queue(deployment: str, service: str) -> str:
     return f"{SERVICE_QUEUE_PREFIX}{deployment}.{service}"
 
 
-def inbox_queue(worker: str) -> str:
-    """The queue of one worker, through which events reach the tasks it runs."""
-    return f"{INBOX_PREFIX}{worker}"
+def inbox_queue(worker: str, pid: int) -> str:
+    """The queue of one worker process, through which events reach the tasks it runs.
+
+    The process id makes each start's inbox its own, even under a fixed node name: an inbox
+    is declared with an expiry (see ``workers.inbox``), and RabbitMQ refuses to declare again
+    a queue of the same name with other arguments, such as one left by an earlier release.
+    """
+    return f"{INBOX_PREFIX}{worker}.{pid}"
 
 
 def new_message_id() -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import json
+import os
 import threading
 import time
 import traceback
@@ -155,7 +156,7 @@ class ServiceRuntime:
     @property
     def inbox_queue(self) -> str:
         """The queue through which events reach the tasks this process runs."""
-        return inbox_queue(self.worker_name or "celeriac")
+        return inbox_queue(self.worker_name or "celeriac", os.getpid())
 
     # -- running ------------------------------------------------------------------------------
 

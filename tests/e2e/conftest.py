@@ -380,6 +380,20 @@ def sqs_url(processes: Processes) -> str:
     return f"sqs://test:test@127.0.0.1:{port}"
 
 
+@pytest.fixture(params=["amqp", "redis", "sqs"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """The kind of broker under test; a test may narrow ``params`` with ``parametrize``."""
+    kind: str = request.param
+    return kind
+
+
+@pytest.fixture
+def broker_url(transport: str, request: pytest.FixtureRequest) -> str:
+    """A private broker of the transport under test (``amqp_url``, ``redis_url``, ``sqs_url``)."""
+    url: str = request.getfixturevalue(f"{transport}_url")
+    return url
+
+
 # -- the platform ---------------------------------------------------------------------------------
 
 

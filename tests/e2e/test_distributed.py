@@ -13,20 +13,6 @@ from tests.e2e.conftest import Platform, node
 BATCH = 60
 
 
-@pytest.fixture(params=["amqp", "redis", "sqs"])
-def transport(request: pytest.FixtureRequest) -> str:
-    """The kind of broker under test."""
-    kind: str = request.param
-    return kind
-
-
-@pytest.fixture
-def broker_url(transport: str, request: pytest.FixtureRequest) -> str:
-    """A private broker of the transport under test (``amqp_url``, ``redis_url``, ``sqs_url``)."""
-    url: str = request.getfixturevalue(f"{transport}_url")
-    return url
-
-
 @pytest.mark.e2e
 def test_two_service_workers_share_a_batch_and_each_task_runs_once(
     transport: str, broker_url: str, make_platform: Callable[[str], Platform]
