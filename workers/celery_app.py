@@ -10,6 +10,7 @@ from config.settings import Settings
 from workers.errors import ControlPlaneUnreachable
 from workers.heartbeat import HeartbeatStep
 from workers.inbox import InboxStep
+from workers.pools import ThreadsPoolOnly
 from workers.protocol import (
     CONTROL_QUEUE,
     RUN_STEP,
@@ -45,6 +46,7 @@ def create_celery(
     celery.settings = settings
     celery.runtime = ServiceRuntime(settings.sources_dir, worker_name=worker_name, fetch=fetch)
     celery.conf.update(celery_config(settings))
+    celery.steps["worker"].add(ThreadsPoolOnly)
     celery.steps["worker"].add(HeartbeatStep)
     celery.steps["consumer"].add(InboxStep)
     register_service_tasks(celery)
