@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "config" / "deployments"
 QUICKSTART = EXAMPLES / "quickstart" / "deployment.yml"
 MULTISTEP = EXAMPLES / "multistep" / "deployment.yml"
+HITL = EXAMPLES / "hitl" / "deployment.yml"
 
 
 def in_ci() -> bool:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from celery.exceptions import Reject
 
 from config.settings import Settings
-from workers.errors import ControlPlaneUnreachable
+from workers.errors import ControlPlaneUnreachable, HandedBack
 from workers.heartbeat import HeartbeatStep
-from workers.inbox import InboxStep
+from workers.inbox import HandBackStep, InboxStep
 from workers.pools import ThreadsPoolOnly
 from workers.protocol import (
     CONTROL_QUEUE,
@@ -48,6 +49,7 @@ def create_celery(
     celery.conf.update(celery_config(settings))
     celery.steps["worker"].add(ThreadsPoolOnly)
     celery.steps["worker"].add(HeartbeatStep)
+    celery.steps["worker"].add(HandBackStep)
     celery.steps["consumer"].add(InboxStep)
     register_service_tasks(celery)
     return celery
@@ -131,6 +133,9 @@ def register_service_tasks(celery: CeleriacCelery) -> None:
             # The deployment could not be fetched (the API server restarts, say): the step
             # goes back to the queue for a moment later, instead of failing the task.
             raise task.retry(exc=exc, countdown=2, max_retries=300) from exc
+        except HandedBack as exc:
+            # Back to the queue (not acknowledged): another worker runs it again.
+            raise Reject(str(exc), requeue=True) from None
 
 
 def send_to_inbox(celery: Celery, inbox: str, message: DeliverEvent) -> None:

@@ -5,7 +5,8 @@ WorkerError
 ├── UnknownDeployment    a step for a deployment this worker does not serve
 │   └── ControlPlaneUnreachable  the deployment could not be fetched now (retry later)
 ├── WorkflowLoadError    a service's workflow could not be synced, imported or found
-└── WorkflowStateError   a session's Context could not be stored as JSON
+├── WorkflowStateError   a session's Context could not be stored as JSON
+└── HandedBack           a run waiting for input was stopped with its worker, to run elsewhere
 """
 
 from __future__ import annotations
@@ -33,3 +34,8 @@ class WorkflowStateError(WorkerError):
 
 class ControlPlaneUnreachable(UnknownDeployment):
     """The control plane did not answer a worker's question; the step is tried again later."""
+
+
+class HandedBack(WorkerError):
+    """A run waiting for an event was stopped because its worker stops: the step goes back to
+    its queue, for another worker to run it again."""

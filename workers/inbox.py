@@ -149,6 +149,22 @@ class InboxStep(bootsteps.ConsumerStep):
             message.ack()
 
 
+class HandBackStep(bootsteps.StartStopStep):
+    """As a worker stops, hands back the runs waiting for input (``ServiceRuntime.hand_back``).
+
+    The worker's consumer, inbox included, has stopped by then, and Celery's warm shutdown
+    waits for the tasks in progress: a run waiting for a human would hold the worker until its
+    timeout, then fail. This step stops before the pool does (it starts after it).
+    """
+
+    requires = ("celery.worker.components:Pool",)
+
+    def stop(self, worker: Any) -> None:
+        stopped = worker.app.runtime.hand_back()
+        if stopped:
+            log.warning("%d task(s) waiting for input go back to their queue", stopped)
+
+
 def _delete(queue: Queue, connection: Any) -> None:
     queue(connection.default_channel).delete()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import os
 import threading
@@ -24,6 +25,7 @@ from config.deployment import DeploymentSpec
 from workers import environ, loader
 from workers.errors import (
     ControlPlaneUnreachable,
+    HandedBack,
     UnknownDeployment,
     WorkerError,
     WorkflowStateError,
@@ -98,6 +100,8 @@ class ServiceRuntime:
         self.inbox = Inbox()
         self._installed: dict[str, _Installed] = {}
         self._lock = threading.RLock()
+        # The runs in progress, by task id, with the futures their threads wait on.
+        self._runs: dict[str, tuple[_Run, concurrent.futures.Future[Any]]] = {}
 
     # -- what this process serves -------------------------------------------------------------
 
@@ -166,13 +170,19 @@ class ServiceRuntime:
         try:
             service = self.load(step.deployment, step.service, step.version)
             future = self.loop.submit(self._execute(service, step, run))
-            # Wait with ``wait``, not ``result(timeout)``: the workflow's own TimeoutError
-            # is the same class as the future's, and must not read as "still running".
-            done, _ = concurrent.futures.wait([future], timeout=STARTED_GRACE)
-            if not done:
-                run.report_started()
-            result = future.result()
-        except ControlPlaneUnreachable:
+            self._runs[step.task_id] = (run, future)
+            try:
+                # Wait with ``wait``, not ``result(timeout)``: the workflow's own TimeoutError
+                # is the same class as the future's, and must not read as "still running".
+                done, _ = concurrent.futures.wait([future], timeout=STARTED_GRACE)
+                if not done:
+                    run.report_started()
+                result = future.result()
+            except concurrent.futures.CancelledError:
+                raise HandedBack(f"task {step.task_id} was waiting for input") from None
+            finally:
+                self._runs.pop(step.task_id, None)
+        except (ControlPlaneUnreachable, HandedBack):
             raise  # not the task's fault: the step is tried again, not failed
         except WorkerError as exc:
             outcome = run.outcome(error=_error(exc, with_traceback=False))
@@ -185,7 +195,21 @@ class ServiceRuntime:
 
     def deliver(self, message: DeliverEvent) -> bool:
         """Send an event into a running task; False for a duplicate delivery."""
+        in_progress = self._runs.get(message.task_id)
+        if in_progress is not None:
+            in_progress[0].asking = False
         return self.inbox.deliver(message.task_id, message.seq, decode_event(message.event))
+
+    def hand_back(self) -> int:
+        """Stop the runs that asked for input and got none since, as this worker stops: its
+        inbox no longer takes events, so they would wait until their timeout. Their steps go
+        back to the queue (see ``run_step``) and run again elsewhere, where the control plane
+        sends every event the task was sent. Returns how many runs were stopped."""
+        stopped = 0
+        for run, future in list(self._runs.values()):
+            if run.asking and future.cancel():
+                stopped += 1
+        return stopped
 
     async def _execute(self, service: LoadedService, step: RunStep, run: _Run) -> Any:
         """Run the workflow under the service's environment, in the session's Context,
@@ -202,6 +226,10 @@ class ServiceRuntime:
                 async for event in handler.stream_events():
                     run.event(event)
                 result = await handler
+            except asyncio.CancelledError:  # handed back: end the workflow's run too
+                with contextlib.suppress(Exception):
+                    await handler.cancel_run(timeout=1.0)
+                raise
             finally:
                 self.inbox.detach(step.task_id)
             if step.keep_context and handler.ctx is not None:
@@ -245,6 +273,8 @@ class _Run:
         self.started_reported = False
         self.count = 0
         self.held: list[StepEvent] = []
+        #: It streamed an ``InputRequiredEvent`` and no event was delivered to it since.
+        self.asking = False
 
     def report_started(self) -> None:
         """Tell the control plane the task is running (for runs past the grace period)."""
@@ -272,6 +302,7 @@ class _Run:
         else:
             self.report_started()
             self.reporter.event(message)
+            self.asking = self.asking or isinstance(event, InputRequiredEvent)
 
     def outcome(self, result: Any = None, error: dict[str, Any] | None = None) -> StepFinished:
         """The final report."""

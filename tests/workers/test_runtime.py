@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from workflows.context.serializers import JsonSerializer
+from workflows.events import HumanResponseEvent
 
 from config.deployment import DeploymentSpec, load_deployment, load_deployment_file
-from tests.conftest import MULTISTEP
+from tests.conftest import HITL, MULTISTEP
 from tests.workers.conftest import (
     RecordingReporter,
     run_step,
@@ -19,7 +23,8 @@ from tests.workers.conftest import (
     write_workflow,
 )
 from workers import runtime as runtime_module
-from workers.protocol import StepEvent, StepFinished
+from workers.errors import HandedBack
+from workers.protocol import DeliverEvent, StepEvent, StepFinished
 from workers.runtime import ServiceRuntime
 
 
@@ -311,3 +316,40 @@ def test_loaded_service_is_cached(
     runtime.remove("Dep")
     assert runtime.served() == []
     assert runtime.run(run_step("Dep", "svc"), reporter).ok is False
+
+
+def _asked(reporter: RecordingReporter, task_id: str, timeout: float = 10.0) -> None:
+    """Wait until the task streamed its InputRequiredEvent."""
+    deadline = time.monotonic() + timeout
+    while not any(e.task_id == task_id and e.event["input_required"] for e in reporter.events):
+        assert time.monotonic() < deadline, "the task never asked for input"
+        time.sleep(0.01)
+
+
+def test_hand_back_stops_only_the_runs_waiting_for_an_answer(
+    runtime: ServiceRuntime, reporter: RecordingReporter, tmp_path: Path
+) -> None:
+    # Given a run waiting for a human, a run that was answered, and a run that computes
+    runtime.install(load_deployment_file(HITL), HITL.parent)
+    install(runtime, tmp_path, '"computed"', name="Busy")
+    waiting = run_step("HumanInTheLoop", "ask")
+    answered = run_step("HumanInTheLoop", "ask")
+    busy = run_step("Busy", "svc", sleep="1.0")
+    with ThreadPoolExecutor(3) as pool:
+        runs: dict[str, Future[StepFinished]] = {
+            s.task_id: pool.submit(runtime.run, s, reporter) for s in (waiting, answered, busy)
+        }
+        _asked(reporter, waiting.task_id)
+        _asked(reporter, answered.task_id)
+        answer = JsonSerializer().serialize(HumanResponseEvent(response="42"))  # type: ignore[call-arg]
+        runtime.deliver(DeliverEvent(task_id=answered.task_id, seq=0, event=answer))
+        # When the worker hands back its runs
+        stopped = runtime.hand_back()
+        # Then only the waiting one stopped, reporting no outcome, to be run again
+        assert stopped == 1
+        with pytest.raises(HandedBack):
+            runs[waiting.task_id].result(timeout=10)
+        assert runs[answered.task_id].result(timeout=10).result == "42"
+        assert runs[busy.task_id].result(timeout=10).result == "computed"
+    ended = {m.task_id for kind, m in reporter.messages if kind == "finished"}
+    assert ended == {answered.task_id, busy.task_id}
