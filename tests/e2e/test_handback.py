@@ -17,7 +17,6 @@ EXIT_WITHIN = 10.0
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("transport", ["amqp", "redis"])
 def test_a_stopping_worker_hands_back_a_task_waiting_for_input(
     transport: str, broker_url: str, make_platform: Callable[[str], Platform]
 ) -> None:
