@@ -7,10 +7,10 @@ sequence number makes the second copy a no-op).
 
 An inbox lives as long as its worker: the worker deletes it when it stops (but on SQS), and
 RabbitMQ deletes the inbox of a worker that died once it has had no consumer for
-``INBOX_EXPIRES``.
-Events the control plane sends to an inbox that is gone are dropped, and nothing is lost with
-them: the task they were for is run again by another worker, and the control plane sends
-that worker every event the task was sent, as soon as it reports the start.
+``INBOX_EXPIRES``. Events the control plane sends to an inbox that is gone are dropped, and
+nothing is lost with them: the task they were for runs again on another worker, and the
+control plane sends that worker every event the task was sent, as soon as it reports the
+start.
 """
 
 from __future__ import annotations

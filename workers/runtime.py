@@ -179,6 +179,8 @@ class ServiceRuntime:
                     run.report_started()
                 result = future.result()
             except concurrent.futures.CancelledError:
+                if not run.handed_back:
+                    raise  # the workflow's own cancellation: an error, as any other
                 raise HandedBack(f"task {step.task_id} was waiting for input") from None
             finally:
                 self._runs.pop(step.task_id, None)
@@ -207,8 +209,9 @@ class ServiceRuntime:
         sends every event the task was sent. Returns how many runs were stopped."""
         stopped = 0
         for run, future in list(self._runs.values()):
-            if run.asking and future.cancel():
-                stopped += 1
+            if run.asking:
+                run.handed_back = True
+                stopped += future.cancel()
         return stopped
 
     async def _execute(self, service: LoadedService, step: RunStep, run: _Run) -> Any:
@@ -275,6 +278,8 @@ class _Run:
         self.held: list[StepEvent] = []
         #: It streamed an ``InputRequiredEvent`` and no event was delivered to it since.
         self.asking = False
+        #: Stopped by ``ServiceRuntime.hand_back``, to run again elsewhere.
+        self.handed_back = False
 
     def report_started(self) -> None:
         """Tell the control plane the task is running (for runs past the grace period)."""
