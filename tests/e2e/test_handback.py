@@ -28,9 +28,7 @@ def test_a_stopping_worker_hands_back_a_task_waiting_for_input(
     platform.control_plane()
     first = platform.service_worker("w1", deployment="HumanInTheLoop", service="ask")
     platform.wait_for_workers("HumanInTheLoop", {node("w1")})
-    created = platform.http.post("/deployments/HumanInTheLoop/tasks/create", json={"input": "{}"})
-    assert created.status_code == 200, created.text
-    task_id = created.json()["task_id"]
+    [task_id] = platform.submit("HumanInTheLoop", [{}])
     url = f"/deployments/HumanInTheLoop/tasks/{task_id}"
     poll(
         lambda: platform.http.get(url).json()["status"],
