@@ -6,7 +6,7 @@ from pathlib import Path
 
 import httpx
 
-from config.deployment import DeploymentSpec
+from config.deployment import load_deployment_mapping
 from config.errors import DeploymentSpecError
 from workers.errors import ControlPlaneUnreachable, UnknownDeployment
 from workers.runtime import DeploymentSource, Fetch
@@ -39,7 +39,7 @@ def http_fetcher(server: str, base_path: Path | None = None, timeout: float = 30
             )
         data = response.json()
         try:
-            spec = DeploymentSpec.from_dict(data["spec"])
+            spec = load_deployment_mapping(data["spec"])
         except (DeploymentSpecError, KeyError) as exc:
             raise UnknownDeployment(
                 f"deployment {name!r} from {server} is unreadable: {exc}"

@@ -14,7 +14,7 @@ from app.db import Database
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import Deployment, Service
 from app.models.base import utcnow
-from config.deployment import DeploymentSpec, SourceType, load_deployment
+from config.deployment import DeploymentSpec, SourceType, load_deployment, load_deployment_mapping
 from config.errors import DeploymentSpecError
 from config.platform import platform_mismatches
 from config.settings import Settings
@@ -99,7 +99,7 @@ class Deployments:
 
     def specs(self) -> list[tuple[DeploymentSpec, Path]]:
         """Every stored deployment's spec and base path (to start serving them)."""
-        return [(DeploymentSpec.from_dict(d.spec), Path(d.base_path)) for d in self.all()]
+        return [(load_deployment_mapping(d.spec), Path(d.base_path)) for d in self.all()]
 
 
 def find(session: DbSession, name: str, *, with_services: bool = False) -> Deployment:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from config.deployment import DeploymentSpec, load_deployment_file
+from config.deployment import load_deployment_file, load_deployment_mapping
 from config.settings import Settings
 from tests.app.conftest import (
     assert_error,
@@ -86,7 +86,7 @@ def test_spec_returns_the_parsed_deployment_for_workers(client: FlaskClient) -> 
     assert body["name"] == "QuickStart"
     assert body["version"] == 1
     assert body["base_path"] == str(QUICKSTART_DIR.resolve())
-    assert DeploymentSpec.from_dict(body["spec"]) == load_deployment_file(QUICKSTART)
+    assert load_deployment_mapping(body["spec"]) == load_deployment_file(QUICKSTART)
     assert body["spec"]["services"]["echo_workflow"]["path"] == "workflow:echo_workflow"
 
 

@@ -16,11 +16,11 @@ import yaml
 
 import config
 from config.deployment import (
-    DeploymentSpec,
     SourceSpec,
     SourceType,
     load_deployment,
     load_deployment_file,
+    load_deployment_mapping,
 )
 from config.errors import ConfigError, DeploymentSpecError
 
@@ -121,7 +121,7 @@ def _errors(document: Any) -> dict[str, list[str]]:
         if isinstance(document, str | bytes):
             load_deployment(document)
         else:
-            DeploymentSpec.from_dict(document)
+            load_deployment_mapping(document)
     return caught.value.errors
 
 
@@ -290,7 +290,7 @@ def test_every_mistake_is_reported_at_once_one_line_per_field() -> None:
 
     # When it is loaded
     with pytest.raises(DeploymentSpecError) as caught:
-        DeploymentSpec.from_dict(document)
+        load_deployment_mapping(document)
 
     # Then both are reported, one line each, and the error is a ConfigError
     lines = str(caught.value).splitlines()
@@ -366,7 +366,7 @@ def test_llama_deploy_v09_spellings_load() -> None:
         import_path="app/workflow:echo_workflow",
     )
 
-    service = DeploymentSpec.from_dict(document).services["echo"]
+    service = load_deployment_mapping(document).services["echo"]
 
     assert service.source == SourceSpec(SourceType.LOCAL, "src", "merge")
     assert service.import_path == "app/workflow:echo_workflow"
@@ -378,7 +378,7 @@ def test_same_value_under_both_spellings_loads() -> None:
         import_path="workflow:echo_workflow",
     )
 
-    assert DeploymentSpec.from_dict(document).services["echo"].source is not None
+    assert load_deployment_mapping(document).services["echo"].source is not None
 
 
 def test_null_control_plane_and_message_queue_mean_defaults() -> None:
@@ -394,13 +394,13 @@ def test_null_control_plane_and_message_queue_mean_defaults() -> None:
 def test_local_location_may_climb_out_of_the_base_path() -> None:
     document = _with_service(source={"type": "local", "name": "../shared/src"})
 
-    assert DeploymentSpec.from_dict(document).services["echo"].source is not None
+    assert load_deployment_mapping(document).services["echo"].source is not None
 
 
 def test_env_scalars_become_strings() -> None:
     document = _with_service(env={"RETRIES": 3, "RATIO": 0.5, "DEBUG": True, "NAME": "x"})
 
-    env = DeploymentSpec.from_dict(document).services["echo"].env
+    env = load_deployment_mapping(document).services["echo"].env
 
     assert env == {"RETRIES": "3", "RATIO": "0.5", "DEBUG": "true", "NAME": "x"}
 
@@ -411,7 +411,7 @@ def test_ui_path_is_a_folder() -> None:
         ui={"name": "My Nextjs App", "source": {"type": "local", "name": "ui"}, "path": "src/ui"}
     )
 
-    spec = DeploymentSpec.from_dict(document)
+    spec = load_deployment_mapping(document)
 
     assert spec.ui is not None
     assert spec.ui.import_path == "src/ui"

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from config.deployment import DeploymentSpec, MessageQueueSpec
+from config.deployment import DeploymentSpec, MessageQueueSpec, load_deployment_mapping
 from config.errors import ConfigError
 from config.platform import (
     broker_url,
@@ -43,7 +43,7 @@ def spec(
         document["message-queue"] = message_queue
     if state_store is not None:
         document["control-plane"]["state_store_uri"] = state_store
-    return DeploymentSpec.from_dict(document)
+    return load_deployment_mapping(document)
 
 
 def queue(**section: Any) -> MessageQueueSpec:

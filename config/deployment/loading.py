@@ -1,0 +1,85 @@
+"""Loading a deployment: YAML text, a file or a parsed mapping, validated into the spec, with
+every problem reported by field path."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+from marshmallow import ValidationError
+
+from config.deployment.rules import kind
+from config.deployment.schema import DeploymentSchema
+from config.deployment.spec import DeploymentSpec
+from config.errors import DeploymentSpecError
+
+
+def load_deployment(text: str | bytes) -> DeploymentSpec:
+    """Parse and validate a deployment YAML document; raise DeploymentSpecError if invalid."""
+    return load_deployment_mapping(_parse_yaml(text))
+
+
+def load_deployment_file(path: str | os.PathLike[str]) -> DeploymentSpec:
+    """Read, parse and validate a deployment YAML file (OSError if it cannot be read)."""
+    with open(path, "rb") as stream:
+        return load_deployment(stream.read())
+
+
+def load_deployment_mapping(document: Mapping[str, Any]) -> DeploymentSpec:
+    """Validate an already parsed deployment mapping; raise DeploymentSpecError if invalid."""
+    if not isinstance(document, Mapping):
+        raise DeploymentSpecError({"yaml": [_not_a_mapping(document)]})
+    try:
+        spec: DeploymentSpec = DeploymentSchema().load(document)
+    except ValidationError as exc:
+        raise DeploymentSpecError(_flatten(exc.messages)) from exc
+    return spec
+
+
+def _parse_yaml(text: str | bytes) -> Mapping[str, Any]:
+    """Turn YAML text into a mapping, reporting syntax errors with their position."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        raise DeploymentSpecError({"yaml": [_describe_yaml_error(exc)]}) from exc
+    except yaml.YAMLError as exc:
+        raise DeploymentSpecError({"yaml": [f"Not valid YAML: {exc}"]}) from exc
+    if document is None:
+        reason = "The document is empty; expected a mapping with name, control-plane and services."
+        raise DeploymentSpecError({"yaml": [reason]})
+    if not isinstance(document, Mapping):
+        raise DeploymentSpecError({"yaml": [_not_a_mapping(document)]})
+    return document
+
+
+def _describe_yaml_error(exc: Any) -> str:
+    """Say what is wrong in YAML terms, and where (1-based line and column)."""
+    problem = exc.problem or str(exc)
+    mark = exc.problem_mark
+    if mark is None:
+        return f"Not valid YAML: {problem}."
+    return f"Not valid YAML: {problem} at line {mark.line + 1}, column {mark.column + 1}."
+
+
+def _not_a_mapping(document: object) -> str:
+    return f"The document must be a mapping of deployment fields, not {kind(document)}."
+
+
+def _flatten(messages: Any, path: tuple[str, ...] = ()) -> dict[str, list[str]]:
+    """Turn marshmallow's nested error messages into ``{"a.b.c": [reasons]}``."""
+    flat: dict[str, list[str]] = {}
+    if isinstance(messages, Mapping):
+        for key, value in messages.items():
+            # Reasons about a whole object ("_schema") belong to the object's own path.
+            segment = () if key == "_schema" else (str(key),)
+            for field_path, reasons in _flatten(value, path + segment).items():
+                flat.setdefault(field_path, []).extend(reasons)
+    elif isinstance(messages, list | tuple):
+        for item in messages:
+            for field_path, reasons in _flatten(item, path).items():
+                flat.setdefault(field_path, []).extend(reasons)
+    else:
+        flat[".".join(path) or "yaml"] = [str(messages)]
+    return flat

@@ -1,0 +1,359 @@
+"""The marshmallow schemas of a deployment file; loading one builds the spec's dataclasses."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
+
+from config.deployment.rules import (
+    PORT_RANGE,
+    check_alias,
+    check_git_location,
+    check_import_path,
+    check_local_location,
+    check_safe_name,
+    check_source_type,
+    check_ui_path,
+    kind,
+)
+from config.deployment.spec import (
+    SYNC_POLICIES,
+    UI_SERVICE_ID,
+    ControlPlaneSpec,
+    DeploymentSpec,
+    MessageQueueSpec,
+    ServiceSpec,
+    SourceSpec,
+    SourceType,
+)
+
+
+def _port(**kwargs: Any) -> fields.Integer:
+    """A TCP port number; YAML reads ports as integers, so no string coercion."""
+    return fields.Integer(strict=True, validate=PORT_RANGE, **kwargs)
+
+
+def _maybe(field_type: type[fields.Field[Any]], **kwargs: Any) -> fields.Field[Any]:
+    """An optional option whose default is None, as in LlamaDeploy's queue configs."""
+    return field_type(load_default=None, **kwargs)
+
+
+class _StringMap(fields.Field[dict[str, str]]):
+    """A mapping of names to scalars, the scalars turned into strings (YAML reads 1 as a number)."""
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> dict[str, str]:
+        if not isinstance(value, Mapping):
+            raise ValidationError("Not a valid mapping.")
+        result: dict[str, str] = {}
+        errors: dict[str, list[str]] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                errors[str(key)] = ["Keys must be strings; quote the key in the YAML."]
+            elif isinstance(item, bool):
+                result[key] = "true" if item else "false"
+            elif isinstance(item, str | int | float):
+                result[key] = str(item)
+            else:
+                errors[key] = [f"Must be a string, number or boolean, not {kind(item)}."]
+        if errors:
+            raise ValidationError(errors)
+        return result
+
+
+class _SourceSchema(Schema):
+    """A service's ``source`` mapping."""
+
+    type = fields.String(required=True, validate=check_source_type)
+    name = fields.String()
+    location = fields.String()
+    sync_policy = fields.String(allow_none=True, validate=validate.OneOf(SYNC_POLICIES))
+
+    @validates_schema(skip_on_field_errors=False, pass_original=True)
+    def _check_location(
+        self, data: dict[str, Any], original: Mapping[str, Any], **kwargs: Any
+    ) -> None:
+        check_alias(data, "name", "location")
+        location = data.get("location", data.get("name"))
+        if location is None:
+            # An unusable name or location was reported already by its own field.
+            if "name" not in original and "location" not in original:
+                raise ValidationError("Missing data for required field.", "name")
+            return
+        field_name = "location" if "location" in data else "name"
+        checks = {"local": check_local_location, "git": check_git_location}
+        check = checks.get(data.get("type", ""))
+        if check is not None:
+            try:
+                check(location)
+            except ValidationError as exc:
+                raise ValidationError(exc.messages, field_name) from exc
+
+    @post_load
+    def _build(self, data: dict[str, Any], **kwargs: Any) -> SourceSpec:
+        location: str = data["location"] if "location" in data else data["name"]
+        return SourceSpec(SourceType(data["type"]), location, data.get("sync_policy"))
+
+
+class _ServiceSchema(Schema):
+    """One ``services`` entry (without its id, which is the entry's key)."""
+
+    name = fields.String(required=True)
+    source = fields.Nested(_SourceSchema, allow_none=True)
+    path = fields.String(allow_none=True, validate=check_import_path)
+    import_path = fields.String(data_key="import-path", allow_none=True, validate=check_import_path)
+    host = fields.String(allow_none=True)
+    port = _port(allow_none=True)
+    env = _StringMap(allow_none=True)
+    env_files = fields.List(fields.String(), data_key="env-files", allow_none=True)
+    python_dependencies = fields.List(
+        fields.String(), data_key="python-dependencies", allow_none=True
+    )
+    ts_dependencies = _StringMap(data_key="ts-dependencies", allow_none=True)
+
+    #: Whether a service with a source must say what to import from it.
+    requires_import_path = True
+
+    @validates_schema(skip_on_field_errors=False, pass_original=True)
+    def _check_import_path_given(
+        self, data: dict[str, Any], original: Mapping[str, Any], **kwargs: Any
+    ) -> None:
+        check_alias(data, "path", "import_path")
+        given = original.get("path") is not None or original.get("import-path") is not None
+        # LlamaDeploy only found out at deploy time that it had nothing to import; say it now.
+        if self.requires_import_path and original.get("source") is not None and not given:
+            raise ValidationError("Missing data for required field.", "path")
+
+    @post_load
+    def _build(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """Return ServiceSpec keyword arguments; the caller knows the service id."""
+        path = data.pop("path", None)
+        data["import_path"] = data.get("import_path") or path
+        for key in ("env_files", "python_dependencies"):
+            if data.get(key) is not None:
+                data[key] = tuple(data[key])
+        # An explicit null means the same as leaving the field out.
+        return {key: value for key, value in data.items() if value is not None}
+
+
+class _UiSchema(_ServiceSchema):
+    """The ``ui`` mapping: a service whose path is a folder."""
+
+    # The UI is a Next.js app: its path is a folder, never a Python import path.
+    path = fields.String(allow_none=True, validate=check_ui_path)
+    import_path = fields.String(data_key="import-path", allow_none=True, validate=check_ui_path)
+
+    requires_import_path = False
+
+
+class _ServiceMap(fields.Field[dict[str, ServiceSpec]]):
+    """The ``services`` mapping: service id to service, errors reported per id."""
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> dict[str, ServiceSpec]:
+        if not isinstance(value, Mapping):
+            raise ValidationError("Not a valid mapping.")
+        if not value:
+            raise ValidationError("Define at least one service.")
+        services: dict[str, ServiceSpec] = {}
+        errors: dict[str, Any] = {}
+        for service_id, body in value.items():
+            try:
+                services[service_id] = _load_service(service_id, body)
+            except ValidationError as exc:
+                errors[str(service_id)] = exc.messages
+        if errors:
+            raise ValidationError(errors)
+        return services
+
+
+def _load_service(service_id: object, body: object) -> ServiceSpec:
+    """Validate one ``services`` entry, reporting a bad id and a bad body together."""
+    errors: dict[str, Any] = {}
+    if not isinstance(service_id, str):
+        errors["_schema"] = ["Service ids must be strings; quote the id in the YAML."]
+    else:
+        try:
+            check_safe_name(service_id)
+        except ValidationError as exc:
+            errors["_schema"] = exc.messages
+    if not isinstance(body, Mapping):
+        errors.setdefault("_schema", []).append(f"Must be a mapping, not {kind(body)}.")
+        raise ValidationError(errors)
+    try:
+        spec_fields = _ServiceSchema().load(body)
+    except ValidationError as exc:
+        errors.update(exc.messages_dict)
+    if errors:
+        raise ValidationError(errors)
+    return ServiceSpec(id=str(service_id), **spec_fields)
+
+
+class _ControlPlaneSchema(Schema):
+    """The ``control-plane`` mapping (LlamaDeploy's ``ControlPlaneConfig`` fields)."""
+
+    # No load_default here: ControlPlaneSpec holds the defaults.
+    services_store_key = fields.String()
+    tasks_store_key = fields.String()
+    session_store_key = fields.String()
+    step_interval = fields.Float(validate=validate.Range(min=0, min_inclusive=False))
+    host = fields.String()
+    port = _port()
+    internal_host = fields.String(allow_none=True)
+    internal_port = _port(allow_none=True)
+    running = fields.Boolean()
+    cors_origins = fields.List(fields.String(), allow_none=True)
+    topic_namespace = fields.String()
+    state_store_uri = fields.String(allow_none=True)
+    use_tls = fields.Boolean()
+
+    @post_load
+    def _build(self, data: dict[str, Any], **kwargs: Any) -> ControlPlaneSpec:
+        if data.get("cors_origins") is not None:
+            data["cors_origins"] = tuple(data["cors_origins"])
+        return ControlPlaneSpec(**data)
+
+
+class _QueueSchema(Schema):
+    """Base of the ``message-queue`` schemas: the discriminating ``type``."""
+
+    type = fields.String()
+
+
+class _SimpleQueueSchema(_QueueSchema):
+    """Options of LlamaDeploy's own HTTP message queue."""
+
+    host = fields.String(load_default="127.0.0.1")
+    port = _port(load_default=8001)
+    client_kwargs = fields.Dict(keys=fields.String(), load_default=dict)
+    raise_exceptions = fields.Boolean(load_default=False)
+    use_ssl = fields.Boolean(load_default=False)
+
+
+class _RedisQueueSchema(_QueueSchema):
+    """Options of the Redis message queue."""
+
+    url = fields.String(load_default="redis://localhost:6379")
+    host = _maybe(fields.String)
+    port = _port(load_default=None)
+    db = _maybe(fields.Integer, strict=True)
+    username = _maybe(fields.String)
+    password = _maybe(fields.String)
+    ssl = _maybe(fields.Boolean)
+    exclusive_mode = fields.Boolean(load_default=False)
+
+
+class _RabbitMQQueueSchema(_QueueSchema):
+    """Options of the RabbitMQ message queue."""
+
+    url = fields.String(load_default="amqp://guest:guest@localhost/")
+    exchange_name = fields.String(load_default="llama-deploy")
+    username = _maybe(fields.String)
+    password = _maybe(fields.String)
+    host = _maybe(fields.String)
+    port = _port(load_default=None)
+    vhost = _maybe(fields.String)
+    secure = _maybe(fields.Boolean)
+
+
+class _KafkaQueueSchema(_QueueSchema):
+    """Options of the Kafka message queue."""
+
+    url = fields.String(load_default="localhost:9092")
+    host = _maybe(fields.String)
+    port = _port(load_default=None)
+
+
+class _AWSQueueSchema(_QueueSchema):
+    """Options of the AWS (SNS/SQS) message queue."""
+
+    aws_region = fields.String(load_default="us-east-1")
+    aws_access_key_id = _maybe(fields.String)
+    aws_secret_access_key = _maybe(fields.String)
+
+
+class _SolaceQueueSchema(_QueueSchema):
+    """Options of the Solace message queue."""
+
+    host = fields.String(load_default="")
+    vpn_name = fields.String(load_default="")
+    username = fields.String(load_default="")
+    password = fields.String(load_default="")
+    host_secured = fields.String(load_default="")
+    is_queue_temporary = fields.Boolean(load_default=True)
+
+
+_QUEUE_SCHEMAS: dict[str, type[_QueueSchema]] = {
+    "simple": _SimpleQueueSchema,
+    "redis": _RedisQueueSchema,
+    "rabbitmq": _RabbitMQQueueSchema,
+    "kafka": _KafkaQueueSchema,
+    "aws": _AWSQueueSchema,
+    "solace": _SolaceQueueSchema,
+}
+MESSAGE_QUEUE_TYPES = tuple(_QUEUE_SCHEMAS)
+
+
+def _load_message_queue(document: Mapping[str, Any]) -> MessageQueueSpec:
+    """Validate a ``message-queue`` mapping with the schema its ``type`` selects."""
+    # LlamaDeploy's default queue is the simple one, so a missing type means simple.
+    queue_type = document.get("type", "simple")
+    schema = _QUEUE_SCHEMAS.get(queue_type) if isinstance(queue_type, str) else None
+    if schema is None:
+        reason = f"Unknown message queue type {queue_type!r}; must be one of: "
+        raise ValidationError({"type": [reason + ", ".join(MESSAGE_QUEUE_TYPES) + "."]})
+    options = schema().load(document)
+    options.pop("type", None)
+    return MessageQueueSpec(type=queue_type, options=options)
+
+
+class _MessageQueueField(fields.Field[MessageQueueSpec]):
+    """The ``message-queue`` mapping, whose fields depend on its ``type``."""
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> MessageQueueSpec:
+        if not isinstance(value, Mapping):
+            raise ValidationError("Not a valid mapping.")
+        return _load_message_queue(value)
+
+
+class DeploymentSchema(Schema):
+    """The whole deployment document."""
+
+    name = fields.String(required=True, validate=check_safe_name)
+    # LlamaDeploy requires the key but is happy with {}; null is taken as {} too.
+    control_plane = fields.Nested(
+        _ControlPlaneSchema, data_key="control-plane", required=True, allow_none=True
+    )
+    message_queue = _MessageQueueField(data_key="message-queue", allow_none=True)
+    default_service = fields.String(data_key="default-service", allow_none=True)
+    services = _ServiceMap(required=True)
+    ui = fields.Nested(_UiSchema, allow_none=True)
+
+    @validates_schema(skip_on_field_errors=False)
+    def _check_default_service(self, data: dict[str, Any], **kwargs: Any) -> None:
+        default, services = data.get("default_service"), data.get("services")
+        # LlamaDeploy only logged a warning here; tasks without a service then had nowhere to go.
+        if default is not None and services is not None and default not in services:
+            known = ", ".join(services)
+            raise ValidationError(
+                f"{default!r} is not a service of this deployment; must be one of: {known}.",
+                "default-service",
+            )
+
+    @post_load
+    def _build(self, data: dict[str, Any], **kwargs: Any) -> DeploymentSpec:
+        ui = data.get("ui")
+        return DeploymentSpec(
+            name=data["name"],
+            control_plane=data.get("control_plane") or ControlPlaneSpec(),
+            message_queue=data.get("message_queue") or _load_message_queue({}),
+            default_service=data.get("default_service"),
+            services=data["services"],
+            ui=None if ui is None else ServiceSpec(id=UI_SERVICE_ID, **ui),
+        )
