@@ -383,8 +383,8 @@ def run(args: argparse.Namespace) -> list[Figures]:
     if spread:
         distributed.print_table(spread)
         print()
-        for celeriac, raw in zip(spread[::2], spread[1::2], strict=True):
-            print(comparison(celeriac, raw))
+        for line in distributed.comparisons(spread):
+            print(line)
         distributed.print_cpu(spread)
     return embedded + spread
 

@@ -10,7 +10,9 @@ For each of ``redis``, ``amqp`` and ``sqs`` (SQS is a ``moto_server`` started fo
    as Celeriac does (Kombu's default of 1 s caps it at a dozen tasks per second):
    ``celery -A tests.benchmarks.raw_app worker -P threads -c 8`` and ``apply_async().get()``
    from this process; results over ``rpc://`` on RabbitMQ and in Redis otherwise (SQS has no
-   result backend of its own).
+   result backend of its own). Two tasks: an echo, the baseline of the speed goal, and the
+   quick start's own workflow, which shows what Celeriac costs over running the same workflow
+   on Celery by hand.
 3. Both systems up at once, measured in turns (rounds of sequential calls, then rounds of
    32-client throughput; who goes first alternates), so that the machine's drifting speed
    falls on both alike; with each process's peak RSS and its CPU during the throughput rounds.
@@ -36,6 +38,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -47,6 +50,7 @@ from tests.benchmarks.bench import (
     QUICKSTART,
     REPO,
     Figures,
+    comparison,
     free_port,
     http_caller,
     measure_latency,
@@ -54,7 +58,7 @@ from tests.benchmarks.bench import (
     peak_rss_mb,
     percentile,
 )
-from tests.benchmarks.raw_app import ECHO, QUEUE, create_app
+from tests.benchmarks.raw_app import ECHO, QUEUE, WORKFLOW, create_app
 
 BIN = Path(sys.executable).parent
 CLIENTS = 32
@@ -508,37 +512,60 @@ def raw_worker(broker: Broker, logs: Path) -> Iterator[Child]:
 
 
 @contextmanager
-def raw_system(broker: Broker, logs: Path) -> Iterator[System]:
-    """A raw Celery worker process, called with ``echo.apply_async().get()`` from this one."""
+def raw_systems(broker: Broker, logs: Path) -> Iterator[list[System]]:
+    """A raw Celery worker process, called with ``apply_async().get()`` from this one: its echo
+    task (the goal's baseline), then its task that runs the quick start's workflow.
+
+    Each is called through a Celery app of its own: on RabbitMQ, the ``rpc://`` results of a
+    second set of client threads on one app time out (seen in two runs of three)."""
     from celery.exceptions import TimeoutError as ResultTimeout
 
     print(f"{broker.transport} raw Celery: starting the worker", file=sys.stderr)
-    app = create_app(broker.url, broker.raw_backend, broker.raw_options)
-    echo = app.tasks[ECHO]
+    apps = {
+        name: create_app(broker.url, broker.raw_backend, broker.raw_options)
+        for name in (ECHO, WORKFLOW)
+    }
+    results = f"results: {broker.raw_backend_name}"
+    try:
+        with raw_worker(broker, logs) as child:
+            for name, app in apps.items():
+                first = app.tasks[name].apply_async(kwargs={"message": "hello"})
+                answered = partial(_answered, first, ResultTimeout)
+                wait_until(f"the raw Celery worker's first {name}", answered, [child])
+            yield [
+                System(f"raw Celery (threads x 8; {results})", _caller(apps[ECHO], ECHO), [child]),
+                System(
+                    f"raw Celery + the same workflow (threads x 8; {results})",
+                    _caller(apps[WORKFLOW], WORKFLOW),
+                    [child],
+                ),
+            ]
+    finally:
+        for app in apps.values():
+            app.close()
+
+
+def _caller(app: Any, name: str) -> Callable[[], Callable[[], object]]:
+    """Makes calls of the task ``name`` of ``app`` that check its answer."""
+    task = app.tasks[name]
 
     def make_call() -> Callable[[], object]:
         def call() -> object:
-            answer = echo.apply_async(kwargs={"message": "hello"}).get(timeout=60, interval=0.001)
+            answer = task.apply_async(kwargs={"message": "hello"}).get(timeout=60, interval=0.001)
             if answer != ECHO_ANSWER:
-                raise RuntimeError(f"raw Celery answered {answer!r}")
+                raise RuntimeError(f"raw Celery's {name} answered {answer!r}")
             return answer
 
         return call
 
-    system = f"raw Celery (threads x 8; results: {broker.raw_backend_name})"
-    try:
-        with raw_worker(broker, logs) as child:
-            first = echo.apply_async(kwargs={"message": "hello"})
+    return make_call
 
-            def answered() -> bool:
-                with suppress(ResultTimeout):
-                    return bool(first.get(timeout=1) == ECHO_ANSWER)
-                return False
 
-            wait_until("the raw Celery worker's first answer", answered, [child])
-            yield System(system, make_call, [child])
-    finally:
-        app.close()
+def _answered(result: Any, timeout_error: type[Exception]) -> bool:
+    """True once ``result`` holds the echo's answer (waits up to a second)."""
+    with suppress(timeout_error):
+        return bool(result.get(timeout=1) == ECHO_ANSWER)
+    return False
 
 
 # -- one transport, and the report --------------------------------------------------------------
@@ -555,9 +582,9 @@ def bench_transport(args: argparse.Namespace, transport: str) -> list[Figures]:
             broker_for(transport, args, logs) as broker,
             fresh_database(args.pg_url, database) as database_url,
             celeriac_system(args, broker, database_url, logs) as celeriac,
-            raw_system(broker, logs) as raw,
+            raw_systems(broker, logs) as raws,
         ):
-            figures = measure(args, broker, [celeriac, raw])
+            figures = measure(args, broker, [celeriac, *raws])
         done = True
     finally:
         if done:
@@ -578,6 +605,18 @@ def print_table(rows: list[Figures]) -> None:
         print(
             f"| {r.transport} | {r.system} | {r.p50_ms:.1f} | {r.p99_ms:.1f} | {r.tps_32:.0f} |"
             f" {rss or '-'} |"
+        )
+
+
+def comparisons(rows: list[Figures]) -> Iterator[str]:
+    """Per transport: the goal, against raw Celery's echo; then Celeriac against raw Celery
+    running the same workflow."""
+    for celeriac, echo, workflow in zip(rows[::3], rows[1::3], rows[2::3], strict=True):
+        yield comparison(celeriac, echo)
+        yield (
+            f"{celeriac.transport}: against raw Celery running the same workflow, Celeriac's "
+            f"p50 latency is {celeriac.p50_ms / workflow.p50_ms:.1f}x and its throughput "
+            f"{celeriac.tps_32 / workflow.tps_32:.2f}x"
         )
 
 

@@ -1,4 +1,8 @@
-"""A bare Celery app with one echo task: raw Celery's side of the distributed benchmark.
+"""A bare Celery app: raw Celery's side of the distributed benchmark.
+
+Two tasks: ``echo`` answers as the quick start does, with no workflow around it (the baseline
+the speed goal is measured against); ``workflow`` runs the quick start's own workflow, as a
+team that runs workflows on Celery by hand would, on an event loop per worker thread.
 
     RAW_BENCH_BROKER=redis://... RAW_BENCH_BACKEND=redis://... \
         celery -A tests.benchmarks.raw_app worker -P threads -c 8 -Q celeriac_bench_raw
@@ -13,14 +17,23 @@ app in its own process with :func:`create_app` to send tasks.
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 import json
 import os
+import threading
+from functools import cache
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
 
 QUEUE = "celeriac_bench_raw"
 ECHO = "raw_bench.echo"
+WORKFLOW = "raw_bench.workflow"
+QUICKSTART_WORKFLOW = (
+    Path(__file__).resolve().parents[2] / "config/deployments/quickstart/src/workflow.py"
+)
 
 
 def create_app(broker: str, backend: str, transport_options: dict[str, Any]) -> Celery:
@@ -42,7 +55,37 @@ def create_app(broker: str, backend: str, transport_options: dict[str, Any]) -> 
         """The quick start's echo, without the workflow around it."""
         return f"Message received: {message}"
 
+    @app.task(name=WORKFLOW, shared=False)
+    def workflow(message: str) -> str:
+        """The quick start's workflow, run in this worker thread's event loop."""
+        return str(_thread_loop().run_until_complete(_run_quickstart(message)))
+
     return app
+
+
+@cache
+def _quickstart() -> Any:
+    """The quick start's workflow object, imported from its file once."""
+    spec = importlib.util.spec_from_file_location("raw_bench_quickstart", QUICKSTART_WORKFLOW)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.echo_workflow
+
+
+_LOOPS = threading.local()
+
+
+def _thread_loop() -> asyncio.AbstractEventLoop:
+    """This thread's event loop, made on first use and kept (a new loop per task costs)."""
+    loop = getattr(_LOOPS, "loop", None)
+    if loop is None:
+        loop = _LOOPS.loop = asyncio.new_event_loop()
+    return loop
+
+
+async def _run_quickstart(message: str) -> Any:
+    return await _quickstart().run(message=message)
 
 
 def __getattr__(name: str) -> Any:
