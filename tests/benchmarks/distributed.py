@@ -13,9 +13,9 @@ For each of ``redis``, ``amqp`` and ``sqs`` (SQS is a ``moto_server`` started fo
    result backend of its own). Two tasks: an echo, the baseline of the speed goal, and the
    quick start's own workflow, which shows what Celeriac costs over running the same workflow
    on Celery by hand.
-3. Both systems up at once, measured in turns (rounds of sequential calls, then rounds of
-   32-client throughput; who goes first alternates), so that the machine's drifting speed
-   falls on both alike; with each process's peak RSS and its CPU during the throughput rounds.
+3. All systems up at once, measured in turns (rounds of sequential calls, then rounds of
+   32-client throughput; the order reverses every round), so that the machine's drifting
+   speed falls on all alike; with each process's peak RSS and its CPU during the throughput rounds.
 4. Clean-up: the queues deleted (RabbitMQ) or the Redis database flushed, moto thrown away,
    every process stopped (SIGTERM, then SIGKILL at a deadline), the database dropped.
 
@@ -517,7 +517,7 @@ def raw_systems(broker: Broker, logs: Path) -> Iterator[list[System]]:
     task (the goal's baseline), then its task that runs the quick start's workflow.
 
     Each is called through a Celery app of its own: on RabbitMQ, the ``rpc://`` results of a
-    second set of client threads on one app time out (seen in two runs of three)."""
+    second set of 32 client threads on one app timed out (see ``THROUGHPUT_ROUNDS``)."""
     from celery.exceptions import TimeoutError as ResultTimeout
 
     print(f"{broker.transport} raw Celery: starting the worker", file=sys.stderr)
