@@ -23,17 +23,16 @@ import json
 import os
 import threading
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 from celery import Celery
 
+from tests.benchmarks.bench import QUICKSTART
+
 QUEUE = "celeriac_bench_raw"
 ECHO = "raw_bench.echo"
 WORKFLOW = "raw_bench.workflow"
-QUICKSTART_WORKFLOW = (
-    Path(__file__).resolve().parents[2] / "config/deployments/quickstart/src/workflow.py"
-)
+QUICKSTART_WORKFLOW = QUICKSTART / "src" / "workflow.py"
 
 
 def create_app(broker: str, backend: str, transport_options: dict[str, Any]) -> Celery:
