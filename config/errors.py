@@ -3,12 +3,14 @@
 Exception tree::
 
     ConfigError                  root: anything wrong with settings or a deployment spec
-    └── DeploymentSpecError      a deployment YAML that does not validate; carries ``errors``
+    ├── DeploymentSpecError      a deployment YAML that does not validate; carries ``errors``
+    └── SourceFileNotFound       a service's module or env file is not where its layout allows
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 
 class ConfigError(Exception):
@@ -36,3 +38,12 @@ class DeploymentSpecError(ConfigError):
     def __str__(self) -> str:
         """Return one line per field and reason."""
         return self._describe()
+
+
+class SourceFileNotFound(ConfigError):
+    """A service's module or env file is in none of the places its layout allows."""
+
+    def __init__(self, what: str, tried: Sequence[Path]) -> None:
+        self.what = what
+        self.tried = list(tried)
+        super().__init__(f"{what} not found; looked in {', '.join(map(str, self.tried))}")

@@ -16,6 +16,7 @@ start.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
 from typing import Any
@@ -26,6 +27,7 @@ from kombu.common import ignore_errors
 from workflows import Context
 from workflows.context.serializers import JsonSerializer
 
+from workers import loader
 from workers.protocol import INBOX_PREFIX, SERVICE_QUEUE_PREFIX, DeliverEvent
 
 log = logging.getLogger(__name__)
@@ -45,9 +47,14 @@ _INBOXES_KEPT = frozenset({"sqs"})
 _LEGACY_PREFIX = "llama_index.core.workflow."
 
 
-def decode_event(text: str) -> Any:
-    """A workflow event from LlamaDeploy's ``event_obj_str`` (llama-index's JSON form)."""
+def decode_event(text: str, package: str | None = None) -> Any:
+    """A workflow event from LlamaDeploy's ``event_obj_str`` (llama-index's JSON form); a class
+    of the user's own folder is found in ``package``, the one its workflow was imported under."""
     serializer = JsonSerializer()
+    document = json.loads(text)
+    if isinstance(document, dict) and isinstance(document.get("qualified_name"), str):
+        document["qualified_name"] = loader.private_name(document["qualified_name"], package)
+        text = json.dumps(document)
     try:
         return serializer.deserialize(text)
     except (ImportError, ModuleNotFoundError, AttributeError):
@@ -57,21 +64,30 @@ def decode_event(text: str) -> Any:
 
 
 class Inbox:
-    """Running contexts by task id, and the events waiting for them."""
+    """Running contexts by task id, and the events waiting for them (as sent, in JSON)."""
 
     def __init__(self) -> None:
-        self._running: dict[str, tuple[Context, asyncio.AbstractEventLoop]] = {}
-        self._waiting: dict[str, list[Any]] = {}
+        self._running: dict[str, _Running] = {}
+        self._waiting: dict[str, list[str]] = {}
         self._seen: dict[str, set[int]] = {}
         self._lock = threading.Lock()
 
-    def attach(self, task_id: str, ctx: Context, loop: asyncio.AbstractEventLoop) -> None:
-        """A run began: deliver what arrived early, and what arrives from now on."""
+    def attach(
+        self,
+        task_id: str,
+        ctx: Context,
+        loop: asyncio.AbstractEventLoop,
+        package: str | None = None,
+    ) -> None:
+        """A run began: deliver what arrived early, and what arrives from now on. Classes of
+        the user's folder are looked up in ``package``, the one its workflow was imported under.
+        """
+        running = _Running(ctx, loop, package)
         with self._lock:
-            self._running[task_id] = (ctx, loop)
+            self._running[task_id] = running
             early = self._waiting.pop(task_id, [])
-        for event in early:
-            loop.call_soon_threadsafe(ctx.send_event, event)
+        for text in early:
+            running.send(text)
 
     def detach(self, task_id: str) -> None:
         """The run ended."""
@@ -80,8 +96,8 @@ class Inbox:
             self._waiting.pop(task_id, None)
             self._seen.pop(task_id, None)
 
-    def deliver(self, task_id: str, seq: int, event: Any) -> bool:
-        """Send an event into the task's run; False if it was a duplicate."""
+    def deliver(self, task_id: str, seq: int, text: str) -> bool:
+        """Send an event (its JSON) into the task's run; False if it was a duplicate."""
         with self._lock:
             seen = self._seen.setdefault(task_id, set())
             if seq in seen:
@@ -89,11 +105,28 @@ class Inbox:
             seen.add(seq)
             running = self._running.get(task_id)
             if running is None:
-                self._waiting.setdefault(task_id, []).append(event)
+                self._waiting.setdefault(task_id, []).append(text)
                 return True
-        ctx, loop = running
-        loop.call_soon_threadsafe(ctx.send_event, event)
+        running.send(text)
         return True
+
+
+class _Running:
+    """A run's Context, the loop it runs on, and where its own classes were imported."""
+
+    def __init__(self, ctx: Context, loop: asyncio.AbstractEventLoop, package: str | None):
+        self.ctx = ctx
+        self.loop = loop
+        self.package = package
+
+    def send(self, text: str) -> None:
+        """Decode an event for this run and hand it to the workflow on its loop."""
+        try:
+            event = decode_event(text, self.package)
+        except Exception:
+            log.exception("could not decode an event sent to a task")
+            return
+        self.loop.call_soon_threadsafe(self.ctx.send_event, event)
 
 
 class InboxStep(bootsteps.ConsumerStep):

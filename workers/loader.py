@@ -31,7 +31,8 @@ from dotenv import dotenv_values
 from packaging.requirements import InvalidRequirement, Requirement
 from workflows import Workflow
 
-from config.deployment import ServiceSpec
+from config.deployment import ServiceSpec, SourceLayout
+from config.errors import SourceFileNotFound
 from workers import environ
 from workers.errors import WorkflowLoadError
 
@@ -40,15 +41,14 @@ _generation = itertools.count(1)
 _import_lock = threading.Lock()
 
 
-def service_environment(service: ServiceSpec, root: Path) -> dict[str, str]:
+def service_environment(service: ServiceSpec, layout: SourceLayout) -> dict[str, str]:
     """The service's variables: inline ``env``, then ``env-files``, which win (as LlamaDeploy)."""
     env = dict(service.env)
     for name in service.env_files:
-        path = root / name
-        if not path.is_file():
-            raise WorkflowLoadError(
-                f"service {service.id!r}: env file {name!r} not found in {root}"
-            )
+        try:
+            path = layout.env_file(name)
+        except SourceFileNotFound as exc:
+            raise WorkflowLoadError(f"service {service.id!r}: {exc}") from exc
         env.update({k: v for k, v in dotenv_values(path).items() if v})
     return env
 
@@ -73,20 +73,19 @@ def missing_dependencies(requirements: tuple[str, ...]) -> list[str]:
 
 
 def load_workflow(
-    deployment: str, service: ServiceSpec, root: Path, env: Mapping[str, str]
+    deployment: str, service: ServiceSpec, layout: SourceLayout, env: Mapping[str, str]
 ) -> Workflow:
-    """Import ``service.import_path`` from ``root`` and return its ``Workflow`` instance."""
+    """Import ``service.import_path`` from its source and return its ``Workflow`` instance."""
     missing = missing_dependencies(service.python_dependencies)
     if missing:
         raise WorkflowLoadError(
             f"service {service.id!r}: missing python dependencies: {', '.join(missing)}; "
             "install them into the worker's environment (Celeriac installs nothing by itself)"
         )
-    module_dir = (root / service.module_dir).resolve()
-    if not module_dir.is_dir():
-        raise WorkflowLoadError(
-            f"service {service.id!r}: folder {service.module_dir!r} not found in {root}"
-        )
+    try:
+        module_dir = layout.module_folder(service.module_dir, service.module)
+    except SourceFileNotFound as exc:
+        raise WorkflowLoadError(f"service {service.id!r}: {exc}") from exc
     with _import_lock:
         package = _make_package(deployment, service.id, module_dir)
         try:
@@ -137,6 +136,29 @@ def _siblings_first(module_dir: Path) -> Iterator[None]:
             top = name.split(".")[0]
             if top in local:
                 _sibling_origin[top] = module_dir
+
+
+def public_name(qualified: str) -> str:
+    """A name imported under a private package, as the user's own folder spells it
+    (``_celeriac_services.Suite_progress_1.flows.ProgressEvent`` is ``flows.ProgressEvent``)."""
+    if not qualified.startswith(f"{ROOT_PACKAGE}."):
+        return qualified
+    return qualified.split(".", 2)[2]
+
+
+def private_name(qualified: str, package: str | None) -> str:
+    """A name a client spelled as the user's folder does, as this process imported it from
+    ``package`` (a name of no module of that package is left as it is)."""
+    module = qualified.rpartition(".")[0]
+    if package and module and f"{package}.{module}" in sys.modules:
+        return f"{package}.{qualified}"
+    return qualified
+
+
+def package_of(workflow: Workflow) -> str | None:
+    """The private package a workflow's class was imported under, if it was."""
+    parts = type(workflow).__module__.split(".")
+    return ".".join(parts[:2]) if parts[0] == ROOT_PACKAGE and len(parts) > 2 else None
 
 
 def unload(prefix: str) -> None:

@@ -31,7 +31,7 @@ from workers.errors import (
     WorkflowStateError,
 )
 from workers.eventloop import LoopThread
-from workers.inbox import Inbox, decode_event
+from workers.inbox import Inbox
 from workers.protocol import (
     DeliverEvent,
     RunStep,
@@ -63,6 +63,11 @@ class LoadedService:
 
     workflow: Workflow
     env: dict[str, str]
+
+    @property
+    def package(self) -> str | None:
+        """The private package its workflow was imported under (see ``workers.loader``)."""
+        return loader.package_of(self.workflow)
 
 
 @dataclass
@@ -151,9 +156,9 @@ class ServiceRuntime:
                 raise UnknownDeployment(
                     f"deployment {deployment!r} has no service {service_id!r} on this worker"
                 )
-            root = sync_source(deployment, spec, installed.base_path, self.sources_dir)
-            env = loader.service_environment(spec, root)
-            loaded = LoadedService(loader.load_workflow(deployment, spec, root, env), env)
+            layout = sync_source(deployment, spec, installed.base_path, self.sources_dir)
+            env = loader.service_environment(spec, layout)
+            loaded = LoadedService(loader.load_workflow(deployment, spec, layout, env), env)
             installed.services[service_id] = loaded
             return loaded
 
@@ -200,7 +205,7 @@ class ServiceRuntime:
         in_progress = self._runs.get(message.task_id)
         if in_progress is not None:
             in_progress[0].asking = False
-        return self.inbox.deliver(message.task_id, message.seq, decode_event(message.event))
+        return self.inbox.deliver(message.task_id, message.seq, message.event)
 
     def hand_back(self) -> int:
         """Stop the runs that asked for input and got none since, as this worker stops: its
@@ -224,7 +229,8 @@ class ServiceRuntime:
                 else Context(service.workflow)
             )
             handler = service.workflow.run(ctx=ctx, **step.input)
-            self.inbox.attach(step.task_id, handler.ctx or ctx, asyncio.get_running_loop())
+            loop = asyncio.get_running_loop()
+            self.inbox.attach(step.task_id, handler.ctx or ctx, loop, service.package)
             try:
                 async for event in handler.stream_events():
                     run.event(event)
@@ -338,7 +344,7 @@ def describe_event(event: Any) -> dict[str, Any]:
         data = {**data.pop("_data"), **data}
     return {
         "type": cls.__name__,
-        "qualified_name": f"{cls.__module__}.{cls.__qualname__}",
+        "qualified_name": loader.public_name(f"{cls.__module__}.{cls.__qualname__}"),
         "data": jsonable(data),
         "input_required": isinstance(event, InputRequiredEvent),
     }

@@ -10,27 +10,29 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from config.deployment import ServiceSpec, SourceType
+from config.deployment import ServiceSpec, SourceLayout, SourceType
 from workers.errors import WorkflowLoadError
 
 _MARKER = ".celeriac-source.json"
 
 
-def sync_source(deployment: str, service: ServiceSpec, base_path: Path, sources_dir: Path) -> Path:
-    """Return the folder that holds the service's code, cloning it first if it is in git."""
+def sync_source(
+    deployment: str, service: ServiceSpec, base_path: Path, sources_dir: Path
+) -> SourceLayout:
+    """Return where the service's code is, cloning it first if it is in git."""
     source = service.source
     if source is None:
-        return base_path.resolve()
+        raise WorkflowLoadError(f"service {service.id!r} has no source to load its workflow from")
     if source.type == SourceType.LOCAL:
-        root = (base_path / source.location).resolve()
-        if not root.is_dir():
+        layout = SourceLayout.local(base_path, source.location)
+        if not layout.root.is_dir():
             raise WorkflowLoadError(
                 f"service {service.id!r}: local source {source.location!r} is not a folder "
-                f"under {base_path} (resolved to {root})"
+                f"under {base_path} (resolved to {layout.root})"
             )
-        return root
+        return layout
     if source.type == SourceType.GIT:
-        return _sync_git(deployment, service, sources_dir)
+        return SourceLayout.single(_sync_git(deployment, service, sources_dir))
     raise WorkflowLoadError(f"service {service.id!r}: {source.type} sources are not supported")
 
 

@@ -50,6 +50,10 @@ class DeploymentSchema(Schema):
 
     name = fields.String()
     default_service = fields.String(allow_none=True)
+    warnings = fields.List(
+        fields.String(),
+        metadata={"description": "What the file holds that is accepted but does nothing."},
+    )
     version = fields.Integer()
     base_path = fields.String()
     services = fields.List(fields.Nested(ServiceSchema))

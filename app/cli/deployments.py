@@ -18,6 +18,7 @@ def _describe(deployment: Deployment, live: list[LiveService]) -> dict[str, obje
         "name": deployment.name,
         "version": deployment.version,
         "default_service": deployment.default_service,
+        "warnings": deployment.warnings,
         "services": [
             {
                 "name": s.name,
@@ -47,6 +48,8 @@ def deploy(state: CliState, deployment_file: Path, reload: bool, base_path: Path
         created = client.deployments.create(
             deployment_file, base_path=base_path.resolve() if base_path else None, reload=reload
         )
+    for warning in created.warnings:
+        click.echo(f"Warning: {warning}", err=True)
     click.echo(f"Deployment successful: {created.name}")
 
 

@@ -14,8 +14,14 @@ from app.db import Database
 from app.errors import Conflict, InvalidInput, NotFound
 from app.models import Deployment, Service
 from app.models.base import utcnow
-from config.deployment import DeploymentSpec, SourceType, load_deployment, load_deployment_mapping
-from config.errors import DeploymentSpecError
+from config.deployment import (
+    DeploymentSpec,
+    SourceLayout,
+    SourceType,
+    load_deployment,
+    load_deployment_mapping,
+)
+from config.errors import DeploymentSpecError, SourceFileNotFound
 from config.platform import platform_mismatches
 from config.settings import Settings
 from workers.protocol import service_queue
@@ -75,6 +81,8 @@ class Deployments:
             row.source_yaml = config.decode() if isinstance(config, bytes) else config
             row.base_path = str(base)
             _sync_services(row, spec)
+        for warning in spec.warnings:
+            log.warning("deployment %s: %s", spec.name, warning)
         for hook in self.on_deployed:
             hook(spec, base)
         return row
@@ -114,23 +122,28 @@ def find(session: DbSession, name: str, *, with_services: bool = False) -> Deplo
 
 
 def check_local_sources(spec: DeploymentSpec, base: Path) -> None:
-    """Refuse a deployment whose local folders or workflow modules do not exist under ``base``."""
+    """Refuse a deployment whose local folders, workflow modules or env files are missing."""
     errors: dict[str, list[str]] = {}
     for service in spec.services.values():
         source = service.source
         if source is None or source.type != SourceType.LOCAL:
             continue
-        root = (base / source.location).resolve()
-        if not root.is_dir():
-            errors[f"services.{service.id}.source.name"] = [
+        prefix = f"services.{service.id}"
+        layout = SourceLayout.local(base, source.location)
+        if not layout.root.is_dir():
+            errors[f"{prefix}.source.name"] = [
                 f"folder {source.location!r} not found under the base path {base}"
             ]
             continue
-        folder = root / service.module_dir
-        if not ((folder / f"{service.module}.py").is_file() or (folder / service.module).is_dir()):
-            errors[f"services.{service.id}.path"] = [
-                f"module {service.module!r} not found in {folder}"
-            ]
+        try:
+            layout.module_folder(service.module_dir, service.module)
+        except SourceFileNotFound as exc:
+            errors[f"{prefix}.path"] = [str(exc)]
+        for name in service.env_files:
+            try:
+                layout.env_file(name)
+            except SourceFileNotFound as exc:
+                errors.setdefault(f"{prefix}.env-files", []).append(str(exc))
     if errors:
         raise InvalidInput("the deployment's local sources are missing", errors=errors)
 

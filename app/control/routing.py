@@ -10,18 +10,24 @@ from workers.protocol import RunStep
 
 def route(deployment: str, spec: dict[str, Any], service_id: str | None) -> str:
     """The service that must run a task: the one named, else the deployment's default."""
-    name = service_id or spec.get("default-service")
-    if not name:
-        raise BadRequest(
-            f"no service_id given and deployment {deployment!r} has no default-service"
-        )
     known = list(spec.get("services", {}))
-    if name not in known:
+    if not service_id:
+        default = spec.get("default-service")
+        if default not in known:
+            # A default-service naming no service was only a warning at deploy time, as in
+            # LlamaDeploy: a task relying on it is refused as if there were none.
+            detail = f" (its default-service {default!r} is not one of its services)"
+            raise BadRequest(
+                f"no service_id given and deployment {deployment!r} has no default-service"
+                + (detail if default else "")
+            )
+        return str(default)
+    if service_id not in known:
         raise NotFound(
-            f"service {name!r} not found in deployment {deployment!r} "
+            f"service {service_id!r} not found in deployment {deployment!r} "
             f"(services: {', '.join(known)})"
         )
-    return name
+    return service_id
 
 
 def first_step(

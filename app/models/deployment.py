@@ -9,6 +9,7 @@ from sqlalchemy import JSON, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.models.base import Base, UTCDateTime, utcnow
+from config.deployment import load_deployment_mapping
 
 
 class Deployment(Base):
@@ -39,6 +40,11 @@ class Deployment(Base):
     def default_service(self) -> str | None:
         """The service used when a task names none."""
         return self.spec.get("default-service")
+
+    @property
+    def warnings(self) -> list[str]:
+        """What its file holds that is accepted but does nothing."""
+        return load_deployment_mapping(self.spec).warnings
 
 
 class Service(Base):

@@ -100,6 +100,9 @@ class Deployment:
     created_at: dt.datetime | None = None
     updated_at: dt.datetime | None = None
     base_path: str | None = None
+    #: What the file holds that is accepted but does nothing (a default-service naming no
+    #: service, a ``ui``).
+    warnings: list[str] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Deployment:
@@ -112,6 +115,7 @@ class Deployment:
             created_at=_time(data.get("created_at")),
             updated_at=_time(data.get("updated_at")),
             base_path=data.get("base_path"),
+            warnings=list(data.get("warnings") or []),
         )
 
 

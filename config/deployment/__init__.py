@@ -13,6 +13,7 @@ The parts: ``spec`` (the dataclasses), ``rules`` (checks of single fields), ``sc
 marshmallow schemas that build the spec) and ``loading`` (YAML in, errors by field path out).
 """
 
+from config.deployment.layout import SourceLayout
 from config.deployment.loading import (
     load_deployment,
     load_deployment_file,
@@ -38,6 +39,7 @@ __all__ = [
     "DeploymentSpec",
     "MessageQueueSpec",
     "ServiceSpec",
+    "SourceLayout",
     "SourceSpec",
     "SourceType",
     "load_deployment",

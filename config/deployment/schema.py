@@ -114,17 +114,24 @@ class _ServiceSchema(Schema):
     )
     ts_dependencies = _StringMap(data_key="ts-dependencies", allow_none=True)
 
-    #: Whether a service with a source must say what to import from it.
-    requires_import_path = True
+    #: Whether the entry is a workflow, which needs a source and a path to import.
+    is_workflow = True
 
     @validates_schema(skip_on_field_errors=False, pass_original=True)
     def _check_import_path_given(
         self, data: dict[str, Any], original: Mapping[str, Any], **kwargs: Any
     ) -> None:
         check_alias(data, "path", "import_path")
-        given = original.get("path") is not None or original.get("import-path") is not None
-        # LlamaDeploy only found out at deploy time that it had nothing to import; say it now.
-        if self.requires_import_path and original.get("source") is not None and not given:
+        if not self.is_workflow:
+            return
+        # LlamaDeploy only found out at deploy time that it had nothing to load; say it now.
+        if original.get("source") is None:
+            raise ValidationError(
+                "Missing data for required field: a service loads its workflow from a source "
+                "(type: local and a folder, or type: git and a clone URL).",
+                "source",
+            )
+        if original.get("path") is None and original.get("import-path") is None:
             raise ValidationError("Missing data for required field.", "path")
 
     @post_load
@@ -146,7 +153,7 @@ class _UiSchema(_ServiceSchema):
     path = fields.String(allow_none=True, validate=check_ui_path)
     import_path = fields.String(data_key="import-path", allow_none=True, validate=check_ui_path)
 
-    requires_import_path = False
+    is_workflow = False
 
 
 class _ServiceMap(fields.Field[dict[str, ServiceSpec]]):
@@ -334,17 +341,6 @@ class DeploymentSchema(Schema):
     default_service = fields.String(data_key="default-service", allow_none=True)
     services = _ServiceMap(required=True)
     ui = fields.Nested(_UiSchema, allow_none=True)
-
-    @validates_schema(skip_on_field_errors=False)
-    def _check_default_service(self, data: dict[str, Any], **kwargs: Any) -> None:
-        default, services = data.get("default_service"), data.get("services")
-        # LlamaDeploy only logged a warning here; tasks without a service then had nowhere to go.
-        if default is not None and services is not None and default not in services:
-            known = ", ".join(services)
-            raise ValidationError(
-                f"{default!r} is not a service of this deployment; must be one of: {known}.",
-                "default-service",
-            )
 
     @post_load
     def _build(self, data: dict[str, Any], **kwargs: Any) -> DeploymentSpec:

@@ -150,6 +150,19 @@ class DeploymentSpec:
     services: dict[str, ServiceSpec]
     ui: ServiceSpec | None = None
 
+    @property
+    def warnings(self) -> list[str]:
+        """What the file holds that is accepted but does nothing (LlamaDeploy only warned)."""
+        found = []
+        if self.default_service is not None and self.default_service not in self.services:
+            found.append(
+                f"default-service {self.default_service!r} is not a service of this deployment "
+                f"(services: {', '.join(self.services)}); tasks must name their service_id"
+            )
+        if self.ui is not None:
+            found.append("ui is accepted and not served: Celeriac runs no UI of a deployment")
+        return found
+
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-safe mapping in the YAML's spelling, which ``load_deployment_mapping``
         reads back."""

@@ -226,9 +226,17 @@ INVALID_FILES = {
     "missing name": (VALID.replace("name: Broken\n", ""), "name"),
     "unknown source type": (VALID.replace("type: local", "type: ftp"), "services.echo.source.type"),
     "docker source": (VALID.replace("type: local", "type: docker"), "services.echo.source.type"),
-    "default-service naming no service": (
-        VALID.replace("default-service: echo", "default-service: nobody"),
-        "default-service",
+    "service without a source": (
+        VALID.replace("    source:\n      type: local\n      name: ./src\n", ""),
+        "services.echo.source",
+    ),
+    "module not in the source": (
+        VALID.replace("workflow:echo_workflow", "nowhere/workflow:echo_workflow"),
+        "services.echo.path",
+    ),
+    "env file not in the source": (
+        VALID + "    env-files: [missing.env]\n",
+        "services.echo.env-files",
     ),
     "YAML syntax": (VALID + "  oops: [unclosed\n", "yaml"),
     "not a mapping": ("- just\n- a list\n", "yaml"),
@@ -479,21 +487,34 @@ def test_each_service_sees_its_own_environment(client: FlaskClient) -> None:
     assert "CELERIAC_TEST_SHAPE" not in os.environ
 
 
-def test_env_file_missing_fails_the_task_not_the_server(
-    client: FlaskClient, tmp_path: Path
-) -> None:
-    # Given a service whose env file does not exist
-    path = write_echo_deployment(tmp_path, "NoEnvFile", "hello ")
-    path.write_text(path.read_text() + "    env-files:\n      - missing.env\n")
-    deployed(client, path)
-    # When it runs
-    response = client.post("/deployments/NoEnvFile/tasks/run", json={"input": "{}"})
-    # Then the task fails with a message naming the file
-    body = assert_error(response, 502)
-    assert "missing.env" in body["errors"]["error"]["message"]
-    # And the server keeps serving other deployments
-    deployed(client, STRUCTURED)
-    assert run(client, "Structured", input={"message": "ok"})["length"] == 2
+def test_default_service_naming_no_service_deploys_with_a_warning(client: FlaskClient) -> None:
+    # Given a file whose default-service names no service (LlamaDeploy's own e2e files do this)
+    text = VALID.replace("default-service: echo", "default-service: nobody")
+    # When it is deployed
+    deployment = ok(post_yaml(client, text, QUICKSTART_DIR))
+    # Then it is stored, and the answer (and every later read) says what is wrong
+    [warning] = deployment["warnings"]
+    assert "default-service 'nobody' is not a service of this deployment" in warning
+    assert ok(client.get("/deployments/Broken"))["warnings"] == [warning]
+    # And a task that names no service is refused as LlamaDeploy refused it, creating nothing
+    for route in ("run", "create"):
+        response = client.post(f"/deployments/Broken/tasks/{route}", json={"input": "{}"})
+        body = assert_error(response, 400)
+        assert "has no default-service (its default-service 'nobody'" in body["message"]
+    assert ok(client.get("/deployments/Broken/tasks")) == []
+    # While a task that names its service runs
+    body = {"input": '{"message": "hi"}', "service_id": "echo"}
+    assert run(client, "Broken", **body) == "Message received: hi"
+
+
+def test_module_not_found_names_every_place_tried(client: FlaskClient, tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    text = VALID.replace("name: ./src", "name: src").replace("path: workflow", "path: src/flow")
+    body = assert_error(post_yaml(client, text, tmp_path), 422)
+    root = tmp_path.resolve()
+    assert body["errors"]["services.echo.path"] == [
+        f"module 'flow' not found; looked in {root / 'src'}, {root / 'src' / 'src'}"
+    ]
 
 
 def test_upload_filename_does_not_matter(client: FlaskClient) -> None:

@@ -171,10 +171,8 @@ def test_deploy_invalid_yaml_names_every_bad_field(live_server: str, tmp_path: P
     assert "Broken" not in listed.stdout
 
 
-def test_deploy_with_an_unknown_default_service_is_refused(
-    live_server: str, tmp_path: Path
-) -> None:
-    """A ``default-service`` that names no service is reported on that field."""
+def test_deploy_with_an_unknown_default_service_warns(live_server: str, tmp_path: Path) -> None:
+    """A ``default-service`` that names no service deploys with a warning, as in LlamaDeploy."""
     # Given a copy of the quick start whose default-service names nothing
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "workflow.py").write_text(
@@ -188,11 +186,15 @@ def test_deploy_with_an_unknown_default_service_is_refused(
     )
     # When it is deployed
     result = on(live_server, "deploy", str(path))
-    # Then the field and the reason are printed and nothing is stored
-    assert result.exit_code != 0
-    assert "default-service:" in result.output
-    assert "no_such_service" in result.output
-    assert on(live_server, "deployments", "list").stdout.strip() == ""
+    # Then it is stored, and the warning names the field on stderr
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "Deployment successful: QuickStart"
+    assert "Warning: default-service 'no_such_service' is not a service" in result.stderr
+    # And a run that relies on the default service fails with LlamaDeploy's reason
+    refused = on(live_server, "run", "-d", "QuickStart")
+    assert refused.exit_code != 0
+    assert "has no default-service" in refused.stderr
+    assert on(live_server, "run", "-d", "QuickStart", "-s", "echo_workflow").exit_code == 0
 
 
 def test_deploy_of_a_missing_file_is_a_usage_error(live_server: str, tmp_path: Path) -> None:

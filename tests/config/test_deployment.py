@@ -84,9 +84,6 @@ services:
     ts-dependencies:
       "@llamaindex/core": "^0.2.0"
       "@notionhq/client": "^2.2.15"
-
-  memory:
-    name: Chat Memory
 """
 
 
@@ -239,13 +236,34 @@ def test_env_with_a_nested_value() -> None:
     }
 
 
-def test_default_service_naming_an_unknown_service() -> None:
-    # LlamaDeploy only logged a warning here.
-    errors = _errors(_minimal(default_service="missing"))
+def test_default_service_naming_an_unknown_service_is_a_warning() -> None:
+    # LlamaDeploy's own e2e files name a default-service that does not exist; it only warned.
+    spec = load_deployment_mapping(_minimal(default_service="missing"))
 
-    reason = _reason(errors, "default-service")
-    assert "'missing' is not a service" in reason
-    assert "echo" in reason
+    assert spec.default_service == "missing"
+    [warning] = spec.warnings
+    assert "'missing' is not a service of this deployment (services: echo)" in warning
+
+
+def test_a_valid_file_has_no_warnings() -> None:
+    assert load_deployment_mapping(_minimal(default_service="echo")).warnings == []
+
+
+def test_ui_is_accepted_with_a_warning() -> None:
+    ui = {"name": "My UI", "source": {"type": "local", "name": "ui"}}
+    spec = load_deployment_mapping(_minimal(ui=ui))
+
+    assert spec.ui is not None and spec.ui.source is not None
+    assert spec.ui.source.location == "ui"
+    assert ["ui is accepted and not served" in w for w in spec.warnings] == [True]
+
+
+def test_a_service_without_a_source_is_refused() -> None:
+    # LlamaDeploy deployed it, then failed every task; say it at deploy time instead.
+    errors = _errors(_with_service(source=None))
+
+    reason = _reason(errors, "services.echo.source")
+    assert reason.startswith("Missing data for required field: a service loads its workflow")
 
 
 def test_unknown_message_queue_type() -> None:
@@ -355,8 +373,7 @@ def test_kitchen_sink_loads() -> None:
     typescript = spec.services["another-workflow"]
     assert typescript.ts_dependencies["@llamaindex/core"] == "^0.2.0"
     assert (typescript.host, typescript.port) == ("localhost", 1314)
-    # A service without a source (LlamaDeploy skips it) needs no path either.
-    assert spec.services["memory"].source is None
+    assert list(spec.services) == ["myworkflow", "another-workflow"]
 
 
 def test_llama_deploy_v09_spellings_load() -> None:

@@ -12,7 +12,7 @@ from workflows import Workflow
 
 import app
 import config
-from config.deployment import ServiceSpec, load_deployment
+from config.deployment import ServiceSpec, SourceLayout, load_deployment
 from tests.conftest import REPO
 from tests.workers.conftest import write_file, write_workflow
 from workers.errors import WorkflowLoadError
@@ -49,8 +49,8 @@ def test_two_deployments_with_a_module_of_the_same_name_stay_distinct(tmp_path: 
     write_workflow(tmp_path / "two", '"from two"')
     spec = service()
     # When both are loaded in this process
-    first = load_workflow("DeployOne", spec, tmp_path / "one", {})
-    second = load_workflow("DeployTwo", spec, tmp_path / "two", {})
+    first = load_workflow("DeployOne", spec, SourceLayout.single(tmp_path / "one"), {})
+    second = load_workflow("DeployTwo", spec, SourceLayout.single(tmp_path / "two"), {})
     # Then they are two workflows from two modules, each with its own answer
     assert first is not second
     assert type(first).__module__ != type(second).__module__
@@ -70,7 +70,7 @@ def test_user_modules_named_app_and_config_shadow_nothing(tmp_path: Path) -> Non
         preamble="from .config import GREETING\nfrom .helpers import shout",
     )
     # When it is loaded and run
-    workflow = load_workflow("Shadow", service(), src, {})
+    workflow = load_workflow("Shadow", service(), SourceLayout.single(src), {})
     result = run(workflow)
     # Then the workflow used its own modules
     assert result == "HELLO FROM THE USER CONFIG"
@@ -96,7 +96,7 @@ def test_plain_import_of_a_sibling_module_works(tmp_path: Path) -> None:
     write_file(tmp_path / "helpers.py", 'NAME = "plain helper"\n')
     write_workflow(tmp_path, "helpers.NAME", preamble="import helpers")
     # When it is loaded and run
-    workflow = load_workflow("Plain", service(), tmp_path, {})
+    workflow = load_workflow("Plain", service(), SourceLayout.single(tmp_path), {})
     # Then the sibling module was found
     assert run(workflow) == "plain helper"
 
@@ -109,8 +109,8 @@ def test_two_deployments_with_same_named_plain_imported_helpers_stay_distinct(
         write_file(tmp_path / name / "helpers.py", f'NAME = "helper of {name}"\n')
         write_workflow(tmp_path / name, "helpers.NAME", preamble="import helpers")
     # When both are loaded in this process
-    first = load_workflow("DeployOne", service(), tmp_path / "one", {})
-    second = load_workflow("DeployTwo", service(), tmp_path / "two", {})
+    first = load_workflow("DeployOne", service(), SourceLayout.single(tmp_path / "one"), {})
+    second = load_workflow("DeployTwo", service(), SourceLayout.single(tmp_path / "two"), {})
     # Then each runs with its own helper, not the one that happened to be imported first
     assert run(first) == "helper of one"
     assert run(second) == "helper of two"
@@ -118,26 +118,26 @@ def test_two_deployments_with_same_named_plain_imported_helpers_stay_distinct(
 
 def test_workflow_in_a_subfolder_of_the_source_is_found(tmp_path: Path) -> None:
     write_workflow(tmp_path / "pkg" / "inner", '"deep"', module="flow")
-    workflow = load_workflow("Sub", service("pkg/inner/flow:wf"), tmp_path, {})
+    workflow = load_workflow("Sub", service("pkg/inner/flow:wf"), SourceLayout.single(tmp_path), {})
     assert run(workflow) == "deep"
 
 
 def test_missing_attribute_is_a_load_error(tmp_path: Path) -> None:
     write_workflow(tmp_path)
     with pytest.raises(WorkflowLoadError, match="no attribute 'nothing_here'"):
-        load_workflow("Dep", service("workflow:nothing_here"), tmp_path, {})
+        load_workflow("Dep", service("workflow:nothing_here"), SourceLayout.single(tmp_path), {})
 
 
 def test_attribute_that_is_not_a_workflow_is_a_load_error(tmp_path: Path) -> None:
     write_workflow(tmp_path, preamble="NOT_A_WORKFLOW = 42")
     with pytest.raises(WorkflowLoadError, match=r"NOT_A_WORKFLOW is a int, not a workflows"):
-        load_workflow("Dep", service("workflow:NOT_A_WORKFLOW"), tmp_path, {})
+        load_workflow("Dep", service("workflow:NOT_A_WORKFLOW"), SourceLayout.single(tmp_path), {})
 
 
 def test_module_that_raises_at_import_is_a_load_error(tmp_path: Path) -> None:
     write_file(tmp_path / "workflow.py", 'raise RuntimeError("cannot start without a key")\n')
     with pytest.raises(WorkflowLoadError) as caught:
-        load_workflow("Dep", service(), tmp_path, {})
+        load_workflow("Dep", service(), SourceLayout.single(tmp_path), {})
     message = str(caught.value)
     assert "importing 'workflow'" in message
     assert "RuntimeError: cannot start without a key" in message
@@ -145,13 +145,15 @@ def test_module_that_raises_at_import_is_a_load_error(tmp_path: Path) -> None:
 
 
 def test_missing_module_is_a_load_error(tmp_path: Path) -> None:
-    with pytest.raises(WorkflowLoadError, match="importing 'absent'"):
-        load_workflow("Dep", service("absent:wf"), tmp_path, {})
+    with pytest.raises(WorkflowLoadError, match="module 'absent' not found; looked in "):
+        load_workflow("Dep", service("absent:wf"), SourceLayout.single(tmp_path), {})
 
 
 def test_missing_folder_is_a_load_error(tmp_path: Path) -> None:
-    with pytest.raises(WorkflowLoadError, match="folder 'nowhere' not found"):
-        load_workflow("Dep", service("nowhere/workflow:wf"), tmp_path, {})
+    with pytest.raises(
+        WorkflowLoadError, match=r"module 'workflow' not found; looked in .*/nowhere$"
+    ):
+        load_workflow("Dep", service("nowhere/workflow:wf"), SourceLayout.single(tmp_path), {})
 
 
 def test_module_sees_the_service_environment_while_it_is_imported(
@@ -162,7 +164,9 @@ def test_module_sees_the_service_environment_while_it_is_imported(
         tmp_path, "IMPORTED_WITH", preamble='IMPORTED_WITH = os.environ["CELERIAC_TEST_API_KEY"]'
     )
     # When it is loaded with that variable in the service's environment
-    workflow = load_workflow("Dep", service(), tmp_path, {"CELERIAC_TEST_API_KEY": "secret-1"})
+    workflow = load_workflow(
+        "Dep", service(), SourceLayout.single(tmp_path), {"CELERIAC_TEST_API_KEY": "secret-1"}
+    )
     # Then the import saw it
     assert run(workflow) == "secret-1"
 
@@ -185,7 +189,7 @@ def test_service_with_a_missing_dependency_fails_to_load_naming_it(tmp_path: Pat
     spec = service(**{"python-dependencies": "[surely-not-installed-celeriac-pkg, pytest>=1]"})
     # When / Then loading names the missing package only
     with pytest.raises(WorkflowLoadError) as caught:
-        load_workflow("Dep", spec, tmp_path, {})
+        load_workflow("Dep", spec, SourceLayout.single(tmp_path), {})
     assert "surely-not-installed-celeriac-pkg" in str(caught.value)
     assert "pytest" not in str(caught.value)
 
@@ -198,7 +202,7 @@ def test_env_files_win_over_inline_env_and_empty_values_are_skipped(tmp_path: Pa
         **{"env-files": "[.env]"},
     )
     # When the service's environment is built
-    env = service_environment(spec, tmp_path)
+    env = service_environment(spec, SourceLayout.single(tmp_path))
     # Then the file wins where it has a value and empty values change nothing
     assert env == {
         "SHARED": "from-file",
@@ -212,10 +216,10 @@ def test_later_env_files_win_over_earlier_ones(tmp_path: Path) -> None:
     write_file(tmp_path / "a.env", "X=a\nY=a\n")
     write_file(tmp_path / "conf" / "b.env", "X=b\n")
     spec = service(**{"env-files": "[a.env, conf/b.env]"})
-    assert service_environment(spec, tmp_path) == {"X": "b", "Y": "a"}
+    assert service_environment(spec, SourceLayout.single(tmp_path)) == {"X": "b", "Y": "a"}
 
 
 def test_missing_env_file_is_a_load_error(tmp_path: Path) -> None:
     spec = service(env="{A: b}", **{"env-files": "[missing.env]"})
     with pytest.raises(WorkflowLoadError, match=r"missing\.env"):
-        service_environment(spec, tmp_path)
+        service_environment(spec, SourceLayout.single(tmp_path))

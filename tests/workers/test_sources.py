@@ -82,7 +82,7 @@ def sources_dir(tmp_path: Path) -> Path:
 
 def test_local_source_resolves_relative_to_the_base_path(tmp_path: Path) -> None:
     (tmp_path / "project" / "src").mkdir(parents=True)
-    root = sync_source("Dep", service("local", "./src"), tmp_path / "project", tmp_path / "s")
+    root = sync_source("Dep", service("local", "./src"), tmp_path / "project", tmp_path / "s").root
     assert root == (tmp_path / "project" / "src").resolve()
     # A local source is used in place: nothing is copied
     assert not (tmp_path / "s").exists()
@@ -95,7 +95,7 @@ def test_missing_local_folder_is_a_load_error(tmp_path: Path) -> None:
 
 def test_git_source_clones_the_default_branch(repo: Path, sources_dir: Path) -> None:
     # When a git source without a branch is synced
-    root = sync_source("Dep", service("git", f"file://{repo}"), Path("."), sources_dir)
+    root = sync_source("Dep", service("git", f"file://{repo}"), Path("."), sources_dir).root
     # Then the clone holds the main branch, inside the sources folder
     assert root.is_relative_to(sources_dir)
     assert '"from main"' in (root / "workflow.py").read_text()
@@ -103,7 +103,7 @@ def test_git_source_clones_the_default_branch(repo: Path, sources_dir: Path) -> 
 
 
 def test_git_source_clones_the_named_branch(repo: Path, sources_dir: Path) -> None:
-    root = sync_source("Dep", service("git", f"file://{repo}@v2"), Path("."), sources_dir)
+    root = sync_source("Dep", service("git", f"file://{repo}@v2"), Path("."), sources_dir).root
     assert '"from v2"' in (root / "workflow.py").read_text()
     assert json.loads((root / MARKER).read_text())["ref"] == "v2"
 
@@ -111,11 +111,11 @@ def test_git_source_clones_the_named_branch(repo: Path, sources_dir: Path) -> No
 def test_second_sync_of_the_same_ref_reuses_the_clone(repo: Path, sources_dir: Path) -> None:
     # Given a clone of main, marked by a file the clone itself never had
     spec = service("git", f"file://{repo}@main")
-    root = sync_source("Dep", spec, Path("."), sources_dir)
+    root = sync_source("Dep", spec, Path("."), sources_dir).root
     (root / "left-by-the-test").write_text("still here")
     marker_mtime = (root / MARKER).stat().st_mtime_ns
     # When the same ref is synced again
-    again = sync_source("Dep", spec, Path("."), sources_dir)
+    again = sync_source("Dep", spec, Path("."), sources_dir).root
     # Then the same clone comes back untouched
     assert again == root
     assert (again / "left-by-the-test").read_text() == "still here"
@@ -124,10 +124,10 @@ def test_second_sync_of_the_same_ref_reuses_the_clone(repo: Path, sources_dir: P
 
 def test_sync_of_another_ref_replaces_the_clone(repo: Path, sources_dir: Path) -> None:
     # Given a clone of main
-    root = sync_source("Dep", service("git", f"file://{repo}"), Path("."), sources_dir)
+    root = sync_source("Dep", service("git", f"file://{repo}"), Path("."), sources_dir).root
     (root / "left-by-the-test").write_text("old clone")
     # When the service moves to branch v2
-    moved = sync_source("Dep", service("git", f"file://{repo}@v2"), Path("."), sources_dir)
+    moved = sync_source("Dep", service("git", f"file://{repo}@v2"), Path("."), sources_dir).root
     # Then the old clone is replaced by one of v2, with no leftovers beside it
     assert moved == root
     assert not (moved / "left-by-the-test").exists()
@@ -153,7 +153,7 @@ def test_bad_url_is_a_load_error_naming_the_url(tmp_path: Path, sources_dir: Pat
 
 
 def test_failed_sync_keeps_the_previous_clone(repo: Path, sources_dir: Path) -> None:
-    root = sync_source("Dep", service("git", f"file://{repo}"), Path("."), sources_dir)
+    root = sync_source("Dep", service("git", f"file://{repo}"), Path("."), sources_dir).root
     with pytest.raises(WorkflowLoadError):
         sync_source("Dep", service("git", f"file://{repo}@no-such-branch"), Path("."), sources_dir)
     assert '"from main"' in (root / "workflow.py").read_text()
