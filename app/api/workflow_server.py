@@ -26,7 +26,10 @@ from app.api.workflow_schemas import (
     SendEventBodySchema,
     SentSchema,
     StreamArgs,
+    WorkflowEventsSchema,
+    WorkflowGraphSchema,
     WorkflowListSchema,
+    WorkflowSchemaSchema,
 )
 from app.control.handlers import event_obj_str, start_input
 from app.errors import InvalidInput, Unsupported
@@ -108,6 +111,39 @@ class WorkflowRunNowait(MethodView):
         return plane().handlers.start(deployment_name, name, _run_input(body), body["handler_id"])
 
 
+@blp.route("/workflows/<string:name>/schema")
+class WorkflowSchema(MethodView):
+    """The workflow's start and stop events."""
+
+    @blp.response(200, WorkflowSchemaSchema)
+    def get(self, deployment_name: str, name: str) -> Any:
+        """JSON schemas of the start and stop events (a worker of the service describes its
+        workflow once per deployment version; 503 if none answers)."""
+        description = plane().descriptions.get(deployment_name, name)
+        return {"start": description["start"], "stop": description["stop"]}
+
+
+@blp.route("/workflows/<string:name>/events")
+class WorkflowEvents(MethodView):
+    """The workflow's events."""
+
+    @blp.response(200, WorkflowEventsSchema)
+    def get(self, deployment_name: str, name: str) -> Any:
+        """JSON schemas of every event the workflow's steps take or return."""
+        description = plane().descriptions.get(deployment_name, name)
+        return {"events": [event["schema"] for event in description["events"]]}
+
+
+@blp.route("/workflows/<string:name>/representation")
+class WorkflowRepresentation(MethodView):
+    """The workflow's graph."""
+
+    @blp.response(200, WorkflowGraphSchema)
+    def get(self, deployment_name: str, name: str) -> Any:
+        """The workflow as a graph of steps and events (llama-index's WorkflowGraph)."""
+        return {"graph": plane().descriptions.get(deployment_name, name)["graph"]}
+
+
 @blp.route("/handlers")
 class Handlers(MethodView):
     """The deployment's handlers."""
@@ -186,7 +222,12 @@ class HandlerEvents(MethodView):
                 errors={"step": ["not supported: events reach every step waiting for them"]},
             )
         cp = plane()
-        cp.events.send(deployment_name, handler_id, event_obj_str(body["event"]), None)
+        service = cp.tasks.get(deployment_name, handler_id).service
+
+        def known() -> dict[str, str]:
+            return cp.descriptions.known_events(deployment_name, service)
+
+        cp.events.send(deployment_name, handler_id, event_obj_str(body["event"], known), None)
         return {"status": "sent"}
 
 

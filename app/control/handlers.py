@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import select
@@ -139,10 +139,11 @@ FRAMEWORK_EVENTS = {
 }
 
 
-def event_obj_str(event: Any, known: dict[str, str] | None = None) -> str:
+def event_obj_str(event: Any, known: Callable[[], dict[str, str]] | None = None) -> str:
     """LlamaDeploy's ``event_obj_str`` (llama-index's JSON of an event) from a workflow
-    server's envelope ``{type, value}`` or ``{qualified_name, value}``; ``known`` maps the
-    workflow's own event class names to their qualified names."""
+    server's envelope ``{type, value}`` or ``{qualified_name, value}``. ``known`` gives the
+    workflow's own event class names with their qualified names; it is asked only for a
+    type that is not one of the framework's."""
     if isinstance(event, str):
         try:
             event = json.loads(event)
@@ -162,8 +163,10 @@ def event_obj_str(event: Any, known: dict[str, str] | None = None) -> str:
             "event.value must be a JSON object of the event's fields",
             errors={"event.value": [f"expected an object, got {type(value).__name__}"]},
         )
-    names = {**FRAMEWORK_EVENTS, **(known or {})}
     kind = event.get("type")
+    names = dict(FRAMEWORK_EVENTS)
+    if isinstance(kind, str) and kind not in names and known is not None:
+        names.update(known())
     qualified = names.get(kind) if isinstance(kind, str) else None
     qualified = qualified or event.get("qualified_name")
     if not isinstance(qualified, str) or not qualified:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from app.control.deployments import Deployments
+from app.control.descriptions import Descriptions
 from app.control.dispatch import Dispatcher
 from app.control.events import EventLog
 from app.control.handlers import Handlers
@@ -43,7 +44,8 @@ class ControlPlane:
         poll = 1.0 if settings.embedded else 0.1
         self.events = EventLog(db, self.tasks, self.waiter, dispatcher, poll=poll)
         self.handlers = Handlers(db, self.tasks)
-        register_control_tasks(celery, self.recorder, self.outbox)
+        self.descriptions = Descriptions(db, dispatcher, self.waiter)
+        register_control_tasks(celery, self.recorder, self.outbox, self.descriptions)
 
     def close(self) -> None:
         """Write the last notes of published tasks, then release connections."""

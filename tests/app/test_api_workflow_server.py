@@ -112,3 +112,11 @@ def test_ndjson_stream_without_qualified_names(client: FlaskClient) -> None:
     assert [line["type"] for line in lines] == ["ProgressEvent", "StopEvent"]
     assert all(line["qualified_name"] is None for line in lines)
     assert lines[1]["value"] == {"result": "hello world"}
+
+
+def test_schema_events_and_representation(api: str) -> None:
+    run(scenario.describe(client_for(api)))
+
+
+def test_an_event_of_the_workflows_own_type_is_sent_by_name(api: str) -> None:
+    run(scenario.custom_event(client_for(api)))

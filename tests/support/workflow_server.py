@@ -51,7 +51,7 @@ async def http_error(call: Any) -> httpx.Response:
 async def discovery(client: WorkflowClient) -> None:
     """Health and the workflow list: the deployment's service ids."""
     assert (await client.is_healthy()).status == "healthy"
-    assert (await client.list_workflows()).workflows == ["ask", "broken", "greet"]
+    assert (await client.list_workflows()).workflows == ["ask", "broken", "greet", "relay"]
 
 
 async def run_and_wait(client: WorkflowClient) -> str:
@@ -175,3 +175,46 @@ async def cancel(client: WorkflowClient, handler_id: str) -> None:
     assert "cannot cancel" in body["message"]
     assert (await client.get_handler(handler_id)).status == before.status
     assert (await http_error(client.cancel_handler("no-such-handler"))).status_code == 404
+
+
+async def describe(client: WorkflowClient) -> None:
+    """Schema, events and representation come from a worker that loaded the workflow."""
+    schema = await client.get_workflow_schema("greet")
+    assert set(schema.start["properties"]) >= {"name", "count"}
+    assert schema.start["title"] == "GreetStart"
+    assert schema.stop["title"] == "StopEvent"
+    events = await client.get_workflow_events_schema("ask")
+    titles = {event.get("title") for event in events.events}
+    assert {"InputRequiredEvent", "HumanResponseEvent", "StartEvent", "StopEvent"} <= titles
+    graph = (await client.get_workflow_graph("greet")).graph
+    steps = {node.id for node in graph.nodes if node.node_type == "step"}
+    assert "greet" in steps
+    assert graph.edges
+    missing = await http_error(client.get_workflow_schema("missing"))
+    assert missing.status_code == 404
+
+
+async def custom_event(client: WorkflowClient) -> None:
+    """An event of the workflow's own class, sent by its class name alone (as the client's
+    envelopes name it), reaches the workflow: the worker's description names its module."""
+    handler = await client.run_workflow_nowait("relay")
+    first = await collect_until(client, handler.handler_id, "InputRequiredEvent")
+    assert first.value == {"prefix": "go?"}
+    sent = await client.send_event(handler.handler_id, {"type": "GoEvent", "value": {"word": "on"}})
+    assert sent.status == "sent"
+    done = await client.wait_for_handler(handler.handler_id, timeout=DEADLINE, poll_interval=0.05)
+    assert done.result is not None and done.result.value == {"result": "went on"}
+
+
+async def collect_until(client: WorkflowClient, handler_id: str, kind: str) -> Any:
+    """The first event of type ``kind`` in a handler's stream (the stream is left then)."""
+    stream = client.get_workflow_events(handler_id)
+
+    async def first() -> Any:
+        async for event in stream:
+            if event.type == kind:
+                await stream.aclose()
+                return event
+        raise AssertionError(f"the stream ended with no {kind}")
+
+    return await asyncio.wait_for(first(), DEADLINE)

@@ -51,6 +51,26 @@ class AskWorkflow(Workflow):
         return StopEvent(result=f"answered {ev.response}")
 
 
+class GoEvent(HumanResponseEvent):
+    """A reply of the workflow's own type: the client names it by its class name only."""
+
+    word: str
+
+
+class RelayWorkflow(Workflow):
+    """Waits for a GoEvent, returns its word."""
+
+    @step
+    async def wait(self, ev: StartEvent) -> InputRequiredEvent:
+        """Ask for a GoEvent."""
+        return InputRequiredEvent(prefix="go?")  # type: ignore[call-arg]
+
+    @step
+    async def go(self, ev: GoEvent) -> StopEvent:
+        """The word is the result."""
+        return StopEvent(result=f"went {ev.word}")
+
+
 class BrokenWorkflow(Workflow):
     """Always fails."""
 
@@ -63,3 +83,4 @@ class BrokenWorkflow(Workflow):
 greet_workflow = GreetWorkflow(timeout=30)
 ask_workflow = AskWorkflow(timeout=120)
 broken_workflow = BrokenWorkflow(timeout=30)
+relay_workflow = RelayWorkflow(timeout=120)
