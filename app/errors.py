@@ -7,7 +7,8 @@ ControlPlaneError (500)
 ├── InvalidInput (422)        a field's value is wrong; ``errors`` maps fields to reasons
 ├── TaskFailed (502)          the task ran and its workflow failed
 ├── TaskTimeout (504)         the task did not end in time (it keeps running)
-└── Unavailable (503)         the broker or database cannot be reached
+├── Unavailable (503)         the broker or database cannot be reached
+└── Unsupported (501)         Celeriac does not do this yet (cancelling a running task)
 """
 
 from __future__ import annotations
@@ -66,3 +67,9 @@ class Unavailable(ControlPlaneError):
     """A backing service (broker, database) cannot be reached right now."""
 
     status_code = 503
+
+
+class Unsupported(ControlPlaneError):
+    """Celeriac does not do this (yet); the request changed nothing."""
+
+    status_code = 501

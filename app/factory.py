@@ -13,7 +13,7 @@ from flask_smorest import Api
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
-from app.api import EXTENSION, deployments, sessions, status, tasks
+from app.api import EXTENSION, deployments, sessions, status, tasks, workflow_server
 from app.control.plane import ControlPlane
 from app.db import Database
 from app.errors import ControlPlaneError
@@ -46,7 +46,7 @@ def create_app(settings: Settings, plane: ControlPlane | None = None) -> Flask:
     app.extensions[EXTENSION] = plane
     api = Api(app)
     _serve_swagger_ui_files(app)
-    for module in (status, deployments, tasks, sessions):
+    for module in (status, deployments, tasks, sessions, workflow_server):
         api.register_blueprint(module.blp)
     _register_error_handlers(app)
     return app

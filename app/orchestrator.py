@@ -17,16 +17,19 @@ from typing import Any
 from celery import Celery, bootsteps
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
+from app.control.descriptions import Descriptions
 from app.control.outbox import Outbox
 from app.control.recorder import Recorder
 from workers.heartbeat import own_queues
 from workers.protocol import (
     CONTROL_QUEUE,
     HEARTBEAT,
+    SERVICE_DESCRIBED,
     STEP_EVENT,
     STEP_FINISHED,
     STEP_STARTED,
     Heartbeat,
+    ServiceDescribed,
     StepEvent,
     StepFinished,
     StepStarted,
@@ -43,7 +46,9 @@ _RETRY: dict[str, Any] = {
 }
 
 
-def register_control_tasks(celery: Celery, recorder: Recorder, outbox: Outbox) -> None:
+def register_control_tasks(
+    celery: Celery, recorder: Recorder, outbox: Outbox, descriptions: Descriptions
+) -> None:
     """Register the control-plane tasks that record reports from service workers, and the
     outbox's sweep in the workers that consume the control queue."""
     if outbox.swept:
@@ -64,6 +69,10 @@ def register_control_tasks(celery: Celery, recorder: Recorder, outbox: Outbox) -
     @celery.task(name=HEARTBEAT, **_RETRY)
     def heartbeat(**payload: Any) -> None:
         recorder.heartbeat(Heartbeat.decode(payload))
+
+    @celery.task(name=SERVICE_DESCRIBED, **_RETRY)
+    def service_described(**payload: Any) -> None:
+        descriptions.record(ServiceDescribed.decode(payload))
 
 
 def _sweep_step(outbox: Outbox) -> type[bootsteps.StartStopStep]:

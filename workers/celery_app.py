@@ -8,19 +8,24 @@ from celery import Celery
 from celery.exceptions import Reject
 
 from config.settings import Settings
+from workers.description import describe_workflow
 from workers.errors import ControlPlaneUnreachable, HandedBack
 from workers.heartbeat import HeartbeatStep
 from workers.inbox import HandBackStep, InboxStep
 from workers.pools import ThreadsPoolOnly
 from workers.protocol import (
     CONTROL_QUEUE,
+    DESCRIBE,
     RUN_STEP,
+    SERVICE_DESCRIBED,
     STEP_EVENT,
     STEP_FINISHED,
     STEP_STARTED,
     DeliverEvent,
+    Describe,
     Message,
     RunStep,
+    ServiceDescribed,
     StepEvent,
     StepFinished,
     StepStarted,
@@ -136,6 +141,27 @@ def register_service_tasks(celery: CeleriacCelery) -> None:
         except HandedBack as exc:
             # Back to the queue (not acknowledged): another worker runs it again.
             raise Reject(str(exc), requeue=True) from None
+
+    @celery.task(name=DESCRIBE, shared=False, bind=True, acks_late=True)
+    def describe(task: Any, **payload: Any) -> None:
+        message = Describe.decode(payload)
+        description: dict[str, Any] | None = None
+        error: dict[str, Any] | None = None
+        try:
+            loaded = celery.runtime.load(message.deployment, message.service, message.version)
+            description = describe_workflow(loaded.workflow)
+        except ControlPlaneUnreachable as exc:
+            raise task.retry(exc=exc, countdown=2, max_retries=30) from exc
+        except Exception as exc:  # the user's code: report why it cannot be described
+            error = {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__}
+        answer = ServiceDescribed(
+            deployment=message.deployment,
+            service=message.service,
+            version=message.version,
+            description=description,
+            error=error,
+        )
+        send(celery, SERVICE_DESCRIBED, answer, CONTROL_QUEUE)
 
 
 def send_to_inbox(celery: Celery, inbox: str, message: DeliverEvent) -> None:

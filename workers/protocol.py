@@ -31,6 +31,8 @@ STEP_STARTED = "celeriac.control.step_started"
 STEP_EVENT = "celeriac.control.step_event"
 STEP_FINISHED = "celeriac.control.step_finished"
 HEARTBEAT = "celeriac.control.heartbeat"
+DESCRIBE = "celeriac.service.describe"
+SERVICE_DESCRIBED = "celeriac.control.service_described"
 
 
 SERVICE_QUEUE_PREFIX = "celeriac."
@@ -198,3 +200,25 @@ class DeliverEvent(Message):
     task_id: str
     seq: int
     event: str
+
+
+@dataclass(frozen=True)
+class Describe(Message):
+    """Control plane to a service: describe your workflow (its events' schemas, its graph)."""
+
+    deployment: str
+    service: str
+    version: int = 1
+
+
+@dataclass(frozen=True)
+class ServiceDescribed(Message):
+    """Service to control plane: the workflow's description, or why it could not load."""
+
+    deployment: str
+    service: str
+    version: int
+    #: ``start`` and ``stop`` (JSON schemas), ``events`` (``name``, ``qualified_name``,
+    #: ``schema`` each) and ``graph`` (llama-index's WorkflowGraph as JSON).
+    description: dict[str, Any] | None
+    error: dict[str, Any] | None = None

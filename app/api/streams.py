@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+from flask import Response, stream_with_context
+
 from app.control.events import StreamedEvent, StreamEnd
 
 NDJSON = "application/x-ndjson"
@@ -43,3 +45,34 @@ def sse_lines(events: Iterator[StreamedEvent | StreamEnd | None], task_id: str) 
         else:
             payload = {"type": item.type, "qualified_name": item.qualified_name, "data": item.data}
             yield f"id: {item.seq}\nevent: {item.type}\ndata: {json.dumps(payload)}\n\n"
+
+
+def envelope_lines(
+    events: Iterator[StreamedEvent | StreamEnd | None], *, sse: bool, qualified_name: bool
+) -> Iterator[str]:
+    """The workflow server's stream: each event as an envelope (``value``, ``type``,
+    ``qualified_name``, ``types``), in SSE (``id`` is its sequence number) or NDJSON; the
+    stream ends when the task ends."""
+    for item in events:
+        if item is None:
+            yield ": keep-alive\n\n" if sse else "\n"
+        elif isinstance(item, StreamEnd):
+            return
+        else:
+            envelope = json.dumps(
+                {
+                    "value": item.data,
+                    "qualified_name": item.qualified_name if qualified_name else None,
+                    "type": item.type,
+                    "types": None,
+                }
+            )
+            yield f"id: {item.seq}\ndata: {envelope}\n\n" if sse else envelope + "\n"
+
+
+def stream_response(lines: Iterator[str], mimetype: str) -> Response:
+    """A streamed response of ``lines`` that proxies and caches pass on at once."""
+    response = Response(stream_with_context(lines), mimetype=mimetype)
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # let reverse proxies pass it through
+    return response

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
-from flask import Response, current_app, request, stream_with_context
+from flask import Response, current_app, request
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
@@ -20,7 +19,7 @@ from app.api.schemas import (
     TaskResultSchema,
     TaskSchema,
 )
-from app.api.streams import NDJSON, SSE, ndjson_lines, sse_lines
+from app.api.streams import NDJSON, SSE, ndjson_lines, sse_lines, stream_response
 from app.control.tasks import Submission, parse_input
 from app.errors import InvalidInput
 
@@ -135,8 +134,8 @@ class TaskEvents(MethodView):
         after = _resume_point(args["last_event_id"])
         events = cp.events.follow(task_id, after=after)
         if request.accept_mimetypes.best_match(_STREAM_TYPES) == SSE:
-            return _response(sse_lines(events, task_id), SSE)
-        return _response(ndjson_lines(events, raw=args["raw_event"]), NDJSON)
+            return stream_response(sse_lines(events, task_id), SSE)
+        return stream_response(ndjson_lines(events, raw=args["raw_event"]), NDJSON)
 
     @blp.arguments(SessionArgs(), location="query")
     @blp.arguments(EventDefinitionSchema())
@@ -163,10 +162,3 @@ def _resume_point(query_value: int | None) -> int:
             "Last-Event-ID must be an event id from this stream",
             errors={"Last-Event-ID": [f"not an integer: {header!r}"]},
         ) from exc
-
-
-def _response(lines: Iterator[str], mimetype: str) -> Response:
-    response = Response(stream_with_context(lines), mimetype=mimetype)
-    response.headers["Cache-Control"] = "no-cache"
-    response.headers["X-Accel-Buffering"] = "no"  # let reverse proxies pass it through
-    return response

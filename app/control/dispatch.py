@@ -7,7 +7,7 @@ from kombu.exceptions import OperationalError
 
 from app.errors import Unavailable
 from workers.celery_app import send, send_to_inbox
-from workers.protocol import RUN_STEP, DeliverEvent, RunStep, service_queue
+from workers.protocol import DESCRIBE, RUN_STEP, DeliverEvent, Describe, RunStep, service_queue
 
 
 class Dispatcher:
@@ -29,3 +29,12 @@ class Dispatcher:
             send_to_inbox(self._celery, inbox, message)
         except (OperationalError, OSError) as exc:
             raise Unavailable(f"the broker did not accept the event: {exc}") from exc
+
+    def describe(self, message: Describe) -> None:
+        """Ask a worker of the service to describe its workflow."""
+        try:
+            send(
+                self._celery, DESCRIBE, message, service_queue(message.deployment, message.service)
+            )
+        except (OperationalError, OSError) as exc:
+            raise Unavailable(f"the broker did not accept the request: {exc}") from exc

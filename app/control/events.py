@@ -32,6 +32,9 @@ _OUT_FROM = (
     .order_by(_events.c.seq)
     .limit(500)
 )
+_LAST_OUT = select(func.coalesce(func.max(_events.c.seq), -1)).where(
+    _events.c.task_id == bindparam("task_id"), _events.c.direction == EventDirection.OUT.value
+)
 _PROGRESS = select(_tasks.c.status, _tasks.c.event_count).where(_tasks.c.id == bindparam("task_id"))
 _TASK_FOR_INPUT = (
     select(_tasks.c.status, _tasks.c.inbox)
@@ -120,6 +123,12 @@ class EventLog:
                 ):
                     quiet_since = time.monotonic()
                     yield None
+
+    def last_seq(self, task_id: str) -> int:
+        """The sequence number of the task's latest stored event, -1 before the first."""
+        with self._db.peek() as conn:
+            last = conn.scalar(_LAST_OUT, {"task_id": task_id})
+        return -1 if last is None else int(last)
 
     def _wake_every(self) -> float:
         """Seconds between re-reads of a quiet stream: long while notifications are relayed."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from app.control.deployments import Deployments
+from app.control.descriptions import Descriptions
 from app.control.dispatch import Dispatcher
 from app.control.events import EventLog
+from app.control.handlers import Handlers
 from app.control.outbox import Outbox
 from app.control.recorder import Recorder
 from app.control.registry import Registry
@@ -41,7 +43,9 @@ class ControlPlane:
         # they re-read the database this often.
         poll = 1.0 if settings.embedded else 0.1
         self.events = EventLog(db, self.tasks, self.waiter, dispatcher, poll=poll)
-        register_control_tasks(celery, self.recorder, self.outbox)
+        self.handlers = Handlers(db, self.tasks)
+        self.descriptions = Descriptions(db, dispatcher, self.waiter)
+        register_control_tasks(celery, self.recorder, self.outbox, self.descriptions)
 
     def close(self) -> None:
         """Write the last notes of published tasks, then release connections."""

@@ -59,5 +59,9 @@ class Service(Base):
     name: Mapped[str] = mapped_column(String(200))
     display_name: Mapped[str] = mapped_column(String(200))
     queue: Mapped[str] = mapped_column(String(450))
+    #: What a worker reported of the workflow (event schemas, graph) or its load error.
+    description: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: The deployment version ``description`` belongs to.
+    described_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     deployment: Mapped[Deployment] = relationship(back_populates="services")

@@ -27,6 +27,18 @@ OPERATIONS = {
     f"{D}/sessions/create": {"post"},
     f"{D}/sessions/delete": {"post"},
     f"{D}/sessions/{{session_id}}": {"get", "delete"},
+    # LlamaIndex's workflow-server API, per deployment
+    f"{D}/health": {"get"},
+    f"{D}/workflows": {"get"},
+    f"{D}/workflows/{{name}}/run": {"post"},
+    f"{D}/workflows/{{name}}/run-nowait": {"post"},
+    f"{D}/workflows/{{name}}/schema": {"get"},
+    f"{D}/workflows/{{name}}/events": {"get"},
+    f"{D}/workflows/{{name}}/representation": {"get"},
+    f"{D}/handlers": {"get"},
+    f"{D}/handlers/{{handler_id}}": {"get"},
+    f"{D}/handlers/{{handler_id}}/cancel": {"post"},
+    f"{D}/events/{{handler_id}}": {"get", "post"},
 }
 
 METHODS = {"get", "post", "put", "patch", "delete"}
@@ -114,6 +126,30 @@ def test_result_session_deployment_and_status_schemas(openapi: dict[str, Any]) -
     assert {"status", "status_message", "max_deployments", "deployments"} <= set(
         status["properties"]
     )
+
+
+def test_handler_schema_has_the_clients_fields(openapi: dict[str, Any]) -> None:
+    handler = success_schema(openapi, f"{D}/handlers/{{handler_id}}", "get")
+    assert success_schema(openapi, f"{D}/workflows/{{name}}/run", "post") == handler
+    assert {
+        "handler_id",
+        "workflow_name",
+        "run_id",
+        "status",
+        "error",
+        "result",
+        "started_at",
+        "updated_at",
+        "completed_at",
+    } <= set(handler["properties"])
+    assert handler["properties"]["status"]["enum"] == [
+        "running",
+        "completed",
+        "failed",
+        "cancelled",
+    ]
+    cancel = openapi["paths"][f"{D}/handlers/{{handler_id}}/cancel"]["post"]["responses"]
+    assert "501" in cancel
 
 
 def test_create_deployment_takes_a_multipart_file(openapi: dict[str, Any]) -> None:

@@ -1,0 +1,1 @@
+"""Helpers shared by test packages (not fixtures: those live in conftest modules)."""
