@@ -7,16 +7,18 @@ from typing import Any
 from workflows import Workflow
 from workflows.representation import get_workflow_representation
 
+from workers.loader import public_name
+
 
 def describe_workflow(workflow: Workflow) -> dict[str, Any]:
-    """The start and stop events' JSON schemas, every event's schema and qualified name
-    (as this process imported it), and the workflow's graph."""
+    """The start and stop events' JSON schemas, every event's schema and qualified name (as
+    the user's folder spells it), and the workflow's graph."""
     events = []
     for cls in workflow.events:
         events.append(
             {
                 "name": cls.__name__,
-                "qualified_name": f"{cls.__module__}.{cls.__qualname__}",
+                "qualified_name": public_name(f"{cls.__module__}.{cls.__qualname__}"),
                 "schema": cls.model_json_schema(),
             }
         )
