@@ -91,11 +91,17 @@ def load_workflow(
         try:
             with environ.scoped(env), _siblings_first(module_dir):
                 module = importlib.import_module(f"{package}.{service.module}")
-        except Exception as exc:
+        except ModuleNotFoundError as exc:
+            provided = _provided_by_extra(exc.name)
+            if provided is None:
+                raise _import_failed(service, module_dir, exc) from exc
+            module_name, extra = provided
             raise WorkflowLoadError(
-                f"service {service.id!r}: importing {service.module!r} from {module_dir} failed: "
-                f"{type(exc).__name__}: {exc}"
+                f"service {service.id!r}: this workflow imports {module_name}, which is not "
+                f"installed: pip install 'celeriac[{extra}]'"
             ) from exc
+        except Exception as exc:
+            raise _import_failed(service, module_dir, exc) from exc
     workflow = getattr(module, service.attr, None)
     if workflow is None:
         raise WorkflowLoadError(
@@ -107,6 +113,30 @@ def load_workflow(
             f"{type(workflow).__name__}, not a workflows.Workflow instance"
         )
     return workflow
+
+
+def _import_failed(service: ServiceSpec, module_dir: Path, exc: Exception) -> WorkflowLoadError:
+    return WorkflowLoadError(
+        f"service {service.id!r}: importing {service.module!r} from {module_dir} failed: "
+        f"{type(exc).__name__}: {exc}"
+    )
+
+
+#: Packages that Celeriac's extras install, by the module a workflow imports them as.
+_EXTRAS = {"llama_index.core": "llama-index"}
+
+
+def _provided_by_extra(missing: str | None) -> tuple[str, str] | None:
+    """The module and the extra that a failed import lacked, if an extra provides it.
+
+    ``llama_index`` or ``llama_index.core`` not found means llama-index-core is absent (every
+    ``llama_index`` integration imports it too); ``llama_index.core.something`` not found is a
+    module that the installed llama-index-core does not have, which the extra cannot cure.
+    """
+    for module, extra in _EXTRAS.items():
+        if missing is not None and (missing == module or module.startswith(missing + ".")):
+            return module, extra
+    return None
 
 
 #: Top-level module name -> the user folder it was imported from, for plain sibling imports.

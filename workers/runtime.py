@@ -22,7 +22,7 @@ from workflows.context.serializers import JsonSerializer
 from workflows.events import InputRequiredEvent, StopEvent
 
 from config.deployment import DeploymentSpec
-from workers import environ, loader
+from workers import environ, legacy_context, loader
 from workers.errors import (
     ControlPlaneUnreachable,
     HandedBack,
@@ -113,6 +113,7 @@ class ServiceRuntime:
     def install(self, spec: DeploymentSpec, base_path: Path, version: int = 1) -> list[str]:
         """Serve ``spec`` (replacing an older version) and return its queues."""
         environ.install()
+        legacy_context.install()
         with self._lock:
             self._installed[spec.name] = _Installed(spec, base_path, version)
         return [service_queue(spec.name, sid) for sid in spec.services]

@@ -34,7 +34,7 @@ def load_deployment_mapping(document: Mapping[str, Any]) -> DeploymentSpec:
     try:
         spec: DeploymentSpec = DeploymentSchema().load(document)
     except ValidationError as exc:
-        raise DeploymentSpecError(_flatten(exc.messages)) from exc
+        raise DeploymentSpecError(_in_document_order(_flatten(exc.messages), document)) from exc
     return spec
 
 
@@ -83,3 +83,29 @@ def _flatten(messages: Any, path: tuple[str, ...] = ()) -> dict[str, list[str]]:
     else:
         flat[".".join(path) or "yaml"] = [str(messages)]
     return flat
+
+
+def _in_document_order(
+    flat: dict[str, list[str]], document: Mapping[str, Any]
+) -> dict[str, list[str]]:
+    """The errors in the order of their fields in the document (absent fields last, by name).
+
+    marshmallow 3 before 3.26 collects a schema's fields in a ``set`` unless the schema is
+    ``ordered`` (an option 3.26 deprecates and 4 removed), so its errors came in an order that
+    changed from one process to the next.
+    """
+
+    def position(field_path: str) -> tuple[tuple[int, str], ...]:
+        node: Any = document
+        keys: list[tuple[int, str]] = []
+        for segment in field_path.split("."):
+            names = [str(key) for key in node] if isinstance(node, Mapping) else []
+            if segment in names:
+                keys.append((names.index(segment), segment))
+                node = list(node.values())[names.index(segment)]
+            else:
+                keys.append((len(names), segment))
+                node = None
+        return tuple(keys)
+
+    return {field_path: flat[field_path] for field_path in sorted(flat, key=position)}

@@ -92,13 +92,19 @@ def check_git_location(location: str) -> None:
         raise ValidationError(f"Invalid git location {location!r}: the branch after '@' is empty.")
 
 
-def check_alias(data: Mapping[str, Any], old: str, new: str) -> None:
-    """Refuse an old and a new spelling of one field that disagree."""
+def check_alias(data: Mapping[str, Any], old: str, new: str, new_key: str | None = None) -> None:
+    """Refuse an old and a new spelling of one field that disagree.
+
+    The error is filed under ``new_key``, the new field's key in the file (its attribute name
+    by default): marshmallow before 3.26 does not turn attribute names into data keys for
+    errors raised by schema validators, later releases do.
+    """
+    key = new_key or new
     if data.get(old) is not None and data.get(new) is not None and data[old] != data[new]:
         raise ValidationError(
             f"Conflicts with {old!r} ({data[new]!r} != {data[old]!r}); "
-            f"{old!r} is the older spelling of {new!r}, give only one.",
-            new,
+            f"{old!r} is the older spelling of {key!r}, give only one.",
+            key,
         )
 
 

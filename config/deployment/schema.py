@@ -35,12 +35,17 @@ def _port(**kwargs: Any) -> fields.Integer:
     return fields.Integer(strict=True, validate=PORT_RANGE, **kwargs)
 
 
-def _maybe(field_type: type[fields.Field[Any]], **kwargs: Any) -> fields.Field[Any]:
+# Custom fields subclass ``fields.Field`` without type parameters: it is generic only from
+# marshmallow 4 on, and subscripting it fails at import under marshmallow 3, which
+# llama-index-core's dependencies hold most LlamaIndex users to.
+
+
+def _maybe(field_type: type[fields.Field], **kwargs: Any) -> fields.Field:
     """An optional option whose default is None, as in LlamaDeploy's queue configs."""
     return field_type(load_default=None, **kwargs)
 
 
-class _StringMap(fields.Field[dict[str, str]]):
+class _StringMap(fields.Field):
     """A mapping of names to scalars, the scalars turned into strings (YAML reads 1 as a number)."""
 
     def _deserialize(
@@ -121,7 +126,7 @@ class _ServiceSchema(Schema):
     def _check_import_path_given(
         self, data: dict[str, Any], original: Mapping[str, Any], **kwargs: Any
     ) -> None:
-        check_alias(data, "path", "import_path")
+        check_alias(data, "path", "import_path", "import-path")
         if not self.is_workflow:
             return
         # LlamaDeploy only found out at deploy time that it had nothing to load; say it now.
@@ -156,7 +161,7 @@ class _UiSchema(_ServiceSchema):
     is_workflow = False
 
 
-class _ServiceMap(fields.Field[dict[str, ServiceSpec]]):
+class _ServiceMap(fields.Field):
     """The ``services`` mapping: service id to service, errors reported per id."""
 
     def _deserialize(
@@ -318,7 +323,7 @@ def _load_message_queue(document: Mapping[str, Any]) -> MessageQueueSpec:
     return MessageQueueSpec(type=queue_type, options=options)
 
 
-class _MessageQueueField(fields.Field[MessageQueueSpec]):
+class _MessageQueueField(fields.Field):
     """The ``message-queue`` mapping, whose fields depend on its ``type``."""
 
     def _deserialize(

@@ -16,7 +16,7 @@ from flask.testing import FlaskClient
 from tests.app.conftest import assert_error, ok, poll, wait_for_task
 from tests.conftest import REPO, deploy
 
-pytestmark = pytest.mark.usefixtures("no_task_left_behind")
+pytestmark = [pytest.mark.llama_index, pytest.mark.usefixtures("no_task_left_behind")]
 
 #: LlamaDeploy's repository, as far as its deployment files go (see its README).
 LLAMA_DEPLOY = REPO / "tests" / "fixtures" / "llama_deploy"
