@@ -19,13 +19,15 @@ import asyncio
 import json
 import logging
 import threading
+from collections import Counter
 from typing import Any
 
 from celery import bootsteps
 from kombu import Consumer, Queue
 from kombu.common import ignore_errors
-from workflows import Context
+from workflows import Context, Workflow
 from workflows.context.serializers import JsonSerializer
+from workflows.events import Event, HumanResponseEvent, InputRequiredEvent, StartEvent, StopEvent
 
 from workers import loader
 from workers.protocol import INBOX_PREFIX, SERVICE_QUEUE_PREFIX, DeliverEvent
@@ -46,21 +48,44 @@ _INBOXES_KEPT = frozenset({"sqs"})
 #: LlamaDeploy clients built on llama-index-core name events by that package's module path.
 _LEGACY_PREFIX = "llama_index.core.workflow."
 
+#: What any workflow may be sent besides its own events: a person's answer, and the events a
+#: client may send to start or stop a run.
+_FRAMEWORK_EVENTS: tuple[type[Event], ...] = (
+    HumanResponseEvent,
+    InputRequiredEvent,
+    StartEvent,
+    StopEvent,
+)
 
-def decode_event(text: str, package: str | None = None) -> Any:
-    """A workflow event from LlamaDeploy's ``event_obj_str`` (llama-index's JSON form); a class
-    of the user's own folder is found in ``package``, the one its workflow was imported under."""
-    serializer = JsonSerializer()
-    document = json.loads(text)
-    if isinstance(document, dict) and isinstance(document.get("qualified_name"), str):
-        document["qualified_name"] = loader.private_name(document["qualified_name"], package)
-        text = json.dumps(document)
-    try:
-        return serializer.deserialize(text)
-    except (ImportError, ModuleNotFoundError, AttributeError):
-        if _LEGACY_PREFIX not in text:
-            raise
-        return serializer.deserialize(text.replace(_LEGACY_PREFIX, "workflows."))
+
+class EventTypes:
+    """The event classes one workflow may be sent, by every name a client may give them: the
+    qualified name as the user's folder spells it, LlamaDeploy's ``llama_index.core.workflow``
+    spelling, and the bare class name where it is unique. No other class is ever looked up,
+    and nothing is imported: a client never names a class for the worker to load."""
+
+    def __init__(self, workflow: Workflow | None = None) -> None:
+        classes = {*_FRAMEWORK_EVENTS, *(workflow.events if workflow is not None else ())}
+        self._serializer = JsonSerializer(allowed_types=classes)
+        self._names: dict[str, str] = {}
+        short = Counter(cls.__name__ for cls in classes)
+        for cls in classes:
+            serialized = f"{cls.__module__}.{cls.__qualname__}"
+            public = loader.public_name(serialized)
+            for name in (serialized, public, public.replace("workflows.", _LEGACY_PREFIX, 1)):
+                self._names[name] = serialized
+            if short[cls.__name__] == 1:
+                self._names[cls.__name__] = serialized
+
+    def decode(self, text: str) -> Any:
+        """The event that ``text`` (llama-index's JSON of an event) stands for; ValueError if
+        it is not JSON of an event, or names a class this workflow is not sent."""
+        document = json.loads(text)
+        name = document.get("qualified_name") if isinstance(document, dict) else None
+        if not isinstance(name, str) or name not in self._names:
+            raise ValueError(f"{name!r} is not an event this workflow takes")
+        document["qualified_name"] = self._names[name]
+        return self._serializer.deserialize_value(document)
 
 
 class Inbox:
@@ -77,12 +102,11 @@ class Inbox:
         task_id: str,
         ctx: Context,
         loop: asyncio.AbstractEventLoop,
-        package: str | None = None,
+        types: EventTypes | None = None,
     ) -> None:
-        """A run began: deliver what arrived early, and what arrives from now on. Classes of
-        the user's folder are looked up in ``package``, the one its workflow was imported under.
-        """
-        running = _Running(ctx, loop, package)
+        """A run began: deliver what arrived early, and what arrives from now on, decoded
+        into ``types`` (the run's workflow's events; the framework's alone if not given)."""
+        running = _Running(ctx, loop, types or EventTypes())
         with self._lock:
             self._running[task_id] = running
             early = self._waiting.pop(task_id, [])
@@ -112,17 +136,17 @@ class Inbox:
 
 
 class _Running:
-    """A run's Context, the loop it runs on, and where its own classes were imported."""
+    """A run's Context, the loop it runs on, and the events its workflow may be sent."""
 
-    def __init__(self, ctx: Context, loop: asyncio.AbstractEventLoop, package: str | None):
+    def __init__(self, ctx: Context, loop: asyncio.AbstractEventLoop, types: EventTypes):
         self.ctx = ctx
         self.loop = loop
-        self.package = package
+        self.types = types
 
     def send(self, text: str) -> None:
         """Decode an event for this run and hand it to the workflow on its loop."""
         try:
-            event = decode_event(text, self.package)
+            event = self.types.decode(text)
         except Exception:
             log.exception("could not decode an event sent to a task")
             return

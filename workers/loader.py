@@ -176,21 +176,6 @@ def public_name(qualified: str) -> str:
     return qualified.split(".", 2)[2]
 
 
-def private_name(qualified: str, package: str | None) -> str:
-    """A name a client spelled as the user's folder does, as this process imported it from
-    ``package`` (a name of no module of that package is left as it is)."""
-    module = qualified.rpartition(".")[0]
-    if package and module and f"{package}.{module}" in sys.modules:
-        return f"{package}.{qualified}"
-    return qualified
-
-
-def package_of(workflow: Workflow) -> str | None:
-    """The private package a workflow's class was imported under, if it was."""
-    parts = type(workflow).__module__.split(".")
-    return ".".join(parts[:2]) if parts[0] == ROOT_PACKAGE and len(parts) > 2 else None
-
-
 def unload(prefix: str) -> None:
     """Forget modules imported under a private package (after a reload or delete)."""
     for name in [n for n in sys.modules if n == prefix or n.startswith(prefix + ".")]:

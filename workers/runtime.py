@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import json
 import os
 import threading
@@ -31,7 +32,7 @@ from workers.errors import (
     WorkflowStateError,
 )
 from workers.eventloop import LoopThread
-from workers.inbox import Inbox
+from workers.inbox import EventTypes, Inbox
 from workers.protocol import (
     DeliverEvent,
     RunStep,
@@ -64,10 +65,10 @@ class LoadedService:
     workflow: Workflow
     env: dict[str, str]
 
-    @property
-    def package(self) -> str | None:
-        """The private package its workflow was imported under (see ``workers.loader``)."""
-        return loader.package_of(self.workflow)
+    @functools.cached_property
+    def event_types(self) -> EventTypes:
+        """The events its workflow may be sent, by the names clients give them."""
+        return EventTypes(self.workflow)
 
 
 @dataclass
@@ -231,7 +232,7 @@ class ServiceRuntime:
             )
             handler = service.workflow.run(ctx=ctx, **step.input)
             loop = asyncio.get_running_loop()
-            self.inbox.attach(step.task_id, handler.ctx or ctx, loop, service.package)
+            self.inbox.attach(step.task_id, handler.ctx or ctx, loop, service.event_types)
             try:
                 async for event in handler.stream_events():
                     run.event(event)

@@ -173,7 +173,9 @@ class RunBodySchema(Schema):
     kwargs = fields.Dict(
         load_default=None, allow_none=True, metadata={"description": "More run keyword arguments."}
     )
-    context = fields.Dict(
+    # Not ``context``: marshmallow 3's Schema has an attribute of that name.
+    run_context = fields.Dict(
+        data_key="context",
         load_default=None,
         allow_none=True,
         metadata={"description": "Must be empty: Celeriac keeps a Context in sessions."},

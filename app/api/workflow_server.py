@@ -74,7 +74,7 @@ class Workflows(MethodView):
 
 def _run_input(body: dict[str, Any]) -> dict[str, Any]:
     """The task input of a run request; a Context is refused (sessions keep it instead)."""
-    if body.get("context"):
+    if body.get("run_context"):
         raise InvalidInput(
             "context is not accepted: Celeriac keeps a workflow's Context in sessions "
             "(POST /deployments/{d}/sessions/create, then tasks with that session_id)",
@@ -221,13 +221,7 @@ class HandlerEvents(MethodView):
                 "sending an event to one step is not supported; leave step out",
                 errors={"step": ["not supported: events reach every step waiting for them"]},
             )
-        cp = plane()
-        service = cp.tasks.get(deployment_name, handler_id).service
-
-        def known() -> dict[str, str]:
-            return cp.descriptions.known_events(deployment_name, service)
-
-        cp.events.send(deployment_name, handler_id, event_obj_str(body["event"], known), None)
+        plane().events.send(deployment_name, handler_id, event_obj_str(body["event"]), None)
         return {"status": "sent"}
 
 

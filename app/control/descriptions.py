@@ -73,10 +73,6 @@ class Descriptions:
             )
         return stored
 
-    def known_events(self, deployment: str, service: str) -> dict[str, str]:
-        """The workflow's event class names and their qualified names, as its worker has them."""
-        return {e["name"]: e["qualified_name"] for e in self.get(deployment, service)["events"]}
-
     def record(self, message: ServiceDescribed) -> None:
         """Keep a worker's description, if the deployment still has that version."""
         stored = message.description if message.error is None else {"error": message.error}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import select
@@ -132,18 +132,10 @@ class Handlers:
         )
 
 
-#: The framework's own events, which every workflow may be sent, by class name.
-FRAMEWORK_EVENTS = {
-    name: f"workflows.events.{name}"
-    for name in ("StartEvent", "StopEvent", "InputRequiredEvent", "HumanResponseEvent")
-}
-
-
-def event_obj_str(event: Any, known: Callable[[], dict[str, str]] | None = None) -> str:
+def event_obj_str(event: Any) -> str:
     """LlamaDeploy's ``event_obj_str`` (llama-index's JSON of an event) from a workflow
-    server's envelope ``{type, value}`` or ``{qualified_name, value}``. ``known`` gives the
-    workflow's own event class names with their qualified names; it is asked only for a
-    type that is not one of the framework's."""
+    server's envelope ``{type, value}`` or ``{qualified_name, value}``. The worker that runs
+    the task finds the class among its workflow's events, by qualified name or class name."""
     if isinstance(event, str):
         try:
             event = json.loads(event)
@@ -163,18 +155,8 @@ def event_obj_str(event: Any, known: Callable[[], dict[str, str]] | None = None)
             "event.value must be a JSON object of the event's fields",
             errors={"event.value": [f"expected an object, got {type(value).__name__}"]},
         )
-    kind = event.get("type")
-    names = dict(FRAMEWORK_EVENTS)
-    if isinstance(kind, str) and kind not in names and known is not None:
-        names.update(known())
-    qualified = names.get(kind) if isinstance(kind, str) else None
-    qualified = qualified or event.get("qualified_name")
-    if not isinstance(qualified, str) or not qualified:
-        field = "event.type" if kind else "event"
-        reason = (
-            f"unknown event type {kind!r}; known: {', '.join(sorted(names))}"
-            if kind
-            else "give the event's type (its class name) or qualified_name"
-        )
-        raise InvalidInput(f"cannot tell which event to send: {reason}", errors={field: [reason]})
-    return json.dumps({"__is_pydantic": True, "value": value, "qualified_name": qualified})
+    name = event.get("qualified_name") or event.get("type")
+    if not isinstance(name, str) or not name:
+        reason = "give the event's type (its class name) or qualified_name"
+        raise InvalidInput(f"cannot tell which event to send: {reason}", errors={"event": [reason]})
+    return json.dumps({"__is_pydantic": True, "value": value, "qualified_name": name})

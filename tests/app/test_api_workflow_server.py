@@ -89,8 +89,6 @@ def test_bad_input_is_a_4xx_naming_the_field(client: FlaskClient) -> None:
     assert_error(taken, 409)
     send = f"{BASE}/events/{handler_id}"
     assert "event" in fields(client.post(send, json={}))
-    unknown = client.post(send, json={"event": {"type": "Mystery", "value": {}}})
-    assert "event.type" in fields(unknown)
     assert "step" in fields(client.post(send, json={"event": {"type": "StopEvent"}, "step": "s"}))
     assert "event" in fields(client.post(send, json={"event": "{not json"}))
     # And a well-formed event to an ended handler is a conflict

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from config.deployment import load_deployment
+from config.deployment import SourceLayout, load_deployment
 from tests.workers.conftest import write_file
 from workers.errors import WorkflowLoadError
 from workers.loader import load_workflow
@@ -154,7 +154,7 @@ def test_a_module_that_llama_index_core_lacks_is_not_blamed_on_the_extra(tmp_pat
     spec = load_deployment(DEPLOYMENT)
     # When the worker loads it
     with pytest.raises(WorkflowLoadError) as raised:
-        load_workflow("Dep", spec.services["legacy"], tmp_path / "src", {})
+        load_workflow("Dep", spec.services["legacy"], SourceLayout.single(tmp_path / "src"), {})
     # Then the error names the missing module, not the extra
     message = str(raised.value)
     assert "No module named 'llama_index.core.no_such_module'" in message
