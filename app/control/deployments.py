@@ -57,7 +57,7 @@ class Deployments:
                 errors=mismatches,
             )
         base = Path(base_path or ".").expanduser().resolve()
-        check_local_sources(spec, base)
+        check_sources(spec, base)
         with self._db.begin() as session:
             query = select(Deployment).where(Deployment.name == spec.name)
             row = session.scalar(query.options(selectinload(Deployment.services)))
@@ -121,14 +121,22 @@ def find(session: DbSession, name: str, *, with_services: bool = False) -> Deplo
     return row
 
 
-def check_local_sources(spec: DeploymentSpec, base: Path) -> None:
-    """Refuse a deployment whose local folders, workflow modules or env files are missing."""
+def check_sources(spec: DeploymentSpec, base: Path) -> None:
+    """Refuse a deployment with a service that has no source, or whose local folders,
+    workflow modules or env files are missing."""
     errors: dict[str, list[str]] = {}
     for service in spec.services.values():
         source = service.source
-        if source is None or source.type != SourceType.LOCAL:
-            continue
         prefix = f"services.{service.id}"
+        if source is None:
+            # LlamaDeploy deployed it, and every task then failed; say it now.
+            errors[f"{prefix}.source"] = [
+                "Missing data for required field: a service loads its workflow from a source "
+                "(type: local and a folder, or type: git and a clone URL)."
+            ]
+            continue
+        if source.type != SourceType.LOCAL:
+            continue
         layout = SourceLayout.local(base, source.location)
         if not layout.root.is_dir():
             errors[f"{prefix}.source.name"] = [

@@ -127,16 +127,11 @@ class _ServiceSchema(Schema):
         self, data: dict[str, Any], original: Mapping[str, Any], **kwargs: Any
     ) -> None:
         check_alias(data, "path", "import_path", "import-path")
-        if not self.is_workflow:
-            return
-        # LlamaDeploy only found out at deploy time that it had nothing to load; say it now.
-        if original.get("source") is None:
-            raise ValidationError(
-                "Missing data for required field: a service loads its workflow from a source "
-                "(type: local and a folder, or type: git and a clone URL).",
-                "source",
-            )
-        if original.get("path") is None and original.get("import-path") is None:
+        given = original.get("path") is not None or original.get("import-path") is not None
+        # LlamaDeploy only found out at deploy time that it had nothing to import; say it now.
+        # (A service without a source is refused when deployed, not here: deployments stored
+        # by earlier releases may hold one, and must still load.)
+        if self.is_workflow and original.get("source") is not None and not given:
             raise ValidationError("Missing data for required field.", "path")
 
     @post_load
