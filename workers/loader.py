@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import importlib.util
 import itertools
 import re
 import sys
@@ -86,11 +87,15 @@ def load_workflow(
         module_dir = layout.module_folder(service.module_dir, service.module)
     except SourceFileNotFound as exc:
         raise WorkflowLoadError(f"service {service.id!r}: {exc}") from exc
+    # LlamaDeploy's ``path: src:my_workflow`` imports the source folder itself as a package:
+    # it is then the only folder the service's imports may reach, not the one around it.
+    source_package = (module_dir / service.module).resolve() == layout.root
+    folder = layout.root if source_package else module_dir
     with _import_lock:
-        package = _make_package(deployment, service.id, module_dir)
+        package = _make_package(deployment, service.id, [] if source_package else [module_dir])
         try:
-            with environ.scoped(env), _siblings_first(module_dir):
-                module = importlib.import_module(f"{package}.{service.module}")
+            with environ.scoped(env), _siblings_first(folder):
+                module = _import(f"{package}.{service.module}", folder if source_package else None)
         except ModuleNotFoundError as exc:
             provided = _provided_by_extra(exc.name)
             if provided is None:
@@ -113,6 +118,26 @@ def load_workflow(
             f"{type(workflow).__name__}, not a workflows.Workflow instance"
         )
     return workflow
+
+
+def _import(name: str, package_folder: Path | None) -> types.ModuleType:
+    """Import ``name``: through its private package's path, or, for a package that is a
+    whole source folder, from that folder alone."""
+    if package_folder is None:
+        return importlib.import_module(name)
+    spec = importlib.util.spec_from_file_location(
+        name, package_folder / "__init__.py", submodule_search_locations=[str(package_folder)]
+    )
+    if spec is None or spec.loader is None:
+        raise ImportError(f"{package_folder} is not a Python package", name=name)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
 
 
 def _import_failed(service: ServiceSpec, module_dir: Path, exc: Exception) -> WorkflowLoadError:
@@ -182,8 +207,8 @@ def unload(prefix: str) -> None:
         del sys.modules[name]
 
 
-def _make_package(deployment: str, service_id: str, module_dir: Path) -> str:
-    """Register a fresh private package rooted at ``module_dir`` and return its name."""
+def _make_package(deployment: str, service_id: str, path: list[Path]) -> str:
+    """Register a fresh private package whose modules are found in ``path``; its name."""
     if ROOT_PACKAGE not in sys.modules:
         root = types.ModuleType(ROOT_PACKAGE, "Workflows loaded by Celeriac.")
         root.__path__ = []
@@ -191,7 +216,7 @@ def _make_package(deployment: str, service_id: str, module_dir: Path) -> str:
     slug = re.sub(r"\W", "_", f"{deployment}_{service_id}")
     name = f"{ROOT_PACKAGE}.{slug}_{next(_generation)}"
     package = types.ModuleType(name, f"Source of service {service_id!r} of {deployment!r}.")
-    package.__path__ = [str(module_dir)]
+    package.__path__ = [str(folder) for folder in path]
     package.__package__ = name
     sys.modules[name] = package
     return name

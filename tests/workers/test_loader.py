@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
 from importlib.machinery import PathFinder
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import app
 import config
 from config.deployment import ServiceSpec, SourceLayout, load_deployment
 from tests.conftest import REPO
-from tests.workers.conftest import write_file, write_workflow
+from tests.workers.conftest import unique_name, write_file, write_workflow
 from workers.errors import WorkflowLoadError
 from workers.loader import load_workflow, missing_dependencies, service_environment
 
@@ -223,3 +224,27 @@ def test_missing_env_file_is_a_load_error(tmp_path: Path) -> None:
     spec = service(env="{A: b}", **{"env-files": "[missing.env]"})
     with pytest.raises(WorkflowLoadError, match=r"missing\.env"):
         service_environment(spec, SourceLayout.single(tmp_path))
+
+
+def test_a_source_folder_imported_as_a_package_reaches_nothing_beside_it(tmp_path: Path) -> None:
+    # Given LlamaDeploy's deployment2.yml layout (name: src, path: src:wf) and a module that
+    # lies beside the source folder, not in it
+    write_workflow(tmp_path / "src", '"from the package"', module="flows")
+    write_file(tmp_path / "src" / "__init__.py", "from .flows import wf\n")
+    beside = unique_name("beside").lower()
+    write_file(tmp_path / f"{beside}.py", "VALUE = 1\n")
+    spec = load_deployment(
+        "name: Dep\ncontrol-plane: {}\nservices:\n  svc:\n    name: S\n"
+        "    source: {type: local, name: src}\n    path: src:wf\n"
+    ).services["svc"]
+    # When it is loaded
+    workflow = load_workflow("Pkg", spec, SourceLayout.local(tmp_path, "src"), {})
+    # Then the package and its own modules load, relative imports included
+    assert run(workflow) == "from the package"
+    # And the folder around the source is neither the package's parent nor on sys.path
+    package = type(workflow).__module__.rsplit(".", 2)[0]
+    assert package.startswith("_celeriac_services.Pkg_svc_")
+    with pytest.raises(ImportError):
+        importlib.import_module(f"{package}.{beside}")
+    with pytest.raises(ImportError):
+        importlib.import_module(beside)
