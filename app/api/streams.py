@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from flask import Response, stream_with_context
+from flask import Response, request, stream_with_context
 
 from app.control.events import StreamedEvent, StreamEnd
+from app.errors import InvalidInput
 
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream"
@@ -76,3 +77,19 @@ def stream_response(lines: Iterator[str], mimetype: str) -> Response:
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # let reverse proxies pass it through
     return response
+
+
+def last_event_id() -> int | None:
+    """The ``Last-Event-ID`` header as an event number, or None without one. A client that
+    reconnects sends it with the URL it first used, so it wins over a resume point in the
+    query; a header that is not a number is a client's mistake (422)."""
+    header = request.headers.get("Last-Event-ID", "").strip()
+    if not header:
+        return None
+    try:
+        return max(-1, int(header))
+    except ValueError as exc:
+        raise InvalidInput(
+            "Last-Event-ID must be an event id from this stream",
+            errors={"Last-Event-ID": [f"not an integer: {header!r}"]},
+        ) from exc

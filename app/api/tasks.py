@@ -19,9 +19,15 @@ from app.api.schemas import (
     TaskResultSchema,
     TaskSchema,
 )
-from app.api.streams import NDJSON, SSE, ndjson_lines, sse_lines, stream_response
+from app.api.streams import (
+    NDJSON,
+    SSE,
+    last_event_id,
+    ndjson_lines,
+    sse_lines,
+    stream_response,
+)
 from app.control.tasks import Submission, parse_input
-from app.errors import InvalidInput
 
 blp = Blueprint(
     "tasks",
@@ -149,16 +155,8 @@ class TaskEvents(MethodView):
 
 
 def _resume_point(query_value: int | None) -> int:
-    """Where to resume: the ``last_event_id`` query or the ``Last-Event-ID`` header."""
-    if query_value is not None:
-        return query_value
-    header = request.headers.get("Last-Event-ID", "").strip()
-    if not header:
-        return -1
-    try:
-        return max(-1, int(header))
-    except ValueError as exc:
-        raise InvalidInput(
-            "Last-Event-ID must be an event id from this stream",
-            errors={"Last-Event-ID": [f"not an integer: {header!r}"]},
-        ) from exc
+    """Where to resume: the ``Last-Event-ID`` header, else the ``last_event_id`` query."""
+    header = last_event_id()
+    if header is not None:
+        return header
+    return -1 if query_value is None else query_value

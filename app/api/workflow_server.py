@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Response, request
+from flask import Response
 from flask.views import MethodView
 from flask_smorest import Blueprint
 
 from app.api import plane
-from app.api.streams import NDJSON, SSE, envelope_lines, stream_response
+from app.api.streams import NDJSON, SSE, envelope_lines, last_event_id, stream_response
 from app.api.workflow_schemas import (
     CancelArgs,
     CancelledSchema,
@@ -198,7 +198,8 @@ class HandlerEvents(MethodView):
         task = cp.tasks.get(deployment_name, handler_id)  # 404 before streaming
         after = args["after_sequence"]
         if args["sse"]:
-            after = _last_event_id(after)
+            header = last_event_id()
+            after = after if header is None else header
         if after is None:
             after = cp.events.last_seq(handler_id)
         ended = task.task_status.terminal
@@ -223,12 +224,3 @@ class HandlerEvents(MethodView):
             )
         plane().events.send(deployment_name, handler_id, event_obj_str(body["event"]), None)
         return {"status": "sent"}
-
-
-def _last_event_id(after: int | None) -> int | None:
-    """The ``Last-Event-ID`` header, which wins over ``after_sequence`` when it is a number."""
-    header = request.headers.get("Last-Event-ID", "").strip()
-    try:
-        return max(-1, int(header)) if header else after
-    except ValueError:
-        return after

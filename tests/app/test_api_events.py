@@ -209,6 +209,16 @@ def test_resume_after_the_last_event_gives_only_the_end(
         ]
 
 
+def test_a_reconnecting_clients_header_wins_over_the_query_it_first_used(
+    client: FlaskClient, multistep: dict[str, Any]
+) -> None:
+    # An EventSource reconnects to the URL it was given, adding the last id it saw
+    url = events_url("MultiStep", multistep)
+    headers = {**SSE, "Last-Event-ID": "2"}
+    text = client.get(url, headers=headers, query_string={"last_event_id": 0})
+    assert ids(sse(text.get_data(as_text=True))) == [3]
+
+
 def test_bad_last_event_id_is_refused(client: FlaskClient, multistep: dict[str, Any]) -> None:
     url = events_url("MultiStep", multistep)
     body = assert_error(client.get(url, headers={**SSE, "Last-Event-ID": "three"}), 422)

@@ -80,6 +80,8 @@ def test_bad_input_is_a_4xx_naming_the_field(client: FlaskClient) -> None:
 
     bad_after = client.get(f"{BASE}/events/{handler_id}?after_sequence=soon")
     assert "after_sequence" in fields(bad_after)
+    bad_header = client.get(f"{BASE}/events/{handler_id}", headers={"Last-Event-ID": "x"})
+    assert "Last-Event-ID" in fields(bad_header)
     assert "status" in fields(client.get(f"{BASE}/handlers?status=sleeping"))
     context = client.post(f"{BASE}/workflows/greet/run-nowait", json={"context": {"x": 1}})
     assert "context" in fields(context)
