@@ -6,6 +6,7 @@ ControlPlaneError (500)
 ├── Conflict (409)            the name or id is taken, or the state forbids the change
 ├── InvalidInput (422)        a field's value is wrong; ``errors`` maps fields to reasons
 ├── TaskFailed (502)          the task ran and its workflow failed
+├── WorkflowNotDescribed (502) a worker could not load or describe the service's workflow
 ├── TaskTimeout (504)         the task did not end in time (it keeps running)
 ├── Unavailable (503)         the broker or database cannot be reached
 └── Unsupported (501)         Celeriac does not do this yet (cancelling a running task)
@@ -53,6 +54,12 @@ class InvalidInput(ControlPlaneError):
 
 class TaskFailed(ControlPlaneError):
     """The task's workflow raised an error."""
+
+    status_code = 502
+
+
+class WorkflowNotDescribed(ControlPlaneError):
+    """A worker of the service could not load its workflow, or describe part of it."""
 
     status_code = 502
 

@@ -8,7 +8,7 @@ from celery import Celery
 from celery.exceptions import Reject
 
 from config.settings import Settings
-from workers.description import describe_workflow
+from workers.description import describe_service
 from workers.errors import ControlPlaneUnreachable, HandedBack
 from workers.heartbeat import HeartbeatStep
 from workers.inbox import HandBackStep, InboxStep
@@ -25,7 +25,6 @@ from workers.protocol import (
     Describe,
     Message,
     RunStep,
-    ServiceDescribed,
     StepEvent,
     StepFinished,
     StepStarted,
@@ -144,23 +143,10 @@ def register_service_tasks(celery: CeleriacCelery) -> None:
 
     @celery.task(name=DESCRIBE, shared=False, bind=True, acks_late=True)
     def describe(task: Any, **payload: Any) -> None:
-        message = Describe.decode(payload)
-        description: dict[str, Any] | None = None
-        error: dict[str, Any] | None = None
         try:
-            loaded = celery.runtime.load(message.deployment, message.service, message.version)
-            description = describe_workflow(loaded.workflow)
+            answer = describe_service(celery.runtime, Describe.decode(payload))
         except ControlPlaneUnreachable as exc:
             raise task.retry(exc=exc, countdown=2, max_retries=30) from exc
-        except Exception as exc:  # the user's code: report why it cannot be described
-            error = {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__}
-        answer = ServiceDescribed(
-            deployment=message.deployment,
-            service=message.service,
-            version=message.version,
-            description=description,
-            error=error,
-        )
         send(celery, SERVICE_DESCRIBED, answer, CONTROL_QUEUE)
 
 

@@ -32,7 +32,7 @@ from app.api.workflow_schemas import (
     WorkflowSchemaSchema,
 )
 from app.control.handlers import event_obj_str, start_input
-from app.errors import InvalidInput, Unsupported
+from app.errors import InvalidInput, Unsupported, WorkflowNotDescribed
 
 blp = Blueprint(
     "workflow_server",
@@ -141,7 +141,10 @@ class WorkflowRepresentation(MethodView):
     @blp.response(200, WorkflowGraphSchema)
     def get(self, deployment_name: str, name: str) -> Any:
         """The workflow as a graph of steps and events (llama-index's WorkflowGraph)."""
-        return {"graph": plane().descriptions.get(deployment_name, name)["graph"]}
+        graph = plane().descriptions.get(deployment_name, name)["graph"]
+        if "error" in graph:
+            raise WorkflowNotDescribed(graph["error"], errors={"workflow": name})
+        return {"graph": graph}
 
 
 @blp.route("/handlers")

@@ -14,7 +14,7 @@ from sqlalchemy import bindparam, select
 from app.control.dispatch import Dispatcher
 from app.control.waiter import Outcome, TaskWaiter
 from app.db import Database
-from app.errors import NotFound, TaskFailed, Unavailable
+from app.errors import NotFound, Unavailable, WorkflowNotDescribed
 from app.models import Deployment
 from app.models.base import table_of
 from app.models.deployment import Service
@@ -46,11 +46,10 @@ class Descriptions:
     def get(self, deployment: str, service: str) -> dict[str, Any]:
         """The service's description (``start``, ``stop``, ``events``, ``graph``)."""
         version, stored = self._stored(deployment, service)
+        describe = Describe(deployment=deployment, service=service, version=version)
         if stored is None:
             key = _key(deployment, service)
-            self._dispatcher.describe(
-                Describe(deployment=deployment, service=service, version=version)
-            )
+            self._dispatcher.describe(describe)
 
             def look() -> Outcome | None:
                 found = self._stored(deployment, service)[1]
@@ -66,8 +65,11 @@ class Descriptions:
                 )
             stored = outcome.result
         if stored.get("error"):
+            # The cause may pass (a clone that failed, a worker of an older version): this
+            # request gets the error, and a worker is asked again for the next one.
+            self._dispatcher.describe(describe)
             error = stored["error"]
-            raise TaskFailed(
+            raise WorkflowNotDescribed(
                 f"the workflow of service {service!r} could not be loaded: {error.get('message')}",
                 errors={"service": service, "error": error},
             )
@@ -110,5 +112,5 @@ class Descriptions:
 
 
 def _key(deployment: str, service: str) -> str:
-    """What waiters of a description listen on (apart from task ids, which have no colon)."""
+    """What waiters of a description listen on (a waiter of descriptions only)."""
     return f"describe:{deployment}:{service}"

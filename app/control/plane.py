@@ -44,7 +44,8 @@ class ControlPlane:
         poll = 1.0 if settings.embedded else 0.1
         self.events = EventLog(db, self.tasks, self.waiter, dispatcher, poll=poll)
         self.handlers = Handlers(db, self.tasks)
-        self.descriptions = Descriptions(db, dispatcher, self.waiter)
+        # Its own waiter: description keys must never meet a task id a client chose.
+        self.descriptions = Descriptions(db, dispatcher, TaskWaiter())
         register_control_tasks(celery, self.recorder, self.outbox, self.descriptions)
 
     def close(self) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from flask.testing import FlaskClient
 
-from tests.app.conftest import assert_error, deployed, field_errors
+from tests.app.conftest import assert_error, deployed, field_errors, poll
 from tests.support import workflow_server as scenario
 from tests.support.workflow_server import DEPLOYMENT, WSAPI, client_for
 
@@ -120,3 +121,37 @@ def test_schema_events_and_representation(api: str) -> None:
 
 def test_an_event_of_the_workflows_own_type_is_sent_by_name(api: str) -> None:
     run(scenario.custom_event(client_for(api)))
+
+
+def test_a_workflow_that_could_not_be_described_is_asked_about_again(
+    client: FlaskClient, tmp_path: Path
+) -> None:
+    # Given a service whose module fails to import while a marker file exists
+    marker = tmp_path / "broken"
+    marker.touch()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "flaky.py").write_text(
+        "import pathlib\n"
+        f"if pathlib.Path({str(marker)!r}).exists():\n"
+        "    raise RuntimeError('not today')\n"
+        "from workflows import Workflow, step\n"
+        "from workflows.events import StartEvent, StopEvent\n"
+        "class Flaky(Workflow):\n"
+        "    @step\n"
+        "    async def go(self, ev: StartEvent) -> StopEvent:\n"
+        "        return StopEvent(result='ok')\n"
+        "flaky = Flaky()\n"
+    )
+    deployment = tmp_path / "deployment.yml"
+    deployment.write_text(
+        "name: Flaky\ncontrol-plane: {}\nservices:\n  flaky:\n    name: Flaky\n"
+        "    source: {type: local, name: src}\n    path: src/flaky:flaky\n"
+    )
+    deployed(client, deployment)
+    url = "/deployments/Flaky/workflows/flaky/schema"
+    # When it is described: the worker's error, as a 502 naming it
+    body = assert_error(client.get(url), 502)
+    assert "not today" in body["message"]
+    # And once the cause is gone, a later request is answered from a fresh description
+    marker.unlink()
+    poll(lambda: client.get(url).status_code, lambda status: status == 200)
