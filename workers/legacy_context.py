@@ -14,12 +14,9 @@ nothing. A later ``workflows`` release that brings its own ``get`` or ``set`` ke
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from workflows import Context
-
-_install_lock = threading.Lock()
 
 
 async def _get(self: Context, key: str, default: Any = Ellipsis) -> Any:
@@ -40,7 +37,6 @@ _set.__name__ = _set.__qualname__ = "set"
 
 def install() -> None:
     """Give ``workflows.Context`` its 1.x ``get`` and ``set``; idempotent, at worker start."""
-    with _install_lock:
-        for name, method in (("get", _get), ("set", _set)):
-            if name not in vars(Context):
-                setattr(Context, name, method)
+    for name, method in (("get", _get), ("set", _set)):
+        if name not in vars(Context):
+            setattr(Context, name, method)

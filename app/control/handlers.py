@@ -52,7 +52,7 @@ def start_input(start_event: Any, kwargs: dict[str, Any] | None = None) -> dict[
             errors={"start_event": [f"expected an object, got {type(start_event).__name__}"]},
         )
     value: Any = start_event
-    if "value" in start_event or {"type", "qualified_name"} <= set(start_event):
+    if _is_envelope(start_event):
         value = start_event.get("value", start_event.get("data")) or {}
         if not isinstance(value, dict):
             raise InvalidInput(
@@ -60,6 +60,14 @@ def start_input(start_event: Any, kwargs: dict[str, Any] | None = None) -> dict[
                 errors={"start_event.value": [f"expected an object, got {type(value).__name__}"]},
             )
     return {**fields, **flatten_event_fields(value)}
+
+
+def _is_envelope(event: dict[str, Any]) -> bool:
+    """Whether a start event came wrapped (``{type, qualified_name, value}``): an envelope
+    names its event, while a bare start event may well have a field called ``value``."""
+    keys = set(event)
+    names = {"type", "qualified_name"}
+    return names <= keys or bool(names & keys and {"value", "data"} & keys)
 
 
 def flatten_event_fields(value: dict[str, Any]) -> dict[str, Any]:
