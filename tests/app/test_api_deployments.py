@@ -367,7 +367,8 @@ def test_delete_unknown_deployment_is_not_found(client: FlaskClient) -> None:
 def test_delete_with_a_task_running_then_deploy_again(client: FlaskClient) -> None:
     # Given a task that is running
     deployed(client, SLEEPY)
-    task = ok(client.post("/deployments/Sleepy/tasks/create", json={"input": {"seconds": 0.3}}))
+    # (long enough to be seen running on a busy machine: a start is reported after 0.25 s)
+    task = ok(client.post("/deployments/Sleepy/tasks/create", json={"input": {"seconds": 1.0}}))
     url = f"/deployments/Sleepy/tasks/{task['task_id']}"
     poll(lambda: ok(client.get(url))["status"], lambda status: status == "running")
     # When its deployment is deleted
@@ -376,8 +377,8 @@ def test_delete_with_a_task_running_then_deploy_again(client: FlaskClient) -> No
     # outlasts the deleted one, which the server only ever finishes in the background)
     assert_error(client.get(url), 404)
     deployed(client, SLEEPY)
-    assert run(client, "Sleepy", input={"seconds": 0.4}) == "slept 0.4s"
-    assert [t["result"] for t in ok(client.get("/deployments/Sleepy/tasks"))] == ["slept 0.4s"]
+    assert run(client, "Sleepy", input={"seconds": 1.2}) == "slept 1.2s"
+    assert [t["result"] for t in ok(client.get("/deployments/Sleepy/tasks"))] == ["slept 1.2s"]
 
 
 SHUTDOWN_SCRIPT = """
