@@ -223,7 +223,11 @@ class HandBackStep(bootsteps.StartStopStep):
 
 
 def _delete(queue: Queue, connection: Any) -> None:
-    queue(connection.default_channel).delete()
+    bound = queue(connection.default_channel)
+    # Kombu's Redis transport deletes a queue's messages through its bindings, and an inbox,
+    # on the default exchange, has none: emptying it is what removes the events left in it.
+    bound.purge()
+    bound.delete()
 
 
 def inbox_entity(name: str) -> Queue:

@@ -201,3 +201,15 @@ def limited_client(settings: Settings) -> Iterator[FlaskClient]:
     finally:
         srv.close()
         memory.Channel.queues.clear()
+
+
+@pytest.fixture
+def workerless(settings: Settings) -> Iterator[Server]:
+    """A control plane whose workers never start: its tasks stay queued until the test, playing
+    their worker, hands the control plane reports (``tests.support.reports``)."""
+    srv = Server(settings)
+    try:
+        yield srv
+    finally:
+        srv.close()
+        memory.Channel.queues.clear()

@@ -6,6 +6,7 @@ import datetime as dt
 import itertools
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -169,6 +170,66 @@ def test_stored_context_is_json(server: Server, counter: FlaskClient) -> None:
     # And the API shows the same state
     shown = ok(counter.get(f"/deployments/Counter/sessions/{session_id}"))["state"]
     assert shown == state
+
+
+KEEPER_YAML = """\
+name: Keeper
+control-plane: {}
+default-service: keep
+services:
+  keep:
+    name: Keep
+    source:
+      type: local
+      name: ./src
+    path: workflow:keeper
+"""
+
+KEEPER_CODE = """\
+from workflows import Context, Workflow, step
+from workflows.events import StartEvent, StopEvent
+
+
+class Keeper(Workflow):
+    @step
+    async def keep(self, ctx: Context, ev: StartEvent) -> StopEvent:
+        before = await ctx.store.get("word", default=None)
+        await ctx.store.set("word", ev.get("word"))
+        if ev.get("with_a_set"):
+            await ctx.store.set("shapes", {"circle", "square"})
+        return StopEvent(result=before)
+
+
+keeper = Keeper(timeout=10)
+"""
+
+
+def test_a_value_the_context_cannot_store_as_json_fails_the_task(
+    client: FlaskClient, tmp_path: Path
+) -> None:
+    # Given a session whose first task stored a word in its Context
+    (tmp_path / "keeper" / "src").mkdir(parents=True)
+    (tmp_path / "keeper" / "src" / "workflow.py").write_text(KEEPER_CODE)
+    (tmp_path / "keeper" / "deployment.yml").write_text(KEEPER_YAML)
+    deployed(client, tmp_path / "keeper" / "deployment.yml")
+    session_id = new_session(client, "Keeper")
+    assert run(client, "Keeper", session_id, word="one") is None
+    # When the next task stores a set in the Context's store, which JSON cannot hold
+    task = ok(
+        client.post(
+            "/deployments/Keeper/tasks/create",
+            query_string={"session_id": session_id},
+            json={"input": json.dumps({"word": "two", "with_a_set": True})},
+        )
+    )
+    # Then the task fails, saying so, rather than end with its Context silently lost
+    failed = wait_for_task(client, "Keeper", task["task_id"])
+    assert failed["status"] == "failed"
+    assert failed["error"]["type"].endswith("WorkflowStateError")
+    assert "cannot be stored as JSON" in failed["error"]["message"]
+    assert "shapes" in failed["error"]["message"]
+    # And the session goes on from the Context of its last successful task
+    assert run(client, "Keeper", session_id, word="three") == "one"
 
 
 # -- one task at a time ------------------------------------------------------------------------

@@ -215,6 +215,33 @@ def test_import_path_not_module_colon_attr() -> None:
     assert "'[dir/]module:attr'" in _reason(errors, "services.echo.path")
 
 
+@pytest.mark.parametrize("service_id", ["two words", "a/b", "..", "."])
+def test_service_id_unsafe_in_urls_and_folders(service_id: str) -> None:
+    # Given a service id that cannot be a URL path segment or a folder name
+    document = _minimal()
+    document["services"] = {service_id: document["services"]["echo"]}
+    # Then the file is refused, naming the service
+    reason = _reason(_errors(document), f"services.{service_id}")
+    assert f"Invalid name {service_id!r}" in reason
+
+
+@pytest.mark.parametrize("path", ["../elsewhere/workflow:flow", "src/../../workflow:flow"])
+def test_import_path_leaving_the_source_folder(path: str) -> None:
+    errors = _errors(_with_service(path=path))
+
+    assert "must not leave the service's source folder ('..')" in _reason(
+        errors, "services.echo.path"
+    )
+
+
+def test_ui_path_leaving_the_source_folder() -> None:
+    ui = {"name": "UI", "source": {"type": "local", "name": "ui"}, "path": "src/../../ui"}
+
+    errors = _errors(_minimal(ui=ui))
+
+    assert "must not leave the service's source folder ('..')" in _reason(errors, "ui.path")
+
+
 def test_path_and_import_path_differ() -> None:
     errors = _errors(_with_service(import_path="other:workflow"))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,9 +12,8 @@ import redis
 from kombu import Connection
 
 from config.settings import Settings
-from tests.e2e.conftest import Platform, node
+from tests.e2e.conftest import READY_TIMEOUT, STOP_TIMEOUT, Platform, node, poll
 from workers.celery_app import create_celery, send_to_inbox
-from workers.inbox import INBOX_EXPIRES, inbox_entity
 from workers.protocol import DeliverEvent
 
 
@@ -39,12 +39,35 @@ def _amqp_queue_exists(url: str, name: str) -> bool:
     return True
 
 
-def _keys_naming(url: str, name: str) -> list[bytes]:
+def _redis_traces(url: str, name: str) -> list[bytes]:
+    """What Redis holds of queue ``name``: keys that name it (its messages, which only exist
+    while there are some) and members of sets that name it (Kombu's bindings of it)."""
     client = redis.Redis.from_url(url)
+    wanted = name.encode()
+    traces: list[bytes] = []
     try:
-        return [key for key in client.keys("*") if name.encode() in key]
+        for key in client.keys("*"):
+            if wanted in key:
+                traces.append(key)
+            kind = client.type(key)
+            if kind == b"set":
+                members = client.smembers(key)
+            elif kind == b"zset":
+                members = set(client.zrange(key, 0, -1))
+            else:
+                continue
+            traces += [key + b" " + member for member in members if wanted in member]
+        return traces
     finally:
         client.close()
+
+
+def _waiting_in(url: str, inbox: str, transport: str) -> int:
+    """How many messages wait in the inbox (on Redis: the keys and bindings it has)."""
+    if transport == "redis":
+        return len(_redis_traces(url, inbox))
+    with Connection(url, connect_timeout=5) as conn:
+        return int(conn.channel().queue_declare(inbox, passive=True).message_count)
 
 
 @pytest.mark.e2e
@@ -52,23 +75,42 @@ def _keys_naming(url: str, name: str) -> list[bytes]:
 def test_a_stopped_worker_leaves_no_inbox_behind(
     transport: str, broker_url: str, make_platform: Callable[[str], Platform], sleepy: Path
 ) -> None:
-    """Each worker process has an inbox of its own, which it deletes when it stops."""
-    # Given a worker that ran a task (and so reported its inbox)
+    """Each worker process has an inbox of its own, which it deletes when it stops, with the
+    events still waiting in it."""
+    # Given a worker that ran a task (and so reported its inbox), and runs another
     platform = make_platform(broker_url)
     inbox, pid = _inbox_of_a_task(platform, sleepy)
     assert inbox == f"celeriac.inbox.{node('w1')}.{pid}"
-    if transport == "amqp":
-        assert _amqp_queue_exists(broker_url, inbox)
-
-    # When the worker stops (a warm shutdown)
     [worker] = [p for p in platform.processes.started if p.pid == pid]
-    assert worker.terminate() == 0
+    [busy] = platform.submit("Sleepy", [{"seconds": 3, "n": 2}])
+    poll(
+        lambda: platform.tasks("Sleepy")[busy]["status"],
+        lambda status: status == "running",
+        READY_TIMEOUT,
+        "the second task running",
+    )
+
+    # When the worker is told to stop (a warm shutdown: it finishes the task first), and an
+    # event for the task waits in its inbox, which its consumer no longer empties
+    worker.popen.send_signal(signal.SIGTERM)
+    sender = create_celery(Settings.from_env({"CELERIAC_BROKER_URL": broker_url}))
+    try:
+
+        def an_event_waits() -> int:
+            send_to_inbox(sender, inbox, DeliverEvent(task_id=busy, seq=0, event="{}"))
+            return _waiting_in(broker_url, inbox, transport)
+
+        poll(an_event_waits, bool, READY_TIMEOUT, "an event waiting in the stopping worker's inbox")
+    finally:
+        sender.close()
+    assert worker.popen.wait(timeout=STOP_TIMEOUT) == 0
 
     # Then nothing of its inbox is left on the broker
     if transport == "amqp":
         assert not _amqp_queue_exists(broker_url, inbox)
     else:
-        assert _keys_naming(broker_url, inbox) == []
+        assert _redis_traces(broker_url, inbox) == []
+    assert platform.wait_for_tasks("Sleepy", [busy])[busy]["status"] == "succeeded"
 
 
 @pytest.mark.e2e
@@ -80,12 +122,18 @@ def test_a_rabbitmq_inbox_expires_and_events_for_a_gone_worker_are_dropped(
     platform = make_platform(amqp_url)
     inbox, pid = _inbox_of_a_task(platform, sleepy)
 
-    # Then its inbox carries an expiry: declared without one, RabbitMQ refuses it as different
+    # Then its inbox expires after the README's 10 minutes without a consumer: RabbitMQ
+    # refuses to declare it again without that expiry, and accepts it with exactly that one
     with Connection(amqp_url, connect_timeout=5) as conn:
         with pytest.raises(amqp.exceptions.PreconditionFailed):
             conn.channel().queue_declare(inbox, durable=True, auto_delete=False)
-        assert inbox_entity(inbox).expires == INBOX_EXPIRES
-        inbox_entity(inbox)(conn.channel()).declare()  # the same arguments are accepted
+        with pytest.raises(amqp.exceptions.PreconditionFailed):
+            conn.channel().queue_declare(
+                inbox, durable=True, auto_delete=False, arguments={"x-expires": 60_000}
+            )
+        conn.channel().queue_declare(
+            inbox, durable=True, auto_delete=False, arguments={"x-expires": 600_000}
+        )
 
     # When the worker is killed, its inbox stays until it expires
     [worker] = [p for p in platform.processes.started if p.pid == pid]

@@ -138,16 +138,47 @@ def test_a_stored_event_of_the_workflow_wakes_its_waiter_and_a_client_event_does
     assert woke["t-2"][0] >= RELAYED_POLL[0] - 0.3
 
 
+class RecordingWaiter(TaskWaiter):
+    """A waiter that keeps every relay state it was told, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.told: list[bool] = []
+
+    def set_relayed(self, relayed: bool) -> None:
+        self.told.append(relayed)
+        super().set_relayed(relayed)
+
+
 @pytest.mark.e2e
-def test_a_listener_that_cannot_reach_the_database_relays_nothing(postgres_url: str) -> None:
-    waiter = TaskWaiter()
-    listener = Listener(postgres_url.replace("/celeriac_e2e_", "/no_such_db_"), waiter)
+def test_a_listener_relays_only_once_it_reaches_the_database(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a Listener on a database that does not exist yet
+    dsn = postgres_url.replace("postgresql+psycopg", "postgresql")
+    name = f"{dsn.rsplit('/', 1)[1]}_later"
+    waiter = RecordingWaiter()
+    listener = Listener(f"{postgres_url}_later", waiter)
     listener.start()
     try:
-        time.sleep(1.5)
+        # When it has tried twice and failed
+        poll(
+            lambda: caplog.text.count("lost the database notification channel"),
+            lambda failures: failures >= 2,
+            10,
+            "two failed attempts to listen",
+        )
+        # Then it never told its waiters that changes were relayed
+        assert True not in waiter.told
         assert waiter.relayed is False
+        # And once the database exists, it listens, and says so
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        poll(lambda: waiter.relayed, bool, 10, "the Listener relaying")
     finally:
         listener.stop()
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.mark.e2e

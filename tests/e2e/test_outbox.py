@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from kombu import Connection
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from app.control.dispatch import Dispatcher
 from app.control.outbox import Outbox
@@ -119,6 +119,43 @@ def test_only_a_task_dispatched_long_ago_and_never_published_is_sent_again(
     # And a second sweep sends nothing more
     assert outbox.sweep() == []
     assert drain(celery) == []
+
+
+@pytest.mark.parametrize(
+    "status", [s.value for s in TaskStatus if s is not TaskStatus.QUEUED], ids=str
+)
+def test_a_task_that_left_its_queue_is_never_sent_again(
+    db: Database, outbox: Outbox, celery: CeleriacCelery, status: str
+) -> None:
+    # Given two tasks dispatched long ago that no sender noted as published: one still
+    # queued, one that a worker took since (its start or outcome recorded)
+    dispatched(db, LOST, LONG_AGO)
+    dispatched(db, SENT, LONG_AGO)
+    with db.connect() as conn:
+        conn.execute(update(_tasks).where(_tasks.c.id == SENT).values(status=status))
+    # When the outbox is swept
+    swept = outbox.sweep()
+    # Then only the queued one is sent again: the other's step reached a worker already
+    assert swept == [LOST]
+    assert sent_task_ids(drain(celery)) == [LOST]
+
+
+def test_notes_that_could_not_be_written_are_written_once_the_database_is_back(
+    db: Database, outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a step the broker took while the tasks table cannot be written (renamed away)
+    with db.connect() as conn:
+        conn.execute(text("ALTER TABLE tasks RENAME TO tasks_away"))
+    outbox.send(step(SENT))
+    # When the notes are written, and fail
+    outbox.flush()
+    assert "could not note 1 published task(s)" in caplog.text
+    # And are written again once the table is back
+    with db.connect() as conn:
+        conn.execute(text("ALTER TABLE tasks_away RENAME TO tasks"))
+    outbox.flush()
+    # Then the step is noted as published: the sweep will not send it again
+    assert published_at(db, SENT) is not None
 
 
 def test_a_sent_step_is_noted_by_the_writer_and_at_close(db: Database, outbox: Outbox) -> None:

@@ -1,0 +1,179 @@
+"""Reports that arrive late or out of order: an ended task stays as it ended, and its event
+stream neither skips an event still on its way nor ends before it.
+
+The service worker is played by the test (``tests.support.reports``), so that each report
+arrives exactly when the test wants it; the control plane is real, read through the HTTP API.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from app.server import Server
+from tests.app.conftest import deployed, ok
+from tests.conftest import QUICKSTART
+from tests.support.reports import finished, report, started, streamed
+
+TASKS = "/deployments/QuickStart/tasks"
+#: Long enough for a stream to show what it would do next, were it wrong.
+SETTLE = 0.3
+
+
+@pytest.fixture
+def client(workerless: Server) -> FlaskClient:
+    """A client of the worker-less control plane, with the quick start deployed."""
+    http = workerless.app.test_client()
+    deployed(http, QUICKSTART)
+    return http
+
+
+def queued_task(client: FlaskClient) -> str:
+    """A new task of the quick start, which no worker takes; its id."""
+    task_id: str = ok(client.post(f"{TASKS}/create", json={"input": "{}"}))["task_id"]
+    return task_id
+
+
+def task(client: FlaskClient, task_id: str) -> dict[str, Any]:
+    """The task as the API shows it."""
+    body: dict[str, Any] = ok(client.get(f"{TASKS}/{task_id}"))
+    return body
+
+
+def sse_frames(client: FlaskClient, task_id: str) -> Iterator[dict[str, Any]]:
+    """The task's server-sent events as they come, each ``{id?, event, data}``."""
+    response = client.get(
+        f"{TASKS}/{task_id}/events", headers={"Accept": "text/event-stream"}, buffered=False
+    )
+    assert response.status_code == 200
+    buffer = ""
+    for chunk in response.response:
+        buffer += chunk.decode() if isinstance(chunk, bytes) else chunk
+        while "\n\n" in buffer:
+            block, buffer = buffer.split("\n\n", 1)
+            fields = dict(
+                line.split(": ", 1) for line in block.splitlines() if not line.startswith(":")
+            )
+            if "data" in fields:
+                yield {**fields, "data": json.loads(fields["data"])}
+
+
+def later(action: Any) -> threading.Timer:
+    """Run ``action`` in another thread after ``SETTLE`` seconds."""
+    timer = threading.Timer(SETTLE, action)
+    timer.start()
+    return timer
+
+
+# -- an ended task stays as it ended ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("succeeds", "status"), [(True, "succeeded"), (False, "failed")])
+def test_a_start_reported_after_the_outcome_leaves_the_task_ended(
+    workerless: Server, client: FlaskClient, succeeds: bool, status: str
+) -> None:
+    # Given a task whose outcome was recorded while its start report was still on its way
+    task_id = queued_task(client)
+    report(workerless.plane.celery, finished(task_id, ok=succeeds))
+    before = task(client, task_id)
+    assert before["status"] == status
+    # When the start report arrives
+    report(workerless.plane.celery, started(task_id))
+    # Then the task is still ended as it was, its attempt counted once
+    after = task(client, task_id)
+    assert after["status"] == status
+    assert (after["result"], after["error"]) == (before["result"], before["error"])
+    assert after["finished_at"] == before["finished_at"]
+    assert after["attempts"] == 1
+
+
+def test_a_start_reported_after_the_question_leaves_the_task_waiting(
+    workerless: Server, client: FlaskClient
+) -> None:
+    # Given a task that asked a person a question before its start report arrived
+    task_id = queued_task(client)
+    report(workerless.plane.celery, streamed(task_id, 0, input_required=True))
+    assert task(client, task_id)["status"] == "waiting_input"
+    # When the start report arrives
+    report(workerless.plane.celery, started(task_id))
+    # Then the task still waits for the answer
+    assert task(client, task_id)["status"] == "waiting_input"
+
+
+@pytest.mark.parametrize(("succeeds", "status"), [(True, "succeeded"), (False, "failed")])
+def test_a_question_reported_after_the_outcome_leaves_the_task_ended(
+    workerless: Server, client: FlaskClient, succeeds: bool, status: str
+) -> None:
+    # Given a task that ended while the report of its question (its only event) was on its way
+    task_id = queued_task(client)
+    celery = workerless.plane.celery
+    report(celery, started(task_id))
+    report(celery, finished(task_id, ok=succeeds, event_count=1))
+    before = task(client, task_id)
+    # When the question arrives
+    report(celery, streamed(task_id, 0, input_required=True))
+    # Then the task is still ended as it was, and its stream holds the question
+    after = task(client, task_id)
+    assert after == before
+    assert after["status"] == status
+    frames = list(sse_frames(client, task_id))
+    assert [f["event"] for f in frames] == ["InputRequiredEvent", "end"]
+    assert frames[-1]["data"]["status"] == status
+
+
+# -- a stream waits for what is still on its way ----------------------------------------------
+
+
+def test_a_stream_waits_at_a_gap_for_the_missing_event(
+    workerless: Server, client: FlaskClient
+) -> None:
+    # Given a running task whose events 0, 1 and 3 are stored, event 2 still on its way
+    task_id = queued_task(client)
+    celery = workerless.plane.celery
+    report(celery, started(task_id))
+    for seq in (0, 1, 3):
+        report(celery, streamed(task_id, seq))
+    frames = sse_frames(client, task_id)
+    # When a client follows the stream, and event 2 arrives a moment after it reached the gap
+    seen = [next(frames), next(frames)]
+    timer = later(lambda: report(celery, streamed(task_id, 2)))
+    seen.append(next(frames))
+    timer.join()
+    # Then it got the events in order, without skipping the missing one
+    assert [int(f["id"]) for f in seen] == [0, 1, 2]
+    # And, once the task ends, the rest and the end
+    report(celery, finished(task_id, event_count=4))
+    rest = list(frames)
+    assert [f.get("id") for f in rest] == ["3", None]
+    assert rest[-1]["data"]["status"] == "succeeded"
+
+
+def test_a_stream_of_an_ended_task_waits_for_its_late_events(
+    workerless: Server, client: FlaskClient
+) -> None:
+    # Given a task that ended after streaming 3 events, of which only event 0 is stored
+    task_id = queued_task(client)
+    celery = workerless.plane.celery
+    report(celery, started(task_id))
+    report(celery, streamed(task_id, 0))
+    report(celery, finished(task_id, event_count=3))
+    frames = sse_frames(client, task_id)
+    assert int(next(frames)["id"]) == 0
+
+    # When events 1 and 2 arrive a moment after the client read event 0
+    def arrive() -> None:
+        report(celery, streamed(task_id, 2))
+        report(celery, streamed(task_id, 1))
+
+    timer = later(arrive)
+    rest = list(frames)
+    timer.join()
+    # Then the stream gave them, in order, before it ended
+    assert [f.get("id") for f in rest] == ["1", "2", None]
+    assert rest[-1]["event"] == "end"
+    assert rest[-1]["data"]["status"] == "succeeded"
