@@ -37,6 +37,7 @@ _LAST_OUT = select(func.coalesce(func.max(_events.c.seq), -1)).where(
     _events.c.task_id == bindparam("task_id"), _events.c.direction == EventDirection.OUT.value
 )
 _PROGRESS = select(_tasks.c.status, _tasks.c.event_count).where(_tasks.c.id == bindparam("task_id"))
+
 #: Seconds of silence after which a stream sends a keep-alive.
 KEEP_ALIVE = 5.0
 #: How long a stream of an ended task waits for events still on their way, then ends anyway.
