@@ -8,7 +8,7 @@ from typing import Any
 from flask_smorest.fields import Upload
 from marshmallow import EXCLUDE, Schema, fields, validate
 
-from app.control.turns import MultitaskStrategy
+from app.control.lifecycle import MultitaskStrategy
 from app.models import Task, TaskStatus
 
 

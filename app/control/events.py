@@ -11,12 +11,13 @@ from typing import Any
 from sqlalchemy import bindparam, func, select
 
 from app.control.dispatch import Dispatcher
+from app.control.lifecycle import Lifecycle
 from app.control.tasks import Tasks
 from app.control.waiter import RELAYED_POLL, TaskWaiter
 from app.db import Database
-from app.errors import Conflict, InvalidInput
+from app.errors import InvalidInput
 from app.models import Event, EventDirection, Task, TaskStatus
-from app.models.base import table_of, utcnow
+from app.models.base import table_of
 from workers.protocol import DeliverEvent
 
 _events = table_of(Event)
@@ -36,14 +37,6 @@ _LAST_OUT = select(func.coalesce(func.max(_events.c.seq), -1)).where(
     _events.c.task_id == bindparam("task_id"), _events.c.direction == EventDirection.OUT.value
 )
 _PROGRESS = select(_tasks.c.status, _tasks.c.event_count).where(_tasks.c.id == bindparam("task_id"))
-_TASK_FOR_INPUT = (
-    select(_tasks.c.status, _tasks.c.inbox)
-    .where(_tasks.c.id == bindparam("task_id"))
-    .with_for_update()
-)
-_NEXT_INPUT_SEQ = select(func.coalesce(func.max(_events.c.seq) + 1, 0)).where(
-    _events.c.task_id == bindparam("task_id"), _events.c.direction == EventDirection.IN.value
-)
 
 #: Seconds of silence after which a stream sends a keep-alive.
 KEEP_ALIVE = 5.0
@@ -74,6 +67,7 @@ class EventLog:
     def __init__(
         self,
         db: Database,
+        lifecycle: Lifecycle,
         tasks: Tasks,
         waiter: TaskWaiter,
         dispatcher: Dispatcher,
@@ -81,6 +75,7 @@ class EventLog:
     ) -> None:
         self._poll = poll
         self._db = db
+        self._lifecycle = lifecycle
         self._tasks = tasks
         self._waiter = waiter
         self._dispatcher = dispatcher
@@ -155,32 +150,7 @@ class EventLog:
                 errors={"event_obj_str": ["expected an object with a qualified_name and a value"]},
             )
         self._tasks.get(deployment, task_id, session_id)  # 404s
-        qualified = parsed["qualified_name"]
-        with self._db.connect() as conn:
-            status, inbox = conn.execute(_TASK_FOR_INPUT, {"task_id": task_id}).one()
-            if TaskStatus(status).terminal:
-                raise Conflict(
-                    f"task {task_id} has ended ({status}); it takes no more events",
-                    errors={"task_id": task_id, "status": status},
-                )
-            seq = int(conn.scalar(_NEXT_INPUT_SEQ, {"task_id": task_id}))
-            conn.execute(
-                _events.insert(),
-                {
-                    "task_id": task_id,
-                    "direction": EventDirection.IN.value,
-                    "seq": seq,
-                    "type": qualified.rsplit(".", 1)[-1][:200],
-                    "qualified_name": qualified[:500],
-                    "data": parsed,
-                    "created_at": utcnow(),
-                },
-            )
-            conn.execute(
-                _tasks.update()
-                .where(_tasks.c.id == task_id, _tasks.c.status == TaskStatus.WAITING_INPUT.value)
-                .values(status=TaskStatus.RUNNING.value)
-            )
+        seq, inbox = self._lifecycle.resume(task_id, parsed)
         if inbox:
             # Not yet started: the recorder forwards stored inputs when the start is reported.
             self._dispatcher.deliver(

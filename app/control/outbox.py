@@ -17,66 +17,19 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from typing import Any
 
-from sqlalchemy import bindparam, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.control.dispatch import Dispatcher
-from app.control.routing import first_step
-from app.control.turns import session_context
-from app.db import Database
+from app.control.lifecycle import Lifecycle
 from app.errors import Unavailable
-from app.models import Deployment, Task, TaskStatus
-from app.models.base import table_of, utcnow
+from app.models.base import utcnow
 from workers.protocol import RunStep
 
 log = logging.getLogger(__name__)
 
-_tasks = table_of(Task)
-_deployments = table_of(Deployment)
-
 #: Seconds between two writes of the notes (and the most a clean stop waits for one).
 FLUSH_EVERY = 0.2
-#: Tasks sent again per sweep, at most; the next sweep takes the rest.
-SWEEP_BATCH = 200
-
-_MARK = (
-    update(_tasks)
-    .where(_tasks.c.id.in_(bindparam("ids", expanding=True)), _tasks.c.published_at.is_(None))
-    .values(published_at=bindparam("now"))
-)
-_OVERDUE = (
-    select(
-        _tasks.c.id,
-        _tasks.c.session_id,
-        _tasks.c.service,
-        _tasks.c.input,
-        _deployments.c.name.label("deployment_name"),
-        _deployments.c.version,
-    )
-    .join(_deployments, _deployments.c.id == _tasks.c.deployment_id)
-    .where(
-        _tasks.c.status == TaskStatus.QUEUED.value,
-        _tasks.c.published_at.is_(None),
-        _tasks.c.dispatched_at.is_not(None),
-        _tasks.c.dispatched_at < bindparam("cutoff"),
-    )
-    .order_by(_tasks.c.dispatched_at)
-    .limit(SWEEP_BATCH)
-    # Control-plane consumers sweep side by side: each takes rows no other holds.
-    .with_for_update(of=_tasks, skip_locked=True)
-)
-
-#: Running or waiting for input: the run was lost with its process and starts again.
-_REQUEUE_LOST = (
-    update(_tasks)
-    .where(
-        _tasks.c.status.in_([s.value for s in TaskStatus if not s.terminal]),
-        _tasks.c.dispatched_at.is_not(None),
-    )
-    .values(status=TaskStatus.QUEUED.value, published_at=None)
-)
 
 
 class Outbox:
@@ -84,13 +37,13 @@ class Outbox:
 
     def __init__(
         self,
-        db: Database,
+        lifecycle: Lifecycle,
         dispatcher: Dispatcher,
         redispatch_after: float,
         *,
         swept: bool = True,
     ) -> None:
-        self._db = db
+        self._lifecycle = lifecycle
         self._dispatcher = dispatcher
         self.redispatch_after = redispatch_after
         #: False for the embedded broker: its messages live and die with this process, so
@@ -124,8 +77,7 @@ class Outbox:
         if not ids:
             return
         try:
-            with self._db.single() as conn:
-                conn.execute(_MARK, {"ids": sorted(ids), "now": utcnow()})
+            self._lifecycle.note_published(ids)
         except SQLAlchemyError:
             log.warning("could not note %d published task(s); trying again", len(ids))
             with self._lock:
@@ -146,17 +98,16 @@ class Outbox:
         ids."""
         if cutoff is None:
             cutoff = utcnow() - dt.timedelta(seconds=self.redispatch_after)
-        sent: list[str] = []
-        with self._db.connect() as conn:
-            for row in conn.execute(_OVERDUE, {"cutoff": cutoff}).all():
-                try:
-                    self._dispatcher.run_step(_step_of(conn, row))
-                except Unavailable:
-                    log.warning("the broker refused a step sent again; the next sweep retries")
-                    break
-                sent.append(row.id)
-            if sent:
-                conn.execute(_MARK, {"ids": sent, "now": utcnow()})
+
+        def resend(step: RunStep) -> bool:
+            try:
+                self._dispatcher.run_step(step)
+            except Unavailable:
+                log.warning("the broker refused a step sent again; the next sweep retries")
+                return False
+            return True
+
+        sent = self._lifecycle.resend_overdue(cutoff, resend)
         if sent:
             log.warning("sent again %d task(s) that no sender had published", len(sent))
         return sent
@@ -165,21 +116,8 @@ class Outbox:
         """Mark every dispatched task that has not ended as queued and unpublished, for the
         next sweep to send again; returns how many. For a broker that lost every message:
         the embedded one, when its process restarts."""
-        with self._db.single() as conn:
-            return conn.execute(_REQUEUE_LOST).rowcount
+        return self._lifecycle.requeue_lost()
 
     def _write_until_stopped(self) -> None:
         while not self._stop.wait(FLUSH_EVERY):
             self.flush()
-
-
-def _step_of(conn: Any, row: Any) -> RunStep:
-    """The first step of an overdue task, in its session's Context if it has one."""
-    context = session_context(conn, row.session_id) if row.session_id else None
-    return first_step(
-        row,
-        row.deployment_name,
-        row.version,
-        context=context,
-        keep_context=row.session_id is not None,
-    )

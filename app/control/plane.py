@@ -7,6 +7,7 @@ from app.control.descriptions import Descriptions
 from app.control.dispatch import Dispatcher
 from app.control.events import EventLog
 from app.control.handlers import Handlers
+from app.control.lifecycle import Lifecycle
 from app.control.outbox import Outbox
 from app.control.recorder import Recorder
 from app.control.registry import Registry
@@ -31,18 +32,21 @@ class ControlPlane:
         # unless a Listener relays the recorder's notifications (``TaskWaiter.set_relayed``).
         self.waiter = TaskWaiter(first_poll=0.5) if settings.embedded else TaskWaiter()
         dispatcher = Dispatcher(celery)
-        self.outbox = Outbox(db, dispatcher, settings.redispatch_after, swept=not settings.embedded)
-        self.recorder = Recorder(db, self.waiter, dispatcher, self.outbox)
+        self.lifecycle = Lifecycle(db)
+        self.outbox = Outbox(
+            self.lifecycle, dispatcher, settings.redispatch_after, swept=not settings.embedded
+        )
+        self.recorder = Recorder(db, self.lifecycle, self.waiter, dispatcher, self.outbox)
         self.deployments = Deployments(db, settings)
-        self.sessions = Sessions(db)
+        self.sessions = Sessions(db, self.lifecycle)
         self.registry = Registry(db, settings.heartbeat_interval)
-        self.tasks = Tasks(db, self.outbox, self.waiter, settings.run_timeout)
+        self.tasks = Tasks(db, self.lifecycle, self.outbox, self.waiter, settings.run_timeout)
         self.deployments.on_deployed.append(lambda spec, _base: self.tasks.forget(spec.name))
         self.deployments.on_removed.append(self.tasks.forget)
         # Streams wake on the recorder's notifications when it runs in this process; else
         # they re-read the database this often.
         poll = 1.0 if settings.embedded else 0.1
-        self.events = EventLog(db, self.tasks, self.waiter, dispatcher, poll=poll)
+        self.events = EventLog(db, self.lifecycle, self.tasks, self.waiter, dispatcher, poll=poll)
         self.handlers = Handlers(db, self.tasks)
         # Its own waiter: description keys must never meet a task id a client chose.
         self.descriptions = Descriptions(db, dispatcher, TaskWaiter())

@@ -6,17 +6,17 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, select
 
 from app.control.deployments import find as find_deployment
+from app.control.lifecycle import Lifecycle, MultitaskStrategy, NewTask
 from app.control.outbox import Outbox
 from app.control.routing import first_step, route
-from app.control.turns import MultitaskStrategy, Turn, take_turn
 from app.control.waiter import Outcome, TaskWaiter
 from app.db import Database
 from app.errors import Conflict, InvalidInput, NotFound, TaskFailed, TaskTimeout, Unavailable
-from app.models import Deployment, Session, Task, TaskStatus
-from app.models.base import new_id, table_of, utcnow
+from app.models import Deployment, Task, TaskStatus
+from app.models.base import new_id, table_of
 from workers.protocol import RunStep
 
 
@@ -55,24 +55,12 @@ def parse_input(raw: Any) -> dict[str, Any]:
 
 
 _tasks = table_of(Task)
-_sessions = table_of(Session)
 _deployments = table_of(Deployment)
 _OUTCOME = select(_tasks.c.status, _tasks.c.result, _tasks.c.error).where(
     _tasks.c.id == bindparam("task_id")
 )
 _DEPLOYMENT = select(_deployments.c.id, _deployments.c.version, _deployments.c.spec).where(
     _deployments.c.name == bindparam("name")
-)
-#: The columns a new task fills in.
-_NEW_TASK = (
-    "id",
-    "session_id",
-    "service",
-    "input",
-    "status",
-    "attempts",
-    "created_at",
-    "dispatched_at",
 )
 
 
@@ -93,37 +81,27 @@ class Tasks:
     """Submit, run, wait for and read tasks."""
 
     def __init__(
-        self, db: Database, outbox: Outbox, waiter: TaskWaiter, run_timeout: float
+        self,
+        db: Database,
+        lifecycle: Lifecycle,
+        outbox: Outbox,
+        waiter: TaskWaiter,
+        run_timeout: float,
     ) -> None:
         self._db = db
+        self._lifecycle = lifecycle
         self._outbox = outbox
         self._waiter = waiter
         self._run_timeout = run_timeout
         # Deployments by name, as last read. Every insert checks that the deployment still
         # has this id and version, so a stale entry can refuse a task but never misroute it.
         self._targets: dict[str, _Target] = {}
-        # INSERT INTO tasks SELECT <the new task> FROM deployments WHERE id and version match,
-        # skipping a task id already used: one statement, one round trip.
-        values = [bindparam(name, type_=_tasks.c[name].type) for name in _NEW_TASK]
-        self._insert_task = (
-            db.insert_ignoring_duplicates(_tasks)
-            .from_select(
-                [*_NEW_TASK, "deployment_id"],
-                select(*values, _deployments.c.id).where(
-                    _deployments.c.id == bindparam("deployment_id"),
-                    _deployments.c.version == bindparam("version"),
-                ),
-            )
-            .returning(_tasks.c.id)
-        )
 
     def submit(self, request: Submission, *, single_use_session: bool = False) -> Task:
         """Store the task as queued, commit, then send its first step to its service's queue.
 
         Without a session id the task gets a new session, unless ``single_use_session``
-        (``tasks/run``): then, as no later task could use that session, it has none. Every
-        task passes here, so it runs as few Core statements as it can: a task without a
-        session is a single INSERT, with no transaction around it.
+        (``tasks/run``): then, as no later task could use that session, it has none.
         """
         target = self._target(request.deployment)
         try:
@@ -160,47 +138,20 @@ class Tasks:
         return target
 
     def _submit(self, request: Submission, target: _Target, single_use_session: bool) -> Task:
-        now = utcnow()
-        row: dict[str, Any] = {
-            "id": request.task_id or new_id(),
-            "deployment_id": target.id,
-            "version": target.version,
-            "session_id": request.session_id,
-            "service": route(request.deployment, target.spec, request.service_id),
-            "input": request.input,
-            "status": TaskStatus.QUEUED.value,
-            "attempts": 0,
-            "created_at": now,
-            "dispatched_at": now,
-        }
-        turn = Turn(run_now=True, context=None)
-        if request.session_id is None and single_use_session:
-            with self._db.single() as conn:
-                if conn.execute(self._insert_task, row).first() is None:
-                    raise _Refused
-        else:
-            with self._db.connect() as conn:
-                if request.session_id:
-                    turn = take_turn(
-                        conn, request.session_id, target.id, row["id"], request.multitask_strategy
-                    )
-                    row["dispatched_at"] = now if turn.run_now else None
-                else:
-                    row["session_id"] = new_id()
-                    conn.execute(
-                        _sessions.insert(),
-                        {
-                            "id": row["session_id"],
-                            "deployment_id": target.id,
-                            "state": {},
-                            "created_at": now,
-                            "active_task_id": row["id"],
-                        },
-                    )
-                if conn.execute(self._insert_task, row).first() is None:
-                    raise _Refused  # and the session's changes roll back
-        del row["version"]
-        task = Task(**row)
+        new = NewTask(
+            id=request.task_id or new_id(),
+            deployment_id=target.id,
+            version=target.version,
+            service=route(request.deployment, target.spec, request.service_id),
+            input=request.input,
+            session_id=request.session_id,
+        )
+        inserted = self._lifecycle.insert(
+            new, strategy=request.multitask_strategy, single_use_session=single_use_session
+        )
+        if inserted is None:
+            raise _Refused
+        task, turn = inserted
         if turn.run_now:
             self.dispatch(
                 first_step(
@@ -218,7 +169,9 @@ class Tasks:
         try:
             self._outbox.send(step)
         except Unavailable as exc:
-            self._fail_undispatched(step.task_id, exc)
+            self._lifecycle.fail_unsent(
+                step.task_id, {"type": "DispatchError", "message": str(exc)}
+            )
             raise
 
     def run(self, request: Submission, timeout: float | None = None) -> Any:
@@ -279,16 +232,3 @@ class Tasks:
                 query = query.where(Task.session_id == session_id)
             query = query.order_by(Task.created_at, Task.id).limit(limit).offset(offset)
             return list(db.scalars(query))
-
-    def _fail_undispatched(self, task_id: str, exc: Exception) -> None:
-        """A task whose message never left must not look queued forever."""
-        with self._db.begin() as db:
-            db.execute(
-                update(Task)
-                .where(Task.id == task_id, Task.status == TaskStatus.QUEUED)
-                .values(
-                    status=TaskStatus.FAILED,
-                    error={"type": "DispatchError", "message": str(exc)},
-                    finished_at=utcnow(),
-                )
-            )

@@ -4,7 +4,7 @@ from app.models.base import Base
 from app.models.deployment import Deployment, Service
 from app.models.event import Event, EventDirection
 from app.models.session import Session
-from app.models.task import Task, TaskStatus
+from app.models.task import Operation, Task, TaskStatus
 from app.models.worker import Worker
 
 __all__ = [
@@ -12,6 +12,7 @@ __all__ = [
     "Deployment",
     "Event",
     "EventDirection",
+    "Operation",
     "Service",
     "Session",
     "Task",

@@ -27,51 +27,76 @@ class TaskStatus(str, enum.Enum):
         """True once the task can change no more."""
         return self in TERMINAL
 
-    def sources(self) -> frozenset[TaskStatus]:
-        """The statuses from which a task may move to this one."""
-        return frozenset(s for s, targets in TRANSITIONS.items() if self in targets)
+    def sources(self, by: Operation | None = None) -> frozenset[TaskStatus]:
+        """The statuses from which a task may move to this one (by operation ``by``, if given)."""
+        return frozenset(
+            source
+            for source, targets in MOVES.items()
+            if self in targets and (by is None or by in targets[self])
+        )
+
+
+class Operation(str, enum.Enum):
+    """The operations of the task lifecycle (``app.control.lifecycle``) that move a status."""
+
+    #: A worker reported that it took the task.
+    START = "start"
+    #: The workflow streamed an ``InputRequiredEvent``.
+    AWAIT_INPUT = "await_input"
+    #: A client sent an event into a task that waits for input.
+    RESUME = "resume"
+    #: A worker reported the run's outcome (or the control plane failed it for a worker).
+    FINISH = "finish"
+    #: The broker refused the task's first step: it never left.
+    FAIL_UNSENT = "fail_unsent"
+    #: The broker lost the task's step with its process: it is queued to be sent again.
+    REQUEUE = "requeue"
 
 
 TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
-#: status -> statuses it may move to. ``running -> running`` is a redelivery to another worker
-#: (at-least-once delivery); ``queued -> succeeded/failed/waiting_input`` happens when the
-#: outcome, or the workflow's question, overtakes the start report. ``waiting_input`` moves
-#: back to ``running`` when an answer is sent in, never because of a late start report.
-#: ``running`` or ``waiting_input -> queued`` is a run lost with the embedded server's
-#: process, queued again when it restarts (``Outbox.requeue_lost``).
+#: status -> statuses it may move to -> the operations that may move it there; the task
+#: lifecycle builds the guard of each of its statements from this table, and nothing else.
+#:
+#: ``running -> running`` is a redelivery to another worker (at-least-once delivery);
+#: ``queued -> succeeded/failed/waiting_input`` happens when the outcome, or the workflow's
+#: question, overtakes the start report. ``waiting_input`` moves back to ``running`` when an
+#: answer is sent in, never because of a late start report. A task that ended moves no more:
+#: a late start report or a late question leaves it as it is. Any unfinished task is queued
+#: again when the broker lost its step with the embedded server's process (a queued one stays
+#: queued, and is sent again). Cancelling is allowed, but no operation cancels yet.
+MOVES: dict[TaskStatus, dict[TaskStatus, frozenset[Operation]]] = {
+    TaskStatus.QUEUED: {
+        TaskStatus.QUEUED: frozenset({Operation.REQUEUE}),
+        TaskStatus.RUNNING: frozenset({Operation.START}),
+        TaskStatus.WAITING_INPUT: frozenset({Operation.AWAIT_INPUT}),
+        TaskStatus.SUCCEEDED: frozenset({Operation.FINISH}),
+        TaskStatus.FAILED: frozenset({Operation.FINISH, Operation.FAIL_UNSENT}),
+        TaskStatus.CANCELLED: frozenset(),
+    },
+    TaskStatus.RUNNING: {
+        TaskStatus.QUEUED: frozenset({Operation.REQUEUE}),
+        TaskStatus.RUNNING: frozenset({Operation.START}),
+        TaskStatus.WAITING_INPUT: frozenset({Operation.AWAIT_INPUT}),
+        TaskStatus.SUCCEEDED: frozenset({Operation.FINISH}),
+        TaskStatus.FAILED: frozenset({Operation.FINISH}),
+        TaskStatus.CANCELLED: frozenset(),
+    },
+    TaskStatus.WAITING_INPUT: {
+        TaskStatus.QUEUED: frozenset({Operation.REQUEUE}),
+        TaskStatus.RUNNING: frozenset({Operation.RESUME}),
+        TaskStatus.SUCCEEDED: frozenset({Operation.FINISH}),
+        TaskStatus.FAILED: frozenset({Operation.FINISH}),
+        TaskStatus.CANCELLED: frozenset(),
+    },
+    TaskStatus.SUCCEEDED: {},
+    TaskStatus.FAILED: {},
+    TaskStatus.CANCELLED: {},
+}
+
+#: status -> statuses it may move to, by any operation.
 TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
-    TaskStatus.QUEUED: frozenset(
-        {
-            TaskStatus.RUNNING,
-            TaskStatus.WAITING_INPUT,
-            TaskStatus.SUCCEEDED,
-            TaskStatus.FAILED,
-            TaskStatus.CANCELLED,
-        }
-    ),
-    TaskStatus.RUNNING: frozenset(
-        {
-            TaskStatus.QUEUED,
-            TaskStatus.RUNNING,
-            TaskStatus.WAITING_INPUT,
-            TaskStatus.SUCCEEDED,
-            TaskStatus.FAILED,
-            TaskStatus.CANCELLED,
-        }
-    ),
-    TaskStatus.WAITING_INPUT: frozenset(
-        {
-            TaskStatus.QUEUED,
-            TaskStatus.RUNNING,
-            TaskStatus.SUCCEEDED,
-            TaskStatus.FAILED,
-            TaskStatus.CANCELLED,
-        }
-    ),
-    TaskStatus.SUCCEEDED: frozenset(),
-    TaskStatus.FAILED: frozenset(),
-    TaskStatus.CANCELLED: frozenset(),
+    source: frozenset(targets) for source, targets in MOVES.items()
 }
 
 

@@ -14,6 +14,7 @@ from kombu import Connection
 from sqlalchemy import select, text, update
 
 from app.control.dispatch import Dispatcher
+from app.control.lifecycle import Lifecycle
 from app.control.outbox import Outbox
 from app.db import Database
 from app.models import Session, Task, TaskStatus
@@ -54,7 +55,7 @@ def celery(tmp_path: Path) -> Iterator[CeleriacCelery]:
 
 @pytest.fixture
 def outbox(db: Database, celery: CeleriacCelery) -> Iterator[Outbox]:
-    box = Outbox(db, Dispatcher(celery), redispatch_after=30.0)
+    box = Outbox(Lifecycle(db), Dispatcher(celery), redispatch_after=30.0)
     yield box
     box.close()
 
@@ -184,7 +185,7 @@ def test_a_session_task_is_sent_again_with_its_session_context(
                 update(table_of(Session)).values(state={"count": 3}, active_task_id="in-session")
             )
         dispatched(db, "in-session", LONG_AGO)
-        outbox = Outbox(db, Dispatcher(celery), redispatch_after=30.0)
+        outbox = Outbox(Lifecycle(db), Dispatcher(celery), redispatch_after=30.0)
         # When the outbox is swept
         assert outbox.sweep() == ["in-session"]
         outbox.close()
@@ -243,7 +244,7 @@ def test_a_task_another_sweeper_holds_is_skipped_until_it_lets_go(
         seeded_database(url, [LOST]) as db,
         db.engine.connect() as other,
     ):
-        outbox = Outbox(db, Dispatcher(celery), redispatch_after=30.0)
+        outbox = Outbox(Lifecycle(db), Dispatcher(celery), redispatch_after=30.0)
         # Given a lost task that another control-plane consumer is sweeping (its row locked)
         dispatched(db, LOST, LONG_AGO)
         other.execute(select(_tasks.c.id).where(_tasks.c.id == LOST).with_for_update())

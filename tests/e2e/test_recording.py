@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import delete, select
 
 from app.control.dispatch import Dispatcher
+from app.control.lifecycle import Lifecycle
 from app.control.outbox import Outbox
 from app.control.recorder import Recorder
 from app.control.waiter import Outcome, TaskWaiter
@@ -55,7 +56,9 @@ def recorder(db: Database, waiter: TaskWaiter, tmp_path: Path) -> Recorder:
     # Tasks without a session never dispatch: the memory broker is never reached.
     celery = create_celery(Settings(data_dir=tmp_path / ".celeriac"))
     dispatcher = Dispatcher(celery)
-    return Recorder(db, waiter, dispatcher, Outbox(db, dispatcher, redispatch_after=30.0))
+    lifecycle = Lifecycle(db)
+    outbox = Outbox(lifecycle, dispatcher, redispatch_after=30.0)
+    return Recorder(db, lifecycle, waiter, dispatcher, outbox)
 
 
 def finished(ok: bool = True, result: Any = "done", last_events: int = 1) -> StepFinished:

@@ -5,6 +5,9 @@ arrives while another of its session is unfinished, the client's ``multitask_str
 what happens: ``enqueue`` (the default) stores it and starts it when the session is free,
 in order of arrival; ``reject`` refuses it with 409. The session row is locked while this is
 decided (``SELECT ... FOR UPDATE`` on PostgreSQL; SQLite has one writer at a time).
+
+The functions that take a connection run inside the lifecycle's transactions: only the
+lifecycle (``app.control.lifecycle.operations``) changes sessions.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Row, bindparam, select
+from sqlalchemy.orm import Session as DbSession
 
 from app.errors import Conflict, NotFound
 from app.models import Deployment, Session, Task, TaskStatus
@@ -31,6 +35,17 @@ _SESSION_FOR_TASK = (
         _sessions.c.deleted_at.is_(None),
     )
     .with_for_update()
+)
+_CONTEXT = select(_sessions.c.state).where(_sessions.c.id == bindparam("session_id"))
+_CLAIM = (
+    _sessions.update()
+    .where(_sessions.c.id == bindparam("session_id"))
+    .values(active_task_id=bindparam("p_task_id"))
+)
+_MARK_DISPATCHED = (
+    _tasks.update()
+    .where(_tasks.c.id == bindparam("task_id"))
+    .values(dispatched_at=bindparam("now"))
 )
 _STATUS = select(_tasks.c.status).where(_tasks.c.id == bindparam("task_id"))
 _NEXT_WAITING = (
@@ -87,9 +102,7 @@ def take_turn(
                 errors={"session_id": session_id, "active_task_id": active},
             )
         return Turn(run_now=False, context=None)
-    conn.execute(
-        _sessions.update().where(_sessions.c.id == session_id).values(active_task_id=task_id)
-    )
+    conn.execute(_CLAIM, {"session_id": session_id, "p_task_id": task_id})
     return Turn(run_now=True, context=state or None)
 
 
@@ -114,14 +127,20 @@ def pass_turn(
     following = conn.execute(_NEXT_WAITING, {"session_id": session_id}).first()
     if following is None:
         return None
-    conn.execute(_tasks.update().where(_tasks.c.id == following.id).values(dispatched_at=utcnow()))
-    conn.execute(
-        _sessions.update().where(_sessions.c.id == session_id).values(active_task_id=following.id)
-    )
+    conn.execute(_MARK_DISPATCHED, {"task_id": following.id, "now": utcnow()})
+    conn.execute(_CLAIM, {"session_id": session_id, "p_task_id": following.id})
     return following
 
 
 def session_context(conn: Connection, session_id: str) -> dict[str, Any] | None:
     """The session's stored Context."""
-    state = conn.scalar(select(_sessions.c.state).where(_sessions.c.id == session_id))
+    state = conn.scalar(_CONTEXT, {"session_id": session_id})
     return state or None
+
+
+def find_session(db: DbSession, deployment_id: int, session_id: str) -> Session:
+    """A live session of the deployment, or :class:`NotFound`."""
+    row = db.get(Session, session_id)
+    if row is None or row.deployment_id != deployment_id or row.deleted_at is not None:
+        raise NotFound(f"session {session_id!r} not found")
+    return row

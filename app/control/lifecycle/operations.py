@@ -1,0 +1,327 @@
+"""The task lifecycle: every change to tasks, their sessions and their events, by name."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Insert, Row, Select, Update, bindparam, select
+
+from app.control.deployments import find as find_deployment
+from app.control.lifecycle import statements as sql
+from app.control.lifecycle.turns import (
+    MultitaskStrategy,
+    Turn,
+    find_session,
+    pass_turn,
+    session_context,
+    take_turn,
+)
+from app.control.routing import first_step
+from app.db import Database
+from app.errors import Conflict
+from app.models import Deployment, EventDirection, Session, Task, TaskStatus
+from app.models.base import from_timestamp, new_id, table_of, utcnow
+from workers.protocol import RunStep, StepEvent, StepFinished, StepStarted
+
+_sessions = table_of(Session)
+_deployments = table_of(Deployment)
+
+
+@dataclass(frozen=True)
+class NewTask:
+    """A task to store: what a client asked for, routed to a service of a deployment version."""
+
+    id: str
+    deployment_id: int
+    version: int
+    service: str
+    input: dict[str, Any]
+    session_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What recording an outcome did: the status stored (None for a redelivery, or a task
+    gone), and the first step of the session's next task, whose turn it now is."""
+
+    status: TaskStatus | None
+    following: RunStep | None = None
+
+
+class _Refused(Exception):
+    """The task row was not inserted; the transaction around it must roll back."""
+
+
+class Lifecycle:
+    """Moves tasks along the transition table, and owns every write to tasks, sessions and
+    events; each operation chooses its own connection, as short and as few as it can."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._insert_event = db.insert_ignoring_duplicates(sql.events)
+        # INSERT INTO tasks SELECT <the new task> FROM deployments WHERE id and version match,
+        # skipping a task id already used: one statement, one round trip.
+        values = [bindparam(name, type_=sql.tasks.c[name].type) for name in sql.NEW_TASK]
+        self._insert_task: Insert = (
+            db.insert_ignoring_duplicates(sql.tasks)
+            .from_select(
+                [*sql.NEW_TASK, "deployment_id"],
+                select(*values, _deployments.c.id).where(
+                    _deployments.c.id == bindparam("deployment_id"),
+                    _deployments.c.version == bindparam("version"),
+                ),
+            )
+            .returning(sql.tasks.c.id)
+        )
+        # By outcome, and by whether the start is recorded with it.
+        self._finish: dict[tuple[TaskStatus, bool], Update | Select[Any]] = {}
+        for status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED):
+            for with_start in (False, True):
+                finish = sql.finish(status, with_start=with_start)
+                self._finish[status, with_start] = (
+                    sql.finish_at_once(finish)
+                    if db.engine.dialect.name == "postgresql"
+                    else finish.returning(sql.tasks.c.session_id)
+                )
+
+    def insert(
+        self,
+        task: NewTask,
+        *,
+        strategy: MultitaskStrategy = MultitaskStrategy.ENQUEUE,
+        single_use_session: bool = False,
+    ) -> tuple[Task, Turn] | None:
+        """Store ``task`` as queued and say whether it may run now (with its session's
+        Context); None if it was not stored (a used id, or a deployment changed since its
+        version was read), and then nothing changed.
+
+        A task without a session gets a new one, unless ``single_use_session``: then, as no
+        later task could use that session, it has none, and storing it is a single INSERT
+        with no transaction around it (the path of every ``tasks/run``).
+        """
+        now = utcnow()
+        row: dict[str, Any] = {
+            "id": task.id,
+            "deployment_id": task.deployment_id,
+            "version": task.version,
+            "session_id": task.session_id,
+            "service": task.service,
+            "input": task.input,
+            "status": TaskStatus.QUEUED.value,
+            "attempts": 0,
+            "created_at": now,
+            "dispatched_at": now,
+        }
+        turn = Turn(run_now=True, context=None)
+        try:
+            if task.session_id is None and single_use_session:
+                with self._db.single() as conn:
+                    self._insert(conn, row)
+            else:
+                with self._db.connect() as conn:
+                    if task.session_id:
+                        turn = take_turn(
+                            conn, task.session_id, task.deployment_id, task.id, strategy
+                        )
+                        row["dispatched_at"] = now if turn.run_now else None
+                    else:
+                        row["session_id"] = self._open_for(conn, task, now)
+                    self._insert(conn, row)  # refused: the session's changes roll back
+        except _Refused:
+            return None
+        del row["version"]
+        return Task(**row), turn
+
+    def _insert(self, conn: Connection, row: dict[str, Any]) -> None:
+        if conn.execute(self._insert_task, row).first() is None:
+            raise _Refused
+
+    def _open_for(self, conn: Connection, task: NewTask, now: dt.datetime) -> str:
+        """A new session held by ``task``; its id."""
+        session_id = new_id()
+        conn.execute(
+            _sessions.insert(),
+            {
+                "id": session_id,
+                "deployment_id": task.deployment_id,
+                "state": {},
+                "created_at": now,
+                "active_task_id": task.id,
+            },
+        )
+        return session_id
+
+    def fail_unsent(self, task_id: str, error: dict[str, Any]) -> None:
+        """The broker refused the task's first step: it fails, rather than look queued for
+        ever."""
+        with self._db.single() as conn:
+            conn.execute(
+                sql.FAIL_UNSENT,
+                {"task_id": task_id, "p_error": error, "p_finished_at": utcnow()},
+            )
+
+    def note_published(self, task_ids: Iterable[str]) -> None:
+        """The broker took these tasks' first steps (the outbox's notes)."""
+        with self._db.single() as conn:
+            conn.execute(sql.MARK_PUBLISHED, {"ids": sorted(task_ids), "now": utcnow()})
+
+    def resend_overdue(self, cutoff: dt.datetime, send: Callable[[RunStep], bool]) -> list[str]:
+        """Give ``send`` the first step of each task dispatched before ``cutoff`` and never
+        noted as published, until it returns False; note the ones it sent as published, and
+        return their ids. The tasks stay locked meanwhile, so no other sweeper sends them."""
+        sent: list[str] = []
+        with self._db.connect() as conn:
+            for row in conn.execute(sql.OVERDUE, {"cutoff": cutoff}).all():
+                context = session_context(conn, row.session_id) if row.session_id else None
+                step = first_step(
+                    row,
+                    row.deployment_name,
+                    row.version,
+                    context=context,
+                    keep_context=row.session_id is not None,
+                )
+                if not send(step):
+                    break
+                sent.append(row.id)
+            if sent:
+                conn.execute(sql.MARK_PUBLISHED, {"ids": sent, "now": utcnow()})
+        return sent
+
+    def requeue_lost(self) -> int:
+        """Queue again, unpublished, every dispatched task that has not ended; returns how
+        many. For a broker that lost every message (the embedded one, with its process)."""
+        with self._db.single() as conn:
+            return conn.execute(sql.REQUEUE_LOST).rowcount
+
+    def start(self, message: StepStarted) -> list[tuple[int, Any]]:
+        """A worker took the task: count the attempt, note its inbox, and mark the task
+        running if it still can be; returns the events clients sent in so far (``seq``,
+        ``data``), which that worker has not had."""
+        with self._db.connect() as conn:
+            conn.execute(
+                sql.START,
+                {
+                    "task_id": message.task_id,
+                    "p_worker": message.worker,
+                    "p_started_at": from_timestamp(message.at),
+                    "p_inbox": message.inbox,
+                },
+            )
+            inputs = conn.execute(sql.INPUTS, {"task_id": message.task_id})
+            return [(row.seq, row.data) for row in inputs]
+
+    def record_event(self, message: StepEvent) -> bool:
+        """Store one streamed event, once whatever the deliveries; an ``InputRequiredEvent``
+        makes the task await input. False if the task is gone."""
+        with self._db.connect() as conn:
+            if conn.scalar(sql.TASK_EXISTS, {"task_id": message.task_id}) is None:
+                return False
+            conn.execute(self._insert_event, sql.event_row(message))
+            if message.event.get("input_required"):
+                conn.execute(sql.AWAIT_INPUT, {"task_id": message.task_id})
+        return True
+
+    def resume(self, task_id: str, event: dict[str, Any]) -> tuple[int, str | None]:
+        """Store an event a client sent into the task (LlamaDeploy's JSON of it, with its
+        ``qualified_name``), and mark the task running if it awaited input; returns the
+        event's number among the task's inputs, and the inbox of the worker that runs it
+        (None before a start is recorded). :class:`Conflict` if the task ended."""
+        qualified = str(event["qualified_name"])
+        with self._db.connect() as conn:
+            status, inbox = conn.execute(sql.TASK_FOR_INPUT, {"task_id": task_id}).one()
+            if TaskStatus(status).terminal:
+                raise Conflict(
+                    f"task {task_id} has ended ({status}); it takes no more events",
+                    errors={"task_id": task_id, "status": status},
+                )
+            seq = int(conn.scalar(sql.NEXT_INPUT_SEQ, {"task_id": task_id}))
+            conn.execute(
+                sql.events.insert(),
+                {
+                    "task_id": task_id,
+                    "direction": EventDirection.IN.value,
+                    "seq": seq,
+                    "type": qualified.rsplit(".", 1)[-1][:200],
+                    "qualified_name": qualified[:500],
+                    "data": event,
+                    "created_at": utcnow(),
+                },
+            )
+            conn.execute(sql.RESUME, {"task_id": task_id})
+        return seq, inbox
+
+    def finish(self, message: StepFinished) -> Finished:
+        """Record the outcome with the run's last events, unless the task already ended (a
+        redelivery) or is gone; a session's task then passes the session's turn on."""
+        status = TaskStatus.SUCCEEDED if message.ok else TaskStatus.FAILED
+        params: dict[str, Any] = {
+            "task_id": message.task_id,
+            "p_result": message.result,
+            "p_error": message.error,
+            "p_event_count": message.event_count,
+            "p_finished_at": from_timestamp(message.at),
+        }
+        if not message.started_reported:
+            # A quick run: its start is recorded with its end, in the same statement.
+            params["p_worker"] = message.worker
+            params["p_started_at"] = from_timestamp(message.started_at)
+        finish = self._finish[status, not message.started_reported]
+        events = [sql.event_row(StepEvent.decode(event)) for event in message.events]
+        following = None
+        # A session's next task is handed on in the same transaction; a task on its own
+        # needs none on PostgreSQL, where the outcome is a single statement.
+        with self._db.connect() if message.keep_context else self._db.single() as conn:
+            changed = self._store_outcome(conn, finish, params, events)
+            if changed is not None and message.keep_context:
+                following = self._pass_turn(conn, changed.session_id, message)
+        return Finished(status if changed is not None else None, following)
+
+    def _store_outcome(
+        self,
+        conn: Connection,
+        finish: Update | Select[Any],
+        params: dict[str, Any],
+        events: list[dict[str, Any]],
+    ) -> Row[Any] | None:
+        """Apply ``finish`` and store the run's last events; returns the changed task's
+        ``session_id``, in a row. Nothing is stored when no row changed."""
+        if isinstance(finish, Select):  # PostgreSQL: one statement stores both
+            params["p_events"] = [{**e, "created_at": e["created_at"].isoformat()} for e in events]
+            return conn.execute(finish, params).first()
+        changed = conn.execute(finish, params).first()
+        if changed is not None:
+            for event in events:
+                conn.execute(self._insert_event, event)
+        return changed
+
+    def _pass_turn(
+        self, conn: Connection, session_id: str, message: StepFinished
+    ) -> RunStep | None:
+        """Free the session (keeping the Context of a successful run) for its next task."""
+        context = message.context if message.ok else None
+        row = pass_turn(conn, session_id, message.task_id, context)
+        if row is None:
+            return None
+        return first_step(
+            row,
+            row.deployment_name,
+            row.version,
+            context=session_context(conn, session_id),
+            keep_context=True,
+        )
+
+    def open_session(self, deployment: str) -> Session:
+        """A new, empty session of ``deployment``."""
+        with self._db.begin() as db:
+            row = Session(deployment_id=find_deployment(db, deployment).id, state={})
+            db.add(row)
+        return row
+
+    def close_session(self, deployment: str, session_id: str) -> None:
+        """Close a session; its tasks and their history stay."""
+        with self._db.begin() as db:
+            found = find_session(db, find_deployment(db, deployment).id, session_id)
+            found.deleted_at = utcnow()

@@ -1,0 +1,217 @@
+"""The lifecycle's statements on tasks and events, built once with bound parameters.
+
+Every task passes through these (the control plane's hot path), so they are Core statements
+compiled once, never ORM objects; each status guard comes from the transition table
+(:func:`may_move`), never from a status list written here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Integer,
+    Select,
+    String,
+    Update,
+    bindparam,
+    case,
+    column,
+    func,
+    literal,
+    select,
+    true,
+)
+from sqlalchemy.dialects import postgresql
+
+from app.control.lifecycle.guards import may_move
+from app.models import Deployment, Event, EventDirection, Operation, Task, TaskStatus
+from app.models.base import from_timestamp, table_of
+from workers.protocol import StepEvent
+
+tasks = table_of(Task)
+events = table_of(Event)
+_deployments = table_of(Deployment)
+
+#: The columns a new task fills in.
+NEW_TASK = (
+    "id",
+    "session_id",
+    "service",
+    "input",
+    "status",
+    "attempts",
+    "created_at",
+    "dispatched_at",
+)
+
+TASK_EXISTS = select(tasks.c.id).where(tasks.c.id == bindparam("task_id"))
+
+#: A worker took the task: one more attempt, and where to send it events. Reports may arrive
+#: in any order, so the status moves only where the table lets a start move it: a start
+#: recorded after the task's question does not hide that it waits for input, and one
+#: recorded after its outcome does not bring it back to life (the attempt still counts).
+START = (
+    tasks.update()
+    .where(tasks.c.id == bindparam("task_id"))
+    .values(
+        attempts=tasks.c.attempts + 1,
+        worker=bindparam("p_worker"),
+        started_at=bindparam("p_started_at"),
+        inbox=bindparam("p_inbox"),
+        status=case(
+            (may_move(TaskStatus.RUNNING, Operation.START), TaskStatus.RUNNING.value),
+            else_=tasks.c.status,
+        ),
+    )
+)
+
+#: The events clients sent in, for a worker that just reported where it runs the task.
+INPUTS = (
+    select(events.c.seq, events.c.data)
+    .where(
+        events.c.task_id == bindparam("task_id"),
+        events.c.direction == EventDirection.IN.value,
+    )
+    .order_by(events.c.seq)
+)
+
+AWAIT_INPUT = (
+    tasks.update()
+    .where(
+        tasks.c.id == bindparam("task_id"),
+        may_move(TaskStatus.WAITING_INPUT, Operation.AWAIT_INPUT),
+    )
+    .values(status=TaskStatus.WAITING_INPUT.value)
+)
+
+TASK_FOR_INPUT = (
+    select(tasks.c.status, tasks.c.inbox)
+    .where(tasks.c.id == bindparam("task_id"))
+    .with_for_update()
+)
+NEXT_INPUT_SEQ = select(func.coalesce(func.max(events.c.seq) + 1, 0)).where(
+    events.c.task_id == bindparam("task_id"), events.c.direction == EventDirection.IN.value
+)
+RESUME = (
+    tasks.update()
+    .where(tasks.c.id == bindparam("task_id"), may_move(TaskStatus.RUNNING, Operation.RESUME))
+    .values(status=TaskStatus.RUNNING.value)
+)
+
+FAIL_UNSENT = (
+    tasks.update()
+    .where(tasks.c.id == bindparam("task_id"), may_move(TaskStatus.FAILED, Operation.FAIL_UNSENT))
+    .values(
+        status=TaskStatus.FAILED.value,
+        error=bindparam("p_error"),
+        finished_at=bindparam("p_finished_at"),
+    )
+)
+
+MARK_PUBLISHED = (
+    tasks.update()
+    .where(tasks.c.id.in_(bindparam("ids", expanding=True)), tasks.c.published_at.is_(None))
+    .values(published_at=bindparam("now"))
+)
+
+#: Tasks sent again per sweep, at most; the next sweep takes the rest.
+SWEEP_BATCH = 200
+
+OVERDUE = (
+    select(
+        tasks.c.id,
+        tasks.c.session_id,
+        tasks.c.service,
+        tasks.c.input,
+        _deployments.c.name.label("deployment_name"),
+        _deployments.c.version,
+    )
+    .join(_deployments, _deployments.c.id == tasks.c.deployment_id)
+    .where(
+        tasks.c.status == TaskStatus.QUEUED.value,
+        tasks.c.published_at.is_(None),
+        tasks.c.dispatched_at.is_not(None),
+        tasks.c.dispatched_at < bindparam("cutoff"),
+    )
+    .order_by(tasks.c.dispatched_at)
+    .limit(SWEEP_BATCH)
+    # Control-plane consumers sweep side by side: each takes rows no other holds.
+    .with_for_update(of=tasks, skip_locked=True)
+)
+
+#: Every dispatched task that has not ended is queued again, and unpublished.
+REQUEUE_LOST = (
+    tasks.update()
+    .where(may_move(TaskStatus.QUEUED, Operation.REQUEUE), tasks.c.dispatched_at.is_not(None))
+    .values(status=TaskStatus.QUEUED.value, published_at=None)
+)
+
+
+def finish(status: TaskStatus, *, with_start: bool) -> Update:
+    """The outcome ``status`` of a task that has not ended, with its start if ``with_start``
+    (a quick run, whose start is reported with its end)."""
+    statement = (
+        tasks.update()
+        .where(tasks.c.id == bindparam("task_id"), may_move(status, Operation.FINISH))
+        .values(
+            status=status.value,
+            result=bindparam("p_result"),
+            error=bindparam("p_error"),
+            event_count=bindparam("p_event_count"),
+            finished_at=bindparam("p_finished_at"),
+        )
+    )
+    if with_start:
+        statement = statement.values(
+            attempts=tasks.c.attempts + 1,
+            worker=bindparam("p_worker"),
+            started_at=bindparam("p_started_at"),
+        )
+    return statement
+
+
+#: The columns of a stored event, in the order its rows are written.
+_EVENT_COLUMNS = ("task_id", "direction", "seq", "type", "qualified_name", "data", "created_at")
+
+
+def finish_at_once(finish: Update) -> Select[Any]:
+    """PostgreSQL: ``finish`` and the insert of the run's last events as one statement.
+
+    The events come as one JSON array (``p_events``) and are stored only if the task row
+    changed, as in the transaction that SQLite runs; the statement commits on its own, so
+    recording an outcome is one round trip instead of four (BEGIN, UPDATE, INSERT, COMMIT).
+    """
+    done = finish.returning(tasks.c.id, tasks.c.session_id).cte("done")
+    last = (
+        func.json_to_recordset(bindparam("p_events", type_=JSON))
+        .table_valued(
+            column("seq", Integer),
+            column("type", String),
+            column("qualified_name", String),
+            column("data", JSON),
+            column("created_at", DateTime(timezone=True)),
+        )
+        .render_derived(name="last", with_types=True)
+    )
+    rows = select(done.c.id, literal(EventDirection.OUT.value), *last.c).select_from(
+        done.join(last, true())
+    )
+    store = postgresql.insert(events).from_select(_EVENT_COLUMNS, rows).on_conflict_do_nothing()
+    return select(done.c.session_id).add_cte(store.cte("stored"))
+
+
+def event_row(message: StepEvent) -> dict[str, Any]:
+    """The row of an event a workflow streamed."""
+    event: dict[str, Any] = message.event
+    return {
+        "task_id": message.task_id,
+        "direction": EventDirection.OUT.value,
+        "seq": message.seq,
+        "type": str(event.get("type", "Event"))[:200],
+        "qualified_name": str(event.get("qualified_name", ""))[:500],
+        "data": event.get("data", {}),
+        "created_at": from_timestamp(message.at),
+    }

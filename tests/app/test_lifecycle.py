@@ -1,0 +1,223 @@
+"""The task lifecycle's state machine on a migrated SQLite database: every operation moves a
+task exactly where the transition table lets it, and nowhere else."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select, update
+
+import migrations
+from app.control.lifecycle import Lifecycle, NewTask
+from app.db import Database
+from app.errors import Conflict
+from app.models import Deployment, Operation, Task, TaskStatus
+from app.models.base import table_of, utcnow
+from app.models.task import MOVES, TRANSITIONS
+from workers.protocol import StepEvent, StepFinished, StepStarted
+
+Q, R, W = TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.WAITING_INPUT
+S, F, C = TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED
+
+#: Every move the lifecycle may make, (from, to, by), written out on its own so that a change
+#: to the table shows here.
+ALLOWED = frozenset(
+    {
+        (Q, R, Operation.START),
+        (R, R, Operation.START),
+        (Q, W, Operation.AWAIT_INPUT),
+        (R, W, Operation.AWAIT_INPUT),
+        (W, R, Operation.RESUME),
+        *((source, end, Operation.FINISH) for source in (Q, R, W) for end in (S, F)),
+        (Q, F, Operation.FAIL_UNSENT),
+        (Q, Q, Operation.REQUEUE),
+        (R, Q, Operation.REQUEUE),
+        (W, Q, Operation.REQUEUE),
+    }
+)
+
+_tasks = table_of(Task)
+_ids = itertools.count()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    """A migrated SQLite database holding deployment ``D``."""
+    url = f"sqlite:///{tmp_path / 'lifecycle.db'}"
+    migrations.upgrade(url)
+    database = Database(url)
+    with database.connect() as conn:
+        conn.execute(
+            table_of(Deployment)
+            .insert()
+            .values(
+                id=1,
+                name="D",
+                spec={},
+                source_yaml="",
+                base_path="",
+                version=1,
+                created_at=utcnow(),
+                updated_at=utcnow(),
+            )
+        )
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def lifecycle(db: Database) -> Lifecycle:
+    return Lifecycle(db)
+
+
+def task_in(db: Database, lifecycle: Lifecycle, status: TaskStatus) -> str:
+    """A task inserted through the lifecycle, dispatched and published, now in ``status``."""
+    task_id = f"t-{next(_ids)}"
+    new = NewTask(id=task_id, deployment_id=1, version=1, service="svc", input={})
+    assert lifecycle.insert(new, single_use_session=True) is not None
+    lifecycle.note_published([task_id])
+    with db.connect() as conn:
+        conn.execute(update(_tasks).where(_tasks.c.id == task_id).values(status=status.value))
+    return task_id
+
+
+def row(db: Database, task_id: str) -> Any:
+    with db.peek() as conn:
+        return conn.execute(select(_tasks).where(_tasks.c.id == task_id)).one()
+
+
+def start(lifecycle: Lifecycle, task_id: str, _: TaskStatus) -> None:
+    lifecycle.start(StepStarted(task_id=task_id, worker="w-1", at=time.time(), inbox="in-1"))
+
+
+def await_input(lifecycle: Lifecycle, task_id: str, _: TaskStatus) -> None:
+    event = {"type": "InputRequiredEvent", "qualified_name": "x.I", "input_required": True}
+    lifecycle.record_event(StepEvent(task_id=task_id, seq=0, event=event, at=time.time()))
+
+
+def resume(lifecycle: Lifecycle, task_id: str, _: TaskStatus) -> None:
+    # An ended task takes no more events: the Conflict is the refusal
+    with contextlib.suppress(Conflict):
+        lifecycle.resume(task_id, {"qualified_name": "x.HumanResponseEvent", "value": {}})
+
+
+def finish(lifecycle: Lifecycle, task_id: str, end: TaskStatus, *, with_start: bool) -> None:
+    now = time.time()
+    lifecycle.finish(
+        StepFinished(
+            task_id=task_id,
+            ok=end is S,
+            result="done" if end is S else None,
+            error=None if end is S else {"type": "ValueError", "message": "boom"},
+            event_count=0,
+            events=[],
+            worker="w-1",
+            started_at=now,
+            started_reported=not with_start,
+            at=now,
+        )
+    )
+
+
+def fail_unsent(lifecycle: Lifecycle, task_id: str, _: TaskStatus) -> None:
+    lifecycle.fail_unsent(task_id, {"type": "DispatchError", "message": "refused"})
+
+
+def requeue(lifecycle: Lifecycle, _task_id: str, _: TaskStatus) -> None:
+    lifecycle.requeue_lost()
+
+
+Apply = Callable[[Lifecycle, str, TaskStatus], None]
+
+#: How each operation is asked for, by the status it aims at (finish twice: with and
+#: without the run's start, two statements).
+AIMED: dict[TaskStatus, list[tuple[Operation, Apply]]] = {
+    Q: [(Operation.REQUEUE, requeue)],
+    R: [(Operation.START, start), (Operation.RESUME, resume)],
+    W: [(Operation.AWAIT_INPUT, await_input)],
+    S: [
+        (Operation.FINISH, lambda lc, t, end: finish(lc, t, end, with_start=False)),
+        (Operation.FINISH, lambda lc, t, end: finish(lc, t, end, with_start=True)),
+    ],
+    F: [
+        (Operation.FINISH, lambda lc, t, end: finish(lc, t, end, with_start=False)),
+        (Operation.FINISH, lambda lc, t, end: finish(lc, t, end, with_start=True)),
+        (Operation.FAIL_UNSENT, fail_unsent),
+    ],
+    C: [],
+}
+
+
+def test_the_table_holds_exactly_the_moves_written_out_here() -> None:
+    in_table = {
+        (source, target, operation)
+        for source, targets in MOVES.items()
+        for target, operations in targets.items()
+        for operation in operations
+    }
+    assert in_table == ALLOWED
+    # Cancelling is allowed from any unfinished status, though no operation cancels yet
+    assert {s for s in TaskStatus if C in TRANSITIONS[s]} == {Q, R, W}
+    assert all(not TRANSITIONS[s] for s in TaskStatus if s.terminal)
+
+
+@pytest.mark.parametrize("target", TaskStatus, ids=lambda s: s.value)
+@pytest.mark.parametrize("source", TaskStatus, ids=lambda s: s.value)
+def test_an_operation_moves_a_task_only_where_the_table_lets_it(
+    db: Database, lifecycle: Lifecycle, source: TaskStatus, target: TaskStatus
+) -> None:
+    for operation, apply in AIMED[target]:
+        # Given a task in ``source`` (the only one: requeue takes every lost task)
+        task_id = task_in(db, lifecycle, source)
+        # When the operation that aims at ``target`` is asked for
+        apply(lifecycle, task_id, target)
+        # Then the task moved there if the table allows this move by this operation, and
+        # else stayed where it was
+        allowed = (source, target, operation) in ALLOWED
+        after = row(db, task_id)
+        assert after.status == (target if allowed else source).value, (operation, allowed)
+        if operation is Operation.REQUEUE:
+            # A queued task stays queued either way: what shows the move is its lost note
+            assert (after.published_at is None) is allowed
+        with db.connect() as conn:
+            conn.execute(update(_tasks).where(_tasks.c.id == task_id).values(status=S.value))
+    if not AIMED[target]:
+        # No operation reaches this status at all
+        for moves in AIMED.values():
+            for _operation, apply in moves:
+                task_id = task_in(db, lifecycle, source)
+                apply(lifecycle, task_id, target)
+                assert row(db, task_id).status != target.value or source is target
+
+
+def test_a_late_start_report_leaves_a_task_waiting_for_input_and_counts_the_attempt(
+    db: Database, lifecycle: Lifecycle
+) -> None:
+    # Given a task whose question was recorded before its start report
+    task_id = task_in(db, lifecycle, Q)
+    await_input(lifecycle, task_id, W)
+    # When the start report arrives
+    start(lifecycle, task_id, R)
+    # Then the task still waits for input, and the attempt and its worker are known
+    after = row(db, task_id)
+    assert (after.status, after.attempts, after.worker, after.inbox) == (W, 1, "w-1", "in-1")
+
+
+@pytest.mark.parametrize("end", [S, F], ids=lambda s: s.value)
+def test_a_late_start_or_a_late_question_never_brings_an_ended_task_back(
+    db: Database, lifecycle: Lifecycle, end: TaskStatus
+) -> None:
+    # Given a task whose outcome was recorded before its other reports
+    task_id = task_in(db, lifecycle, Q)
+    finish(lifecycle, task_id, end, with_start=False)
+    # When its start report and its question arrive late
+    start(lifecycle, task_id, R)
+    await_input(lifecycle, task_id, W)
+    # Then it keeps the outcome it ended with
+    assert row(db, task_id).status == end.value
