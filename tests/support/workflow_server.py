@@ -123,7 +123,14 @@ async def human_in_the_loop(client: WorkflowClient) -> str:
                 answer = HumanResponseEvent(response="Cy")
                 assert (await client.send_event(handler.handler_id, answer)).status == "sent"
 
-    await asyncio.wait_for(read_and_answer(), DEADLINE)
+    try:
+        await asyncio.wait_for(read_and_answer(), DEADLINE)
+    except TimeoutError:
+        status = (await client.get_handler(handler.handler_id)).model_dump()
+        raise AssertionError(
+            f"the stream did not end within {DEADLINE:g} s; it gave {[e.type for e in seen]}, "
+            f"and the handler is {status}"
+        ) from None
     assert [e.type for e in seen] == ["InputRequiredEvent", "ProgressEvent", "StopEvent"]
     assert stream.last_sequence == 2
     done = await client.wait_for_handler(handler.handler_id, timeout=DEADLINE, poll_interval=0.05)
