@@ -125,7 +125,7 @@ async def human_in_the_loop(client: WorkflowClient) -> str:
 
     try:
         await asyncio.wait_for(read_and_answer(), DEADLINE)
-    except asyncio.TimeoutError:  # noqa: UP041 (not TimeoutError's alias before 3.11)
+    except asyncio.TimeoutError:  # (not TimeoutError itself before Python 3.11)
         status = (await client.get_handler(handler.handler_id)).model_dump()
         raise AssertionError(
             f"the stream did not end within {DEADLINE:g} s; it gave {[e.type for e in seen]}, "
