@@ -107,7 +107,8 @@ class _RedisChannel(redis.Channel):
             timeout = self.brpop_timeout
         connection = self.client.connection
         self._in_poll = connection
-        self._brpop_sent_at = time.monotonic()
+        # Kombu's own attributes, as its ``_brpop_start`` sets them (its defaults are None).
+        self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]
         self._waiting_on = queue
         connection.send_command("BLMOVE", queue, queue, "RIGHT", "RIGHT", timeout or 0)
 
@@ -139,7 +140,7 @@ class _RedisChannel(redis.Channel):
                 self.claimed = None
             return True
         finally:
-            self._in_poll = None
+            self._in_poll = None  # type: ignore[assignment]  # as Kombu's ``_brpop_read``
             self._flush_brpop_reauth()
 
 

@@ -322,7 +322,9 @@ class PrivateRedis:
 
         def answers() -> bool:
             if not server.alive():
-                pytest.fail(f"redis-server exited with {server.popen.returncode}:\n{server.output()}")
+                pytest.fail(
+                    f"redis-server exited with {server.popen.returncode}:\n{server.output()}"
+                )
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1.0).close()
             except OSError:
