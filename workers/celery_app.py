@@ -90,8 +90,22 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+#: How a run's reports are published: retried until the broker takes them, however long it is
+#: away (Celery's default gives up after three tries within a second). A report lost with the
+#: broker would leave its task ``running`` for good, and an error raised instead would fail a
+#: run that went well; waiting holds one pool thread while the broker restarts, and Kombu
+#: reconnects on each try.
+REPORT_RETRY_POLICY: dict[str, Any] = {
+    "max_retries": None,
+    "interval_start": 0.2,
+    "interval_step": 0.5,
+    "interval_max": 2.0,
+}
+
+
 class CeleryReporter:
-    """Sends a run's progress to the control plane's queue, by task name."""
+    """Sends a run's progress to the control plane's queue, by task name, waiting for the
+    broker when it is away (:data:`REPORT_RETRY_POLICY`)."""
 
     def __init__(self, celery: Celery) -> None:
         self._celery = celery
@@ -109,11 +123,18 @@ class CeleryReporter:
         self._send(STEP_FINISHED, message)
 
     def _send(self, name: str, message: Message) -> None:
-        send(self._celery, name, message, CONTROL_QUEUE)
+        send(self._celery, name, message, CONTROL_QUEUE, retry_policy=REPORT_RETRY_POLICY)
 
 
-def send(celery: Celery, name: str, message: Message, queue: str) -> None:
-    """Publish a message as the task ``name`` on ``queue``, with a readable summary."""
+def send(
+    celery: Celery,
+    name: str,
+    message: Message,
+    queue: str,
+    retry_policy: dict[str, Any] | None = None,
+) -> None:
+    """Publish a message as the task ``name`` on ``queue``, with a readable summary
+    (retried as ``retry_policy`` says, or as Celery's ``task_publish_retry_policy``)."""
     celery.send_task(
         name,
         kwargs=message.encode(),
@@ -122,6 +143,7 @@ def send(celery: Celery, name: str, message: Message, queue: str) -> None:
         # Celery would otherwise build a repr of the arguments for every message: costly.
         argsrepr="()",
         kwargsrepr=message.summary(),
+        retry_policy=retry_policy,
     )
 
 

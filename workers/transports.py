@@ -7,8 +7,10 @@ Embedded (``memory://``)
     this process: the embedded mode runs every worker here.
 
 Redis (``redis://``, ``rediss://``)
-    Kombu's Redis transport, with one redis-py client per channel: see ``redis_transport``
-    (a module of its own, so that other processes never import redis-py).
+    Kombu's Redis transport, with one redis-py client per channel and no window in which a
+    received message is in no list: see ``redis_transport`` (a module of its own, so that
+    other processes never import redis-py). Unacknowledged messages are looked for every
+    ``REDIS_RESTORE_INTERVAL`` seconds, not Kombu's 100.
 
 Every other URL (``amqp://``, ``sqs://``) uses Kombu's own transport. All take the options of
 :func:`transport_options`.
@@ -101,14 +103,26 @@ class MemoryTransport(memory.Transport):
         super().close_connection(connection)
 
 
+#: Seconds between two looks of a Redis consumer for messages to put back (see above).
+REDIS_RESTORE_INTERVAL = 2
+#: Seconds the lock of those looks outlives a holder that was killed while looking (a look
+#: itself takes milliseconds; two consumers looking at once would only do the work twice).
+REDIS_RESTORE_LOCK_EXPIRES = 6
+#: A message unacknowledged for the visibility timeout is back in its queue at most this many
+#: seconds later: the next look (or, when the last looker was killed with the lock, the look
+#: after the lock expired). The README promises 10.
+REDIS_RESTORE_BOUND = REDIS_RESTORE_LOCK_EXPIRES + REDIS_RESTORE_INTERVAL
+
+
 def transport_options(settings: Settings) -> dict[str, Any]:
     """Celery settings for the broker in ``settings``: the transport's profile.
 
     ====== ===================================================================================
     memory Event-driven in-process transport (above).
     amqp   Publisher confirms: ``send_task`` returns once RabbitMQ has the message.
-    redis  One client per channel (above); ``visibility_timeout``: an unacknowledged message
-           is redelivered after it.
+    redis  One client per channel, receipt without a window (``redis_transport``);
+           ``visibility_timeout``: an unacknowledged message is redelivered after it, within
+           ``REDIS_RESTORE_BOUND`` seconds more.
     sqs    ``visibility_timeout`` and ``region``; long polling; queue names with ``-``.
     ====== ===================================================================================
     """
@@ -122,6 +136,14 @@ def transport_options(settings: Settings) -> dict[str, Any]:
             "broker_transport": REDIS_TRANSPORT,
             "broker_transport_options": {
                 "visibility_timeout": settings.visibility_timeout,
+                # Kombu looks for messages unacknowledged past the visibility timeout every
+                # ``interval * throttle`` seconds (100 by default), in every consumer, under a
+                # lock in Redis: look every ``REDIS_RESTORE_INTERVAL`` seconds instead, and
+                # let a lock whose holder was killed expire soon, so a lost worker's message
+                # comes back within ``visibility_timeout + REDIS_RESTORE_BOUND``.
+                "unacked_restore_interval": REDIS_RESTORE_INTERVAL,
+                "unacked_restore_throttle": 1,
+                "unacked_mutex_expire": REDIS_RESTORE_LOCK_EXPIRES,
                 "fanout_prefix": True,
                 "fanout_patterns": True,
             },

@@ -10,8 +10,14 @@ from typing import Any
 import pytest
 from kombu import Connection, Exchange, Queue
 
+from config.settings import Settings
 from tests.workers.conftest import unique_name
-from workers.transports import EMBEDDED_TRANSPORT, MemoryTransport
+from workers.transports import (
+    EMBEDDED_TRANSPORT,
+    REDIS_RESTORE_BOUND,
+    MemoryTransport,
+    transport_options,
+)
 
 #: Kombu's memory transport would sleep this long between polls; ours must not poll at all.
 SLOW_POLLING = 5.0
@@ -134,3 +140,16 @@ def test_close_connection_wakes_a_blocked_consumer_at_once(
     assert isinstance(drainer.error, TimeoutError)
     assert drainer.returned_at is not None
     assert drainer.returned_at - closed_at < 0.2
+
+
+def test_redis_looks_for_lost_messages_often_enough_to_keep_the_readmes_bound() -> None:
+    # Given the settings of a Redis broker with a short visibility timeout
+    settings = Settings(broker_url="redis://127.0.0.1:6379/0", visibility_timeout=15)
+    # When Celeriac builds its transport options
+    options = transport_options(settings)["broker_transport_options"]
+    # Then Kombu looks every REDIS_RESTORE_INTERVAL seconds, not every 10 x 10 (its default)
+    assert options["visibility_timeout"] == 15
+    assert options["unacked_restore_interval"] * options["unacked_restore_throttle"] <= 2
+    # And a look's lock left by a killed consumer expires in time for the bound
+    assert options["unacked_mutex_expire"] + options["unacked_restore_interval"] <= 10
+    assert REDIS_RESTORE_BOUND <= 10
