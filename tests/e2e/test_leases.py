@@ -4,19 +4,23 @@ documented bound, and recorded once, however many times it ran."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.e2e.conftest import (
     HEARTBEAT_INTERVAL,
     REDISPATCH_AFTER,
     Platform,
+    admin_connection,
     node,
     poll,
 )
@@ -182,3 +186,62 @@ def test_a_worker_cut_off_then_back_has_its_late_outcome_recorded_once(
     # And both workers are alive and ran it, once each
     assert first.alive()
     assert len(set(runs.read_text().splitlines())) == 2
+
+
+@pytest.mark.e2e
+def test_a_tasks_run_answered_503_after_its_task_was_sent_names_it_and_it_runs_once(
+    platform: Platform, long_deployment: Path, tmp_path: Path
+) -> None:
+    """The database goes away while tasks/run waits for a task already in the broker."""
+    # Given an API server and its control plane, and no service worker yet
+    platform.serve(long_deployment)
+    platform.control_plane()
+    platform.wait_for_consumer(node("control-plane"))
+    runs = tmp_path / "runs.txt"
+    # When a client runs a task, and the database refuses every connection once the task
+    # is in the broker
+    answers: list[httpx.Response] = []
+    body = {"input": json.dumps({"runs": str(runs), "seconds": 0})}
+    client = threading.Thread(
+        target=lambda: answers.append(
+            platform.http.post("/deployments/Long/tasks/run", json=body, params={"timeout": 60})
+        )
+    )
+    client.start()
+    [(task_id,)] = poll(
+        lambda: platform.query("SELECT id FROM tasks WHERE published_at IS NOT NULL"),
+        lambda rows: len(rows) == 1,
+        30.0,
+        "the task noted as published",
+    )
+    database = platform.database_url.rsplit("/", 1)[1]
+    with admin_connection() as admin:
+        admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS false')
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+            (database,),
+        )
+    try:
+        client.join(timeout=30.0)
+        assert not client.is_alive(), "tasks/run still waiting 30 s after the outage"
+    finally:
+        with admin_connection() as admin:
+            admin.execute(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS true')
+    # Then the answer is 503 with Retry-After, naming the task and saying it was sent
+    [answer] = answers
+    assert answer.status_code == 503, answer.text
+    assert int(answer.headers["Retry-After"]) > 0
+    assert answer.json()["errors"] == {"task_id": task_id, "published": True}
+    # And once the database is back (the API's first reads find its connections dead, and
+    # answer 503 too) and a worker serves the deployment, the task runs once and succeeds:
+    # the client need not (and must not) send it again
+    poll(
+        lambda: platform.http.get("/deployments/Long/tasks").status_code,
+        lambda code: code == 200,
+        30.0,
+        "the API reading the database again",
+    )
+    platform.service_worker("w1", deployment="Long", service="nap", concurrency=1)
+    [task] = platform.wait_for_tasks("Long", [task_id]).values()
+    assert (task["status"], task["result"], task["attempts"]) == ("succeeded", "done", 1)
+    assert len(runs.read_text().splitlines()) == 1
