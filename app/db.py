@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, Insert, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -95,6 +96,12 @@ class Database:
         """Close every pooled connection."""
         self.engine.dispose()
         self._autocommit.dispose()
+
+
+def is_outage(exc: DBAPIError) -> bool:
+    """True for an error that says the database cannot be reached (it restarted, the network
+    failed), as opposed to a statement it refused: the client may try again later."""
+    return exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError))
 
 
 def _make_engine(url: str, pool_size: int, **options: Any) -> Engine:

@@ -8,7 +8,7 @@ ControlPlaneError (500)
 ├── TaskFailed (502)          the task ran and its workflow failed
 ├── WorkflowNotDescribed (502) a worker could not load or describe the service's workflow
 ├── TaskTimeout (504)         the task did not end in time (it keeps running)
-├── Unavailable (503)         the broker or database cannot be reached
+├── Unavailable (503)         the broker or database cannot be reached (with Retry-After)
 └── Unsupported (501)         Celeriac does not do this yet (cancelling a running task)
 """
 
@@ -70,10 +70,23 @@ class TaskTimeout(ControlPlaneError):
     status_code = 504
 
 
+#: Seconds a client is told to wait before trying again after a 503 (``Retry-After``).
+RETRY_AFTER = 2
+
+
 class Unavailable(ControlPlaneError):
-    """A backing service (broker, database) cannot be reached right now."""
+    """A backing service (broker, database) cannot be reached right now; the client may try
+    again after ``retry_after`` seconds. When a task was stored before the outage, ``errors``
+    names it (``task_id``) and says whether its step reached the broker (``published``), so
+    that trying again never runs the work twice."""
 
     status_code = 503
+
+    def __init__(
+        self, message: str, errors: dict[str, Any] | None = None, retry_after: int = RETRY_AFTER
+    ) -> None:
+        super().__init__(message, errors)
+        self.retry_after = retry_after
 
 
 class Unsupported(ControlPlaneError):

@@ -10,13 +10,13 @@ from typing import Any
 import flask_swagger_ui
 from flask import Flask, send_from_directory
 from flask_smorest import Api
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
 from app.api import EXTENSION, deployments, sessions, status, tasks, workflow_server
 from app.control.plane import ControlPlane
-from app.db import Database
-from app.errors import ControlPlaneError
+from app.db import Database, is_outage
+from app.errors import RETRY_AFTER, ControlPlaneError, Unavailable
 from config.settings import Settings
 from workers.celery_app import create_celery
 
@@ -66,7 +66,8 @@ def _register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(ControlPlaneError)
     def control_plane_error(exc: ControlPlaneError) -> Any:
-        return _payload(app, exc.status_code, exc.message, exc.errors)
+        retry_after = exc.retry_after if isinstance(exc, Unavailable) else RETRY_AFTER
+        return _payload(app, exc.status_code, exc.message, exc.errors, retry_after)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Any:
@@ -77,13 +78,9 @@ def _register_error_handlers(app: Flask) -> None:
     def database_error(exc: DBAPIError) -> Any:
         # A lost connection (the database restarted: pooled connections are not pinged
         # before use) or an outage: the pool starts afresh, and the client may try again.
-        if exc.connection_invalidated or isinstance(exc, (OperationalError, InterfaceError)):
+        if is_outage(exc):
             log.warning("database unavailable: %s", exc.orig)
-            response, status = _payload(
-                app, 503, "the database is unavailable; try again in a moment", {}
-            )
-            response.headers["Retry-After"] = "1"
-            return response, status
+            return _payload(app, 503, "the database is unavailable; try again in a moment", {})
         return unexpected(exc)
 
     @app.errorhandler(Exception)
@@ -120,8 +117,14 @@ def _field_names(errors: dict[str, Any]) -> list[str]:
     return names
 
 
-def _payload(app: Flask, code: int, message: str, errors: dict[str, Any]) -> Any:
+def _payload(
+    app: Flask, code: int, message: str, errors: dict[str, Any], retry_after: int = RETRY_AFTER
+) -> Any:
+    """The one error shape; a 503 always says when to try again (``Retry-After``)."""
     body = {"code": code, "status": HTTPStatus(code).phrase, "message": message}
     if errors:
         body["errors"] = errors
-    return app.json.response(body), code
+    response = app.json.response(body)
+    if code == HTTPStatus.SERVICE_UNAVAILABLE:
+        response.headers["Retry-After"] = str(retry_after)
+    return response, code

@@ -4,8 +4,8 @@ They are thin adapters around the recorder, which also decides the next messages
 task of a session, events waiting for a worker); routing a new task is a plain function
 (``app.control.routing``) run when the task is submitted, so mistakes are answered at once.
 Control tasks retry on database outages instead of dropping a report. A control-plane
-consumer also sweeps the outbox, sending again the steps of tasks whose sender died before
-the broker took them (:class:`SweepStep`).
+consumer also sweeps: it sends again the steps of tasks whose sender died before the broker
+took them (the outbox), and of tasks that no live worker holds any more (their leases).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from celery import Celery, bootsteps
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from app.control.descriptions import Descriptions
+from app.control.leases import Leases
 from app.control.outbox import Outbox
 from app.control.recorder import Recorder
 from workers.heartbeat import own_queues
@@ -47,12 +48,16 @@ _RETRY: dict[str, Any] = {
 
 
 def register_control_tasks(
-    celery: Celery, recorder: Recorder, outbox: Outbox, descriptions: Descriptions
+    celery: Celery,
+    recorder: Recorder,
+    outbox: Outbox,
+    leases: Leases,
+    descriptions: Descriptions,
 ) -> None:
     """Register the control-plane tasks that record reports from service workers, and the
-    outbox's sweep in the workers that consume the control queue."""
+    sweep of the outbox and the leases in the workers that consume the control queue."""
     if outbox.swept:
-        celery.steps["worker"].add(_sweep_step(outbox))
+        celery.steps["worker"].add(_sweep_step(outbox, leases))
 
     @celery.task(name=STEP_STARTED, **_RETRY)
     def step_started(**payload: Any) -> None:
@@ -75,12 +80,19 @@ def register_control_tasks(
         descriptions.record(ServiceDescribed.decode(payload))
 
 
-def _sweep_step(outbox: Outbox) -> type[bootsteps.StartStopStep]:
-    """A worker bootstep that sweeps ``outbox`` while the worker consumes the control queue."""
+def sweep_period(outbox: Outbox, leases: Leases) -> float:
+    """Seconds between two sweeps: a third of ``redispatch_after``, at most one heartbeat
+    interval (the leases' bound counts one period)."""
+    return max(min(outbox.redispatch_after / 3, leases.heartbeat_interval), 0.05)
+
+
+def _sweep_step(outbox: Outbox, leases: Leases) -> type[bootsteps.StartStopStep]:
+    """A worker bootstep that sweeps ``outbox`` and ``leases`` while the worker consumes the
+    control queue."""
 
     class SweepStep(bootsteps.StartStopStep):
-        """Sweeps the outbox at start, then every third of ``redispatch_after``; writes its
-        notes when the worker stops."""
+        """Sweeps at start, then every :func:`sweep_period`; writes the outbox's notes when
+        the worker stops."""
 
         def __init__(self, worker: Any, **kwargs: Any) -> None:
             super().__init__(worker, **kwargs)
@@ -114,12 +126,16 @@ def _sweep_step(outbox: Outbox) -> type[bootsteps.StartStopStep]:
                     return
             if CONTROL_QUEUE not in queues:
                 return
-            interval = max(outbox.redispatch_after / 3, 0.05)
+            interval = sweep_period(outbox, leases)
             while True:
                 try:
                     outbox.sweep()
                 except SQLAlchemyError:
                     log.warning("the outbox sweep failed; trying again", exc_info=True)
+                try:
+                    leases.recover()
+                except SQLAlchemyError:
+                    log.warning("the leases' sweep failed; trying again", exc_info=True)
                 if self._stop.wait(interval):
                     return
 

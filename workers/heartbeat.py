@@ -1,7 +1,8 @@
 """Worker heartbeats: every worker of a Celeriac app tells the control plane it is alive.
 
 A Celery bootstep, so that it runs in ``celeriac worker``, in plain ``celery worker`` and in the
-embedded workers alike. It beats from a small thread of its own (Celery's timer thread can
+embedded workers alike. Each beat lists the tasks the process runs, which renews their leases
+(``app.control.leases``). It beats from a small thread of its own (Celery's timer thread can
 take a second to stop), and says goodbye on a warm shutdown so the registry drops the worker
 at once; a killed worker drops out after three silent intervals.
 """
@@ -65,6 +66,9 @@ class HeartbeatStep(bootsteps.StartStopStep):
         # Not ``app.amqp.queues``: workers of one app in one process (the embedded mode)
         # share it, and each start rewrites it.
         queues = own_queues(worker) or []
+        # The time first, then the tasks: a task whose run started before ``at`` is listed
+        # unless its outcome was already sent (``ServiceRuntime.run``).
+        at = time.time()
         message = Heartbeat(
             worker=worker.hostname,
             host=socket.gethostname(),
@@ -72,8 +76,9 @@ class HeartbeatStep(bootsteps.StartStopStep):
             queues=queues,
             deployments=app.runtime.served(),
             started_at=self._started,
-            at=time.time(),
+            at=at,
             gone=gone,
+            tasks=app.runtime.held(),
         )
         try:
             app.send_task(

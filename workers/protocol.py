@@ -178,7 +178,13 @@ class StepFinished(Message):
 
 @dataclass(frozen=True)
 class Heartbeat(Message):
-    """Worker to control plane: I am alive and consume these queues (``gone``: I stopped)."""
+    """Worker to control plane: I am alive, consume these queues and run these tasks
+    (``gone``: I stopped).
+
+    ``tasks`` renews the lease of each task listed; a task its worker no longer lists (nor
+    any other) is recovered once its lease runs out. None, from a worker older than leases,
+    renews every task that names the worker.
+    """
 
     worker: str
     host: str
@@ -188,6 +194,7 @@ class Heartbeat(Message):
     started_at: float
     at: float
     gone: bool = False
+    tasks: list[str] | None = None
 
 
 @dataclass(frozen=True)

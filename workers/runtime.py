@@ -108,6 +108,10 @@ class ServiceRuntime:
         self._lock = threading.RLock()
         # The runs in progress, by task id, with the futures their threads wait on.
         self._runs: dict[str, tuple[_Run, concurrent.futures.Future[Any]]] = {}
+        # The tasks this process holds, from the step's arrival until its outcome was sent:
+        # each heartbeat lists them, which renews their leases (see ``held``).
+        self._held: dict[str, int] = {}
+        self._held_lock = threading.Lock()
 
     # -- what this process serves -------------------------------------------------------------
 
@@ -171,8 +175,34 @@ class ServiceRuntime:
 
     # -- running ------------------------------------------------------------------------------
 
+    def held(self) -> list[str]:
+        """The ids of the tasks this process runs now, or whose outcome it is sending."""
+        with self._held_lock:
+            return sorted(self._held)
+
     def run(self, step: RunStep, reporter: Reporter) -> StepFinished:
-        """Run one step to its end, reporting its start, every event and the outcome."""
+        """Run one step to its end, reporting its start, every event and the outcome.
+
+        The task is held (listed in heartbeats) from before its run's start time until its
+        outcome is in the broker: a heartbeat sent after the start report either lists it or
+        follows the outcome, so the control plane never takes a task that is still being run
+        for a lost one."""
+        self._hold(step.task_id, +1)
+        try:
+            return self._run(step, reporter)
+        finally:
+            self._hold(step.task_id, -1)
+
+    def _hold(self, task_id: str, change: int) -> None:
+        # Counted: a redelivery may bring a step to the worker that already runs it.
+        with self._held_lock:
+            count = self._held.get(task_id, 0) + change
+            if count > 0:
+                self._held[task_id] = count
+            else:
+                self._held.pop(task_id, None)
+
+    def _run(self, step: RunStep, reporter: Reporter) -> StepFinished:
         run = _Run(step, self.worker_name or "celeriac", self.inbox_queue, reporter)
         try:
             service = self.load(step.deployment, step.service, step.version)

@@ -7,6 +7,7 @@ from app.control.descriptions import Descriptions
 from app.control.dispatch import Dispatcher
 from app.control.events import EventLog
 from app.control.handlers import Handlers
+from app.control.leases import Leases
 from app.control.lifecycle import Lifecycle
 from app.control.outbox import Outbox
 from app.control.recorder import Recorder
@@ -37,6 +38,7 @@ class ControlPlane:
             self.lifecycle, dispatcher, settings.redispatch_after, swept=not settings.embedded
         )
         self.recorder = Recorder(db, self.lifecycle, self.waiter, dispatcher, self.outbox)
+        self.leases = Leases(self.lifecycle, dispatcher, settings.heartbeat_interval)
         self.deployments = Deployments(db, settings)
         self.sessions = Sessions(db, self.lifecycle)
         self.registry = Registry(db, settings.heartbeat_interval)
@@ -50,7 +52,7 @@ class ControlPlane:
         self.handlers = Handlers(db, self.tasks)
         # Its own waiter: description keys must never meet a task id a client chose.
         self.descriptions = Descriptions(db, dispatcher, TaskWaiter())
-        register_control_tasks(celery, self.recorder, self.outbox, self.descriptions)
+        register_control_tasks(celery, self.recorder, self.outbox, self.leases, self.descriptions)
 
     def close(self) -> None:
         """Write the last notes of published tasks, then release connections."""

@@ -94,9 +94,11 @@ class Recorder:
             )
 
     def heartbeat(self, message: Heartbeat) -> None:
-        """Note that a worker is alive (or, with ``gone``, that it stopped)."""
+        """Note that a worker is alive (or, with ``gone``, that it stopped), and renew the
+        leases of the tasks it runs."""
         with self._db.connect() as conn:
             _upsert_worker(conn, message, self._db.engine.dialect.name)
+        self._lifecycle.renew(message.worker, message.tasks, from_timestamp(message.at))
 
 
 def _upsert_worker(conn: Connection, message: Heartbeat, dialect: str) -> None:

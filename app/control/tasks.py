@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, select
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from app.control.deployments import find as find_deployment
 from app.control.lifecycle import Lifecycle, MultitaskStrategy, NewTask
 from app.control.outbox import Outbox
 from app.control.routing import first_step, route
 from app.control.waiter import Outcome, TaskWaiter
-from app.db import Database
+from app.db import Database, is_outage
 from app.errors import Conflict, InvalidInput, NotFound, TaskFailed, TaskTimeout, Unavailable
 from app.models import Deployment, Task, TaskStatus
 from app.models.base import new_id, table_of
@@ -165,20 +166,50 @@ class Tasks:
         return task
 
     def dispatch(self, step: RunStep) -> None:
-        """Send a step; if the broker refuses it, the task fails instead of staying queued."""
+        """Send a step; if the broker refuses it, the task fails instead of staying queued.
+
+        The :class:`Unavailable` raised then names the task, stored already, and says that
+        it never reached the broker: failed, or (if the database failed too) left for the
+        control plane to send again. Either way a client that tries again does not run it
+        twice by mistake: it knows what became of the first try."""
         try:
             self._outbox.send(step)
         except Unavailable as exc:
-            self._lifecycle.fail_unsent(
-                step.task_id, {"type": "DispatchError", "message": str(exc)}
-            )
-            raise
+            task_id = step.task_id
+            try:
+                self._lifecycle.fail_unsent(task_id, {"type": "DispatchError", "message": str(exc)})
+            except SQLAlchemyError:
+                raise Unavailable(
+                    f"{exc.message}; task {task_id} is stored but was not sent, and could not "
+                    "be marked failed: the control plane sends it again once the broker is "
+                    "back. Do not send it again: read it later",
+                    errors={"task_id": task_id, "status": "queued", "published": False},
+                ) from exc
+            raise Unavailable(
+                f"{exc.message}; task {task_id} failed without running: send it again",
+                errors={"task_id": task_id, "status": "failed", "published": False},
+            ) from exc
 
     def run(self, request: Submission, timeout: float | None = None) -> Any:
         """Submit and wait for the end; returns the task's result, or raises
         :class:`TaskFailed` if it failed and :class:`TaskTimeout` if it runs too long."""
         task_id = self.submit(request, single_use_session=True).id
         limit = self._run_timeout if timeout is None else timeout
+        try:
+            return self._wait(request, task_id, limit)
+        except DBAPIError as exc:
+            if not is_outage(exc):
+                raise
+            # The task is in the broker's hands: it runs whatever this answer says.
+            raise Unavailable(
+                f"the database became unavailable while waiting for task {task_id}, which "
+                "was sent and runs: do not send it again; read it later from "
+                f"/deployments/{request.deployment}/tasks/{task_id}",
+                errors={"task_id": task_id, "published": True},
+            ) from exc
+
+    def _wait(self, request: Submission, task_id: str, limit: float) -> Any:
+        """Wait for a sent task's end, as :meth:`run` answers it."""
 
         def ended() -> Outcome | None:
             # One read per look, of what the answer needs.

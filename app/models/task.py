@@ -51,6 +51,8 @@ class Operation(str, enum.Enum):
     FAIL_UNSENT = "fail_unsent"
     #: The broker lost the task's step with its process: it is queued to be sent again.
     REQUEUE = "requeue"
+    #: No live worker holds the task any more (its lease ran out): it is sent again.
+    RECOVER = "recover"
 
 
 TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
@@ -64,7 +66,9 @@ TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCEL
 #: answer is sent in, never because of a late start report. A task that ended moves no more:
 #: a late start report or a late question leaves it as it is. Any unfinished task is queued
 #: again when the broker lost its step with the embedded server's process (a queued one stays
-#: queued, and is sent again). Cancelling is allowed, but no operation cancels yet.
+#: queued, and is sent again). A running task, or one waiting for input, whose lease ran out
+#: (no live worker listed it in its heartbeats for a while) is recovered: queued and sent
+#: again. Cancelling is allowed, but no operation cancels yet.
 MOVES: dict[TaskStatus, dict[TaskStatus, frozenset[Operation]]] = {
     TaskStatus.QUEUED: {
         TaskStatus.QUEUED: frozenset({Operation.REQUEUE}),
@@ -75,7 +79,7 @@ MOVES: dict[TaskStatus, dict[TaskStatus, frozenset[Operation]]] = {
         TaskStatus.CANCELLED: frozenset(),
     },
     TaskStatus.RUNNING: {
-        TaskStatus.QUEUED: frozenset({Operation.REQUEUE}),
+        TaskStatus.QUEUED: frozenset({Operation.REQUEUE, Operation.RECOVER}),
         TaskStatus.RUNNING: frozenset({Operation.START}),
         TaskStatus.WAITING_INPUT: frozenset({Operation.AWAIT_INPUT}),
         TaskStatus.SUCCEEDED: frozenset({Operation.FINISH}),
@@ -83,7 +87,7 @@ MOVES: dict[TaskStatus, dict[TaskStatus, frozenset[Operation]]] = {
         TaskStatus.CANCELLED: frozenset(),
     },
     TaskStatus.WAITING_INPUT: {
-        TaskStatus.QUEUED: frozenset({Operation.REQUEUE}),
+        TaskStatus.QUEUED: frozenset({Operation.REQUEUE, Operation.RECOVER}),
         TaskStatus.RUNNING: frozenset({Operation.RESUME}),
         TaskStatus.SUCCEEDED: frozenset({Operation.FINISH}),
         TaskStatus.FAILED: frozenset({Operation.FINISH}),
@@ -122,6 +126,9 @@ class Task(Base):
     #: How many events the run streamed, known once it ends.
     event_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: When a worker last said it holds the running task (its start report, then each of
+    #: its heartbeats that lists the task): the task's lease, see ``app.control.leases``.
+    held_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     #: The queue through which events reach the worker running the task.
     inbox: Mapped[str | None] = mapped_column(String(300), nullable=True)
     #: When the first step went to the broker; empty while the task waits for its session.

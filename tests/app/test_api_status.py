@@ -7,6 +7,7 @@ from urllib.parse import urlsplit
 
 from flask.testing import FlaskClient
 
+from app.errors import RETRY_AFTER
 from app.factory import create_app
 from config.settings import Settings
 from tests.app.conftest import STRUCTURED, assert_error, deployed, ok
@@ -75,7 +76,7 @@ def test_an_unreachable_database_answers_503_with_a_retry_hint(tmp_path: Path) -
     response = app.test_client().get("/status/")
     # Then it is told to try again later, in the usual error shape, not given a 500
     assert response.status_code == 503
-    assert response.headers["Retry-After"] == "1"
+    assert response.headers["Retry-After"] == str(RETRY_AFTER)
     assert response.get_json() == {
         "code": 503,
         "status": "Service Unavailable",

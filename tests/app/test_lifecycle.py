@@ -4,6 +4,7 @@ task exactly where the transition table lets it, and nowhere else."""
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import itertools
 import time
 from collections.abc import Callable, Iterator
@@ -11,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, insert, select, update
 
 import migrations
 from app.control.lifecycle import Lifecycle, NewTask
 from app.db import Database
 from app.errors import Conflict
-from app.models import Deployment, Operation, Task, TaskStatus
+from app.models import Deployment, Operation, Task, TaskStatus, Worker
 from app.models.base import table_of, utcnow
 from app.models.task import MOVES, TRANSITIONS
 from workers.protocol import StepEvent, StepFinished, StepStarted
@@ -39,11 +40,24 @@ ALLOWED = frozenset(
         (Q, Q, Operation.REQUEUE),
         (R, Q, Operation.REQUEUE),
         (W, Q, Operation.REQUEUE),
+        (R, Q, Operation.RECOVER),
+        (W, Q, Operation.RECOVER),
     }
 )
 
 _tasks = table_of(Task)
+_workers = table_of(Worker)
 _ids = itertools.count()
+#: A worker row, but for its ``last_seen``.
+HEARTBEAT: dict[str, Any] = {
+    "name": "w-1",
+    "host": "h",
+    "pid": 1,
+    "queues": [],
+    "deployments": [],
+    "started_at": utcnow(),
+    "stopped_at": None,
+}
 
 
 @pytest.fixture
@@ -133,12 +147,26 @@ def requeue(lifecycle: Lifecycle, _task_id: str, _: TaskStatus) -> None:
     lifecycle.requeue_lost()
 
 
+def recover(lifecycle: Lifecycle, task_id: str, _: TaskStatus) -> None:
+    # Every lease ran out an hour ago, by the clock of a heartbeat heard now
+    db = lifecycle._db
+    with db.connect() as conn:
+        conn.execute(delete(_workers))
+        conn.execute(insert(_workers).values(**HEARTBEAT, last_seen=utcnow()))
+        conn.execute(
+            update(_tasks)
+            .where(_tasks.c.id == task_id)
+            .values(held_at=utcnow() - dt.timedelta(hours=1))
+        )
+    lifecycle.recover(dt.timedelta(minutes=1), lambda _step: True)
+
+
 Apply = Callable[[Lifecycle, str, TaskStatus], None]
 
 #: How each operation is asked for, by the status it aims at (finish twice: with and
 #: without the run's start, two statements).
 AIMED: dict[TaskStatus, list[tuple[Operation, Apply]]] = {
-    Q: [(Operation.REQUEUE, requeue)],
+    Q: [(Operation.REQUEUE, requeue), (Operation.RECOVER, recover)],
     R: [(Operation.START, start), (Operation.RESUME, resume)],
     W: [(Operation.AWAIT_INPUT, await_input)],
     S: [
@@ -185,6 +213,9 @@ def test_an_operation_moves_a_task_only_where_the_table_lets_it(
         if operation is Operation.REQUEUE:
             # A queued task stays queued either way: what shows the move is its lost note
             assert (after.published_at is None) is allowed
+        if operation is Operation.RECOVER:
+            # Likewise: a recovered task's lease is gone, a refused one's is still there
+            assert (after.held_at is None) is allowed
         with db.connect() as conn:
             conn.execute(update(_tasks).where(_tasks.c.id == task_id).values(status=S.value))
     if not AIMED[target]:

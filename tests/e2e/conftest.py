@@ -224,7 +224,8 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
 # -- PostgreSQL and brokers -----------------------------------------------------------------------
 
 
-def _admin_connection() -> Any:
+def admin_connection() -> Any:
+    """An autocommit connection to the machine's PostgreSQL, as its superuser."""
     psycopg = require_module("psycopg")
     host, port = POSTGRES
     return psycopg.connect(
@@ -237,12 +238,12 @@ def fresh_postgres_database(prefix: str = "celeriac_e2e") -> Iterator[str]:
     """A new PostgreSQL database (SQLAlchemy URL), dropped on the way out."""
     require_service("PostgreSQL", *POSTGRES)
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with _admin_connection() as conn:
+    with admin_connection() as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     try:
         yield f"postgresql+psycopg://postgres@{POSTGRES[0]}:{POSTGRES[1]}/{name}"
     finally:
-        with _admin_connection() as conn:
+        with admin_connection() as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 

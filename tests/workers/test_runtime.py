@@ -24,7 +24,7 @@ from tests.workers.conftest import (
 )
 from workers import runtime as runtime_module
 from workers.errors import HandedBack
-from workers.protocol import DeliverEvent, StepEvent, StepFinished
+from workers.protocol import DeliverEvent, StepEvent, StepFinished, StepStarted
 from workers.runtime import ServiceRuntime
 
 
@@ -353,3 +353,34 @@ def test_hand_back_stops_only_the_runs_waiting_for_an_answer(
         assert runs[busy.task_id].result(timeout=10).result == "computed"
     ended = {m.task_id for kind, m in reporter.messages if kind == "finished"}
     assert ended == {answered.task_id, busy.task_id}
+
+
+class _HeldWhenReported(RecordingReporter):
+    """Notes, at each report, which tasks the runtime held then."""
+
+    def __init__(self, runtime: ServiceRuntime) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.held: list[list[str]] = []
+
+    def started(self, message: StepStarted) -> None:
+        self.held.append(self.runtime.held())
+        super().started(message)
+
+    def finished(self, message: StepFinished) -> None:
+        self.held.append(self.runtime.held())
+        super().finished(message)
+
+
+def test_a_task_is_held_from_its_start_until_its_outcome_is_sent(
+    runtime: ServiceRuntime, tmp_path: Path, quick: None
+) -> None:
+    # Given a workflow that streams an event (so its start is reported) and answers
+    install(runtime, tmp_path, '"done"')
+    step = run_step("Dep", "svc", events=1)
+    reporter = _HeldWhenReported(runtime)
+    # When it runs
+    runtime.run(step, reporter)
+    # Then heartbeats sent while it ran, up to its outcome's sending, list it; none after
+    assert reporter.held == [[step.task_id], [step.task_id]]
+    assert runtime.held() == []

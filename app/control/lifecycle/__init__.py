@@ -1,6 +1,6 @@
 """The task lifecycle: the only code that changes tasks, sessions and events (see operations)."""
 
-from app.control.lifecycle.operations import Finished, Lifecycle, NewTask
+from app.control.lifecycle.operations import Finished, Lifecycle, NewTask, Recovered
 from app.control.lifecycle.turns import MultitaskStrategy, Turn
 
-__all__ = ["Finished", "Lifecycle", "MultitaskStrategy", "NewTask", "Turn"]
+__all__ = ["Finished", "Lifecycle", "MultitaskStrategy", "NewTask", "Recovered", "Turn"]

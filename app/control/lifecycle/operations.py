@@ -51,6 +51,16 @@ class Finished:
     following: RunStep | None = None
 
 
+@dataclass(frozen=True)
+class Recovered:
+    """A task whose lease ran out, queued and sent again: its status then, and the worker
+    that last held it."""
+
+    task_id: str
+    status: TaskStatus
+    worker: str | None
+
+
 class _Refused(Exception):
     """The task row was not inserted; the transaction around it must roll back."""
 
@@ -195,6 +205,48 @@ class Lifecycle:
         many. For a broker that lost every message (the embedded one, with its process)."""
         with self._db.single() as conn:
             return conn.execute(sql.REQUEUE_LOST).rowcount
+
+    def renew(self, worker: str, task_ids: list[str] | None, at: dt.datetime) -> int:
+        """A heartbeat of ``worker`` at ``at`` listed ``task_ids`` (None: a worker that lists
+        none, whose every task is renewed): their leases run from ``at``. Returns how many."""
+        if task_ids is not None and not task_ids:
+            return 0
+        with self._db.single() as conn:
+            if task_ids is None:
+                return conn.execute(sql.RENEW_ALL_OF, {"p_worker": worker, "at": at}).rowcount
+            return conn.execute(sql.RENEW, {"ids": sorted(task_ids), "at": at}).rowcount
+
+    def recover(self, lease: dt.timedelta, send: Callable[[RunStep], bool]) -> list[Recovered]:
+        """Queue again each running or waiting task whose lease ran out, once ``send`` took
+        its first step again (until it returns False); returns what was recovered.
+
+        A lease runs out ``lease`` after its last renewal, by the clock of the heartbeats
+        recorded: the newest one's time (never past this process's). While reports wait in
+        the broker for a control plane that was down, that clock waits with them, so no task
+        is taken from a worker whose heartbeats are merely not read yet. The tasks stay
+        locked until their move is committed, so a report of theirs waits for it.
+        """
+        recovered: list[Recovered] = []
+        with self._db.connect() as conn:
+            newest = conn.scalar(sql.NEWEST_HEARTBEAT)
+            if newest is None:
+                return recovered
+            cutoff = min(newest, utcnow()) - lease
+            for row in conn.execute(sql.EXPIRED, {"cutoff": cutoff}).all():
+                context = session_context(conn, row.session_id) if row.session_id else None
+                step = first_step(
+                    row,
+                    row.deployment_name,
+                    row.version,
+                    context=context,
+                    keep_context=row.session_id is not None,
+                )
+                if not send(step):
+                    break
+                params = {"task_id": row.id, "cutoff": cutoff, "now": utcnow()}
+                if conn.execute(sql.RECOVER, params).rowcount:
+                    recovered.append(Recovered(row.id, TaskStatus(row.status), row.worker))
+        return recovered
 
     def start(self, message: StepStarted) -> list[tuple[int, Any]]:
         """A worker took the task: count the attempt, note its inbox, and mark the task

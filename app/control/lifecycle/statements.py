@@ -21,19 +21,21 @@ from sqlalchemy import (
     column,
     func,
     literal,
+    or_,
     select,
     true,
 )
 from sqlalchemy.dialects import postgresql
 
 from app.control.lifecycle.guards import may_move
-from app.models import Deployment, Event, EventDirection, Operation, Task, TaskStatus
+from app.models import Deployment, Event, EventDirection, Operation, Task, TaskStatus, Worker
 from app.models.base import from_timestamp, table_of
 from workers.protocol import StepEvent
 
 tasks = table_of(Task)
 events = table_of(Event)
 _deployments = table_of(Deployment)
+_workers = table_of(Worker)
 
 #: The columns a new task fills in.
 NEW_TASK = (
@@ -61,6 +63,7 @@ START = (
         worker=bindparam("p_worker"),
         started_at=bindparam("p_started_at"),
         inbox=bindparam("p_inbox"),
+        held_at=bindparam("p_started_at"),
         status=case(
             (may_move(TaskStatus.RUNNING, Operation.START), TaskStatus.RUNNING.value),
             else_=tasks.c.status,
@@ -147,6 +150,73 @@ REQUEUE_LOST = (
     tasks.update()
     .where(may_move(TaskStatus.QUEUED, Operation.REQUEUE), tasks.c.dispatched_at.is_not(None))
     .values(status=TaskStatus.QUEUED.value, published_at=None)
+)
+
+
+#: The statuses of a task that a worker holds: those a lost lease recovers from.
+_HELD = may_move(TaskStatus.QUEUED, Operation.RECOVER)
+#: When the task's lease was last renewed (a task running before leases: its start).
+_HELD_SINCE = func.coalesce(tasks.c.held_at, tasks.c.started_at, tasks.c.created_at)
+
+#: A worker's heartbeat listed these tasks: their leases run from its time. An older
+#: heartbeat, processed late, never shortens a lease.
+RENEW = (
+    tasks.update()
+    .where(
+        tasks.c.id.in_(bindparam("ids", expanding=True)),
+        _HELD,
+        or_(tasks.c.held_at.is_(None), tasks.c.held_at < bindparam("at")),
+    )
+    .values(held_at=bindparam("at"))
+)
+#: The heartbeat of a worker that lists no tasks (older than leases) renews every task
+#: whose start it reported.
+RENEW_ALL_OF = (
+    tasks.update()
+    .where(
+        tasks.c.worker == bindparam("p_worker"),
+        _HELD,
+        or_(tasks.c.held_at.is_(None), tasks.c.held_at < bindparam("at")),
+    )
+    .values(held_at=bindparam("at"))
+)
+
+#: The time of the newest heartbeat recorded: the leases' clock (see ``app.control.leases``).
+NEWEST_HEARTBEAT = select(func.max(_workers.c.last_seen))
+
+#: Held tasks whose lease ran out before ``cutoff``, oldest first, with what their first
+#: step needs.
+EXPIRED = (
+    select(
+        tasks.c.id,
+        tasks.c.session_id,
+        tasks.c.service,
+        tasks.c.input,
+        tasks.c.status,
+        tasks.c.worker,
+        _deployments.c.name.label("deployment_name"),
+        _deployments.c.version,
+    )
+    .join(_deployments, _deployments.c.id == tasks.c.deployment_id)
+    .where(_HELD, bindparam("cutoff") > _HELD_SINCE)
+    .order_by(_HELD_SINCE)
+    .limit(SWEEP_BATCH)
+    # Control-plane consumers sweep side by side: each takes rows no other holds.
+    .with_for_update(of=tasks, skip_locked=True)
+)
+
+#: A task whose lease ran out is queued again, its step already sent again: no worker holds
+#: it, and events sent to it wait for the next start (which sends them on).
+RECOVER = (
+    tasks.update()
+    .where(tasks.c.id == bindparam("task_id"), _HELD, bindparam("cutoff") > _HELD_SINCE)
+    .values(
+        status=TaskStatus.QUEUED.value,
+        held_at=None,
+        inbox=None,
+        dispatched_at=bindparam("now"),
+        published_at=bindparam("now"),
+    )
 )
 
 

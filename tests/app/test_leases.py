@@ -1,0 +1,338 @@
+"""Leases on a migrated SQLite database and the memory broker: a running task that no live
+worker holds any more is queued and sent again, through the lifecycle, and recorded once."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kombu import Connection
+from sqlalchemy import select
+
+import migrations
+from app.control.dispatch import Dispatcher
+from app.control.leases import Leases
+from app.control.lifecycle import Lifecycle, NewTask
+from app.control.outbox import Outbox
+from app.control.recorder import Recorder
+from app.control.waiter import TaskWaiter
+from app.db import Database
+from app.models import Deployment, Session, Task, TaskStatus
+from app.models.base import table_of
+from app.orchestrator import sweep_period
+from config.settings import Settings
+from workers.celery_app import CeleriacCelery, create_celery
+from workers.protocol import Heartbeat, StepEvent, StepFinished, StepStarted, service_queue
+
+#: The heartbeat interval of these tests: leases last three of them.
+INTERVAL = 10.0
+LEASE = 3 * INTERVAL
+
+_tasks = table_of(Task)
+_ids = itertools.count()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    """A migrated SQLite database holding deployment ``D``."""
+    url = f"sqlite:///{tmp_path / 'leases.db'}"
+    migrations.upgrade(url)
+    database = Database(url)
+    with database.begin() as session:
+        session.add(Deployment(id=1, name="D", spec={}, source_yaml="", base_path=""))
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def celery(tmp_path: Path) -> Iterator[CeleriacCelery]:
+    """A Celery app on the memory broker, whose service queue starts empty."""
+    app = create_celery(Settings(data_dir=tmp_path / ".celeriac"))
+    sent(app)
+    yield app
+    sent(app)
+
+
+@pytest.fixture
+def lifecycle(db: Database) -> Lifecycle:
+    return Lifecycle(db)
+
+
+@pytest.fixture
+def leases(lifecycle: Lifecycle, celery: CeleriacCelery) -> Leases:
+    return Leases(lifecycle, Dispatcher(celery), heartbeat_interval=INTERVAL)
+
+
+@pytest.fixture
+def recorder(db: Database, lifecycle: Lifecycle, celery: CeleriacCelery) -> Iterator[Recorder]:
+    dispatcher = Dispatcher(celery)
+    outbox = Outbox(lifecycle, dispatcher, redispatch_after=30.0)
+    yield Recorder(db, lifecycle, TaskWaiter(), dispatcher, outbox)
+    outbox.close()
+
+
+def sent(celery: CeleriacCelery) -> list[dict[str, Any]]:
+    """Take every step off the service queue of ``D``/``svc``: their payloads, in order."""
+    taken = []
+    with Connection(celery.conf.broker_url) as conn:
+        queue = conn.SimpleQueue(service_queue("D", "svc"))
+        while True:
+            try:
+                message = queue.get(block=False)
+            except queue.Empty:
+                break
+            taken.append(message.payload[1])  # protocol 2: (args, kwargs, embed)
+            message.ack()
+        queue.close()
+    return taken
+
+
+def running(
+    lifecycle: Lifecycle, ago: float, worker: str = "w1", session: str | None = None
+) -> str:
+    """A task whose start ``worker`` reported ``ago`` seconds ago; its id."""
+    task_id = f"t-{next(_ids)}"
+    new = NewTask(
+        id=task_id, deployment_id=1, version=1, service="svc", input={"n": 1}, session_id=session
+    )
+    assert lifecycle.insert(new, single_use_session=session is None) is not None
+    lifecycle.note_published([task_id])
+    at = time.time() - ago
+    lifecycle.start(StepStarted(task_id=task_id, worker=worker, at=at, inbox=f"in-{worker}"))
+    return task_id
+
+
+def beat(recorder: Recorder, worker: str, tasks: list[str] | None, ago: float = 0.0) -> None:
+    """A heartbeat of ``worker`` sent ``ago`` seconds ago, listing ``tasks``."""
+    at = time.time() - ago
+    recorder.heartbeat(
+        Heartbeat(
+            worker=worker,
+            host="h",
+            pid=1,
+            queues=[service_queue("D", "svc")],
+            deployments=["D"],
+            started_at=at - 100,
+            at=at,
+            tasks=tasks,
+        )
+    )
+
+
+def row(db: Database, task_id: str) -> Any:
+    with db.peek() as conn:
+        return conn.execute(select(_tasks).where(_tasks.c.id == task_id)).one()
+
+
+def outcome(task_id: str, result: str, worker: str, *, started_reported: bool = True) -> Any:
+    now = time.time()
+    stop = StepEvent(task_id=task_id, seq=0, event={"type": "StopEvent", "data": {}}, at=now)
+    return StepFinished(
+        task_id=task_id,
+        ok=True,
+        result=result,
+        error=None,
+        event_count=1,
+        events=[stop.encode()],
+        worker=worker,
+        started_at=now,
+        started_reported=started_reported,
+        at=now,
+    )
+
+
+def test_a_task_no_worker_holds_is_queued_and_sent_again_once_its_lease_runs_out(
+    db: Database,
+    leases: Leases,
+    lifecycle: Lifecycle,
+    recorder: Recorder,
+    celery: CeleriacCelery,
+) -> None:
+    # Given a task whose worker last held it 40 s ago, one held 20 s ago, and a heartbeat
+    # of another worker heard now (the leases' clock)
+    lost = running(lifecycle, ago=40, worker="dead")
+    held = running(lifecycle, ago=20, worker="dead")
+    beat(recorder, "alive", [])
+    # When the leases are swept
+    recovered = leases.recover()
+    # Then only the task held longer ago than the lease is queued again, its step sent
+    assert [(r.task_id, r.status, r.worker) for r in recovered] == [
+        (lost, TaskStatus.RUNNING, "dead")
+    ]
+    assert [step["task_id"] for step in sent(celery)] == [lost]
+    after = row(db, lost)
+    assert after.status == TaskStatus.QUEUED.value
+    assert (after.held_at, after.inbox) == (None, None)
+    assert after.published_at is not None and after.dispatched_at is not None
+    assert row(db, held).status == TaskStatus.RUNNING.value
+    # And a second sweep sends nothing more
+    assert leases.recover() == []
+    assert sent(celery) == []
+
+
+def test_a_task_its_worker_lists_in_its_heartbeats_stays_with_it(
+    db: Database, leases: Leases, lifecycle: Lifecycle, recorder: Recorder, celery: CeleriacCelery
+) -> None:
+    # Given two tasks started long ago by a live worker, which lists only the first (the
+    # second it lost: a live worker that no longer runs it)
+    kept = running(lifecycle, ago=600)
+    dropped = running(lifecycle, ago=600)
+    beat(recorder, "w1", [kept])
+    # And a heartbeat processed late, older than the one before, which listed both
+    beat(recorder, "w1", [kept, dropped], ago=500)
+    # When the leases are swept
+    recovered = leases.recover()
+    # Then the listed task stays running on its worker; the other one runs again
+    assert [r.task_id for r in recovered] == [dropped]
+    assert row(db, kept).status == TaskStatus.RUNNING.value
+    assert row(db, kept).worker == "w1"
+    assert [step["task_id"] for step in sent(celery)] == [dropped]
+
+
+def test_a_worker_that_lists_no_tasks_renews_every_task_it_started(
+    db: Database, leases: Leases, lifecycle: Lifecycle, recorder: Recorder
+) -> None:
+    # Given tasks started long ago by two workers older than leases (no task list)
+    mine = running(lifecycle, ago=600, worker="old")
+    theirs = running(lifecycle, ago=600, worker="other")
+    # When only the first one's heartbeat is heard
+    beat(recorder, "old", None)
+    # Then its task is held, and only the other's runs again
+    assert [r.task_id for r in leases.recover()] == [theirs]
+    assert row(db, mine).status == TaskStatus.RUNNING.value
+
+
+def test_leases_run_by_the_heartbeats_read_so_a_control_plane_catching_up_takes_nothing(
+    db: Database, leases: Leases, lifecycle: Lifecycle, recorder: Recorder
+) -> None:
+    # Given a task last held 50 s ago, and a control plane that was down: the newest
+    # heartbeat it has read so far was sent 40 s ago (the rest wait in the broker)
+    task_id = running(lifecycle, ago=50)
+    beat(recorder, "w1", [], ago=40)
+    # When the leases are swept, then nothing is taken: by the heartbeats' clock the lease
+    # has 20 s to go
+    assert leases.recover() == []
+    assert row(db, task_id).status == TaskStatus.RUNNING.value
+    # But once a heartbeat of now is read (one that does not list it), the task runs again
+    beat(recorder, "w1", [])
+    assert [r.task_id for r in leases.recover()] == [task_id]
+    # And with no heartbeat recorded at all, there is no clock, and nothing is taken
+    with db.connect() as conn:
+        conn.exec_driver_sql("DELETE FROM workers")
+    other = running(lifecycle, ago=600)
+    assert leases.recover() == []
+    assert row(db, other).status == TaskStatus.RUNNING.value
+
+
+def test_a_step_the_broker_refuses_leaves_the_task_for_the_next_sweep(
+    db: Database, lifecycle: Lifecycle, recorder: Recorder
+) -> None:
+    # Given a task whose lease ran out
+    task_id = running(lifecycle, ago=600)
+    beat(recorder, "w1", [])
+    # When the broker refuses its step, then it is left as it was
+    assert lifecycle.recover(dt.timedelta(seconds=LEASE), lambda _step: False) == []
+    assert row(db, task_id).status == TaskStatus.RUNNING.value
+    # And the next sweep, with a broker that takes it, recovers it
+    taken = []
+    recovered = lifecycle.recover(dt.timedelta(seconds=LEASE), lambda s: taken.append(s) or True)
+    assert [r.task_id for r in recovered] == [task_id]
+    assert [s.task_id for s in taken] == [task_id]
+
+
+@pytest.mark.parametrize("first", ["late outcome of the lost run", "outcome of the new run"])
+def test_whichever_run_ends_first_is_recorded_once_and_the_other_changes_nothing(
+    db: Database, leases: Leases, lifecycle: Lifecycle, recorder: Recorder, first: str
+) -> None:
+    # Given a task recovered from a worker taken for dead (cut off from the network)
+    task_id = running(lifecycle, ago=600, worker="cut-off")
+    beat(recorder, "w2", [])
+    assert [r.task_id for r in leases.recover()] == [task_id]
+    # When the new run on w2 starts, and both runs end in either order
+    lifecycle.start(StepStarted(task_id=task_id, worker="w2", at=time.time(), inbox="in-w2"))
+    old, new = outcome(task_id, "old", "cut-off"), outcome(task_id, "new", "w2")
+    ends = [old, new] if first.startswith("late") else [new, old]
+    stored = [lifecycle.finish(end).status for end in ends]
+    # Then the first outcome is recorded, once; the second changes nothing
+    assert stored == [TaskStatus.SUCCEEDED, None]
+    after = row(db, task_id)
+    assert (after.status, after.result) == (TaskStatus.SUCCEEDED.value, ends[0].result)
+    # And a start report of either run arriving late leaves it ended, and out of the sweep
+    lifecycle.start(StepStarted(task_id=task_id, worker="cut-off", at=time.time() - 900))
+    assert row(db, task_id).status == TaskStatus.SUCCEEDED.value
+    assert leases.recover() == []
+    with db.peek() as conn:
+        stops = conn.exec_driver_sql(
+            "SELECT count(*) FROM events WHERE task_id = ?", (task_id,)
+        ).scalar()
+    assert stops == 1
+
+
+def test_a_task_recovered_while_it_waited_for_input_gets_its_answers_on_the_next_start(
+    db: Database, leases: Leases, lifecycle: Lifecycle, recorder: Recorder
+) -> None:
+    # Given a task that asked for input, was answered, and whose worker then died
+    task_id = running(lifecycle, ago=600)
+    question = {"type": "InputRequiredEvent", "qualified_name": "x.I", "input_required": True}
+    lifecycle.record_event(StepEvent(task_id=task_id, seq=0, event=question, at=time.time()))
+    assert row(db, task_id).status == TaskStatus.WAITING_INPUT.value
+    beat(recorder, "w2", [])
+    # When its lease is swept
+    [recovered] = leases.recover()
+    # Then it is queued again from waiting_input, and an answer sent now names no inbox
+    assert recovered.status is TaskStatus.WAITING_INPUT
+    answer = {"qualified_name": "x.HumanResponseEvent", "response": "yes"}
+    assert lifecycle.resume(task_id, answer) == (0, None)
+    # And the worker that starts it next gets the answer
+    again = StepStarted(task_id=task_id, worker="w2", at=time.time(), inbox="in-w2")
+    assert [seq for seq, _data in lifecycle.start(again)] == [0]
+    assert row(db, task_id).status == TaskStatus.RUNNING.value
+
+
+def test_a_recovered_task_of_a_session_keeps_its_turn_and_runs_in_its_context(
+    db: Database, leases: Leases, lifecycle: Lifecycle, recorder: Recorder, celery: CeleriacCelery
+) -> None:
+    # Given a session with a stored Context, whose running task's worker died
+    with db.begin() as session:
+        session.add(Session(id="s1", deployment_id=1, state={"count": 2}))
+    task_id = running(lifecycle, ago=600, session="s1")
+    beat(recorder, "w2", [])
+    # When its lease is swept
+    assert [r.task_id for r in leases.recover()] == [task_id]
+    # Then its step carries the session's Context and asks for it back
+    [step] = sent(celery)
+    assert (step["task_id"], step["session_id"]) == (task_id, "s1")
+    assert (step["context"], step["keep_context"]) == ({"count": 2}, True)
+    # And the session is still its own
+    with db.peek() as conn:
+        active = conn.exec_driver_sql("SELECT active_task_id FROM sessions").scalar()
+    assert active == task_id
+
+
+@pytest.mark.parametrize("status", [TaskStatus.QUEUED, TaskStatus.SUCCEEDED, TaskStatus.FAILED])
+def test_a_task_no_worker_holds_by_its_status_is_never_recovered(
+    db: Database, leases: Leases, lifecycle: Lifecycle, recorder: Recorder, status: TaskStatus
+) -> None:
+    # Given a task started long ago, since queued again or ended
+    task_id = running(lifecycle, ago=600)
+    with db.connect() as conn:
+        conn.execute(_tasks.update().where(_tasks.c.id == task_id).values(status=status.value))
+    beat(recorder, "w1", [])
+    # When the leases are swept, then it is left as it is
+    assert leases.recover() == []
+    assert row(db, task_id).status == status.value
+
+
+def test_the_documented_bound_counts_the_lease_the_clock_and_one_sweep(
+    leases: Leases, lifecycle: Lifecycle, celery: CeleriacCelery
+) -> None:
+    # With the defaults (heartbeats every 10 s, sends again after 30 s): 50 s, as documented
+    outbox = Outbox(lifecycle, Dispatcher(celery), redispatch_after=30.0)
+    period = sweep_period(outbox, leases)
+    assert (period, leases.bound(period)) == (INTERVAL, 50.0)
+    assert leases.lease == dt.timedelta(seconds=LEASE)
