@@ -11,6 +11,14 @@ from sqlalchemy import Connection, Insert, Row, Select, Update, bindparam, selec
 
 from app.control.deployments import find as find_deployment
 from app.control.lifecycle import statements as sql
+from app.control.lifecycle.attempts import (
+    LOSE_REQUEUED,
+    REQUEUED,
+    SUPERSEDED,
+    Attempts,
+    Run,
+    lost_params,
+)
 from app.control.lifecycle.turns import (
     MultitaskStrategy,
     Turn,
@@ -76,15 +84,18 @@ class Lifecycle:
             )
             .returning(sql.tasks.c.id)
         )
+        self._attempts = Attempts(db.engine.dialect.name)
+        #: PostgreSQL stores an outcome in one statement, with a quick run's attempt.
+        self._at_once = db.engine.dialect.name == "postgresql"
         # By outcome, and by whether the start is recorded with it.
         self._finish: dict[tuple[TaskStatus, bool], Update | Select[Any]] = {}
         for status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED):
             for with_start in (False, True):
                 finish = sql.finish(status, with_start=with_start)
                 self._finish[status, with_start] = (
-                    sql.finish_at_once(finish)
-                    if db.engine.dialect.name == "postgresql"
-                    else finish.returning(sql.tasks.c.session_id)
+                    sql.finish_at_once(finish, self._attempts if with_start else None)
+                    if self._at_once
+                    else finish.returning(sql.tasks.c.session_id, sql.tasks.c.attempts)
                 )
 
     def insert(
@@ -191,16 +202,21 @@ class Lifecycle:
         return sent
 
     def requeue_lost(self) -> int:
-        """Queue again, unpublished, every dispatched task that has not ended; returns how
-        many. For a broker that lost every message (the embedded one, with its process)."""
-        with self._db.single() as conn:
+        """Queue again, unpublished, every dispatched task that has not ended, its unfinished
+        runs marked lost; returns how many. For a broker that lost every message (the
+        embedded one, with its process)."""
+        with self._db.connect() as conn:
+            conn.execute(LOSE_REQUEUED, lost_params(REQUEUED))
             return conn.execute(sql.REQUEUE_LOST).rowcount
 
     def start(self, message: StepStarted) -> list[tuple[int, Any]]:
-        """A worker took the task: count the attempt, note its inbox, and mark the task
+        """A worker took the task: record the attempt, note its inbox, and mark the task
         running if it still can be; returns the events clients sent in so far (``seq``,
         ``data``), which that worker has not had."""
+        run = Run.started(message)
         with self._db.connect() as conn:
+            if run is not None:
+                self._attempts.record(conn, run)
             conn.execute(
                 sql.START,
                 {
@@ -258,25 +274,44 @@ class Lifecycle:
         redelivery) or is gone; a session's task then passes the session's turn on."""
         status = TaskStatus.SUCCEEDED if message.ok else TaskStatus.FAILED
         params: dict[str, Any] = {
-            "task_id": message.task_id,
+            "p_task_id": message.task_id,
             "p_result": message.result,
             "p_error": message.error,
             "p_event_count": message.event_count,
             "p_finished_at": from_timestamp(message.at),
         }
-        if not message.started_reported:
+        with_start = not message.started_reported
+        if with_start:
             # A quick run: its start is recorded with its end, in the same statement.
             params["p_worker"] = message.worker
             params["p_started_at"] = from_timestamp(message.started_at)
-        finish = self._finish[status, not message.started_reported]
+        # On PostgreSQL that statement also records a quick run's attempt, if it changed
+        # the task; other attempts are recorded in the transaction, or after it.
+        in_statement = self._at_once and with_start
+        if in_statement:
+            params.update(p_outcome=status.value, **lost_params(SUPERSEDED))
+        run = Run.finished(message)
+        finish = self._finish[status, with_start]
         events = [sql.event_row(StepEvent.decode(event)) for event in message.events]
         following = None
-        # A session's next task is handed on in the same transaction; a task on its own
-        # needs none on PostgreSQL, where the outcome is a single statement.
-        with self._db.connect() if message.keep_context else self._db.single() as conn:
+        late = False
+        # A session's next task is handed on in the same transaction; a quick run's
+        # outcome on its own needs none on PostgreSQL, where it is a single statement.
+        alone = in_statement and not message.keep_context
+        with self._db.single() if alone else self._db.connect() as conn:
             changed = self._store_outcome(conn, finish, params, events)
+            if run is not None and changed is not None and with_start:
+                if not in_statement:
+                    self._attempts.add_new(conn, run, changed.attempts)
+            elif run is not None:
+                late = alone  # a redelivery: rare enough for a transaction of its own
+                if not alone:
+                    self._attempts.record(conn, run)
             if changed is not None and message.keep_context:
                 following = self._pass_turn(conn, changed.session_id, message)
+        if late and run is not None:
+            with self._db.connect() as conn:
+                self._attempts.record(conn, run)
         return Finished(status if changed is not None else None, following)
 
     def _store_outcome(
