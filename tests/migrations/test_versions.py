@@ -117,10 +117,10 @@ def test_0009_adds_task_attempts_and_going_back_drops_them_only(tmp_path: Path) 
     # Then the task keeps its count, with no history, and a run can be recorded once
     assert _execute(url, "SELECT attempts FROM tasks") == [(1,)]
     assert _execute(url, "SELECT count(*) FROM task_attempts") == [(0,)]
-    run = f"INSERT INTO task_attempts (task_id, attempt, worker, started_at) VALUES ('t1', %d, 'w', '{NOW}')"
-    _execute(url, run % 2)
-    with pytest.raises(IntegrityError):
-        _execute(url, run % 3)  # the same run (task, worker, start) under another number
+    columns = "INSERT INTO task_attempts (task_id, attempt, worker, started_at)"
+    _execute(url, f"{columns} VALUES ('t1', 2, 'w', '{NOW}')")
+    with pytest.raises(IntegrityError):  # the same run (task, worker, start), another number
+        _execute(url, f"{columns} VALUES ('t1', 3, 'w', '{NOW}')")
     assert _columns_nullable(url, "task_attempts") == {
         "task_id": False,
         "attempt": False,
