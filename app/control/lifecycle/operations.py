@@ -294,25 +294,43 @@ class Lifecycle:
         finish = self._finish[status, with_start]
         events = [sql.event_row(StepEvent.decode(event)) for event in message.events]
         following = None
-        late = False
         # A session's next task is handed on in the same transaction; a quick run's
         # outcome on its own needs none on PostgreSQL, where it is a single statement.
         alone = in_statement and not message.keep_context
         with self._db.single() if alone else self._db.connect() as conn:
             changed = self._store_outcome(conn, finish, params, events)
-            if run is not None and changed is not None and with_start:
-                if not in_statement:
-                    self._attempts.add_new(conn, run, changed.attempts)
-            elif run is not None:
-                late = alone  # a redelivery: rare enough for a transaction of its own
-                if not alone:
-                    self._attempts.record(conn, run)
+            pending = self._note_run(conn, run, changed, with_start, transaction=not alone)
             if changed is not None and message.keep_context:
                 following = self._pass_turn(conn, changed.session_id, message)
-        if late and run is not None:
+        if pending is not None:
+            # A redelivery, or a second run (the task had ended): rare enough for a
+            # transaction of its own.
             with self._db.connect() as conn:
-                self._attempts.record(conn, run)
+                self._attempts.record(conn, pending)
         return Finished(status if changed is not None else None, following)
+
+    def _note_run(
+        self,
+        conn: Connection,
+        run: Run | None,
+        changed: Row[Any] | None,
+        with_start: bool,
+        *,
+        transaction: bool,
+    ) -> Run | None:
+        """Record the finished run's attempt, unless the finish statement did (PostgreSQL,
+        a quick run); returns the run if it needs a transaction, and ``conn`` is none."""
+        if run is None:
+            return None
+        if changed is not None and with_start:
+            # A new run, counted on the task by the finish statement
+            if not self._at_once:
+                self._attempts.add_new(conn, run, changed.attempts)
+            return None
+        if not transaction:
+            return run
+        self._attempts.record(conn, run)
+        return None
 
     def _store_outcome(
         self,
@@ -322,7 +340,7 @@ class Lifecycle:
         events: list[dict[str, Any]],
     ) -> Row[Any] | None:
         """Apply ``finish`` and store the run's last events; returns the changed task's
-        ``session_id``, in a row. Nothing is stored when no row changed."""
+        ``session_id`` and ``attempts``, in a row. Nothing is stored when no row changed."""
         if isinstance(finish, Select):  # PostgreSQL: one statement stores both
             params["p_events"] = [{**e, "created_at": e["created_at"].isoformat()} for e in events]
             return conn.execute(finish, params).first()
