@@ -9,7 +9,7 @@ from flask_smorest.fields import Upload
 from marshmallow import EXCLUDE, Schema, fields, validate
 
 from app.control.lifecycle import MultitaskStrategy
-from app.models import Task, TaskStatus
+from app.models import AttemptOutcome, Task, TaskStatus
 
 
 class StatusSchema(Schema):
@@ -215,6 +215,34 @@ class TaskSchema(Schema):
     def dump_input(self, task: Task) -> str:
         """LlamaDeploy clients expect the input as a JSON string."""
         return json.dumps(task.input)
+
+
+class AttemptSchema(Schema):
+    """One run of a task: its worker, when it began and ended, and how."""
+
+    attempt = fields.Integer(metadata={"description": "1 for the first run recorded, and so on."})
+    worker = fields.String(metadata={"description": "The Celery worker (node name) that ran it."})
+    started_at = fields.DateTime()
+    finished_at = fields.DateTime(
+        allow_none=True, metadata={"description": "Empty while the run goes on."}
+    )
+    outcome = fields.String(
+        allow_none=True,
+        validate=validate.OneOf([o.value for o in AttemptOutcome]),
+        metadata={
+            "description": "succeeded, failed, or lost (it never reported its end: a later run "
+            "began, or the task was queued again); empty while the run goes on."
+        },
+    )
+    error = fields.Dict(allow_none=True, metadata={"description": "The run's error, if any."})
+
+
+class TaskDetailSchema(TaskSchema):
+    """A task with each of its runs."""
+
+    attempt_history = fields.List(
+        fields.Nested(AttemptSchema), metadata={"description": "Each run, first first."}
+    )
 
 
 class TaskResultSchema(Schema):

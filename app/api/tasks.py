@@ -10,12 +10,14 @@ from flask_smorest import Blueprint
 
 from app.api import plane
 from app.api.schemas import (
+    AttemptSchema,
     EventDefinitionSchema,
     EventsArgs,
     PageArgs,
     RunArgs,
     SessionArgs,
     TaskDefinitionSchema,
+    TaskDetailSchema,
     TaskResultSchema,
     TaskSchema,
 )
@@ -105,10 +107,24 @@ class TaskItem(MethodView):
     """One task."""
 
     @blp.arguments(SessionArgs(), location="query")
-    @blp.response(200, TaskSchema)
+    @blp.response(200, TaskDetailSchema)
     def get(self, args: dict[str, Any], deployment_name: str, task_id: str) -> Any:
-        """Read a task: status, result or error, attempts and timestamps."""
-        return plane().tasks.get(deployment_name, task_id, args["session_id"])
+        """Read a task: status, result or error, attempts and timestamps, and each run."""
+        return plane().tasks.get(deployment_name, task_id, args["session_id"], with_attempts=True)
+
+
+@blp.route("/<string:task_id>/attempts")
+class TaskAttempts(MethodView):
+    """A task's runs."""
+
+    @blp.arguments(SessionArgs(), location="query")
+    @blp.response(200, AttemptSchema(many=True))
+    def get(self, args: dict[str, Any], deployment_name: str, task_id: str) -> Any:
+        """Each run of a task, first first: worker, start, end, outcome and error."""
+        cp = plane()
+        return cp.tasks.get(
+            deployment_name, task_id, args["session_id"], with_attempts=True
+        ).attempt_history
 
 
 @blp.route("/<string:task_id>/results")

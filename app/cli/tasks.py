@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 from typing import Any
 
@@ -100,9 +101,55 @@ def list_tasks(
 @click.argument("task_id")
 @pass_state
 def get(state: CliState, deployment: str, task_id: str) -> None:
-    """Show a task: status, result or error, timestamps."""
+    """Show a task: status, result or error, timestamps, and each run (JSON)."""
     with reporting_errors(), state.client() as client:
         echo_json(dataclasses.asdict(client.tasks.get(deployment, task_id)))
+
+
+@tasks_group.command("attempts")
+@deployment_option
+@click.argument("task_id")
+@click.option("--json", "as_json", is_flag=True, help="Print them as JSON.")
+@pass_state
+def attempts(state: CliState, deployment: str, task_id: str, as_json: bool) -> None:
+    """Show each run of a task: worker, start, end, outcome and error."""
+    with reporting_errors(), state.client() as client:
+        runs = client.tasks.attempts(deployment, task_id)
+    if as_json:
+        echo_json([dataclasses.asdict(run) for run in runs])
+        return
+    rows = [("#", "WORKER", "STARTED", "FINISHED", "OUTCOME", "ERROR")]
+    rows += [
+        (
+            str(run.attempt),
+            run.worker,
+            _when(run.started_at),
+            _when(run.finished_at),
+            run.outcome or "running",
+            _reason(run.error),
+        )
+        for run in runs
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        click.echo("  ".join([*cells, row[-1]]).rstrip())
+
+
+def _when(moment: dt.datetime | None) -> str:
+    """A timestamp to the millisecond, in UTC; ``-`` for none."""
+    if moment is None:
+        return "-"
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _reason(error: dict[str, Any] | None) -> str:
+    """An error's type and message on one line."""
+    if not error:
+        return ""
+    kind = str(error.get("type") or "").rsplit(".", 1)[-1]
+    message = str(error.get("message") or "")
+    return f"{kind}: {message}" if kind else message
 
 
 @tasks_group.command("watch")

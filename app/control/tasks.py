@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.orm import selectinload
 
 from app.control.deployments import find as find_deployment
 from app.control.lifecycle import Lifecycle, MultitaskStrategy, NewTask
@@ -237,14 +238,24 @@ class Tasks:
             )
         return outcome.result
 
-    def get(self, deployment: str, task_id: str, session_id: str | None = None) -> Task:
-        """One task of the deployment (and of the session, if given), or :class:`NotFound`."""
+    def get(
+        self,
+        deployment: str,
+        task_id: str,
+        session_id: str | None = None,
+        *,
+        with_attempts: bool = False,
+    ) -> Task:
+        """One task of the deployment (and of the session, if given), or :class:`NotFound`;
+        with its ``attempt_history`` loaded if ``with_attempts``."""
         with self._db.read() as db:
             query = (
                 select(Task)
                 .join(Deployment)
                 .where(Task.id == task_id, Deployment.name == deployment)
             )
+            if with_attempts:
+                query = query.options(selectinload(Task.attempt_history))
             task = db.scalar(query)
             if task is None:
                 find_deployment(db, deployment)  # a 404 that names what is missing

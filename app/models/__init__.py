@@ -1,5 +1,6 @@
 """SQLAlchemy models of the control plane's state."""
 
+from app.models.attempt import AttemptOutcome, TaskAttempt
 from app.models.base import Base
 from app.models.deployment import Deployment, Service
 from app.models.event import Event, EventDirection
@@ -8,6 +9,7 @@ from app.models.task import Operation, Task, TaskStatus
 from app.models.worker import Worker
 
 __all__ = [
+    "AttemptOutcome",
     "Base",
     "Deployment",
     "Event",
@@ -16,6 +18,7 @@ __all__ = [
     "Service",
     "Session",
     "Task",
+    "TaskAttempt",
     "TaskStatus",
     "Worker",
 ]

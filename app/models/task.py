@@ -7,8 +7,9 @@ import enum
 from typing import Any
 
 from sqlalchemy import JSON, ForeignKey, Integer, String
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
+from app.models.attempt import TaskAttempt
 from app.models.base import Base, UTCDateTime, new_id, utcnow
 
 
@@ -138,6 +139,10 @@ class Task(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: Each run of the task, first first; read only when asked for (the lifecycle writes them).
+    attempt_history: Mapped[list[TaskAttempt]] = relationship(
+        order_by=TaskAttempt.attempt, lazy="raise", viewonly=True
+    )
 
     @property
     def task_status(self) -> TaskStatus:

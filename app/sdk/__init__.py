@@ -24,6 +24,7 @@ from app.sdk._errors import (
     TaskTimeout,
 )
 from app.sdk._models import (
+    Attempt,
     Deployment,
     EventDefinition,
     EventItem,
@@ -42,6 +43,7 @@ __all__ = [
     "APIError",
     "AsyncClient",
     "AsyncEventStream",
+    "Attempt",
     "BadRequest",
     "CeleriacError",
     "Client",

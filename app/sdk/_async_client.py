@@ -14,6 +14,7 @@ from app.sdk import _calls as calls
 from app.sdk._calls import DEFAULT_SERVER, DEFAULT_TIMEOUT, Call, MultitaskStrategy
 from app.sdk._errors import APIError, ConnectionFailed
 from app.sdk._models import (
+    Attempt,
     Deployment,
     EventDefinition,
     EventItem,
@@ -252,6 +253,10 @@ class AsyncTasks:
     async def get(self, deployment: str, task_id: str) -> Task:
         """A task's status and outcome."""
         return await self._c._send(calls.get_task(deployment, task_id))
+
+    async def attempts(self, deployment: str, task_id: str) -> list[Attempt]:
+        """Each run of a task, first first: worker, start, end, outcome and error."""
+        return await self._c._send(calls.task_attempts(deployment, task_id))
 
     async def list(
         self,

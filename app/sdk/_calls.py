@@ -18,6 +18,7 @@ import httpx
 
 from app.sdk._errors import Conflict, ConnectionFailed, RequestTimeout, TaskEnded, error_for
 from app.sdk._models import (
+    Attempt,
     Deployment,
     EventDefinition,
     LiveService,
@@ -206,6 +207,15 @@ def create_task(
 def get_task(deployment: str, task_id: str) -> Call[Task]:
     """``GET tasks/{id}``."""
     return Call("GET", tasks_path(deployment, task_id), Task.from_json)
+
+
+def task_attempts(deployment: str, task_id: str) -> Call[list[Attempt]]:
+    """``GET tasks/{id}/attempts``, first first."""
+    return Call(
+        "GET",
+        tasks_path(deployment, task_id, "attempts"),
+        lambda data: [Attempt.from_json(a) for a in data],
+    )
 
 
 def list_tasks(

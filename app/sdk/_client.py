@@ -13,6 +13,7 @@ from app.sdk import _calls as calls
 from app.sdk._calls import DEFAULT_SERVER, DEFAULT_TIMEOUT, Call, MultitaskStrategy
 from app.sdk._errors import APIError, ConnectionFailed
 from app.sdk._models import (
+    Attempt,
     Deployment,
     EventDefinition,
     EventItem,
@@ -250,6 +251,10 @@ class Tasks:
     def get(self, deployment: str, task_id: str) -> Task:
         """A task's status and outcome."""
         return self._c._send(calls.get_task(deployment, task_id))
+
+    def attempts(self, deployment: str, task_id: str) -> list[Attempt]:
+        """Each run of a task, first first: worker, start, end, outcome and error."""
+        return self._c._send(calls.task_attempts(deployment, task_id))
 
     def list(
         self,

@@ -120,6 +120,31 @@ class Deployment:
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """One run of a task: its worker, when it began and ended, and how (``succeeded``,
+    ``failed``, or ``lost``: it never reported its end); ``outcome`` is None while it runs."""
+
+    attempt: int
+    worker: str
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None = None
+    outcome: str | None = None
+    error: dict[str, Any] | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Attempt:
+        """Build from the API's JSON."""
+        return cls(
+            attempt=data["attempt"],
+            worker=data["worker"],
+            started_at=_time(data.get("started_at")),
+            finished_at=_time(data.get("finished_at")),
+            outcome=data.get("outcome"),
+            error=data.get("error"),
+        )
+
+
+@dataclass(frozen=True)
 class Task:
     """A task and, once it ended, its outcome."""
 
@@ -135,6 +160,8 @@ class Task:
     created_at: dt.datetime | None = None
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
+    #: Each run, first first (read one task to have them: lists leave them out).
+    attempt_history: list[Attempt] = field(default_factory=list)
 
     @property
     def done(self) -> bool:
@@ -157,6 +184,7 @@ class Task:
             created_at=_time(data.get("created_at")),
             started_at=_time(data.get("started_at")),
             finished_at=_time(data.get("finished_at")),
+            attempt_history=[Attempt.from_json(a) for a in data.get("attempt_history") or []],
         )
 
 

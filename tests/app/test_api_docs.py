@@ -23,6 +23,7 @@ OPERATIONS = {
     f"{D}/tasks": {"get"},
     f"{D}/tasks/{{task_id}}": {"get"},
     f"{D}/tasks/{{task_id}}/results": {"get"},
+    f"{D}/tasks/{{task_id}}/attempts": {"get"},
     f"{D}/sessions": {"get"},
     f"{D}/sessions/create": {"post"},
     f"{D}/sessions/delete": {"post"},
@@ -88,8 +89,7 @@ def test_every_operation_has_a_summary(openapi: dict[str, Any]) -> None:
 
 
 def test_task_schema_has_llamadeploy_fields_and_status(openapi: dict[str, Any]) -> None:
-    task = success_schema(openapi, f"{D}/tasks/{{task_id}}", "get")
-    assert success_schema(openapi, f"{D}/tasks/create", "post") == task
+    task = success_schema(openapi, f"{D}/tasks/create", "post")
     assert success_schema(openapi, f"{D}/tasks", "get") == task
     assert {
         "task_id",
@@ -105,6 +105,27 @@ def test_task_schema_has_llamadeploy_fields_and_status(openapi: dict[str, Any]) 
         "finished_at",
     } <= set(task["properties"])
     assert set(task["properties"]["status"]["enum"]) >= {"queued", "running", "succeeded", "failed"}
+
+
+def test_a_task_read_alone_has_its_attempts(openapi: dict[str, Any]) -> None:
+    task = success_schema(openapi, f"{D}/tasks/create", "post")
+    detail = success_schema(openapi, f"{D}/tasks/{{task_id}}", "get")
+    # One task read alone is a task with each of its runs
+    properties = dict(detail["properties"])
+    history = properties.pop("attempt_history")
+    assert properties == task["properties"]
+    assert history["type"] == "array"
+    attempt = resolve(openapi, history["items"])
+    assert attempt == success_schema(openapi, f"{D}/tasks/{{task_id}}/attempts", "get")
+    assert set(attempt["properties"]) == {
+        "attempt",
+        "worker",
+        "started_at",
+        "finished_at",
+        "outcome",
+        "error",
+    }
+    assert set(attempt["properties"]["outcome"]["enum"]) == {"succeeded", "failed", "lost", None}
 
 
 def test_task_definition_is_the_body_of_run_and_create(openapi: dict[str, Any]) -> None:

@@ -408,6 +408,26 @@ def test_get_task_shows_status_result_attempts_and_times(quickstart: FlaskClient
         timestamp(done[k]) for k in ("created_at", "started_at", "finished_at")
     )
     assert created <= started <= finished
+    # And its one run, on the embedded server's worker, alone and in the task
+    [attempt] = ok(quickstart.get(f"/deployments/QuickStart/tasks/{task['task_id']}/attempts"))
+    assert done["attempt_history"] == [attempt]
+    assert (attempt["attempt"], attempt["outcome"], attempt["error"]) == (1, "succeeded", None)
+    assert attempt["worker"]
+    assert timestamp(attempt["started_at"]) == started
+    assert timestamp(attempt["finished_at"]) == finished
+
+
+def test_a_failed_run_shows_its_error_in_its_attempt(quickstart: FlaskClient) -> None:
+    deployed(quickstart, FAILING)
+    task = create(quickstart, "Failing", input="{}")
+    done = wait_for_task(quickstart, "Failing", task["task_id"])
+    [attempt] = done["attempt_history"]
+    assert (attempt["attempt"], attempt["outcome"]) == (1, "failed")
+    assert attempt["error"] == done["error"] and attempt["error"]["message"]
+
+
+def test_attempts_of_an_unknown_task_are_not_found(quickstart: FlaskClient) -> None:
+    assert_error(quickstart.get("/deployments/QuickStart/tasks/nope/attempts"), 404)
 
 
 def test_get_unknown_task_is_not_found(quickstart: FlaskClient) -> None:

@@ -428,10 +428,24 @@ def test_tasks_list_and_get(live_server: str) -> None:
     assert task["status"] == "succeeded"
     assert task["input"] == {"message": "first"}
     assert task["result"] == "Message received: first"
+    # And its one run, succeeded
+    [run] = task["attempt_history"]
+    assert (task["attempts"], run["attempt"], run["outcome"]) == (1, 1, "succeeded")
     # And a task that does not exist is not found
     missing = on(live_server, "tasks", "get", "-d", "QuickStart", "no-such-task")
     assert missing.exit_code != 0
     assert "not found" in missing.output.lower()
+    # And tasks attempts shows that run in a table, or as JSON
+    table = on(live_server, "tasks", "attempts", "-d", "QuickStart", first_id)
+    assert table.exit_code == 0, table.output
+    header, row = table.stdout.splitlines()
+    assert header.split() == ["#", "WORKER", "STARTED", "FINISHED", "OUTCOME", "ERROR"]
+    assert row.split()[0] == "1" and row.split()[1] == run["worker"]
+    assert row.split()[4] == "succeeded"
+    as_json = on(live_server, "tasks", "attempts", "-d", "QuickStart", first_id, "--json")
+    assert json.loads(as_json.stdout) == [run]
+    gone = on(live_server, "tasks", "attempts", "-d", "QuickStart", "no-such-task")
+    assert gone.exit_code != 0 and "not found" in gone.output.lower()
 
 
 # --- server selection and profiles -------------------------------------------------------------

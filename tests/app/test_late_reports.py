@@ -18,7 +18,7 @@ from flask.testing import FlaskClient
 from app.server import Server
 from tests.app.conftest import deployed, ok
 from tests.conftest import QUICKSTART
-from tests.support.reports import finished, report, started, streamed
+from tests.support.reports import STARTED_AT, WORKER, finished, report, started, streamed
 
 TASKS = "/deployments/QuickStart/tasks"
 #: Long enough for a stream to show what it would do next, were it wrong.
@@ -103,6 +103,43 @@ def test_a_start_reported_after_the_question_leaves_the_task_waiting(
     report(workerless.plane.celery, started(task_id))
     # Then the task still waits for the answer
     assert task(client, task_id)["status"] == "waiting_input"
+
+
+def test_repeated_start_and_end_reports_leave_one_attempt(
+    workerless: Server, client: FlaskClient
+) -> None:
+    # Given a run whose start and end reports are each delivered twice, the end first
+    task_id = queued_task(client)
+    celery = workerless.plane.celery
+    for message in (finished(task_id, ok=False), started(task_id)) * 2:
+        report(celery, message)
+    # Then the task shows one attempt, failed with the run's error, alone and in the task
+    shown = task(client, task_id)
+    [attempt] = shown["attempt_history"]
+    assert ok(client.get(f"{TASKS}/{task_id}/attempts")) == [attempt]
+    assert (shown["attempts"], attempt["attempt"], attempt["worker"]) == (1, 1, WORKER)
+    assert (attempt["outcome"], attempt["error"]) == ("failed", shown["error"])
+
+
+def test_a_second_run_shows_the_first_lost(workerless: Server, client: FlaskClient) -> None:
+    # Given a run that began and was never heard of again (its worker died)
+    task_id = queued_task(client)
+    celery = workerless.plane.celery
+    report(celery, started(task_id, at=STARTED_AT - 60))
+    # When the task runs again and succeeds
+    report(celery, started(task_id))
+    report(celery, finished(task_id))
+    # Then it shows two attempts: the first lost, the second succeeded
+    shown = task(client, task_id)
+    assert shown["attempts"] == 2
+    first, second = shown["attempt_history"]
+    assert (first["attempt"], first["outcome"], first["error"]["type"]) == (
+        1,
+        "lost",
+        "AttemptLost",
+    )
+    assert first["finished_at"] is not None
+    assert (second["attempt"], second["outcome"], second["error"]) == (2, "succeeded", None)
 
 
 @pytest.mark.parametrize(("succeeds", "status"), [(True, "succeeded"), (False, "failed")])

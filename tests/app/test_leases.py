@@ -22,7 +22,7 @@ from app.control.outbox import Outbox
 from app.control.recorder import Recorder
 from app.control.waiter import TaskWaiter
 from app.db import Database
-from app.models import Deployment, Session, Task, TaskStatus
+from app.models import Deployment, Session, Task, TaskAttempt, TaskStatus
 from app.models.base import table_of
 from app.orchestrator import sweep_period
 from config.settings import Settings
@@ -34,6 +34,7 @@ INTERVAL = 10.0
 LEASE = 3 * INTERVAL
 
 _tasks = table_of(Task)
+_attempts = table_of(TaskAttempt)
 _ids = itertools.count()
 
 
@@ -129,6 +130,18 @@ def row(db: Database, task_id: str) -> Any:
         return conn.execute(select(_tasks).where(_tasks.c.id == task_id)).one()
 
 
+def attempts(db: Database, task_id: str) -> list[tuple[Any, ...]]:
+    """A task's runs: number, worker, outcome and the start of its error's message."""
+    with db.peek() as conn:
+        rows = conn.execute(
+            select(_attempts).where(_attempts.c.task_id == task_id).order_by(_attempts.c.attempt)
+        ).all()
+    return [
+        (r.attempt, r.worker, r.outcome, r.error["message"][:26] if r.error else None)
+        for r in rows
+    ]
+
+
 def outcome(task_id: str, result: str, worker: str, *, started_reported: bool = True) -> Any:
     now = time.time()
     stop = StepEvent(task_id=task_id, seq=0, event={"type": "StopEvent", "data": {}}, at=now)
@@ -170,6 +183,9 @@ def test_a_task_no_worker_holds_is_queued_and_sent_again_once_its_lease_runs_out
     assert (after.held_at, after.inbox) == (None, None)
     assert after.published_at is not None and after.dispatched_at is not None
     assert row(db, held).status == TaskStatus.RUNNING.value
+    # And the run the dead worker never finished is shown lost, the other one still open
+    assert attempts(db, lost) == [(1, "dead", "lost", "its worker's lease ran out")]
+    assert attempts(db, held) == [(1, "dead", None, None)]
     # And a second sweep sends nothing more
     assert leases.recover() == []
     assert sent(celery) == []

@@ -512,6 +512,11 @@ def test_errors_map_to_exception_classes(sdk: Client) -> None:
         sdk.tasks.send_event("Failing", task.task_id, "not JSON")
     ended = sdk.tasks.wait("Failing", task.task_id, timeout=DEADLINE)
     assert ended.status == "failed" and "boom" in str(ended.error)
+    [run] = sdk.tasks.attempts("Failing", task.task_id)
+    assert (run.attempt, run.outcome, run.error) == (1, "failed", ended.error)
+    assert ended.attempt_history == [run]
+    with pytest.raises(NotFound):
+        sdk.tasks.attempts("Failing", "no-such-task")
     with pytest.raises(TaskEnded):
         sdk.tasks.send_event("Failing", task.task_id, answer())
 
@@ -618,6 +623,10 @@ def test_deployments_async(live_server: str) -> None:
             task = await sdk.tasks.create("QuickStart", {"message": "hi"}, task_id="my-task-1")
             done = await sdk.tasks.wait("QuickStart", task.task_id)
             assert done.attempts == 1 and done.finished_at is not None
+            [run] = done.attempt_history
+            assert (run.attempt, run.outcome, run.error) == (1, "succeeded", None)
+            assert run.started_at is not None and run.finished_at == done.finished_at
+            assert await sdk.tasks.attempts("QuickStart", "my-task-1") == [run]
             assert (done.task_id, done.input, done.result) == (
                 "my-task-1",
                 {"message": "hi"},

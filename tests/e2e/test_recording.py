@@ -30,6 +30,8 @@ from workers.celery_app import create_celery
 from workers.protocol import StepEvent, StepFinished
 
 TASK = "t-1"
+#: When the run began: every report below is of this one run (its redeliveries included).
+STARTED_AT = time.time()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -81,7 +83,7 @@ def finished(ok: bool = True, result: Any = "done", last_events: int = 1) -> Ste
         event_count=last_events,
         events=events,
         worker="w-1",
-        started_at=now - 0.01,
+        started_at=STARTED_AT,
         started_reported=False,
         at=now,
     )

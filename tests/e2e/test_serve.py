@@ -199,6 +199,13 @@ def test_tasks_in_flight_when_the_embedded_server_is_killed_run_after_it_restart
     assert [t["status"] for t in tasks] == ["succeeded"] * 5, tasks
     assert [t["result"] for t in tasks] == [f"slept {n}" for n in range(5)]
     assert sorted(t["attempts"] for t in tasks) == [1, 1, 1, 2, 2]
+    # And each of those two shows its first run lost with the server, its second succeeded
+    for twice in (t for t in tasks if t["attempts"] == 2):
+        first, second = twice["attempt_history"]
+        assert (first["attempt"], first["outcome"]) == (1, "lost")
+        assert "queued again" in first["error"]["message"]
+        assert (second["attempt"], second["outcome"]) == (2, "succeeded")
+        assert first["started_at"] < first["finished_at"] <= second["started_at"]
     assert (
         "5 unfinished task(s) of an earlier run are queued again"
         in (tmp_path / "serve2.log").read_text()

@@ -99,3 +99,49 @@ def test_0007_takes_stored_tasks_as_published_when_they_were_dispatched(tmp_path
     command.downgrade(alembic_config(url), "0006")
     assert "published_at" not in _columns_nullable(url, "tasks")
     assert _execute(url, "SELECT id FROM tasks ORDER BY id") == [("sent",), ("waiting",)]
+
+
+def test_0009_adds_task_attempts_and_going_back_drops_them_only(tmp_path: Path) -> None:
+    # Given a database at 0008 holding a task that ran once
+    url = f"sqlite:///{tmp_path / 'celeriac.db'}"
+    migrations.upgrade(url, "0008")
+    _execute(
+        url,
+        "INSERT INTO deployments (name, spec, source_yaml, base_path, version, created_at, "
+        f"updated_at) VALUES ('D', '{{}}', '', '.', 1, '{NOW}', '{NOW}')",
+        "INSERT INTO tasks (id, deployment_id, service, input, status, attempts, created_at) "
+        f"VALUES ('t1', 1, 'echo', '{{}}', 'succeeded', 1, '{NOW}')",
+    )
+    # When it is upgraded
+    migrations.upgrade(url)
+    # Then the task keeps its count, with no history, and a run can be recorded once
+    assert _execute(url, "SELECT attempts FROM tasks") == [(1,)]
+    assert _execute(url, "SELECT count(*) FROM task_attempts") == [(0,)]
+    columns = "INSERT INTO task_attempts (task_id, attempt, worker, started_at)"
+    _execute(url, f"{columns} VALUES ('t1', 2, 'w', '{NOW}')")
+    with pytest.raises(IntegrityError):  # the same run (task, worker, start), another number
+        _execute(url, f"{columns} VALUES ('t1', 3, 'w', '{NOW}')")
+    assert _columns_nullable(url, "task_attempts") == {
+        "task_id": False,
+        "attempt": False,
+        "worker": False,
+        "started_at": False,
+        "finished_at": True,
+        "outcome": True,
+        "error": True,
+    }
+    # And going back drops the table and keeps the task
+    command.downgrade(alembic_config(url), "0008")
+    assert "task_attempts" not in _tables(url)
+    assert _execute(url, "SELECT id, attempts FROM tasks") == [("t1", 1)]
+    # And it can go up again
+    migrations.upgrade(url)
+    assert _execute(url, "SELECT count(*) FROM task_attempts") == [(0,)]
+
+
+def _tables(url: str) -> list[str]:
+    engine = create_engine(url)
+    try:
+        return inspect(engine).get_table_names()
+    finally:
+        engine.dispose()

@@ -25,6 +25,9 @@ from workers.protocol import (
 
 #: The worker the reports come from.
 WORKER = "played@test"
+#: When a played run began, unless a test says otherwise: a run is known by its worker and
+#: this time, so a task's start and end reports name the same run by default.
+STARTED_AT = time.time()
 _TASK_NAMES: dict[type[Message], str] = {
     StepStarted: STEP_STARTED,
     StepEvent: STEP_EVENT,
@@ -37,9 +40,9 @@ def report(celery: Celery, message: StepStarted | StepEvent | StepFinished) -> N
     celery.tasks[_TASK_NAMES[type(message)]](**message.encode())
 
 
-def started(task_id: str) -> StepStarted:
-    """A worker took the task."""
-    return StepStarted(task_id=task_id, worker=WORKER, at=time.time(), inbox="")
+def started(task_id: str, *, at: float = STARTED_AT, worker: str = WORKER) -> StepStarted:
+    """A worker took the task (at ``at``: another time is another run)."""
+    return StepStarted(task_id=task_id, worker=worker, at=at, inbox="")
 
 
 def streamed(task_id: str, seq: int, *, input_required: bool = False) -> StepEvent:
@@ -55,10 +58,16 @@ def streamed(task_id: str, seq: int, *, input_required: bool = False) -> StepEve
 
 
 def finished(
-    task_id: str, *, ok: bool = True, event_count: int = 0, started_reported: bool = True
+    task_id: str,
+    *,
+    ok: bool = True,
+    event_count: int = 0,
+    started_reported: bool = True,
+    started_at: float = STARTED_AT,
+    worker: str = WORKER,
 ) -> StepFinished:
-    """The run ended after streaming ``event_count`` events (each reported on its own)."""
-    now = time.time()
+    """The run that began at ``started_at`` ended after streaming ``event_count`` events
+    (each reported on its own)."""
     return StepFinished(
         task_id=task_id,
         ok=ok,
@@ -66,8 +75,8 @@ def finished(
         error=None if ok else {"type": "ValueError", "message": "boom"},
         event_count=event_count,
         events=[],
-        worker=WORKER,
-        started_at=now,
+        worker=worker,
+        started_at=started_at,
         started_reported=started_reported,
-        at=now,
+        at=time.time(),
     )

@@ -11,6 +11,16 @@ from sqlalchemy import Connection, Insert, Row, Select, Update, bindparam, selec
 
 from app.control.deployments import find as find_deployment
 from app.control.lifecycle import statements as sql
+from app.control.lifecycle.attempts import (
+    LEASE_EXPIRED,
+    LOSE_RECOVERED,
+    LOSE_REQUEUED,
+    REQUEUED,
+    SUPERSEDED,
+    Attempts,
+    Run,
+    lost_params,
+)
 from app.control.lifecycle.turns import (
     MultitaskStrategy,
     Turn,
@@ -86,15 +96,18 @@ class Lifecycle:
             )
             .returning(sql.tasks.c.id)
         )
+        self._attempts = Attempts(db.engine.dialect.name)
+        #: PostgreSQL stores an outcome in one statement, with a quick run's attempt.
+        self._at_once = db.engine.dialect.name == "postgresql"
         # By outcome, and by whether the start is recorded with it.
         self._finish: dict[tuple[TaskStatus, bool], Update | Select[Any]] = {}
         for status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED):
             for with_start in (False, True):
                 finish = sql.finish(status, with_start=with_start)
                 self._finish[status, with_start] = (
-                    sql.finish_at_once(finish)
-                    if db.engine.dialect.name == "postgresql"
-                    else finish.returning(sql.tasks.c.session_id)
+                    sql.finish_at_once(finish, self._attempts if with_start else None)
+                    if self._at_once
+                    else finish.returning(sql.tasks.c.session_id, sql.tasks.c.attempts)
                 )
 
     def insert(
@@ -201,9 +214,11 @@ class Lifecycle:
         return sent
 
     def requeue_lost(self) -> int:
-        """Queue again, unpublished, every dispatched task that has not ended; returns how
-        many. For a broker that lost every message (the embedded one, with its process)."""
-        with self._db.single() as conn:
+        """Queue again, unpublished, every dispatched task that has not ended, its unfinished
+        runs marked lost; returns how many. For a broker that lost every message (the
+        embedded one, with its process)."""
+        with self._db.connect() as conn:
+            conn.execute(LOSE_REQUEUED, lost_params(REQUEUED))
             return conn.execute(sql.REQUEUE_LOST).rowcount
 
     def renew(self, worker: str, task_ids: list[str] | None, at: dt.datetime) -> int:
@@ -245,14 +260,20 @@ class Lifecycle:
                     break
                 params = {"task_id": row.id, "cutoff": cutoff, "now": utcnow()}
                 if conn.execute(sql.RECOVER, params).rowcount:
+                    conn.execute(
+                        LOSE_RECOVERED, {"p_task_id": row.id, **lost_params(LEASE_EXPIRED)}
+                    )
                     recovered.append(Recovered(row.id, TaskStatus(row.status), row.worker))
         return recovered
 
     def start(self, message: StepStarted) -> list[tuple[int, Any]]:
-        """A worker took the task: count the attempt, note its inbox, and mark the task
+        """A worker took the task: record the attempt, note its inbox, and mark the task
         running if it still can be; returns the events clients sent in so far (``seq``,
         ``data``), which that worker has not had."""
+        run = Run.started(message)
         with self._db.connect() as conn:
+            if run is not None:
+                self._attempts.record(conn, run)
             conn.execute(
                 sql.START,
                 {
@@ -310,26 +331,63 @@ class Lifecycle:
         redelivery) or is gone; a session's task then passes the session's turn on."""
         status = TaskStatus.SUCCEEDED if message.ok else TaskStatus.FAILED
         params: dict[str, Any] = {
-            "task_id": message.task_id,
+            "p_task_id": message.task_id,
             "p_result": message.result,
             "p_error": message.error,
             "p_event_count": message.event_count,
             "p_finished_at": from_timestamp(message.at),
         }
-        if not message.started_reported:
+        with_start = not message.started_reported
+        if with_start:
             # A quick run: its start is recorded with its end, in the same statement.
             params["p_worker"] = message.worker
             params["p_started_at"] = from_timestamp(message.started_at)
-        finish = self._finish[status, not message.started_reported]
+        # On PostgreSQL that statement also records a quick run's attempt, if it changed
+        # the task; other attempts are recorded in the transaction, or after it.
+        in_statement = self._at_once and with_start
+        if in_statement:
+            params.update(p_outcome=status.value, **lost_params(SUPERSEDED))
+        run = Run.finished(message)
+        finish = self._finish[status, with_start]
         events = [sql.event_row(StepEvent.decode(event)) for event in message.events]
         following = None
-        # A session's next task is handed on in the same transaction; a task on its own
-        # needs none on PostgreSQL, where the outcome is a single statement.
-        with self._db.connect() if message.keep_context else self._db.single() as conn:
+        # A session's next task is handed on in the same transaction; a quick run's
+        # outcome on its own needs none on PostgreSQL, where it is a single statement.
+        alone = in_statement and not message.keep_context
+        with self._db.single() if alone else self._db.connect() as conn:
             changed = self._store_outcome(conn, finish, params, events)
+            pending = self._note_run(conn, run, changed, with_start, transaction=not alone)
             if changed is not None and message.keep_context:
                 following = self._pass_turn(conn, changed.session_id, message)
+        if pending is not None:
+            # A redelivery, or a second run (the task had ended): rare enough for a
+            # transaction of its own.
+            with self._db.connect() as conn:
+                self._attempts.record(conn, pending)
         return Finished(status if changed is not None else None, following)
+
+    def _note_run(
+        self,
+        conn: Connection,
+        run: Run | None,
+        changed: Row[Any] | None,
+        with_start: bool,
+        *,
+        transaction: bool,
+    ) -> Run | None:
+        """Record the finished run's attempt, unless the finish statement did (PostgreSQL,
+        a quick run); returns the run if it needs a transaction, and ``conn`` is none."""
+        if run is None:
+            return None
+        if changed is not None and with_start:
+            # A new run, counted on the task by the finish statement
+            if not self._at_once:
+                self._attempts.add_new(conn, run, changed.attempts)
+            return None
+        if not transaction:
+            return run
+        self._attempts.record(conn, run)
+        return None
 
     def _store_outcome(
         self,
@@ -339,7 +397,7 @@ class Lifecycle:
         events: list[dict[str, Any]],
     ) -> Row[Any] | None:
         """Apply ``finish`` and store the run's last events; returns the changed task's
-        ``session_id``, in a row. Nothing is stored when no row changed."""
+        ``session_id`` and ``attempts``, in a row. Nothing is stored when no row changed."""
         if isinstance(finish, Select):  # PostgreSQL: one statement stores both
             params["p_events"] = [{**e, "created_at": e["created_at"].isoformat()} for e in events]
             return conn.execute(finish, params).first()

@@ -27,6 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 
+from app.control.lifecycle.attempts import Attempts
 from app.control.lifecycle.guards import may_move
 from app.models import Deployment, Event, EventDirection, Operation, Task, TaskStatus, Worker
 from app.models.base import from_timestamp, table_of
@@ -51,15 +52,14 @@ NEW_TASK = (
 
 TASK_EXISTS = select(tasks.c.id).where(tasks.c.id == bindparam("task_id"))
 
-#: A worker took the task: one more attempt, and where to send it events. Reports may arrive
-#: in any order, so the status moves only where the table lets a start move it: a start
-#: recorded after the task's question does not hide that it waits for input, and one
-#: recorded after its outcome does not bring it back to life (the attempt still counts).
+#: A worker took the task: where to send it events (its attempt is counted with its row in
+#: ``task_attempts``). Reports may arrive in any order, so the status moves only where the
+#: table lets a start move it: a start recorded after the task's question does not hide that
+#: it waits for input, and one recorded after its outcome does not bring it back to life.
 START = (
     tasks.update()
     .where(tasks.c.id == bindparam("task_id"))
     .values(
-        attempts=tasks.c.attempts + 1,
         worker=bindparam("p_worker"),
         started_at=bindparam("p_started_at"),
         inbox=bindparam("p_inbox"),
@@ -225,7 +225,7 @@ def finish(status: TaskStatus, *, with_start: bool) -> Update:
     (a quick run, whose start is reported with its end)."""
     statement = (
         tasks.update()
-        .where(tasks.c.id == bindparam("task_id"), may_move(status, Operation.FINISH))
+        .where(tasks.c.id == bindparam("p_task_id"), may_move(status, Operation.FINISH))
         .values(
             status=status.value,
             result=bindparam("p_result"),
@@ -247,14 +247,15 @@ def finish(status: TaskStatus, *, with_start: bool) -> Update:
 _EVENT_COLUMNS = ("task_id", "direction", "seq", "type", "qualified_name", "data", "created_at")
 
 
-def finish_at_once(finish: Update) -> Select[Any]:
-    """PostgreSQL: ``finish`` and the insert of the run's last events as one statement.
+def finish_at_once(finish: Update, attempts: Attempts | None = None) -> Select[Any]:
+    """PostgreSQL: ``finish`` and the insert of the run's last events as one statement, and
+    with ``attempts`` the run's attempt (a quick run, whose start comes with its end).
 
     The events come as one JSON array (``p_events``) and are stored only if the task row
     changed, as in the transaction that SQLite runs; the statement commits on its own, so
     recording an outcome is one round trip instead of four (BEGIN, UPDATE, INSERT, COMMIT).
     """
-    done = finish.returning(tasks.c.id, tasks.c.session_id).cte("done")
+    done = finish.returning(tasks.c.id, tasks.c.session_id, tasks.c.attempts).cte("done")
     last = (
         func.json_to_recordset(bindparam("p_events", type_=JSON))
         .table_valued(
@@ -270,7 +271,8 @@ def finish_at_once(finish: Update) -> Select[Any]:
         done.join(last, true())
     )
     store = postgresql.insert(events).from_select(_EVENT_COLUMNS, rows).on_conflict_do_nothing()
-    return select(done.c.session_id).add_cte(store.cte("stored"))
+    recorded = [] if attempts is None else attempts.in_finish(done)
+    return select(done.c.session_id, done.c.attempts).add_cte(store.cte("stored"), *recorded)
 
 
 def event_row(message: StepEvent) -> dict[str, Any]:
