@@ -137,8 +137,7 @@ def attempts(db: Database, task_id: str) -> list[tuple[Any, ...]]:
             select(_attempts).where(_attempts.c.task_id == task_id).order_by(_attempts.c.attempt)
         ).all()
     return [
-        (r.attempt, r.worker, r.outcome, r.error["message"][:26] if r.error else None)
-        for r in rows
+        (r.attempt, r.worker, r.outcome, r.error["message"][:26] if r.error else None) for r in rows
     ]
 
 
