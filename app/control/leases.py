@@ -3,11 +3,13 @@
 A task that is ``running`` or ``waiting_input`` is held by the worker that runs it: the worker
 reports its start, then lists the task in every heartbeat (``Heartbeat.tasks``) until its
 outcome is in the broker. Each report renews the task's lease (``tasks.held_at``). A lease
-runs out ``MISSED_BEATS`` heartbeat intervals after its last renewal: the worker died, was
-cut off, or lost the task (a live worker that no longer lists it). The control-plane
-consumer then queues the task again and sends its first step again (:meth:`Leases.recover`,
-through the lifecycle's ``recover`` and the one publish path), whatever the transport did
-with the first message.
+runs out ``MISSED_BEATS`` heartbeat intervals after its last renewal, once its worker too
+has been silent that long: it died or was cut off. (A worker still heard from keeps its
+tasks even when it no longer lists one: that task's outcome may wait in the broker, behind a
+control plane that restarted or unacknowledged in a consumer that was killed, and taking the
+task would run it twice.) The control-plane consumer then queues the task again and sends
+its first step again (:meth:`Leases.recover`, through the lifecycle's ``recover`` and the one
+publish path), whatever the transport did with the first message.
 
 The bound: a task whose worker stops holding it is queued and sent again within
 ``MISSED_BEATS + 1`` heartbeat intervals plus one sweep period (:attr:`Leases.bound`; 50 s
@@ -70,7 +72,7 @@ class Leases:
         recovered = self._lifecycle.recover(self.lease, resend)
         for task in recovered:
             log.warning(
-                "task %s was %s on %s, which no longer holds it: queued and sent again",
+                "task %s was %s on %s, which went silent: queued and sent again",
                 task.task_id,
                 task.status.value,
                 task.worker or "an unknown worker",

@@ -22,7 +22,7 @@ from app.control.outbox import Outbox
 from app.control.recorder import Recorder
 from app.control.waiter import TaskWaiter
 from app.db import Database
-from app.models import Deployment, Session, Task, TaskAttempt, TaskStatus
+from app.models import Deployment, Session, Task, TaskAttempt, TaskStatus, Worker
 from app.models.base import table_of
 from app.orchestrator import sweep_period
 from config.settings import Settings
@@ -35,6 +35,7 @@ LEASE = 3 * INTERVAL
 
 _tasks = table_of(Task)
 _attempts = table_of(TaskAttempt)
+_workers = table_of(Worker)
 _ids = itertools.count()
 
 
@@ -190,23 +191,31 @@ def test_a_task_no_worker_holds_is_queued_and_sent_again_once_its_lease_runs_out
     assert sent(celery) == []
 
 
-def test_a_task_its_worker_lists_in_its_heartbeats_stays_with_it(
+def test_a_live_workers_tasks_stay_with_it_until_it_falls_silent(
     db: Database, leases: Leases, lifecycle: Lifecycle, recorder: Recorder, celery: CeleriacCelery
 ) -> None:
-    # Given two tasks started long ago by a live worker, which lists only the first (the
-    # second it lost: a live worker that no longer runs it)
+    # Given two tasks started long ago by a live worker, which lists only the first: the
+    # second's outcome may be on its way through the broker (behind a control plane that
+    # restarted, say), so taking it from a live worker could run it twice
     kept = running(lifecycle, ago=600)
-    dropped = running(lifecycle, ago=600)
+    unlisted = running(lifecycle, ago=600)
     beat(recorder, "w1", [kept])
     # And a heartbeat processed late, older than the one before, which listed both
-    beat(recorder, "w1", [kept, dropped], ago=500)
-    # When the leases are swept
-    recovered = leases.recover()
-    # Then the listed task stays running on its worker; the other one runs again
-    assert [r.task_id for r in recovered] == [dropped]
+    beat(recorder, "w1", [kept, unlisted], ago=500)
+    # When the leases are swept, then both stay with their worker
+    assert leases.recover() == []
+    assert {row(db, t).status for t in (kept, unlisted)} == {TaskStatus.RUNNING.value}
+    assert sent(celery) == []
+    # But once the worker has been silent for longer than the lease (its last heartbeat 40 s
+    # ago, another worker heard now), the unlisted task runs again (the listed one's lease,
+    # renewed by that last heartbeat, has not run out yet)
+    silent_since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=40)
+    with db.connect() as conn:
+        conn.execute(_workers.update().where(_workers.c.name == "w1"), {"last_seen": silent_since})
+    beat(recorder, "w2", [])
+    assert [r.task_id for r in leases.recover()] == [unlisted]
+    assert [step["task_id"] for step in sent(celery)] == [unlisted]
     assert row(db, kept).status == TaskStatus.RUNNING.value
-    assert row(db, kept).worker == "w1"
-    assert [step["task_id"] for step in sent(celery)] == [dropped]
 
 
 def test_a_worker_that_lists_no_tasks_renews_every_task_it_started(
@@ -228,13 +237,13 @@ def test_leases_run_by_the_heartbeats_read_so_a_control_plane_catching_up_takes_
     # Given a task last held 50 s ago, and a control plane that was down: the newest
     # heartbeat it has read so far was sent 40 s ago (the rest wait in the broker)
     task_id = running(lifecycle, ago=50)
-    beat(recorder, "w1", [], ago=40)
+    beat(recorder, "w2", [], ago=40)
     # When the leases are swept, then nothing is taken: by the heartbeats' clock the lease
     # has 20 s to go
     assert leases.recover() == []
     assert row(db, task_id).status == TaskStatus.RUNNING.value
-    # But once a heartbeat of now is read (one that does not list it), the task runs again
-    beat(recorder, "w1", [])
+    # But once a heartbeat of now is read (its worker w1 silent since), the task runs again
+    beat(recorder, "w2", [])
     assert [r.task_id for r in leases.recover()] == [task_id]
     # And with no heartbeat recorded at all, there is no clock, and nothing is taken
     with db.connect() as conn:
@@ -247,9 +256,9 @@ def test_leases_run_by_the_heartbeats_read_so_a_control_plane_catching_up_takes_
 def test_a_step_the_broker_refuses_leaves_the_task_for_the_next_sweep(
     db: Database, lifecycle: Lifecycle, recorder: Recorder
 ) -> None:
-    # Given a task whose lease ran out
+    # Given a task whose lease ran out, its worker silent
     task_id = running(lifecycle, ago=600)
-    beat(recorder, "w1", [])
+    beat(recorder, "w2", [])
     # When the broker refuses its step, then it is left as it was
     assert lifecycle.recover(dt.timedelta(seconds=LEASE), lambda _step: False) == []
     assert row(db, task_id).status == TaskStatus.RUNNING.value

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Select,
     String,
     Update,
+    and_,
     bindparam,
     case,
     column,
@@ -157,6 +158,21 @@ REQUEUE_LOST = (
 _HELD = may_move(TaskStatus.QUEUED, Operation.RECOVER)
 #: When the task's lease was last renewed (a task running before leases: its start).
 _HELD_SINCE = func.coalesce(tasks.c.held_at, tasks.c.started_at, tasks.c.created_at)
+#: The task's worker was heard from since ``cutoff`` and has not stopped. Such a worker may
+#: no longer list a task whose outcome it already sent, while the outcome waits in the broker
+#: (behind a control plane that restarts, or unacknowledged in a consumer that was killed):
+#: taking the task from it would run the task twice. Only a worker that went silent loses
+#: its tasks.
+_WORKER_ALIVE = (
+    select(_workers.c.name)
+    .where(
+        _workers.c.name == tasks.c.worker,
+        _workers.c.last_seen >= bindparam("cutoff"),
+        _workers.c.stopped_at.is_(None),
+    )
+    .exists()
+)
+_LEASE_RAN_OUT = and_(_HELD, bindparam("cutoff") > _HELD_SINCE, ~_WORKER_ALIVE)
 
 #: A worker's heartbeat listed these tasks: their leases run from its time. An older
 #: heartbeat, processed late, never shortens a lease.
@@ -198,7 +214,7 @@ EXPIRED = (
         _deployments.c.version,
     )
     .join(_deployments, _deployments.c.id == tasks.c.deployment_id)
-    .where(_HELD, bindparam("cutoff") > _HELD_SINCE)
+    .where(_LEASE_RAN_OUT)
     .order_by(_HELD_SINCE)
     .limit(SWEEP_BATCH)
     # Control-plane consumers sweep side by side: each takes rows no other holds.
@@ -209,7 +225,7 @@ EXPIRED = (
 #: it, and events sent to it wait for the next start (which sends them on).
 RECOVER = (
     tasks.update()
-    .where(tasks.c.id == bindparam("task_id"), _HELD, bindparam("cutoff") > _HELD_SINCE)
+    .where(tasks.c.id == bindparam("task_id"), _LEASE_RAN_OUT)
     .values(
         status=TaskStatus.QUEUED.value,
         held_at=None,
