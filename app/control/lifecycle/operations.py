@@ -198,15 +198,7 @@ class Lifecycle:
         sent: list[str] = []
         with self._db.connect() as conn:
             for row in conn.execute(sql.OVERDUE, {"cutoff": cutoff}).all():
-                context = session_context(conn, row.session_id) if row.session_id else None
-                step = first_step(
-                    row,
-                    row.deployment_name,
-                    row.version,
-                    context=context,
-                    keep_context=row.session_id is not None,
-                )
-                if not send(step):
+                if not send(_first_step_again(conn, row)):
                     break
                 sent.append(row.id)
             if sent:
@@ -248,15 +240,7 @@ class Lifecycle:
                 return recovered
             cutoff = min(newest, utcnow()) - lease
             for row in conn.execute(sql.EXPIRED, {"cutoff": cutoff}).all():
-                context = session_context(conn, row.session_id) if row.session_id else None
-                step = first_step(
-                    row,
-                    row.deployment_name,
-                    row.version,
-                    context=context,
-                    keep_context=row.session_id is not None,
-                )
-                if not send(step):
+                if not send(_first_step_again(conn, row)):
                     break
                 params = {"task_id": row.id, "cutoff": cutoff, "now": utcnow()}
                 if conn.execute(sql.RECOVER, params).rowcount:
@@ -435,3 +419,12 @@ class Lifecycle:
         with self._db.begin() as db:
             found = find_session(db, find_deployment(db, deployment).id, session_id)
             found.deleted_at = utcnow()
+
+
+def _first_step_again(conn: Connection, row: Any) -> RunStep:
+    """The first step of a task sent again (by the outbox or a lease's recovery), in its
+    session's Context as it is now."""
+    context = session_context(conn, row.session_id) if row.session_id else None
+    return first_step(
+        row, row.deployment_name, row.version, context=context, keep_context=bool(row.session_id)
+    )
