@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 from click.testing import CliRunner, Result
 
 from app.cli.main import cli
+from tests.app.conftest import poll
 from tests.conftest import QUICKSTART
 from workers.protocol import service_queue
 
@@ -323,10 +325,16 @@ def test_deployments_list_get_delete(live_server: str) -> None:
     listed = on(live_server, "deployments", "list")
     assert listed.exit_code == 0, listed.output
     assert listed.stdout.split() == ["QuickStart"]
-    # And get shows its services and their queues as JSON
-    got = on(live_server, "deployments", "get", "QuickStart")
-    assert got.exit_code == 0, got.output
-    described = json.loads(got.stdout)
+
+    # And get shows its services and their queues as JSON, with the live workers serving it
+    # once their first heartbeat is recorded (it may still be on its way just after start)
+    def get() -> dict[str, Any]:
+        got = on(live_server, "deployments", "get", "QuickStart")
+        assert got.exit_code == 0, got.output
+        described: dict[str, Any] = json.loads(got.stdout)
+        return described
+
+    described = poll(get, lambda d: bool(d["services"] and d["services"][0]["workers"]))
     assert described["name"] == "QuickStart"
     assert described["default_service"] == "echo_workflow"
     (service,) = described["services"]
@@ -334,7 +342,6 @@ def test_deployments_list_get_delete(live_server: str) -> None:
     assert service["display_name"] == "Echo Workflow"
     assert service["queue"] == service_queue("QuickStart", "echo_workflow")
     # And the live workers serving it (the embedded ones), each with its last heartbeat
-    assert service["workers"], described
     assert all(worker["last_heartbeat"] for worker in service["workers"])
     # When it is deleted
     deleted = on(live_server, "deployments", "delete", "QuickStart", "--yes")
