@@ -744,3 +744,60 @@ def sleepy(tmp_path: Path) -> Path:
     path = folder / "deployment.yml"
     path.write_text(SLEEPY_YAML)
     return path
+
+
+# -- a workflow whose runs are counted apart from Celeriac's records --------------------------
+
+
+COUNTED_YAML = """\
+name: Counted
+
+control-plane: {}
+
+default-service: work
+
+services:
+  work:
+    name: Work
+    source:
+      type: local
+      name: ./src
+    path: workflow:counted_workflow
+"""
+
+COUNTED_CODE = '''\
+"""A workflow that notes each of its runs in a file, then sleeps a little."""
+
+import asyncio
+import os
+import time
+
+from workflows import Workflow, step
+from workflows.events import StartEvent, StopEvent
+
+
+class CountedWorkflow(Workflow):
+    """Append ``n``, the time and the process id to ``log``; sleep ``seconds``; answer."""
+
+    @step
+    async def work(self, ev: StartEvent) -> StopEvent:
+        """Note the run, sleep, reply."""
+        with open(ev.get("log"), "a") as out:
+            out.write(f"{ev.get('n')} {time.time():.3f} {os.getpid()}\\n")
+        await asyncio.sleep(float(ev.get("seconds", 0.1)))
+        return StopEvent(result=f"done {ev.get('n')}")
+
+
+counted_workflow = CountedWorkflow(timeout=120)
+'''
+
+
+@pytest.fixture
+def counted(tmp_path: Path) -> Path:
+    """A deployment whose runs note themselves in a file; its YAML file."""
+    folder = tmp_path / "counted"
+    (folder / "src").mkdir(parents=True)
+    (folder / "src" / "workflow.py").write_text(COUNTED_CODE)
+    path = folder / "deployment.yml"
+    path.write_text(COUNTED_YAML)
+    return path

@@ -33,58 +33,6 @@ SLACK = 2.0
 #: How long the task sleeps: well past the bound, so the killed run cannot have ended.
 NAP = 8.0
 
-YAML = """\
-name: Long
-
-control-plane: {}
-
-default-service: nap
-
-services:
-  nap:
-    name: Nap
-    source:
-      type: local
-      name: ./src
-    path: workflow:long_workflow
-"""
-
-CODE = '''\
-"""Note each run in a file (one line per run, with the process), then sleep."""
-
-import asyncio
-import os
-
-from workflows import Workflow, step
-from workflows.events import StartEvent, StopEvent
-
-
-class LongWorkflow(Workflow):
-    """Write a line to ``runs``, sleep ``seconds``, answer ``done``."""
-
-    @step
-    async def nap(self, ev: StartEvent) -> StopEvent:
-        """Note the run, sleep, reply."""
-        with open(ev.get("runs"), "a") as out:
-            out.write(f"{os.getpid()}\\n")
-        await asyncio.sleep(float(ev.get("seconds")))
-        return StopEvent(result="done")
-
-
-long_workflow = LongWorkflow(timeout=120)
-'''
-
-
-@pytest.fixture
-def long_deployment(tmp_path: Path) -> Path:
-    """A deployment whose task notes each run in a file, then sleeps; its YAML file."""
-    folder = tmp_path / "long"
-    (folder / "src").mkdir(parents=True)
-    (folder / "src" / "workflow.py").write_text(CODE)
-    path = folder / "deployment.yml"
-    path.write_text(YAML)
-    return path
-
 
 @pytest.fixture
 def platform(redis_url: str, make_platform: Callable[[str], Platform]) -> Platform:
@@ -100,18 +48,18 @@ def started_on_first_worker(
     platform.serve(deployment)
     platform.control_plane()
     platform.wait_for_consumer(node("control-plane"))
-    first = platform.service_worker("w1", deployment="Long", service="nap", concurrency=1)
-    platform.wait_for_workers("Long", {node("w1")})
-    [task_id] = platform.submit("Long", [{"runs": str(runs), "seconds": NAP}])
+    first = platform.service_worker("w1", deployment="Counted", service="work", concurrency=1)
+    platform.wait_for_workers("Counted", {node("w1")})
+    [task_id] = platform.submit("Counted", [{"log": str(runs), "seconds": NAP, "n": 0}])
     poll(
-        lambda: platform.tasks("Long")[task_id],
+        lambda: platform.tasks("Counted")[task_id],
         lambda t: t["status"] == "running",
         30.0,
         "the task running on w1",
     )
     assert platform.workers_by_task([task_id]) == {node("w1"): 1}
-    second = platform.service_worker("w2", deployment="Long", service="nap", concurrency=1)
-    platform.wait_for_workers("Long", {node("w1"), node("w2")})
+    second = platform.service_worker("w2", deployment="Counted", service="work", concurrency=1)
+    platform.wait_for_workers("Counted", {node("w1"), node("w2")})
     return first, second, task_id
 
 
@@ -132,14 +80,14 @@ def recovered_within_bound(platform: Platform, task_id: str, since: float) -> fl
 
 @pytest.mark.e2e
 def test_a_task_whose_worker_is_killed_runs_again_within_the_bound_and_is_recorded_once(
-    platform: Platform, long_deployment: Path, tmp_path: Path
+    platform: Platform, counted: Path, tmp_path: Path
 ) -> None:
     """SIGKILL of the worker mid-run; the broker would redeliver only after 12 hours."""
     # Given a long task running on w1 (Redis redelivers unacknowledged messages only after
     # the default visibility timeout, 12 h: only the lease can bring the task back), and
     # an idle worker w2
     runs = tmp_path / "runs.txt"
-    first, _second, task_id = started_on_first_worker(platform, long_deployment, runs)
+    first, _second, task_id = started_on_first_worker(platform, counted, runs)
 
     # When w1 is killed without a chance to say goodbye
     killed_at = time.time()
@@ -148,8 +96,8 @@ def test_a_task_whose_worker_is_killed_runs_again_within_the_bound_and_is_record
     # Then the control plane sends the task again within the bound, and w2 runs it
     recovered_within_bound(platform, task_id, killed_at)
     # And it ends once, on w2, after two runs: one per worker
-    [task] = platform.wait_for_tasks("Long", [task_id], timeout=NAP + 30.0).values()
-    assert (task["status"], task["result"], task["attempts"]) == ("succeeded", "done", 2)
+    [task] = platform.wait_for_tasks("Counted", [task_id], timeout=NAP + 30.0).values()
+    assert (task["status"], task["result"], task["attempts"]) == ("succeeded", "done 0", 2)
     assert platform.workers_by_task([task_id]) == {node("w2"): 1}
     assert platform.stop_events([task_id]) == {task_id: 1}
     assert len(runs.read_text().splitlines()) == 2
@@ -157,12 +105,12 @@ def test_a_task_whose_worker_is_killed_runs_again_within_the_bound_and_is_record
 
 @pytest.mark.e2e
 def test_a_worker_cut_off_then_back_has_its_late_outcome_recorded_once(
-    platform: Platform, long_deployment: Path, tmp_path: Path
+    platform: Platform, counted: Path, tmp_path: Path
 ) -> None:
     """SIGSTOP of the worker mid-run (silent, as if cut off), then SIGCONT: both runs end."""
     # Given a long task running on w1, and an idle worker w2
     runs = tmp_path / "runs.txt"
-    first, _second, task_id = started_on_first_worker(platform, long_deployment, runs)
+    first, _second, task_id = started_on_first_worker(platform, counted, runs)
 
     # When w1 freezes: no heartbeat, no report, but it still holds its message
     stopped_at = time.time()
@@ -176,36 +124,36 @@ def test_a_worker_cut_off_then_back_has_its_late_outcome_recorded_once(
         os.killpg(first.pid, signal.SIGCONT)
 
     # Then the task ends once: the first outcome to arrive is kept, the other changes nothing
-    [task] = platform.wait_for_tasks("Long", [task_id], timeout=NAP + 30.0).values()
-    assert (task["status"], task["result"]) == ("succeeded", "done")
+    [task] = platform.wait_for_tasks("Counted", [task_id], timeout=NAP + 30.0).values()
+    assert (task["status"], task["result"]) == ("succeeded", "done 0")
     assert platform.stop_events([task_id]) == {task_id: 1}
     # And w2's run ends too, with nothing more recorded: still one outcome, one StopEvent
     time.sleep(NAP)
-    again = platform.tasks("Long")[task_id]
+    again = platform.tasks("Counted")[task_id]
     assert (again["status"], again["finished_at"]) == ("succeeded", task["finished_at"])
     assert platform.stop_events([task_id]) == {task_id: 1}
     # And both workers are alive and ran it, once each
     assert first.alive()
-    assert len(set(runs.read_text().splitlines())) == 2
+    assert len({line.split()[2] for line in runs.read_text().splitlines()}) == 2
 
 
 @pytest.mark.e2e
 def test_a_tasks_run_answered_503_after_its_task_was_sent_names_it_and_it_runs_once(
-    platform: Platform, long_deployment: Path, tmp_path: Path
+    platform: Platform, counted: Path, tmp_path: Path
 ) -> None:
     """The database goes away while tasks/run waits for a task already in the broker."""
     # Given an API server and its control plane, and no service worker yet
-    platform.serve(long_deployment)
+    platform.serve(counted)
     platform.control_plane()
     platform.wait_for_consumer(node("control-plane"))
     runs = tmp_path / "runs.txt"
     # When a client runs a task, and the database refuses every connection once the task
     # is in the broker
     answers: list[httpx.Response] = []
-    body = {"input": json.dumps({"runs": str(runs), "seconds": 0})}
+    body = {"input": json.dumps({"log": str(runs), "seconds": 0, "n": 0})}
     client = threading.Thread(
         target=lambda: answers.append(
-            platform.http.post("/deployments/Long/tasks/run", json=body, params={"timeout": 60})
+            platform.http.post("/deployments/Counted/tasks/run", json=body, params={"timeout": 60})
         )
     )
     client.start()
@@ -237,12 +185,12 @@ def test_a_tasks_run_answered_503_after_its_task_was_sent_names_it_and_it_runs_o
     # answer 503 too) and a worker serves the deployment, the task runs once and succeeds:
     # the client need not (and must not) send it again
     poll(
-        lambda: platform.http.get("/deployments/Long/tasks").status_code,
+        lambda: platform.http.get("/deployments/Counted/tasks").status_code,
         lambda code: code == 200,
         30.0,
         "the API reading the database again",
     )
-    platform.service_worker("w1", deployment="Long", service="nap", concurrency=1)
-    [task] = platform.wait_for_tasks("Long", [task_id]).values()
-    assert (task["status"], task["result"], task["attempts"]) == ("succeeded", "done", 1)
+    platform.service_worker("w1", deployment="Counted", service="work", concurrency=1)
+    [task] = platform.wait_for_tasks("Counted", [task_id]).values()
+    assert (task["status"], task["result"], task["attempts"]) == ("succeeded", "done 0", 1)
     assert len(runs.read_text().splitlines()) == 1
