@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import select
 
 from app.control.deployments import find as find_deployment
-from app.control.tasks import Submission, Tasks
+from app.control.tasks import Submission, Tasks, json_object
 from app.db import Database
 from app.errors import InvalidInput
 from app.models import Deployment, Task, TaskStatus
@@ -144,19 +144,13 @@ def event_obj_str(event: Any) -> str:
     """LlamaDeploy's ``event_obj_str`` (llama-index's JSON of an event) from a workflow
     server's envelope ``{type, value}`` or ``{qualified_name, value}``. The worker that runs
     the task finds the class among its workflow's events, by qualified name or class name."""
-    if isinstance(event, str):
-        try:
-            event = json.loads(event)
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(
-                "event is not valid JSON",
-                errors={"event": [f"not valid JSON: {exc.msg} at position {exc.pos}"]},
-            ) from exc
-    if not isinstance(event, dict):
-        raise InvalidInput(
-            "event must be an envelope object with type and value",
-            errors={"event": [f"expected an object, got {type(event).__name__}"]},
-        )
+    event = json_object(
+        event,
+        "event",
+        what="event",
+        must_be="an envelope object with type and value",
+        expected="an object",
+    )
     value = event.get("value", event.get("data", {}))
     if not isinstance(value, dict):
         raise InvalidInput(

@@ -38,20 +38,30 @@ def parse_input(raw: Any) -> dict[str, Any]:
     """Task input as LlamaDeploy sends it (a JSON string of kwargs) or as a JSON object."""
     if raw is None or raw == "":
         return {}
+    return json_object(
+        raw,
+        "input",
+        what="task input",
+        must_be="a JSON object of keyword arguments",
+        expected="an object of keyword arguments",
+    )
+
+
+def json_object(raw: Any, field: str, *, what: str, must_be: str, expected: str) -> dict[str, Any]:
+    """A JSON object sent as is or as a JSON string (as LlamaDeploy's clients send it);
+    InvalidInput naming ``field`` otherwise."""
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise InvalidInput(
-                "task input is not valid JSON",
-                errors={"input": [f"not valid JSON: {exc.msg} at position {exc.pos}"]},
+                f"{what} is not valid JSON",
+                errors={field: [f"not valid JSON: {exc.msg} at position {exc.pos}"]},
             ) from exc
     if not isinstance(raw, dict):
         raise InvalidInput(
-            "task input must be a JSON object of keyword arguments",
-            errors={
-                "input": [f"expected an object of keyword arguments, got {type(raw).__name__}"]
-            },
+            f"{what} must be {must_be}",
+            errors={field: [f"expected {expected}, got {type(raw).__name__}"]},
         )
     return raw
 
