@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kombu import Connection
 from sqlalchemy import select
 
 import migrations
@@ -26,6 +25,7 @@ from app.models import Deployment, Session, Task, TaskAttempt, TaskStatus, Worke
 from app.models.base import table_of
 from app.orchestrator import sweep_period
 from config.settings import Settings
+from tests.support import queues
 from workers.celery_app import CeleriacCelery, create_celery
 from workers.protocol import Heartbeat, StepEvent, StepFinished, StepStarted, service_queue
 
@@ -80,18 +80,7 @@ def recorder(db: Database, lifecycle: Lifecycle, celery: CeleriacCelery) -> Iter
 
 def sent(celery: CeleriacCelery) -> list[dict[str, Any]]:
     """Take every step off the service queue of ``D``/``svc``: their payloads, in order."""
-    taken = []
-    with Connection(celery.conf.broker_url) as conn:
-        queue = conn.SimpleQueue(service_queue("D", "svc"))
-        while True:
-            try:
-                message = queue.get(block=False)
-            except queue.Empty:
-                break
-            taken.append(message.payload[1])  # protocol 2: (args, kwargs, embed)
-            message.ack()
-        queue.close()
-    return taken
+    return [payload[1] for payload in queues.drain(celery, "D", "svc")]
 
 
 def running(

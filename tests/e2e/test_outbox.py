@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kombu import Connection
 from sqlalchemy import select, text, update
 
 from app.control.dispatch import Dispatcher
@@ -21,8 +20,9 @@ from app.models import Session, Task, TaskStatus
 from app.models.base import table_of, utcnow
 from config.settings import Settings
 from tests.e2e.conftest import fresh_postgres_database, seeded_database
+from tests.support import queues
 from workers.celery_app import CeleriacCelery, create_celery
-from workers.protocol import RunStep, service_queue
+from workers.protocol import RunStep
 
 LOST, SENT, RECENT, WAITING = "lost", "sent", "recent", "waiting"
 LONG_AGO = dt.timedelta(minutes=5)
@@ -62,18 +62,7 @@ def outbox(db: Database, celery: CeleriacCelery) -> Iterator[Outbox]:
 
 def drain(celery: CeleriacCelery) -> list[dict[str, Any]]:
     """Take every message off the service queue of ``D``/``svc``; their payloads, in order."""
-    taken = []
-    with Connection(celery.conf.broker_url) as conn:
-        queue = conn.SimpleQueue(service_queue("D", "svc"))
-        while True:
-            try:
-                message = queue.get(block=False)
-            except queue.Empty:
-                break
-            taken.append(message.payload)
-            message.ack()
-        queue.close()
-    return taken
+    return queues.drain(celery, "D", "svc")
 
 
 def dispatched(db: Database, task_id: str, ago: dt.timedelta) -> None:
