@@ -9,22 +9,18 @@ Brokers and PostgreSQL that cannot be reached skip the test, or fail it under ``
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import ModuleType
-from typing import Any, NoReturn, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -33,7 +29,16 @@ from kombu import Connection
 import migrations
 from app.db import Database
 from app.models import Deployment, Session, Task
-from tests.conftest import in_ci
+from tests.support.processes import (
+    READY_TIMEOUT,
+    Process,
+    Processes,
+    free_port,
+    poll,
+    require_module,
+    unavailable,
+)
+from tests.support.servers import PrivateRedis
 
 POSTGRES = ("127.0.0.1", 5432)
 REDIS = ("127.0.0.1", 6379)
@@ -43,24 +48,11 @@ RABBITMQ = ("127.0.0.1", 5672)
 HEARTBEAT_INTERVAL = 1.0
 #: Seconds after which the control plane sends again a task that no sender published.
 REDISPATCH_AFTER = 3.0
-#: How long a process may take to answer after it starts (imports take a few seconds here).
-READY_TIMEOUT = 45.0
-#: How long a process may take to exit after SIGTERM.
-STOP_TIMEOUT = 20.0
 #: How long a batch of tasks may take to end; only a failing test waits this long.
 TASKS_TIMEOUT = 90.0
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 #: Celery node names end with this host part.
 NODE_HOST = "e2e"
-
-T = TypeVar("T")
-
-
-def unavailable(reason: str) -> NoReturn:
-    """Skip the test for a missing service or package; under ``CI=true`` fail it instead."""
-    if in_ci():
-        pytest.fail(f"{reason}; CI=true needs every service and package (.ci/services)")
-    pytest.skip(reason)
 
 
 def require_service(name: str, host: str, port: int) -> None:
@@ -69,21 +61,6 @@ def require_service(name: str, host: str, port: int) -> None:
         socket.create_connection((host, port), timeout=2.0).close()
     except OSError as exc:
         unavailable(f"{name} is not reachable at {host}:{port} ({exc})")
-
-
-def require_module(name: str) -> ModuleType:
-    """Import an optional package (a broker's client, Flower), or skip (fail in CI) without it."""
-    try:
-        return importlib.import_module(name)
-    except ImportError as exc:
-        unavailable(f"the Python package {name} is not installed ({exc})")
-
-
-def free_port() -> int:
-    """A local TCP port that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def script(name: str) -> str:
@@ -97,107 +74,7 @@ def script(name: str) -> str:
     return found
 
 
-def poll(probe: Callable[[], T], until: Callable[[T], bool], timeout: float, what: str) -> T:
-    """Call ``probe`` until ``until(value)`` holds; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if until(value):
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: still not there after {timeout:g} s; last value {value!r}")
-        time.sleep(0.1)
-
-
 # -- processes ------------------------------------------------------------------------------------
-
-
-class Process:
-    """A process started by a test, with its log file."""
-
-    def __init__(self, name: str, argv: Sequence[str], log: Path, popen: subprocess.Popen[bytes]):
-        self.name = name
-        self.argv = list(argv)
-        self.log = log
-        self.popen = popen
-
-    @property
-    def pid(self) -> int:
-        """The process id."""
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        """True while the process runs."""
-        return self.popen.poll() is None
-
-    def output(self) -> str:
-        """What the process wrote so far (stdout and stderr)."""
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def terminate(self, timeout: float = STOP_TIMEOUT) -> int:
-        """Send SIGTERM (a warm shutdown) and wait for the exit; fail if it takes too long."""
-        self.popen.send_signal(signal.SIGTERM)
-        try:
-            return self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"{self.name} still running {timeout:g} s after SIGTERM:\n{self.output()}")
-
-    def kill(self) -> None:
-        """SIGKILL the process and everything it started, then reap it."""
-        if self.popen.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=STOP_TIMEOUT)
-
-
-class Processes:
-    """Starts processes logging into one folder, and kills every one of them at the end."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.started: list[Process] = []
-
-    def start(
-        self, name: str, argv: Sequence[str], env: dict[str, str], cwd: Path | None = None
-    ) -> Process:
-        """Start ``argv`` in a session of its own, stdout and stderr to ``<name>.log``."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        count = sum(1 for p in self.started if p.name == name)
-        log = self.folder / (f"{name}.log" if count == 0 else f"{name}.{count + 1}.log")
-        with log.open("wb") as out:
-            popen = subprocess.Popen(
-                list(argv),
-                cwd=cwd or self.folder,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        process = Process(name, argv, log, popen)
-        self.started.append(process)
-        return process
-
-    def kill_all(self) -> None:
-        """Kill every process still running (newest first)."""
-        for process in reversed(self.started):
-            process.kill()
-
-    def logs(self, tail: int = 60) -> list[tuple[str, str]]:
-        """The last ``tail`` lines of each process's log, with a title."""
-        sections = []
-        for process in self.started:
-            lines = process.output().splitlines()[-tail:]
-            code = process.popen.poll()
-            state = "running" if code is None else f"exit {code}"
-            title = f"{process.log.name} ({state}): {' '.join(process.argv)}"
-            sections.append((title, "\n".join(lines)))
-        return sections
-
-    def report(self) -> str:
-        """Every log tail as one text, for failure messages."""
-        return "".join(f"\n----- {title}\n{text}" for title, text in self.logs())
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -291,66 +168,6 @@ def free_redis_database() -> Iterator[str]:
     finally:
         client.flushdb()
         client.close()
-
-
-class PrivateRedis:
-    """A ``redis-server`` of this test's own, on a free port, that the test may stop and start.
-
-    It runs as the README tells operators to run a Redis broker: with the append-only file
-    (``appendonly yes``, ``appendfsync everysec``), so that a restart keeps queued and
-    unacknowledged messages. Its files live in the test's folder.
-    """
-
-    def __init__(self, processes: Processes, folder: Path) -> None:
-        self.processes = processes
-        self.folder = folder
-        self.port = free_port()
-        self.server: Process | None = None
-        folder.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def url(self) -> str:
-        """The broker URL (database 0 of this server)."""
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        """Start the server and wait until it answers."""
-        argv = [self.command(), "--port", str(self.port), "--bind", "127.0.0.1"]
-        argv += ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"]
-        argv += ["--dir", str(self.folder)]
-        self.server = self.processes.start("redis", argv, dict(os.environ), cwd=self.folder)
-        server = self.server
-
-        def answers() -> bool:
-            if not server.alive():
-                pytest.fail(
-                    f"redis-server exited with {server.popen.returncode}:\n{server.output()}"
-                )
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1.0).close()
-            except OSError:
-                return False
-            return True
-
-        poll(answers, bool, READY_TIMEOUT, f"redis-server answering on port {self.port}")
-
-    def stop(self) -> None:
-        """Stop the server as an operator would (SIGTERM: it writes its files, then exits)."""
-        assert self.server is not None
-        self.server.terminate()
-
-    def client(self) -> Any:
-        """A redis-py client of this server."""
-        redis = require_module("redis")
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
-
-    @staticmethod
-    def command() -> str:
-        """The ``redis-server`` program, or skip (fail in CI) without it."""
-        found = shutil.which("redis-server")
-        if found is None:
-            unavailable("redis-server is not installed: the broker fault tests start their own")
-        return found
 
 
 @pytest.fixture

@@ -9,15 +9,8 @@ import httpx
 import pytest
 
 from tests.conftest import QUICKSTART
-from tests.e2e.conftest import (
-    READY_TIMEOUT,
-    Platform,
-    free_port,
-    node,
-    poll,
-    require_module,
-    script,
-)
+from tests.e2e.conftest import Platform, node, script
+from tests.support.processes import READY_TIMEOUT, free_port, poll, require_module
 
 #: Flower's HTTP API answers only with credentials (or FLOWER_UNAUTHENTICATED_API).
 AUTH = ("admin", "s3cret")

@@ -10,7 +10,8 @@ from workflows.context.serializers import JsonSerializer
 from workflows.events import HumanResponseEvent
 
 from tests.conftest import HITL
-from tests.e2e.conftest import Platform, node, poll
+from tests.e2e.conftest import Platform, node
+from tests.support.processes import poll
 
 #: A stopping worker must be gone well before the example workflow's own timeout (600 s).
 EXIT_WITHIN = 10.0

@@ -12,7 +12,8 @@ import redis
 from kombu import Connection
 
 from config.settings import Settings
-from tests.e2e.conftest import READY_TIMEOUT, STOP_TIMEOUT, Platform, node, poll
+from tests.e2e.conftest import Platform, node
+from tests.support.processes import READY_TIMEOUT, STOP_TIMEOUT, poll
 from workers.celery_app import create_celery, send_to_inbox
 from workers.protocol import DeliverEvent
 

@@ -22,8 +22,8 @@ from tests.e2e.conftest import (
     Platform,
     admin_connection,
     node,
-    poll,
 )
+from tests.support.processes import poll
 
 #: The documented bound (``Leases.bound``): a three-beat lease, one beat for the clock, one
 #: sweep (a third of ``redispatch_after``, at most a beat).

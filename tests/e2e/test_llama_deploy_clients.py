@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from tests.conftest import REPO
-from tests.e2e.conftest import Processes, free_port, poll, script
+from tests.e2e.conftest import script
+from tests.support.processes import Processes, free_port, poll
 
 pytestmark = pytest.mark.e2e
 

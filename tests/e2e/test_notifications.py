@@ -16,7 +16,8 @@ from app.control.waiter import RELAYED_POLL, Outcome, TaskWaiter
 from app.db import Database
 from app.models import Event, Task
 from migrations import alembic_config
-from tests.e2e.conftest import poll, seeded_database
+from tests.e2e.conftest import seeded_database
+from tests.support.processes import poll
 
 #: What a waiter's look finds (the tests' tasks never really end).
 ENDED = Outcome("looked", None, None)

@@ -20,9 +20,9 @@ from tests.e2e.conftest import (
     TERMINAL,
     Platform,
     node,
-    poll,
     script,
 )
+from tests.support.processes import poll
 
 #: Beyond three silent heartbeat intervals, how late a dead worker may still be listed.
 SLACK = 2.0

@@ -23,15 +23,8 @@ from workflows.context.serializers import JsonSerializer
 from workflows.events import HumanResponseEvent
 
 from tests.conftest import EXAMPLES
-from tests.e2e.conftest import (
-    Platform,
-    Processes,
-    free_redis_database,
-    fresh_postgres_database,
-    node,
-    poll,
-    script,
-)
+from tests.e2e.conftest import Platform, free_redis_database, fresh_postgres_database, node, script
+from tests.support.processes import Processes, poll
 
 LIVE = Path(__file__).resolve().parent.parent / "app" / "workflows_live"
 #: Deployment name -> the folder of its example, copied into the platform's working folder.
