@@ -162,13 +162,16 @@ _HELD_SINCE = func.coalesce(tasks.c.held_at, tasks.c.started_at, tasks.c.created
 #: no longer list a task whose outcome it already sent, while the outcome waits in the broker
 #: (behind a control plane that restarts, or unacknowledged in a consumer that was killed):
 #: taking the task from it would run the task twice. Only a worker that went silent loses
-#: its tasks.
+#: its tasks. The process heard from must be the one that ran the task, started before the
+#: run: a worker started again under the same node name (as a supervisor restarts it) never
+#: ran its dead predecessor's tasks, and does not hold them.
 _WORKER_ALIVE = (
     select(_workers.c.name)
     .where(
         _workers.c.name == tasks.c.worker,
         _workers.c.last_seen >= bindparam("cutoff"),
         _workers.c.stopped_at.is_(None),
+        _workers.c.started_at <= func.coalesce(tasks.c.started_at, tasks.c.created_at),
     )
     .exists()
 )
