@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from celery import Celery
 from celery.exceptions import Reject
+from kombu.exceptions import OperationalError
 
 from config.settings import Settings
 from workers.description import describe_service
@@ -31,6 +34,8 @@ from workers.protocol import (
 )
 from workers.runtime import Fetch, ServiceRuntime
 from workers.transports import transport_options
+
+log = logging.getLogger(__name__)
 
 
 class CeleriacCelery(Celery):
@@ -94,7 +99,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 #: away (Celery's default gives up after three tries within a second). A report lost with the
 #: broker would leave its task ``running`` for good, and an error raised instead would fail a
 #: run that went well; waiting holds one pool thread while the broker restarts, and Kombu
-#: reconnects on each try.
+#: reconnects on each try (and :class:`CeleryReporter` past Kombu's connect timeout).
 REPORT_RETRY_POLICY: dict[str, Any] = {
     "max_retries": None,
     "interval_start": 0.2,
@@ -123,7 +128,21 @@ class CeleryReporter:
         self._send(STEP_FINISHED, message)
 
     def _send(self, name: str, message: Message) -> None:
-        send(self._celery, name, message, CONTROL_QUEUE, retry_policy=REPORT_RETRY_POLICY)
+        # Kombu's retry covers a connection lost while publishing, not a producer whose
+        # channel it must first open again: that gives up after the connect timeout
+        # (``broker_connection_timeout``, 4 s) with an OperationalError, which Kombu does not
+        # retry. A broker away longer (a RabbitMQ restart takes more) is waited for here.
+        pause = REPORT_RETRY_POLICY["interval_start"]
+        while True:
+            try:
+                send(self._celery, name, message, CONTROL_QUEUE, retry_policy=REPORT_RETRY_POLICY)
+                return
+            except OperationalError as exc:
+                log.warning("%s(%s) waits for the broker: %s", name, message.summary(), exc)
+            time.sleep(pause)
+            pause = min(
+                pause + REPORT_RETRY_POLICY["interval_step"], REPORT_RETRY_POLICY["interval_max"]
+            )
 
 
 def send(
