@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from celery import Celery
+from celery.app.amqp import AMQP
 from celery.exceptions import Reject
 from kombu.exceptions import OperationalError
 
@@ -33,14 +34,21 @@ from workers.protocol import (
     StepStarted,
 )
 from workers.runtime import Fetch, ServiceRuntime
-from workers.transports import transport_options
+from workers.transports import BrokerConnection, transport_options
 
 log = logging.getLogger(__name__)
+
+
+class CeleriacAMQP(AMQP):
+    """Celery's broker plumbing, with Celeriac's connections (:class:`BrokerConnection`)."""
+
+    Connection = BrokerConnection
 
 
 class CeleriacCelery(Celery):
     """A Celery app that also carries Celeriac's settings and the service runtime."""
 
+    amqp_cls = CeleriacAMQP
     settings: Settings
     runtime: ServiceRuntime
 
@@ -71,6 +79,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # ``memory://`` has no host; naming one spares a warning from Kombu on every connect.
         "broker_url": "memory://localhost/" if settings.embedded else settings.broker_url,
         "broker_connection_retry_on_startup": True,
+        # A broker that goes away is waited for, however long (Celery gives up after 100
+        # tries): every process reconnects by itself when it returns.
+        "broker_connection_max_retries": None,
         # Celery's monitoring events cost a broker round trip each, several per task: on
         # when asked for. Flower (``enable_events``) turns workers' on while it watches.
         "worker_send_task_events": settings.task_events,
