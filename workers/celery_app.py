@@ -94,6 +94,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         # Workflow steps are long and uneven: one message in hand per worker slot.
         "worker_prefetch_multiplier": 1,
+        # After a reconnection Celery lowers the prefetch count and raises it again from the
+        # thread that acknowledges each task: with the threads pool, a pool thread then sends
+        # ``basic.qos`` on the consumer's channel while the consumer's thread reads it. A
+        # py-amqp connection serves one thread: two waiters for the same reply take each
+        # other's, and the worker froze on RabbitMQ until the broker dropped the connection.
+        # Without the reduction only the consumer's thread touches its channel; the cost: a
+        # worker that reconnects takes its full prefetch at once, while runs of the lost
+        # connection (whose steps RabbitMQ has put back) may still hold its threads.
+        "worker_enable_prefetch_count_reduction": False,
+        # Runs in progress when the connection is lost go on and report their outcome (the
+        # threads pool cannot stop them anyway); RabbitMQ has put their steps back meanwhile.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         # Outcomes travel to the control plane as messages; no result backend is needed.
         "task_ignore_result": True,
         # Workflows share one asyncio loop per process and answer events sent to the task
