@@ -22,7 +22,7 @@ from tests.soak.accounting import TERMINAL, Account, Watcher, account, dump, sum
 from tests.soak.console import Console
 from tests.soak.faults import KINDS, Faults
 from tests.soak.load import Load
-from tests.soak.stack import Broker, RedisBroker, SoakError, Stack
+from tests.soak.stack import Broker, RabbitBroker, RedisBroker, SoakError, Stack
 from tests.support.processes import Processes
 
 #: Seconds between two progress lines.
@@ -71,7 +71,7 @@ def make_broker(kind: str, processes: Processes, folder: Path) -> Broker:
     """The private broker of that kind."""
     if kind == "redis":
         return RedisBroker(processes, folder / "redis")
-    raise SoakError(f"no private broker of kind {kind!r} yet")
+    return RabbitBroker(processes, folder / "rabbitmq")
 
 
 def soak(
@@ -170,7 +170,7 @@ class Progress:
 
     def say(self) -> None:
         """One progress line."""
-        sent = self.load.ledger.all()
+        sent = [t for t in self.load.ledger.all() if t.fate != "refused"]
         ended = sum(1 for t in sent if t.task_id in self.watcher.ended)
         self.console.say(
             f"submitted {len(sent)}, ended {ended}, unfinished {self.unfinished()} "

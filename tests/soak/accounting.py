@@ -266,7 +266,9 @@ def _sessions(
             if status == "succeeded":
                 wanted = expected_result(task.task_id, "session", succeeded)
                 if value != wanted:
-                    result.order_violations[task.task_id] = f"result {value!r}, not {wanted!r}"
+                    early = result.order_violations.get(task.task_id)
+                    wrong = f"result {value!r}, not {wanted!r}"
+                    result.order_violations[task.task_id] = f"{early}; {wrong}" if early else wrong
                 succeeded += 1
             if finished_at is not None:
                 previous_end = finished_at

@@ -18,7 +18,7 @@ import pytest
 
 from tests.soak.workflow import DEPLOYMENT
 from tests.support.processes import READY_TIMEOUT, Process, Processes, free_port
-from tests.support.servers import PrivateRedis
+from tests.support.servers import PrivateRabbitMQ, PrivateRedis
 
 #: Settings of every process: short heartbeats and resends, so that recoveries show in minutes.
 HEARTBEAT_INTERVAL = 1.0
@@ -71,6 +71,30 @@ class RedisBroker:
         """SIGKILL."""
         assert self.redis.server is not None
         self.redis.server.kill()
+
+
+class RabbitBroker:
+    """A private RabbitMQ node: durable queues and persistent messages, confirmed to
+    publishers once on disk, so that a SIGKILL too loses nothing it confirmed."""
+
+    def __init__(self, processes: Processes, folder: Path) -> None:
+        self.rabbit = PrivateRabbitMQ(processes, folder)
+        self.url = self.rabbit.url
+
+    def start(self) -> None:
+        """Start the node and wait until a client can connect."""
+        with readable("rabbitmq-server"):
+            self.rabbit.start()
+
+    def stop(self) -> None:
+        """SIGTERM: it closes its connections, writes its queues out and exits."""
+        with readable("rabbitmq-server"):
+            self.rabbit.stop()
+
+    def kill(self) -> None:
+        """SIGKILL (the node and everything it started)."""
+        assert self.rabbit.server is not None
+        self.rabbit.server.kill()
 
 
 @contextlib.contextmanager
