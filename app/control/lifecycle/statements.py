@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 
 from app.control.lifecycle.attempts import Attempts
-from app.control.lifecycle.guards import may_move
+from app.control.lifecycle.guards import may_move, unfinished
 from app.models import Deployment, Event, EventDirection, Operation, Task, TaskStatus, Worker
 from app.models.base import from_timestamp, table_of
 from workers.protocol import StepEvent
@@ -59,7 +59,10 @@ TASK_EXISTS = select(tasks.c.id).where(tasks.c.id == bindparam("task_id"))
 #: it waits for input, and one recorded after its outcome does not bring it back to life.
 START = (
     tasks.update()
-    .where(tasks.c.id == bindparam("task_id"))
+    # An ended task keeps the start and the worker of its run, unless its end overtook its
+    # start report: another run's start (a redelivery, a recovered task's first message)
+    # must not move them after the end.
+    .where(tasks.c.id == bindparam("task_id"), or_(unfinished(), tasks.c.started_at.is_(None)))
     .values(
         worker=bindparam("p_worker"),
         started_at=bindparam("p_started_at"),
