@@ -28,8 +28,13 @@ Query = Callable[[str, Sequence[Any]], list[tuple[Any, ...]]]
 
 
 class Watcher:
-    """Reads every task's status twice a second: how many are unfinished, when each ended,
-    and any task whose status changed after it ended (recorded twice)."""
+    """Reads every task twice a second: how many are unfinished, when each ended, and any
+    task whose record changed after it ended (recorded twice): its status, its worker, its
+    start or its end. (A value filled in after the end is no change: an outcome may overtake
+    its start report.)"""
+
+    #: The columns read, after the id; the first is the status.
+    COLUMNS = ("status", "worker", "started_at", "finished_at")
 
     def __init__(self, query: Query, console: Console) -> None:
         self.query = query
@@ -38,7 +43,9 @@ class Watcher:
         self.statuses: dict[str, str] = {}
         #: Task id to its first terminal status and when the watcher saw it (``time.time()``).
         self.ended: dict[str, tuple[str, float]] = {}
-        #: Task id to the statuses it showed after it ended.
+        #: Task id to its columns as they were when it ended (filled in since, where empty).
+        self._at_end: dict[str, tuple[Any, ...]] = {}
+        #: Task id to each change seen after it ended (``column: before -> after``).
         self.changed_after_end: dict[str, list[str]] = collections.defaultdict(list)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="watcher", daemon=True)
@@ -65,17 +72,27 @@ class Watcher:
             return sum(1 for s in self.statuses.values() if s == status)
 
     def look(self) -> None:
-        """Read every task's status once."""
-        rows = self.query("SELECT id, status FROM tasks", ())
+        """Read every task once."""
+        rows = self.query(f"SELECT id, {', '.join(self.COLUMNS)} FROM tasks", ())
         now = time.time()
         with self._lock:
-            for task_id, status in rows:
-                self.statuses[task_id] = status
-                first = self.ended.get(task_id)
-                if first is None and status in TERMINAL:
-                    self.ended[task_id] = (status, now)
-                elif first is not None and status != first[0]:
-                    self.changed_after_end[task_id].append(status)
+            for task_id, *values in rows:
+                self.statuses[task_id] = values[0]
+                before = self._at_end.get(task_id)
+                if before is None:
+                    if values[0] in TERMINAL:
+                        self._at_end[task_id] = tuple(values)
+                        self.ended[task_id] = (values[0], now)
+                    continue
+                self._compare(task_id, before, values)
+
+    def _compare(self, task_id: str, before: tuple[Any, ...], now: list[Any]) -> None:
+        for name, old, new in zip(self.COLUMNS, before, now, strict=True):
+            change = f"{name}: {old} -> {new}"
+            if old is not None and old != new and change not in self.changed_after_end[task_id]:
+                self.changed_after_end[task_id].append(change)
+        kept = zip(before, now, strict=True)
+        self._at_end[task_id] = tuple(new if old is None else old for old, new in kept)
 
     def _loop(self) -> None:
         while not self._stopping.wait(0.5):
@@ -171,10 +188,9 @@ def account(
                 result.late[task.task_id] = story(
                     task, took, runs.get(task.task_id, []), attempts[task.task_id], worker_pids
                 )
-        if task.task_id in watcher.changed_after_end:
-            first = ended[0] if ended else "?"
-            later = ", ".join(watcher.changed_after_end[task.task_id])
-            result.recorded_twice[task.task_id] = f"ended {first}, then showed {later}"
+        changes = watcher.changed_after_end.get(task.task_id)
+        if changes:
+            result.recorded_twice[task.task_id] = "changed after it ended: " + "; ".join(changes)
     for task_id in result.executed_twice:
         result.twice_because[task_id] = explain(runs[task_id], faults, worker_pids)
     _sessions(planned, rows, runs, result)
@@ -279,7 +295,7 @@ def explain(runs: list[Run], faults: list[Fault], worker_pids: dict[int, str]) -
     first, or else the latest fault between the first run and the second."""
     first, second = runs[0], runs[1]
     for fault in faults:
-        if fault.pid == first.pid:
+        if fault.pid == first.pid and first.at <= fault.at <= second.at:
             return fault.kind
     times = [f.at for f in faults]
     index = bisect.bisect_right(times, second.at) - 1
