@@ -4,7 +4,6 @@ against the workflow's own file of runs."""
 
 from __future__ import annotations
 
-import bisect
 import collections
 import dataclasses
 import datetime as dt
@@ -290,17 +289,22 @@ def _sessions(
                 previous_end = finished_at
 
 
+#: Seconds after a fault's target is back during which it may still cause a second run:
+#: processes reconnect to a broker that came back, and redeliver what they could not ack.
+AFTERMATH = 15.0
+
+
 def explain(runs: list[Run], faults: list[Fault], worker_pids: dict[int, str]) -> str:
     """The fault that explains a task's second run: the kill of the process that ran the
-    first, or else the latest fault between the first run and the second."""
+    first (between the two runs), or else the latest fault under way, or just over, between
+    a second before the first run and the second run."""
     first, second = runs[0], runs[1]
     for fault in faults:
         if fault.pid == first.pid and first.at <= fault.at <= second.at:
             return fault.kind
-    times = [f.at for f in faults]
-    index = bisect.bisect_right(times, second.at) - 1
-    if index >= 0 and faults[index].at >= first.at - 1.0:
-        return faults[index].kind
+    during = [f for f in faults if f.at <= second.at and f.back + AFTERMATH >= first.at - 1.0]
+    if during:
+        return max(during, key=lambda f: f.at).kind
     return f"unexplained (first run in {worker_pids.get(first.pid, first.pid)})"
 
 

@@ -30,13 +30,13 @@ DOWN = (0.5, 4.0)
 @dataclasses.dataclass(frozen=True)
 class Fault:
     """One fault injected: its kind, what it hit, when (``time.time()``), the process id it
-    killed (0 for none), and how long its target was down."""
+    killed (0 for none), and when its target was back (ready again)."""
 
     kind: str
     target: str
     at: float
     pid: int
-    down: float
+    back: float
 
 
 class Faults:
@@ -83,21 +83,22 @@ class Faults:
     def _kill(self, kind: str, name: str, down: float) -> Fault:
         """SIGKILL the process ``name``, wait ``down`` seconds, start it again."""
         victim = self.stack.current(name)
-        fault = Fault(kind, node(name) if name != "api" else "api", time.time(), victim.pid, down)
+        target = node(name) if name != "api" else "api"
+        at = time.time()
         victim.kill()
-        self.console.say(f"FAULT {kind}: {fault.target} (pid {victim.pid}) killed")
+        self.console.say(f"FAULT {kind}: {target} (pid {victim.pid}) killed")
         time.sleep(down)
         began = time.monotonic()
         self._restart(lambda: self.stack.restart(name), what=name)
         self.console.say(
-            f"      {fault.target} back after {down:.1f} s down, "
+            f"      {target} back after {down:.1f} s down, "
             f"{time.monotonic() - began:.1f} s to start"
         )
-        return fault
+        return Fault(kind, target, at, victim.pid, time.time())
 
     def _broker(self, kind: str, down: float) -> Fault:
         """Stop (SIGTERM) or kill (SIGKILL) the broker, wait ``down`` seconds, start it."""
-        fault = Fault(kind, "broker", time.time(), 0, down)
+        at = time.time()
         if kind == "broker-kill":
             self.stack.broker.kill()
         else:
@@ -109,7 +110,7 @@ class Faults:
         self.console.say(
             f"      broker back after {down:.1f} s down, {time.monotonic() - began:.1f} s to start"
         )
-        return fault
+        return Fault(kind, "broker", at, 0, time.time())
 
     def _restart(self, start: Callable[[], object], what: str) -> None:
         """Start something again; a start that fails is tried once more, then is fatal."""
