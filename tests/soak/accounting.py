@@ -169,7 +169,7 @@ def account(
 ) -> Account:
     """Check every task the load sent against the database and the workflow's file."""
     rows = {row[0]: row for row in query(TASKS, ())}
-    stops = dict(query(STOP_EVENTS, ()))
+    stops: dict[str, int] = dict(query(STOP_EVENTS, ()))
     runs = read_runs(runs_file)
     result = Account(duration=duration, api_errors=ledger.api_errors)
     result.faults.update(f.kind for f in faults)
@@ -281,9 +281,9 @@ def _sessions(
             if status == "succeeded":
                 wanted = expected_result(task.task_id, "session", succeeded)
                 if value != wanted:
-                    early = result.order_violations.get(task.task_id)
+                    seen = result.order_violations.get(task.task_id)
                     wrong = f"result {value!r}, not {wanted!r}"
-                    result.order_violations[task.task_id] = f"{early}; {wrong}" if early else wrong
+                    result.order_violations[task.task_id] = f"{seen}; {wrong}" if seen else wrong
                 succeeded += 1
             if finished_at is not None:
                 previous_end = finished_at

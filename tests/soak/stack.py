@@ -248,7 +248,7 @@ class Stack:
         """Rows of a query on the soak's database (a connection of its own each time)."""
         url = self.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
         with psycopg.connect(url, connect_timeout=5) as conn:
-            return list(conn.execute(sql, params).fetchall())  # type: ignore[arg-type]
+            return list(conn.execute(sql, params).fetchall())
 
 
 def node(name: str) -> str:
