@@ -38,7 +38,7 @@ from tests.support.processes import (
     require_module,
     unavailable,
 )
-from tests.support.servers import PrivateRedis
+from tests.support.servers import PrivatePostgres, PrivateRedis
 
 POSTGRES = ("127.0.0.1", 5432)
 REDIS = ("127.0.0.1", 6379)
@@ -177,6 +177,19 @@ def private_redis(tmp_path: Path, processes: Processes) -> PrivateRedis:
     server = PrivateRedis(processes, tmp_path / "redis")
     server.start()
     return server
+
+
+@pytest.fixture
+def private_postgres(tmp_path: Path, processes: Processes) -> Iterator[PrivatePostgres]:
+    """A started PostgreSQL server of this test's own, with an empty ``celeriac`` database;
+    stopped and deleted after the test."""
+    require_module("psycopg")
+    server = PrivatePostgres(processes, tmp_path / "postgres")
+    try:
+        server.create()
+        yield server
+    finally:
+        server.remove()
 
 
 @pytest.fixture
