@@ -73,7 +73,13 @@ def register_control_tasks(
 
     @celery.task(name=HEARTBEAT, **_RETRY)
     def heartbeat(**payload: Any) -> None:
-        recorder.heartbeat(Heartbeat.decode(payload))
+        try:
+            recorder.heartbeat(Heartbeat.decode(payload))
+        except (OperationalError, InterfaceError):
+            # Retried later, behind its worker's next heartbeats: until every worker has
+            # been heard again, none may be taken for silent.
+            leases.missed()
+            raise
 
     @celery.task(name=SERVICE_DESCRIBED, **_RETRY)
     def service_described(**payload: Any) -> None:
