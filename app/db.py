@@ -39,7 +39,6 @@ class Database:
         self, url: str, *, pool_size: int = 10, timeout: float = Settings.database_timeout
     ) -> None:
         self.url = url
-        self.timeout = timeout
         self._deadlines = Deadlines(timeout)
         self.engine = _make_engine(url, pool_size, timeout)
         # Single statements need no transaction: without one, a read is one round trip
@@ -160,8 +159,10 @@ class Deadlines:
             event.listen(engine.pool, name, self._released)
 
     def stop(self) -> None:
-        """Stop watching (the thread ends at its next look)."""
-        self._stopped.set()
+        """Stop the thread (at its next look); a wait that begins later starts another."""
+        with self._lock:
+            self._stopped.set()
+            self._stopped, self._thread = threading.Event(), None
 
     def begin(self, dbapi_connection: Any) -> None:
         """A wait for the server begins on this connection (if it has one)."""
@@ -172,7 +173,10 @@ class Deadlines:
             self._waits[id(dbapi_connection)] = (deadline, dbapi_connection)
             if self._thread is None:
                 self._thread = threading.Thread(
-                    target=self._cut_overdue, name="celeriac-db-deadlines", daemon=True
+                    target=self._cut_overdue,
+                    args=(self._stopped,),
+                    name="celeriac-db-deadlines",
+                    daemon=True,
                 )
                 self._thread.start()
 
@@ -202,9 +206,9 @@ class Deadlines:
     def _released(self, dbapi_connection: Any, *_args: Any) -> None:
         self.end(dbapi_connection)
 
-    def _cut_overdue(self) -> None:
+    def _cut_overdue(self, stopped: threading.Event) -> None:
         period = min(max(self.seconds / 10, 0.05), 0.25)
-        while not self._stopped.wait(period):
+        while not stopped.wait(period):
             now = time.monotonic()
             with self._lock:
                 overdue = [key for key, (deadline, _) in self._waits.items() if deadline <= now]
