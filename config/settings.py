@@ -31,6 +31,9 @@ class Settings:
     worker_concurrency: int = 8
     #: Threads of the WSGI server.
     http_threads: int = 32
+    #: Seconds a process waits for a server database at a time (to connect, for a pooled
+    #: connection, for each answer) before it takes it for unavailable (503 in the API).
+    database_timeout: float = 5.0
     log_level: str = "WARNING"
     #: The API server that distributed workers fetch deployments from (``CELERIAC_SERVER``).
     server: str = "http://127.0.0.1:4501"

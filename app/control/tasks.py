@@ -158,9 +158,22 @@ class Tasks:
             input=request.input,
             session_id=request.session_id,
         )
-        inserted = self._lifecycle.insert(
-            new, strategy=request.multitask_strategy, single_use_session=single_use_session
-        )
+        try:
+            inserted = self._lifecycle.insert(
+                new, strategy=request.multitask_strategy, single_use_session=single_use_session
+            )
+        except DBAPIError as exc:
+            if not (is_outage(exc) and exc.connection_invalidated):
+                raise
+            # Lost with the insert on its way (or its commit): the database may have stored
+            # the task all the same, and then the control plane sends it. The client must
+            # know which task to look for, or to send again under the same id.
+            raise Unavailable(
+                f"the database was lost while task {new.id} was stored: it may be stored, and "
+                f"then it runs. Send it again with task_id {new.id!r} (409 if it was stored), "
+                f"or read it later from /deployments/{request.deployment}/tasks/{new.id}",
+                errors={"task_id": new.id, "status": "unknown", "published": False},
+            ) from exc
         if inserted is None:
             raise _Refused
         task, turn = inserted

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 import migrations
 from app.control.dispatch import Dispatcher
@@ -268,6 +269,66 @@ def test_leases_run_by_the_heartbeats_read_so_a_control_plane_catching_up_takes_
     other = running(lifecycle, ago=600)
     assert leases.recover() == []
     assert row(db, other).status == TaskStatus.RUNNING.value
+
+
+def test_silence_while_heartbeats_could_not_be_recorded_takes_no_task_for_a_whole_lease(
+    db: Database, leases: Leases, lifecycle: Lifecycle, recorder: Recorder, celery: CeleriacCelery
+) -> None:
+    # Given a task of w1, whose heartbeats of the last 40 s failed with the database and
+    # wait for their retries, while another worker's heartbeat of now is recorded first
+    task_id = running(lifecycle, ago=600)
+    beat(recorder, "w1", [task_id], ago=40)
+    leases.missed()  # what a heartbeat that the database failed does
+    beat(recorder, "w2", [])
+    # When the leases are swept, then w1 keeps its task: its silence is the database's
+    assert leases.recover() == []
+    assert row(db, task_id).status == TaskStatus.RUNNING.value
+    assert sent(celery) == []
+    # And a whole lease after the last failure, a worker still unheard loses its task
+    later = Leases(lifecycle, Dispatcher(celery), heartbeat_interval=INTERVAL)
+    later.missed(dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=LEASE + 1))
+    assert [r.task_id for r in later.recover()] == [task_id]
+    # While a failure less than a lease ago still holds it
+    held = running(lifecycle, ago=600)
+    later.missed(dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=LEASE - 5))
+    assert later.recover() == []
+    assert row(db, held).status == TaskStatus.RUNNING.value
+
+
+def test_a_sweep_the_database_failed_holds_every_lease_too(
+    tmp_path: Path, celery: CeleriacCelery
+) -> None:
+    # Given a task whose worker went silent long ago, and another worker heard now
+    folder = tmp_path / "db"
+    url = f"sqlite:///{folder / 'leases.db'}"
+    folder.mkdir()
+    migrations.upgrade(url)
+    database = Database(url)
+    with database.begin() as session:
+        session.add(Deployment(id=1, name="D", spec={}, source_yaml="", base_path=""))
+    lifecycle = Lifecycle(database)
+    dispatcher = Dispatcher(celery)
+    outbox = Outbox(lifecycle, dispatcher, redispatch_after=30.0)
+    recorder = Recorder(database, lifecycle, TaskWaiter(), dispatcher, outbox)
+    task_id = running(lifecycle, ago=600)
+    beat(recorder, "w2", [])
+    leases = Leases(lifecycle, dispatcher, heartbeat_interval=INTERVAL)
+    try:
+        # When the database goes away and a sweep fails on it
+        database.dispose()
+        folder.rename(tmp_path / "away")
+        with pytest.raises(OperationalError):
+            leases.recover()
+        # Then, the database back, that control plane takes no task until a lease has passed
+        (tmp_path / "away").rename(folder)
+        assert leases.recover() == []
+        assert row(database, task_id).status == TaskStatus.RUNNING.value
+        # While one that saw no failure takes it
+        fresh = Leases(lifecycle, dispatcher, heartbeat_interval=INTERVAL)
+        assert [r.task_id for r in fresh.recover()] == [task_id]
+    finally:
+        outbox.close()
+        database.dispose()
 
 
 def test_a_step_the_broker_refuses_leaves_the_task_for_the_next_sweep(

@@ -1,12 +1,16 @@
 """Every 503 says when to try again (``Retry-After``), and a task stored before the outage is
 named with what became of it, so that a client that tries again never runs it twice.
 
-The outages are real: a broker and a database on ports where nothing listens."""
+The outages are real: a broker and a database on ports where nothing listens, and a database
+port that accepts connections and never answers. (``tests/e2e/test_database_faults.py``
+takes a real PostgreSQL away under load.)"""
 
 from __future__ import annotations
 
 import json
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,3 +101,43 @@ def test_a_database_that_does_not_answer_gives_503_with_retry_after(
     # Then each answer is 503 with Retry-After, and the task names nothing: none was stored
     for response in (listed, run):
         assert assert_try_again_later(response) == {}
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A local port whose listener accepts connections (in the kernel) and never answers,
+    like a database server that hangs."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        yield int(listener.getsockname()[1])
+
+
+def test_a_database_that_accepts_and_never_answers_gives_503_within_its_timeout(
+    tmp_path: Path, silent_port: int
+) -> None:
+    pytest.importorskip("psycopg")
+    # Given an API server whose database accepts connections and then says nothing
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{silent_port}/celeriac"
+    settings = Settings(data_dir=tmp_path / ".celeriac", database_url=url, database_timeout=1.0)
+    app = create_app(settings)
+    answers: list[tuple[float, TestResponse]] = []
+
+    def ask() -> None:
+        began = time.monotonic()
+        response = app.test_client().get("/deployments/")
+        answers.append((time.monotonic() - began, response))
+
+    # When a client reads
+    asking = threading.Thread(target=ask, daemon=True)
+    asking.start()
+    asking.join(timeout=15)
+    try:
+        # Then it gets a 503 with Retry-After, within the time to connect (libpq's minimum
+        # of 2 s) and a little more, rather than waiting for ever
+        assert answers, "the request still waits for the database"
+        [(took, response)] = answers
+        assert assert_try_again_later(response) == {}
+        assert took < 2.0 + 1.5, took
+    finally:
+        app.extensions["celeriac"].close()
