@@ -99,8 +99,15 @@ def running(
     return task_id
 
 
-def beat(recorder: Recorder, worker: str, tasks: list[str] | None, ago: float = 0.0) -> None:
-    """A heartbeat of ``worker`` sent ``ago`` seconds ago, listing ``tasks``."""
+def beat(
+    recorder: Recorder,
+    worker: str,
+    tasks: list[str] | None,
+    ago: float = 0.0,
+    started_ago: float = 3600.0,
+) -> None:
+    """A heartbeat of ``worker`` sent ``ago`` seconds ago, listing ``tasks``, from a process
+    started ``started_ago`` seconds ago (by default before any task of these tests)."""
     at = time.time() - ago
     recorder.heartbeat(
         Heartbeat(
@@ -109,7 +116,7 @@ def beat(recorder: Recorder, worker: str, tasks: list[str] | None, ago: float = 
             pid=1,
             queues=[service_queue("D", "svc")],
             deployments=["D"],
-            started_at=at - 100,
+            started_at=time.time() - started_ago,
             at=at,
             tasks=tasks,
         )
@@ -206,6 +213,27 @@ def test_a_live_workers_tasks_stay_with_it_until_it_falls_silent(
     assert [r.task_id for r in leases.recover()] == [unlisted]
     assert [step["task_id"] for step in sent(celery)] == [unlisted]
     assert row(db, kept).status == TaskStatus.RUNNING.value
+
+
+def test_a_worker_started_again_under_its_name_holds_none_of_its_dead_predecessors_tasks(
+    db: Database, leases: Leases, lifecycle: Lifecycle, recorder: Recorder, celery: CeleriacCelery
+) -> None:
+    # Given a task that w1 started 600 s ago and last listed 200 s ago, when its process died
+    old = running(lifecycle, ago=600, worker="w1")
+    beat(recorder, "w1", [old], ago=200, started_ago=700)
+    # And w1 started again 100 s ago under the same node name (as a supervisor restarts it),
+    # whose new process started a task 60 s ago, and beats now listing nothing (that task's
+    # outcome may be on its way)
+    new = running(lifecycle, ago=60, worker="w1")
+    beat(recorder, "w1", [], started_ago=100)
+    # When the leases are swept
+    recovered = leases.recover()
+    # Then the dead process's task is queued and sent again: the live w1 never ran it
+    assert [(r.task_id, r.worker) for r in recovered] == [(old, "w1")]
+    assert [step["task_id"] for step in sent(celery)] == [old]
+    assert row(db, old).status == TaskStatus.QUEUED.value
+    # And the task the live process started stays with it
+    assert row(db, new).status == TaskStatus.RUNNING.value
 
 
 def test_a_worker_that_lists_no_tasks_renews_every_task_it_started(

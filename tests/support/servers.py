@@ -55,12 +55,15 @@ class PrivateRedis:
 
     It runs as the README tells operators to run a Redis broker: with the append-only file
     (``appendonly yes``, ``appendfsync everysec``), so that a restart keeps queued and
-    unacknowledged messages. Its files live in the test's folder.
+    unacknowledged messages. Its files live in the test's folder. ``appendfsync="always"``
+    makes it write each command to disk before it answers, so that even a SIGKILL loses
+    nothing it acknowledged.
     """
 
-    def __init__(self, processes: Processes, folder: Path) -> None:
+    def __init__(self, processes: Processes, folder: Path, appendfsync: str = "everysec") -> None:
         self.processes = processes
         self.folder = folder
+        self.appendfsync = appendfsync
         self.port = free_port()
         self.server: Process | None = None
         #: Seconds each start took, until the server answered.
@@ -76,7 +79,7 @@ class PrivateRedis:
         """Start the server and wait until it answers."""
         began = time.monotonic()
         argv = [self.command(), "--port", str(self.port), "--bind", "127.0.0.1"]
-        argv += ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"]
+        argv += ["--save", "", "--appendonly", "yes", "--appendfsync", self.appendfsync]
         argv += ["--dir", str(self.folder)]
         self.server = self.processes.start("redis", argv, dict(os.environ), cwd=self.folder)
         server = self.server
