@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, select
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import selectinload
 
 from app.control.deployments import find as find_deployment
@@ -190,28 +190,22 @@ class Tasks:
         return task
 
     def dispatch(self, step: RunStep) -> None:
-        """Send a step; if the broker refuses it, the task fails instead of staying queued.
+        """Send a step; if the broker does not take it, the task stays queued for the sweep.
 
-        The :class:`Unavailable` raised then names the task, stored already, and says that
-        it never reached the broker: failed, or (if the database failed too) left for the
-        control plane to send again. Either way a client that tries again does not run it
-        twice by mistake: it knows what became of the first try."""
+        A publish that fails may still have landed: the broker can store a message and go
+        away before it answers, and Kombu's retries then end on a refused connection. So the
+        task is never failed here: it stays queued, not noted as published, and the
+        control plane sends it again ``redispatch_after`` seconds later, once the broker takes
+        it (the step may then run twice, and is recorded once). The :class:`Unavailable`
+        raised names the task, so that the client waits for it instead of sending it again."""
         try:
             self._outbox.send(step)
         except Unavailable as exc:
             task_id = step.task_id
-            try:
-                self._lifecycle.fail_unsent(task_id, {"type": "DispatchError", "message": str(exc)})
-            except SQLAlchemyError:
-                raise Unavailable(
-                    f"{exc.message}; task {task_id} is stored but was not sent, and could not "
-                    "be marked failed: the control plane sends it again once the broker is "
-                    "back. Do not send it again: read it later",
-                    errors={"task_id": task_id, "status": "queued", "published": False},
-                ) from exc
             raise Unavailable(
-                f"{exc.message}; task {task_id} failed without running: send it again",
-                errors={"task_id": task_id, "status": "failed", "published": False},
+                f"{exc.message}; task {task_id} is stored and the control plane sends it once "
+                "the broker takes it. Do not send it again: read it later",
+                errors={"task_id": task_id, "status": "queued", "published": False},
             ) from exc
 
     def run(self, request: Submission, timeout: float | None = None) -> Any:

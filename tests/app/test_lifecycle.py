@@ -36,7 +36,6 @@ ALLOWED = frozenset(
         (R, W, Operation.AWAIT_INPUT),
         (W, R, Operation.RESUME),
         *((source, end, Operation.FINISH) for source in (Q, R, W) for end in (S, F)),
-        (Q, F, Operation.FAIL_UNSENT),
         (Q, Q, Operation.REQUEUE),
         (R, Q, Operation.REQUEUE),
         (W, Q, Operation.REQUEUE),
@@ -139,10 +138,6 @@ def finish(lifecycle: Lifecycle, task_id: str, end: TaskStatus, *, with_start: b
     )
 
 
-def fail_unsent(lifecycle: Lifecycle, task_id: str, _: TaskStatus) -> None:
-    lifecycle.fail_unsent(task_id, {"type": "DispatchError", "message": "refused"})
-
-
 def requeue(lifecycle: Lifecycle, _task_id: str, _: TaskStatus) -> None:
     lifecycle.requeue_lost()
 
@@ -176,7 +171,6 @@ AIMED: dict[TaskStatus, list[tuple[Operation, Apply]]] = {
     F: [
         (Operation.FINISH, lambda lc, t, end: finish(lc, t, end, with_start=False)),
         (Operation.FINISH, lambda lc, t, end: finish(lc, t, end, with_start=True)),
-        (Operation.FAIL_UNSENT, fail_unsent),
     ],
     C: [],
 }

@@ -60,11 +60,17 @@ class PrivateRedis:
     nothing it acknowledged.
     """
 
-    def __init__(self, processes: Processes, folder: Path, appendfsync: str = "everysec") -> None:
+    def __init__(
+        self,
+        processes: Processes,
+        folder: Path,
+        appendfsync: str = "everysec",
+        port: int | None = None,
+    ) -> None:
         self.processes = processes
         self.folder = folder
         self.appendfsync = appendfsync
-        self.port = free_port()
+        self.port = free_port() if port is None else port
         self.server: Process | None = None
         #: Seconds each start took, until the server answered.
         self.start_times: list[float] = []

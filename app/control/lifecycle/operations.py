@@ -177,15 +177,6 @@ class Lifecycle:
         )
         return session_id
 
-    def fail_unsent(self, task_id: str, error: dict[str, Any]) -> None:
-        """The broker refused the task's first step: it fails, rather than look queued for
-        ever."""
-        with self._db.single() as conn:
-            conn.execute(
-                sql.FAIL_UNSENT,
-                {"task_id": task_id, "p_error": error, "p_finished_at": utcnow()},
-            )
-
     def note_published(self, task_ids: Iterable[str]) -> None:
         """The broker took these tasks' first steps (the outbox's notes)."""
         with self._db.single() as conn:

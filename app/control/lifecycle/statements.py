@@ -108,16 +108,6 @@ RESUME = (
     .values(status=TaskStatus.RUNNING.value)
 )
 
-FAIL_UNSENT = (
-    tasks.update()
-    .where(tasks.c.id == bindparam("task_id"), may_move(TaskStatus.FAILED, Operation.FAIL_UNSENT))
-    .values(
-        status=TaskStatus.FAILED.value,
-        error=bindparam("p_error"),
-        finished_at=bindparam("p_finished_at"),
-    )
-)
-
 MARK_PUBLISHED = (
     tasks.update()
     .where(tasks.c.id.in_(bindparam("ids", expanding=True)), tasks.c.published_at.is_(None))
