@@ -10,10 +10,17 @@ from typing import Any
 
 from flask import Response
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from app.api import plane
-from app.api.streams import NDJSON, SSE, envelope_lines, last_event_id, stream_response
+from app.api.bodies import Blueprint
+from app.api.streams import (
+    NDJSON,
+    SSE,
+    client_gone,
+    envelope_lines,
+    last_event_id,
+    stream_response,
+)
 from app.api.workflow_schemas import (
     CancelArgs,
     CancelledSchema,
@@ -96,7 +103,12 @@ class WorkflowRun(MethodView):
         """Run the workflow and return its handler once completed (502 if it fails, 504 after
         ``timeout`` seconds)."""
         return plane().handlers.run(
-            deployment_name, name, _run_input(body), body["handler_id"], args["timeout"]
+            deployment_name,
+            name,
+            _run_input(body),
+            body["handler_id"],
+            args["timeout"],
+            client_gone(),
         )
 
 
@@ -225,5 +237,7 @@ class HandlerEvents(MethodView):
                 "sending an event to one step is not supported; leave step out",
                 errors={"step": ["not supported: events reach every step waiting for them"]},
             )
-        plane().events.send(deployment_name, handler_id, event_obj_str(body["event"]), None)
+        cp = plane()
+        sent = event_obj_str(body["event"], cp.settings.max_nesting)
+        cp.events.send(deployment_name, handler_id, sent, None, field="event")
         return {"status": "sent"}

@@ -9,13 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from config.deployment import DeploymentSpec, ServiceSpec, load_deployment
+from config.deployment import DeploymentSpec, ServiceSpec, SourceLayout, load_deployment
+from config.sources import SourcePolicy
 from tests.workers.conftest import RecordingReporter, run_step, write_workflow
+from workers import sources
 from workers.errors import WorkflowLoadError
 from workers.runtime import ServiceRuntime
-from workers.sources import sync_source
 
 MARKER = ".celeriac-source.json"
+#: Any folder, and the ``file://`` repositories these tests make.
+ANYWHERE = SourcePolicy(roots=None, git_schemes=frozenset({"file"}))
+
+
+def sync_source(deployment: str, spec: ServiceSpec, base: Path, sources_dir: Path) -> SourceLayout:
+    """Sync a source under the policy that allows the tests' own folders and repositories."""
+    return sources.sync_source(deployment, spec, base, sources_dir, ANYWHERE)
 
 
 def service(source_type: str, location: str) -> ServiceSpec:
@@ -161,7 +169,7 @@ def test_failed_sync_keeps_the_previous_clone(repo: Path, sources_dir: Path) -> 
 
 def test_runtime_runs_a_workflow_from_a_git_source(repo: Path, tmp_path: Path) -> None:
     # Given a runtime serving a deployment whose service lives on branch v2 of a repository
-    runtime = ServiceRuntime(tmp_path / "data" / "sources")
+    runtime = ServiceRuntime(tmp_path / "data" / "sources", source_policy=lambda: ANYWHERE)
     try:
         runtime.install(deployment("git", f"file://{repo}@v2"), tmp_path)
         reporter = RecordingReporter()
