@@ -73,6 +73,8 @@ class EventTypes:
         if not isinstance(name, str) or name not in self._names:
             raise ValueError(f"{name!r} is not an event this workflow takes")
         document["qualified_name"] = self._names[name]
+        # Always an event: without the marker, llama-index would hand the dict on as is.
+        document["__is_pydantic"] = True
         return self._serializer.deserialize_value(document)
 
 
