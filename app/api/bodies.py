@@ -15,6 +15,7 @@ from typing import Any
 import flask_smorest
 from flask import Request
 from flask_smorest import abort
+from flask_smorest.error_handler import ErrorSchema
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 
@@ -51,3 +52,12 @@ class Blueprint(flask_smorest.Blueprint):
     """flask-smorest's blueprint, parsing arguments with :class:`BoundedParser`."""
 
     ARGUMENTS_PARSER = BoundedParser()
+
+
+def too_large(what: str) -> dict[str, Any]:
+    """The arguments of ``Blueprint.alt_response`` that document a 413 for ``what``."""
+    return {
+        "schema": ErrorSchema,
+        "description": f"{what} is over its bound (see the README's knobs), or the body over "
+        "the largest the server reads; nothing changed.",
+    }

@@ -8,7 +8,7 @@ from flask import Response, current_app, request
 from flask.views import MethodView
 
 from app.api import plane
-from app.api.bodies import Blueprint
+from app.api.bodies import Blueprint, too_large
 from app.api.schemas import (
     AttemptSchema,
     EventDefinitionSchema,
@@ -74,6 +74,7 @@ class TaskRun(MethodView):
     @blp.arguments(RunArgs(), location="query")
     @blp.arguments(TaskDefinitionSchema())
     @blp.doc(responses=_RAW_RESULT)
+    @blp.alt_response(413, **too_large("The task input"))
     def post(self, args: dict[str, Any], body: dict[str, Any], deployment_name: str) -> Any:
         """Run a task and return its result when it ends (502 if it fails, 504 on timeout)."""
         result = plane().tasks.run(
@@ -89,6 +90,7 @@ class TaskCreate(MethodView):
     @blp.arguments(RunArgs(), location="query")
     @blp.arguments(TaskDefinitionSchema())
     @blp.response(200, TaskSchema)
+    @blp.alt_response(413, **too_large("The task input"))
     def post(self, args: dict[str, Any], body: dict[str, Any], deployment_name: str) -> Any:
         """Queue a task and return it with its ``task_id`` and ``session_id``."""
         return plane().tasks.submit(_submission(deployment_name, body, args))
@@ -165,6 +167,7 @@ class TaskEvents(MethodView):
     @blp.arguments(SessionArgs(), location="query")
     @blp.arguments(EventDefinitionSchema())
     @blp.response(200, EventDefinitionSchema)
+    @blp.alt_response(413, **too_large("The event"))
     def post(
         self, args: dict[str, Any], body: dict[str, Any], deployment_name: str, task_id: str
     ) -> Any:

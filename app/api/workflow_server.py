@@ -12,7 +12,7 @@ from flask import Response
 from flask.views import MethodView
 
 from app.api import plane
-from app.api.bodies import Blueprint
+from app.api.bodies import Blueprint, too_large
 from app.api.streams import (
     NDJSON,
     SSE,
@@ -97,6 +97,7 @@ class WorkflowRun(MethodView):
     @blp.arguments(RunArgs(), location="query")
     @blp.arguments(RunBodySchema())
     @blp.response(200, HandlerSchema)
+    @blp.alt_response(413, **too_large("The start event"))
     def post(
         self, args: dict[str, Any], body: dict[str, Any], deployment_name: str, name: str
     ) -> Any:
@@ -118,6 +119,7 @@ class WorkflowRunNowait(MethodView):
 
     @blp.arguments(RunBodySchema())
     @blp.response(200, HandlerSchema)
+    @blp.alt_response(413, **too_large("The start event"))
     def post(self, body: dict[str, Any], deployment_name: str, name: str) -> Any:
         """Queue a run of the workflow and return its handler at once."""
         return plane().handlers.start(deployment_name, name, _run_input(body), body["handler_id"])
@@ -229,6 +231,7 @@ class HandlerEvents(MethodView):
 
     @blp.arguments(SendEventBodySchema())
     @blp.response(200, SentSchema)
+    @blp.alt_response(413, **too_large("The event"))
     def post(self, body: dict[str, Any], deployment_name: str, handler_id: str) -> Any:
         """Send an event (a ``HumanResponseEvent`` answering an ``InputRequiredEvent``) into
         the running handler (409 once it ended)."""
