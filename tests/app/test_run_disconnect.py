@@ -57,12 +57,12 @@ def open_run(port: int, path: str, body: dict[str, Any]) -> socket.socket:
     ],
 )
 def test_dropped_clients_free_their_threads(client: FlaskClient, http: Any, path: str) -> None:
-    # Given 20 runs of a workflow that sleeps 3 s, each waited for by its own HTTP thread
+    # Given 20 runs of a workflow that sleeps 2 s, each waited for by its own HTTP thread
     deployed(client, SLEEPY)
     body = (
-        {"input": json.dumps({"seconds": 3})}
+        {"input": json.dumps({"seconds": 2})}
         if "tasks/run" in path
-        else {"start_event": {"seconds": 3}}
+        else {"start_event": {"seconds": 2}}
     )
     sockets = [open_run(http.effective_port, path, body) for _ in range(RUNS)]
     dispatcher = http.task_dispatcher
@@ -79,7 +79,7 @@ def test_dropped_clients_free_their_threads(client: FlaskClient, http: Any, path
     tasks = ok(client.get("/deployments/Sleepy/tasks", query_string={"limit": 100}))
     assert len(tasks) == RUNS
     done = [wait_for_task(client, "Sleepy", t["task_id"], timeout=60) for t in tasks]
-    assert {(t["status"], t["result"]) for t in done} == {("succeeded", "slept 3s")}
+    assert {(t["status"], t["result"]) for t in done} == {("succeeded", "slept 2s")}
 
 
 def test_a_client_that_stays_gets_its_answer(client: FlaskClient, http: Any) -> None:
