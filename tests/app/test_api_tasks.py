@@ -175,14 +175,14 @@ def test_failing_workflow_is_a_bad_gateway_with_the_error(client: FlaskClient) -
     assert body["errors"]["error"]["message"] == "boom"
     assert "boom" in body["message"]
     task_id = body["errors"]["task_id"]
-    # And the task is stored as failed, with the type, traceback and end time of the error
+    # And the task is stored as failed, with the type, message and end time of the error
+    # (its traceback is the server's: no caller sees it, see tests/app/test_hostile_input.py)
     task = ok(client.get(f"/deployments/Failing/tasks/{task_id}"))
     assert task["status"] == "failed"
     assert task["result"] is None
     assert task["error"]["type"].endswith("ValueError")
     assert task["error"]["message"] == "boom"
-    assert "ValueError" in task["error"]["traceback"]
-    assert "boom" in task["error"]["traceback"]
+    assert "traceback" not in task["error"]
     assert timestamp(task["finished_at"]) >= timestamp(task["created_at"])
     assert task["attempts"] == 1
 
