@@ -10,7 +10,8 @@ Redis (``redis://``, ``rediss://``)
     Kombu's Redis transport, with one redis-py client per channel and no window in which a
     received message is in no list: see ``redis_transport`` (a module of its own, so that
     other processes never import redis-py). Unacknowledged messages are looked for every
-    ``REDIS_RESTORE_INTERVAL`` seconds, not Kombu's 100.
+    ``REDIS_RESTORE_INTERVAL`` seconds, not Kombu's 100, and those of a consumer that died
+    are put back without waiting for the visibility timeout.
 
 Every other URL (``amqp://``, ``sqs://``) uses Kombu's own transport. All take the options of
 :func:`transport_options`, and every connection is a :class:`BrokerConnection`: one that tries
@@ -114,6 +115,13 @@ REDIS_RESTORE_LOCK_EXPIRES = 6
 #: seconds later: the next look (or, when the last looker was killed with the lock, the look
 #: after the lock expired). The README promises 10.
 REDIS_RESTORE_BOUND = REDIS_RESTORE_LOCK_EXPIRES + REDIS_RESTORE_INTERVAL
+#: Seconds the liveness key of a consuming process outlives its last renewal (see
+#: ``redis_transport``, "Owners"): three looks, and never less than 10 s.
+REDIS_OWNER_TTL = max(3 * REDIS_RESTORE_INTERVAL, 10)
+#: A message held by a consumer that died (killed, or frozen or cut off for longer than
+#: ``REDIS_OWNER_TTL``) is back in its queue at most this many seconds later: its key expires,
+#: then the next look of any live consumer puts the message back (no lock is waited for).
+REDIS_OWNER_BOUND = REDIS_OWNER_TTL + REDIS_RESTORE_INTERVAL
 
 
 #: How a process tries again to reach a broker that went away: first after this many seconds,
@@ -152,7 +160,8 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     amqp   Publisher confirms: ``send_task`` returns once RabbitMQ has the message.
     redis  One client per channel, receipt without a window (``redis_transport``);
            ``visibility_timeout``: an unacknowledged message is redelivered after it, within
-           ``REDIS_RESTORE_BOUND`` seconds more.
+           ``REDIS_RESTORE_BOUND`` seconds more; ``owner_ttl``: one held by a consumer that
+           died is redelivered within ``REDIS_OWNER_BOUND`` seconds.
     sqs    ``visibility_timeout`` and ``region``; long polling; queue names with ``-``.
     ====== ===================================================================================
     """
@@ -174,6 +183,8 @@ def transport_options(settings: Settings) -> dict[str, Any]:
                 "unacked_restore_interval": REDIS_RESTORE_INTERVAL,
                 "unacked_restore_throttle": 1,
                 "unacked_mutex_expire": REDIS_RESTORE_LOCK_EXPIRES,
+                # A message held by a dead consumer comes back within REDIS_OWNER_BOUND.
+                "owner_ttl": REDIS_OWNER_TTL,
                 "fanout_prefix": True,
                 "fanout_patterns": True,
             },

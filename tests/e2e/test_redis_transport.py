@@ -1,20 +1,29 @@
-"""Celeriac's Redis transport on the real Redis: one client per channel, nothing lost."""
+"""Celeriac's Redis transport on the real Redis: one client per channel, nothing lost, and a
+dead owner's messages put back once."""
 
 from __future__ import annotations
 
+import base64
+import collections
+import json
 import threading
+import time
 from typing import Any
 
 import pytest
 import redis
 from kombu import Connection, Exchange, Queue
 from kombu.message import Message
+from kombu.utils.encoding import bytes_to_str
 
-from workers.redis_transport import RedisTransport
+from workers.redis_transport import OWNER, RedisTransport
 from workers.transports import REDIS_TRANSPORT
 
 MESSAGES = 200
 THREADS = 4
+#: Messages held by a dead owner, and by a live one, in the sweepers' race.
+DEAD = 200
+LIVE = 10
 
 
 @pytest.mark.e2e
@@ -61,3 +70,85 @@ def test_messages_published_from_threads_arrive_once_and_acks_leave_nothing_unac
         assert sorted(received) == list(range(-1, MESSAGES))
         assert built == []
         assert redis.Redis.from_url(redis_url).hlen("unacked") == 0
+
+
+def number(item: bytes) -> int:
+    """The number in a message as Kombu stores it in Redis (its body in base64)."""
+    payload = json.loads(item)
+    assert payload["properties"]["body_encoding"] == "base64"
+    n: int = json.loads(base64.b64decode(payload["body"]))["n"]
+    return n
+
+
+@pytest.mark.e2e
+def test_two_sweepers_racing_acks_put_back_each_message_of_a_dead_owner_once(
+    redis_url: str,
+) -> None:
+    """Restoring a dead owner's message is one transaction: sweepers looking at once, and
+    acknowledgements racing them, never put a message back twice, nor leave one noted."""
+    # Given 200 messages taken by an owner whose liveness key is gone (never set), 10 taken
+    # by this live process, and four sweepers that have renewed their own keys for a while
+    queue = Queue("celeriac-owners-test", Exchange("celeriac-owners-test"), "o")
+    options = {"owner_ttl": 1.0, "visibility_timeout": 3600}
+    connections = [
+        Connection(redis_url, transport=REDIS_TRANSPORT, transport_options=options)
+        for _ in range(5)
+    ]
+    try:
+        channels = [conn.default_channel for conn in connections]
+        producer = connections[0].Producer()
+        for n in range(DEAD + LIVE):
+            producer.publish({"n": n}, exchange=queue.exchange, routing_key="o", declare=[queue])
+        claimer = channels[0]
+        keys = [claimer._q_for_pri(queue.name, pri) for pri in claimer.priority_steps]
+        keys += [claimer.unacked_index_key, claimer.unacked_key, claimer.unacked_owner_key]
+        tags: dict[int, str] = {}
+        for n in range(DEAD + LIVE):
+            owner = "gone.1.dead" if n < DEAD else OWNER.id
+            _, item = claimer._claim_script(keys=keys, args=[time.time(), owner])
+            payload = json.loads(item)
+            tags[number(item)] = payload["properties"]["delivery_tag"]
+        idle = Queue("celeriac-owners-idle", Exchange("celeriac-owners-idle"), "i")
+        consumers = [conn.Consumer(idle, callbacks=[]) for conn in connections[1:]]
+        for consumer in consumers:
+            consumer.consume()
+        time.sleep(1.5)  # each sweeper's renewals steady for its owner_ttl
+
+        # When four sweepers look at once while the even messages are acknowledged
+        start = threading.Barrier(5)
+        restored: list[int] = []
+
+        def sweep(channel: Any) -> None:
+            start.wait()
+            restored.append(channel.qos.restore_orphans())
+
+        def acknowledge() -> None:
+            start.wait()
+            for n in range(0, DEAD, 2):
+                claimer.qos._remove_from_indices(tags[n]).execute()
+
+        threads = [threading.Thread(target=sweep, args=(ch,)) for ch in channels[1:]]
+        threads.append(threading.Thread(target=acknowledge))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+
+        # Then each odd message of the dead owner is back in its queue once, an even one at
+        # most once (put back before its acknowledgement came), and the live owner's stay held
+        client = redis.Redis.from_url(redis_url)
+        back = [number(item) for item in client.lrange(queue.name, 0, -1)]
+        counts = collections.Counter(back)
+        assert all(count == 1 for count in counts.values()), counts
+        assert {n for n in range(1, DEAD, 2)} <= set(counts) <= set(range(DEAD)), sorted(counts)
+        assert sum(restored) == len(back)
+        held = {bytes_to_str(tag) for tag in client.hkeys(claimer.unacked_key)}
+        assert held == {tags[n] for n in range(DEAD, DEAD + LIVE)}
+        owners = {bytes_to_str(tag) for tag in client.hkeys(claimer.unacked_owner_key)}
+        assert owners == held
+        assert client.zcard(claimer.unacked_index_key) == LIVE
+        for consumer in consumers:
+            consumer.cancel()
+    finally:
+        for conn in connections:
+            conn.release()

@@ -21,6 +21,7 @@ from workers.celery_app import create_celery
 from workers.transports import (
     EMBEDDED_TRANSPORT,
     RECONNECT_INTERVAL_MAX,
+    REDIS_OWNER_BOUND,
     REDIS_RESTORE_BOUND,
     MemoryTransport,
     transport_options,
@@ -160,6 +161,10 @@ def test_redis_looks_for_lost_messages_often_enough_to_keep_the_readmes_bound() 
     # And a look's lock left by a killed consumer expires in time for the bound
     assert options["unacked_mutex_expire"] + options["unacked_restore_interval"] <= 10
     assert REDIS_RESTORE_BOUND <= 10
+    # And a dead consumer's liveness key outlives three looks, and expires in time for the
+    # README's 12 s
+    assert options["owner_ttl"] >= 3 * options["unacked_restore_interval"]
+    assert options["owner_ttl"] + options["unacked_restore_interval"] == REDIS_OWNER_BOUND <= 12
 
 
 def test_a_process_tries_a_broker_that_went_away_again_every_two_seconds_at_most(
