@@ -21,6 +21,7 @@ from app.embedded import EmbeddedWorkers
 from app.errors import NotFound
 from app.factory import create_app
 from app.models.base import utcnow
+from config.datadir import private_folder
 from config.deployment import load_deployment
 from config.settings import Settings
 from workers.celery_app import create_celery
@@ -33,7 +34,7 @@ class Server:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_folder(settings.data_dir)
         migrations.upgrade(settings.sqlalchemy_url)
         celery = create_celery(settings, worker_name="embedded")
         self.plane = ControlPlane(settings, Database.for_settings(settings), celery)

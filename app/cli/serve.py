@@ -107,8 +107,9 @@ def db_group() -> None:
 def upgrade(revision: str) -> None:
     """Apply migrations to the configured database (CELERIAC_DATABASE_URL)."""
     import migrations
+    from config.datadir import private_folder
 
     settings = load_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_folder(settings.data_dir)
     migrations.upgrade(settings.sqlalchemy_url, revision)
     click.echo(f"Database {settings.sqlalchemy_url} is at {revision}.")
