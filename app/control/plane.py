@@ -14,6 +14,7 @@ from app.control.recorder import Recorder
 from app.control.registry import Registry
 from app.control.sessions import Sessions
 from app.control.tasks import Tasks
+from app.control.tokens import Tokens
 from app.control.waiter import TaskWaiter
 from app.db import Database
 from app.orchestrator import register_control_tasks
@@ -42,6 +43,7 @@ class ControlPlane:
         self.deployments = Deployments(db, settings)
         self.sessions = Sessions(db, self.lifecycle)
         self.registry = Registry(db, settings.heartbeat_interval)
+        self.tokens = Tokens(db)
         self.tasks = Tasks(db, self.lifecycle, self.outbox, self.waiter, settings.run_timeout)
         self.deployments.on_deployed.append(lambda spec, _base: self.tasks.forget(spec.name))
         self.deployments.on_removed.append(self.tasks.forget)
