@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,14 @@ class Settings:
     #: ``task-sent`` event. Each costs a broker round trip per task; Flower switches worker
     #: events on by itself while it runs, so they are off unless asked for.
     task_events: bool = False
+    #: The API token that clients and service workers send (``CELERIAC_TOKEN``); never shown.
+    token: str = field(default="", repr=False)
+    #: Serve an address other than loopback with no API token: anyone who reaches the port
+    #: may deploy and run code. Off unless the operator says so, loudly.
+    insecure_no_auth: bool = False
+    #: Web origins (``scheme://host[:port]``, separated by commas or spaces) whose pages may
+    #: call the API from a browser (CORS); none by default.
+    cors_origins: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -67,6 +76,17 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'celeriac.db').resolve()}"
+
+    @property
+    def cors_origin_list(self) -> tuple[str, ...]:
+        """The origins of ``cors_origins``, without trailing slashes."""
+        parts = self.cors_origins.replace(",", " ").split()
+        return tuple(p.rstrip("/") for p in parts)
+
+    @property
+    def loopback(self) -> bool:
+        """True when the server listens on a loopback address only (this host's own users)."""
+        return is_loopback(self.host)
 
     @property
     def sources_dir(self) -> Path:
@@ -90,6 +110,18 @@ class Settings:
                 continue
             values[f.name] = _coerce(f.name, raw, getattr(defaults, f.name))
         return cls(**values)  # type: ignore[arg-type]
+
+
+def is_loopback(host: str) -> bool:
+    """True for a name or address of this host's loopback interface (``127.0.0.0/8``, ``::1``,
+    ``localhost``); a name that needs a resolver is not taken as one."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 _BOOLEANS = {

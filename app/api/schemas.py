@@ -67,7 +67,15 @@ class DeploymentSpecSchema(Schema):
     name = fields.String()
     version = fields.Integer()
     base_path = fields.String()
-    spec = fields.Dict(metadata={"description": "The deployment file, parsed and completed."})
+    spec = fields.Dict(
+        metadata={
+            "description": "The deployment file, parsed and completed; each service's `env` "
+            "values are shown to worker tokens only (and on an open server)."
+        }
+    )
+    env_redacted = fields.Boolean(
+        metadata={"description": "True when the `env` values were replaced by `<redacted>`."}
+    )
 
 
 class DeploymentFileSchema(Schema):
