@@ -47,6 +47,15 @@ GRANTS: dict[Scope, frozenset[Need]] = {
     Scope.WORKER: frozenset({Need.SPEC}),
 }
 
+#: The least scopes that grant each need; None is a route missing from :data:`ROUTES`.
+LEAST_SCOPES: dict[Need | None, tuple[Scope, ...]] = {
+    Need.READ: (Scope.READ,),
+    Need.RUN: (Scope.RUN,),
+    Need.ADMIN: (Scope.ADMIN,),
+    Need.SPEC: (Scope.READ, Scope.WORKER),
+    None: (Scope.READ, Scope.WORKER),
+}
+
 P, R, U, A = Need.PUBLIC, Need.READ, Need.RUN, Need.ADMIN
 
 #: Endpoint, then method (HEAD as GET), to what the caller needs.
@@ -170,11 +179,13 @@ class Authenticator:
             return
         raise Forbidden(
             f"this token's scope ({scope.value}) does not allow {request.method} on this "
-            f"route, which needs {_scope_for(need)}"
+            f"route, which needs a token of scope {_scope_for(need)}"
         )
 
 
 def _scope_for(need: Need) -> str:
-    """The scopes that may do what a route needs, for messages."""
-    scopes = [s.value for s, granted in GRANTS.items() if need in granted]
-    return " or ".join(scopes) + (" scope" if len(scopes) == 1 else " scopes")
+    """The least scopes that grant ``need``, for messages."""
+    return (
+        " or ".join(s.value for s in LEAST_SCOPES[need])
+        + " (admin includes run, which includes read)"
+    )

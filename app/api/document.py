@@ -12,8 +12,7 @@ from typing import Any
 
 from apispec import APISpec, BasePlugin
 
-from app.api.auth import Need, need_of
-from app.models import Scope
+from app.api.auth import LEAST_SCOPES, Need, need_of
 
 BEARER = "bearerAuth"
 BASIC = "basicAuth"
@@ -83,16 +82,6 @@ class AccessPlugin(BasePlugin):
                 responses["415"] = {"$ref": "#/components/responses/BODY_TYPE_REFUSED"}
 
 
-#: The least scopes that grant each need (admin includes run, which includes read).
-_LEAST: dict[Need | None, tuple[Scope, ...]] = {
-    Need.READ: (Scope.READ,),
-    Need.RUN: (Scope.RUN,),
-    Need.ADMIN: (Scope.ADMIN,),
-    Need.SPEC: (Scope.READ, Scope.WORKER),
-    None: (Scope.READ, Scope.WORKER),  # a route missing from the table: any live token
-}
-
-
 def _security(need: Need | None) -> list[dict[str, list[str]]]:
     """Alternatives, each enough: a least scope that grants ``need``, under either scheme."""
-    return [{scheme: [scope.value]} for scope in _LEAST[need] for scheme in (BEARER, BASIC)]
+    return [{scheme: [scope.value]} for scope in LEAST_SCOPES[need] for scheme in (BEARER, BASIC)]
