@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import stat
 from collections.abc import Iterator
 from typing import Any
 
@@ -409,3 +410,20 @@ def test_the_admin_can_run_every_scenario_as_before(server: Server, client: Flas
         "Message received: hi"
     )
     assert len(all_tasks(client)) == 1
+
+
+# -- the data folder ------------------------------------------------------------------------------
+
+
+def test_a_server_keeps_its_data_folder_and_database_private(
+    server: Server, client: FlaskClient
+) -> None:
+    """After a start and some writes, the folder is 0700 and SQLite's files 0600."""
+    deployed(client, QUICKSTART)
+    ok(client.post("/deployments/QuickStart/tasks/run", json=RUN_BODY))
+    folder = server.settings.data_dir
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    files = {p.name: stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir() if p.is_file()}
+    assert files, "no database file"
+    assert set(files) <= {"celeriac.db", "celeriac.db-wal", "celeriac.db-shm"}
+    assert set(files.values()) == {0o600}, files
