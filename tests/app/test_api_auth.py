@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import stat
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,12 +15,22 @@ from kombu.transport import memory
 from sqlalchemy import select, update
 
 from app.api.auth import ROUTES
+from app.control.tokens import CACHE_SECONDS, Tokens
+from app.db import Database
 from app.models import ApiToken
 from app.models.base import table_of
 from app.server import Server
 from config.errors import ConfigError
 from config.settings import Settings
-from tests.app.conftest import ENVIRON, all_tasks, assert_error, deployed, ok, wait_for_task
+from tests.app.conftest import (
+    ENVIRON,
+    all_tasks,
+    assert_error,
+    deployed,
+    ok,
+    poll,
+    wait_for_task,
+)
 from tests.conftest import QUICKSTART, deploy
 
 _TOKENS = table_of(ApiToken)
@@ -296,10 +307,12 @@ def test_a_token_notes_its_last_use_at_most_once_a_minute(
     assert first is not None
     ok(client.get("/status/", headers=bearer(admin)))
     assert last_used() == first
-    # And a use over a minute after the last one noted is noted again
+    # And a use over a minute after the last one noted is noted again (once the server reads
+    # the token afresh: it trusts what it read for a second)
     earlier = first - dt.timedelta(minutes=2)
     with server.plane.db.connect() as conn:
         conn.execute(update(_TOKENS).where(_TOKENS.c.name == "noted").values(last_used_at=earlier))
+    time.sleep(CACHE_SECONDS)
     ok(client.get("/status/", headers=bearer(admin)))
     noted = last_used()
     assert noted is not None and noted > first
@@ -427,3 +440,29 @@ def test_a_server_keeps_its_data_folder_and_database_private(
     assert files, "no database file"
     assert set(files) <= {"celeriac.db", "celeriac.db-wal", "celeriac.db-shm"}
     assert set(files.values()) == {0o600}, files
+
+
+def test_tokens_made_and_revoked_by_another_process_apply_within_a_second(
+    server: Server, client: FlaskClient
+) -> None:
+    """``celeriac tokens`` writes the database from its own process: the server, which trusts
+    what it read of the tokens for a second, follows within that second."""
+    other = Tokens(Database(server.settings.sqlalchemy_url, pool_size=1))
+    # Given an open server that just served a request
+    ok(client.get("/status/"))
+    # When another process makes the first token, the server needs one within a second
+    admin = other.create("admin", "ops").token
+    other.create("read", "kept")
+    started = time.monotonic()
+    poll(lambda: client.get("/status/").status_code, lambda status: status == 401, timeout=2.0)
+    assert time.monotonic() - started <= CACHE_SECONDS + 0.5
+    # And when it revokes the admin token, the server refuses it within a second
+    ok(client.get("/status/", headers=bearer(admin)))
+    other.revoke("ops")
+    started = time.monotonic()
+    poll(
+        lambda: client.get("/status/", headers=bearer(admin)).status_code,
+        lambda status: status == 401,
+        timeout=2.0,
+    )
+    assert time.monotonic() - started <= CACHE_SECONDS + 0.5
