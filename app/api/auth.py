@@ -1,10 +1,10 @@
 """Who may call which route: API tokens and their scopes, checked before every request.
 
 The server is *open* while it has no live token and listens on loopback only (or its operator
-passed ``--insecure-no-auth``): every request is served, as on a laptop. Otherwise it is
-*protected*: every request but the public ones (the API's own description) carries a live
-token, as ``Authorization: Bearer <token>``, or as the password of HTTP Basic (how LlamaDeploy's
-clients send one: a URL such as ``http://token:<token>@host:4501``).
+passed ``--insecure-no-auth``): every request from this host is served, as on a laptop.
+Otherwise it is *protected*: every request but the public ones (the API's own description)
+carries a live token, as ``Authorization: Bearer <token>``, or as the password of HTTP Basic
+(how LlamaDeploy's clients send one: a URL such as ``http://token:<token>@host:4501``).
 
 - no token, or one that is not live (unknown, revoked, garbled): 401, never saying which;
 - a live token whose scope does not cover the route: 403.
@@ -26,7 +26,7 @@ from flask import g, request
 from app.api import plane
 from app.errors import Forbidden, Unauthorized
 from app.models import Scope
-from config.settings import Settings
+from config.settings import Settings, is_loopback
 
 
 class Need(enum.Enum):
@@ -160,6 +160,7 @@ class Authenticator:
         # Beyond loopback, a server with no live token refuses everything (it refused to
         # start that way; its last token was revoked since), unless opened on purpose.
         self._open_without_tokens = settings.loopback or settings.insecure_no_auth
+        self._insecure = settings.insecure_no_auth
 
     def check(self) -> None:
         """Note the caller, or refuse the request (401, 403)."""
@@ -168,7 +169,7 @@ class Authenticator:
         tokens = plane().tokens
         scope = tokens.verify(token) if token else None
         if scope is None:
-            if self._open_without_tokens and not tokens.any_live():
+            if self._open_without_tokens and self._local_peer() and not tokens.any_live():
                 g.celeriac_caller = Caller(open=True, scope=None)
                 return
             if need is Need.PUBLIC:
@@ -181,6 +182,12 @@ class Authenticator:
             f"this token's scope ({scope.value}) does not allow {request.method} on this "
             f"route, which needs a token of scope {_scope_for(need)}"
         )
+
+    def _local_peer(self) -> bool:
+        """An open server serves this host's own clients only (whatever address a WSGI
+        server other than ``celeriac serve`` was bound to), unless opened on purpose."""
+        peer = request.remote_addr
+        return self._insecure or peer is None or is_loopback(peer)
 
 
 def _scope_for(need: Need) -> str:

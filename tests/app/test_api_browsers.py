@@ -176,3 +176,11 @@ def deploy_as(client: FlaskClient, token: str) -> object:
         return deploy(client, QUICKSTART)
     finally:
         del client.environ_base["HTTP_AUTHORIZATION"]
+
+
+def test_an_open_server_serves_this_host_s_clients_only(client: FlaskClient) -> None:
+    """Whatever address a WSGI server was bound to, a request from another host needs a token."""
+    response = client.get("/status/", environ_base={"REMOTE_ADDR": "10.0.0.5"})
+    assert assert_error(response, 401)["message"].startswith("this server needs a live API token")
+    for peer in ("127.0.0.1", "::1"):
+        assert ok(client.get("/status/", environ_base={"REMOTE_ADDR": peer}))["status"] == "Healthy"
