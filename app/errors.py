@@ -3,7 +3,10 @@
 ControlPlaneError (500)
 ├── NotFound (404)            unknown deployment, service, session or task
 ├── BadRequest (400)          a request that cannot be served as asked (no service named...)
+├── Unauthorized (401)        no live API token (never says whether it was missing or wrong)
+├── Forbidden (403)           the token's scope, or a foreign web page or Host, is refused
 ├── Conflict (409)            the name or id is taken, or the state forbids the change
+├── UnsupportedMediaType (415) a body that is not of the type the route reads (JSON, a form)
 ├── InvalidInput (422)        a field's value is wrong; ``errors`` maps fields to reasons
 ├── TooLarge (413)            a body, file, input, event or result over its size limit
 ├── TaskFailed (502)          the task ran and its workflow failed
@@ -15,13 +18,16 @@ ControlPlaneError (500)
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 
 class ControlPlaneError(Exception):
     """Root of the control plane's errors."""
 
     status_code = 500
+    #: Headers the error response carries (``WWW-Authenticate`` on a 401).
+    headers: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, message: str, errors: dict[str, Any] | None = None) -> None:
         super().__init__(message)
@@ -39,6 +45,25 @@ class BadRequest(ControlPlaneError):
     """The request cannot be served as asked."""
 
     status_code = 400
+
+
+class Unauthorized(ControlPlaneError):
+    """The request carries no live API token."""
+
+    status_code = 401
+    headers: ClassVar[Mapping[str, str]] = {"WWW-Authenticate": 'Bearer realm="celeriac"'}
+
+
+class Forbidden(ControlPlaneError):
+    """The caller may not do this: its token's scope, or where the request comes from."""
+
+    status_code = 403
+
+
+class UnsupportedMediaType(ControlPlaneError):
+    """The body is not of a type the route reads; nothing was done."""
+
+    status_code = 415
 
 
 class Conflict(ControlPlaneError):

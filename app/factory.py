@@ -14,7 +14,11 @@ from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
 from app.api import EXTENSION, deployments, sessions, status, tasks, workflow_server
+from app.api.auth import Authenticator
+from app.api.browsers import BrowserGuard
+from app.api.document import AccessPlugin
 from app.api.internals import shown
+from app.api.media_types import BodyCheck
 from app.control.plane import ControlPlane
 from app.db import Database, is_outage
 from app.errors import RETRY_AFTER, ControlPlaneError, Unavailable
@@ -29,7 +33,8 @@ API_VERSION = "1"
 
 def create_app(settings: Settings, plane: ControlPlane | None = None) -> Flask:
     """Build the API application around a control plane (made from ``settings`` if not given)."""
-    app = Flask("celeriac")
+    # No static folder: every route is in the access table of app/api/auth.py.
+    app = Flask("celeriac", static_folder=None)
     app.config.update(
         API_TITLE=API_TITLE,
         API_VERSION=API_VERSION,
@@ -46,12 +51,25 @@ def create_app(settings: Settings, plane: ControlPlane | None = None) -> Flask:
     if plane is None:
         plane = ControlPlane(settings, Database.for_settings(settings), create_celery(settings))
     app.extensions[EXTENSION] = plane
-    api = Api(app)
+    access = AccessPlugin()
+    api = Api(app, spec_kwargs={"extra_plugins": [access]})
     _serve_swagger_ui_files(app)
     for module in (status, deployments, tasks, sessions, workflow_server):
         api.register_blueprint(module.blp)
+    _guard_requests(app, settings, access)
     _register_error_handlers(app)
     return app
+
+
+def _guard_requests(app: Flask, settings: Settings, access: AccessPlugin) -> None:
+    """The checks before every view, in this order: a listed origin's CORS preflight (sent
+    without a token), the token, a foreign Host or web page, the body's media type."""
+    browsers = BrowserGuard(settings)
+    app.before_request(browsers.preflight)
+    app.before_request(Authenticator(settings).check)
+    app.before_request(browsers.check)
+    app.before_request(BodyCheck(access.bodies).check)
+    app.after_request(browsers.decorate)
 
 
 def _serve_swagger_ui_files(app: Flask) -> None:
@@ -69,7 +87,9 @@ def _register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ControlPlaneError)
     def control_plane_error(exc: ControlPlaneError) -> Any:
         retry_after = exc.retry_after if isinstance(exc, Unavailable) else RETRY_AFTER
-        return _payload(app, exc.status_code, exc.message, exc.errors, retry_after)
+        response, status = _payload(app, exc.status_code, exc.message, exc.errors, retry_after)
+        response.headers.update(exc.headers)
+        return response, status
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Any:

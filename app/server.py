@@ -21,7 +21,9 @@ from app.embedded import EmbeddedWorkers
 from app.errors import NotFound
 from app.factory import create_app
 from app.models.base import utcnow
+from config.datadir import private_folder
 from config.deployment import load_deployment
+from config.errors import ConfigError
 from config.settings import Settings
 from workers.celery_app import create_celery
 
@@ -33,10 +35,11 @@ class Server:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_folder(settings.data_dir)
         migrations.upgrade(settings.sqlalchemy_url)
         celery = create_celery(settings, worker_name="embedded")
         self.plane = ControlPlane(settings, Database.for_settings(settings), celery)
+        self._check_exposure()
         self.app: Flask = create_app(settings, self.plane)
         self.workers = EmbeddedWorkers(self.plane) if settings.embedded else None
         # Outcomes are recorded in another process: hear of them from PostgreSQL at once.
@@ -44,6 +47,25 @@ class Server:
         if not settings.embedded and self.plane.db.engine.dialect.name == "postgresql":
             self.listener = Listener(settings.sqlalchemy_url, self.plane.waiter)
             self.listener.start()
+
+    def _check_exposure(self) -> None:
+        """Refuse to serve beyond loopback with no API token, unless the operator opted out."""
+        settings = self.settings
+        if settings.loopback or self.plane.tokens.any_live():
+            return
+        if not settings.insecure_no_auth:
+            self.plane.close()
+            raise ConfigError(
+                f"refusing to listen on {settings.host} without an API token: anyone who "
+                "reaches the port could deploy and run code as this user. Create a token "
+                "first (celeriac tokens create --scope admin), or pass --insecure-no-auth "
+                "(CELERIAC_INSECURE_NO_AUTH=1) to serve with no authentication"
+            )
+        log.warning(
+            "INSECURE: serving the API on %s with no authentication (--insecure-no-auth): "
+            "anyone who reaches this port can deploy and run code as this user",
+            settings.host,
+        )
 
     def start_workers(self) -> None:
         """Start the in-process workers (embedded mode only), after queueing again the tasks

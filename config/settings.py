@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,6 +71,14 @@ class Settings:
     max_result_bytes: int = 1_048_576
     #: Deepest nesting of arrays and objects in JSON and YAML that clients and workflows send.
     max_nesting: int = 100
+    #: The API token that clients and service workers send (``CELERIAC_TOKEN``); never shown.
+    token: str = field(default="", repr=False)
+    #: Serve an address other than loopback with no API token: anyone who reaches the port
+    #: may deploy and run code. Off unless the operator says so, loudly.
+    insecure_no_auth: bool = False
+    #: Web origins (``scheme://host[:port]``, separated by commas or spaces) whose pages may
+    #: call the API from a browser (CORS); none by default.
+    cors_origins: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -98,6 +107,17 @@ class Settings:
         return 2 * largest + 65_536
 
     @property
+    def cors_origin_list(self) -> tuple[str, ...]:
+        """The origins of ``cors_origins``, without trailing slashes."""
+        parts = self.cors_origins.replace(",", " ").split()
+        return tuple(p.rstrip("/") for p in parts)
+
+    @property
+    def loopback(self) -> bool:
+        """True when the server listens on a loopback address only (this host's own users)."""
+        return is_loopback(self.host)
+
+    @property
     def sources_dir(self) -> Path:
         """Where git sources of deployments are cloned."""
         return self.data_dir / "sources"
@@ -119,6 +139,18 @@ class Settings:
                 continue
             values[f.name] = _coerce(f.name, raw, getattr(defaults, f.name))
         return cls(**values)  # type: ignore[arg-type]
+
+
+def is_loopback(host: str) -> bool:
+    """True for a name or address of this host's loopback interface (``127.0.0.0/8``, ``::1``,
+    ``localhost`` and its subdomains); a name that needs a resolver is not taken as one."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 _BOOLEANS = {

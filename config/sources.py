@@ -11,7 +11,6 @@ caller's to say (it depends on the token store): see ``app/trust.py`` and ``work
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 from collections.abc import Iterable
@@ -104,14 +103,3 @@ def git_scheme(url: str) -> str:
 def without_credentials(text: str) -> str:
     """``text`` with the user and password of every URL in it replaced by ``***``."""
     return _CREDENTIALS.sub("***@", text)
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (a name or an address, IPv6 in brackets or not) is this machine only."""
-    name = host.strip().strip("[]").lower()
-    if name == "localhost" or name.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False

@@ -7,6 +7,8 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 
+from config.datadir import private_sqlite
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -19,5 +21,6 @@ def alembic_config(database_url: str) -> Config:
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
-    """Bring the database schema up to ``revision``."""
+    """Bring the database schema up to ``revision`` (a SQLite file is made private first)."""
+    private_sqlite(database_url)
     command.upgrade(alembic_config(database_url), revision)

@@ -3,7 +3,8 @@
 WorkerError
 ├── ProtocolError        a message that cannot be decoded (wrong version, missing field)
 ├── UnknownDeployment    a step for a deployment this worker does not serve
-│   └── ControlPlaneUnreachable  the deployment could not be fetched now (retry later)
+│   ├── ControlPlaneUnreachable  the deployment could not be fetched now (retry later)
+│   └── TokenRefused     the control plane refused this worker's API token, or its scope
 ├── WorkflowLoadError    a service's workflow could not be synced, imported or found
 ├── WorkflowStateError   a session's Context could not be stored as JSON
 ├── ResultTooLarge       a run's result is over the size or nesting bound for results
@@ -44,3 +45,8 @@ class ControlPlaneUnreachable(UnknownDeployment):
 class HandedBack(WorkerError):
     """A run waiting for an event was stopped because its worker stops: the step goes back to
     its queue, for another worker to run it again."""
+
+
+class TokenRefused(UnknownDeployment):
+    """The control plane refused this worker's API token, or withheld ``env`` values from
+    it: the worker needs a live token of scope ``worker``."""

@@ -129,7 +129,7 @@ def prepare_service_worker(
     Returns the Celery app and the queues to consume. Nothing is installed silently: missing
     ``python-dependencies`` stop the worker with their names unless ``install_dependencies``.
     """
-    fetch = http_fetcher(settings.server, base_path)
+    fetch = http_fetcher(settings.server, base_path, token=settings.token)
     # The operator named ``base_path`` on the command line: sources there are theirs.
     roots = () if base_path is None else (base_path,)
     celery = create_celery(settings, worker_name=hostname, fetch=fetch, source_roots=roots)

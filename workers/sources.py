@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from config.datadir import private_folder
 from config.deployment import ServiceSpec, SourceLayout, SourceType
 from config.errors import SourceNotAllowed
 from config.sources import SourcePolicy, without_credentials
@@ -69,7 +70,7 @@ def _sync_git(
     marker = dest / _MARKER
     if marker.is_file() and json.loads(marker.read_text()) == wanted:
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(dest.parent)
     scratch = Path(tempfile.mkdtemp(prefix=f".{service.id}-", dir=dest.parent))
     command = ["git", "clone", "--quiet", "--depth", "1", "--single-branch"]
     if ref:

@@ -7,6 +7,7 @@ from typing import Any
 from flask.views import MethodView
 
 from app.api import plane
+from app.api.auth import caller
 from app.api.bodies import Blueprint, too_large
 from app.api.schemas import (
     CreateDeploymentArgs,
@@ -66,8 +67,17 @@ class DeploymentSpecItem(MethodView):
 
     @blp.response(200, DeploymentSpecSchema)
     def get(self, deployment_name: str) -> Any:
-        """The deployment's parsed spec, version and base path (what workers fetch)."""
-        return plane().deployments.get(deployment_name)
+        """The deployment's parsed spec, version and base path (what workers fetch); the
+        services' ``env`` values only for a worker token (or on an open server)."""
+        deployment = plane().deployments.get(deployment_name)
+        secrets = caller().sees_secrets
+        return {
+            "name": deployment.name,
+            "version": deployment.version,
+            "base_path": deployment.base_path,
+            "spec": deployment.spec if secrets else _redacted(deployment.spec),
+            "env_redacted": not secrets,
+        }
 
 
 @blp.route("/<string:deployment_name>")
@@ -83,3 +93,16 @@ class DeploymentItem(MethodView):
     def delete(self, deployment_name: str) -> None:
         """Delete a deployment with its sessions, tasks and events."""
         plane().deployments.delete(deployment_name)
+
+
+#: What a redacted ``env`` value reads.
+REDACTED = "<redacted>"
+
+
+def _redacted(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec with each service's ``env`` values replaced (their names stay)."""
+    services = {
+        name: {**service, "env": dict.fromkeys(service.get("env") or {}, REDACTED)}
+        for name, service in (spec.get("services") or {}).items()
+    }
+    return {**spec, "services": services}

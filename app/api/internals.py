@@ -1,4 +1,4 @@
-"""What a caller who may not see internals (``app.trust.may_see_internals``) gets of errors:
+"""What a caller who may not see internals (``app.api.auth.may_see_internals``) gets of errors:
 no traceback, and no path of the server's file system.
 
 A path is a run of ``/``-separated names after a space, a quote or a bracket whose first name
@@ -14,7 +14,7 @@ import os
 import re
 from typing import Any
 
-from app.trust import may_see_internals
+from app.api.auth import may_see_internals
 
 _PATH = re.compile(r"(?<![\w.:/~-])/([\w.@+-]+)((?:/[\w.@+-]*)*)")
 #: Keys of an error that only help whoever runs the server.

@@ -8,10 +8,10 @@ from typing import Any
 from flask_smorest.fields import Upload
 from marshmallow import EXCLUDE, Schema, fields, validate
 
+from app.api.auth import may_see_internals
 from app.api.internals import shown
 from app.control.lifecycle import MultitaskStrategy
 from app.models import AttemptOutcome, Task, TaskStatus
-from app.trust import may_see_internals
 
 
 class PublicError(fields.Dict):
@@ -95,7 +95,15 @@ class DeploymentSpecSchema(Schema):
     name = fields.String()
     version = fields.Integer()
     base_path = fields.String()
-    spec = fields.Dict(metadata={"description": "The deployment file, parsed and completed."})
+    spec = fields.Dict(
+        metadata={
+            "description": "The deployment file, parsed and completed; each service's `env` "
+            "values are shown to worker tokens only (and on an open server)."
+        }
+    )
+    env_redacted = fields.Boolean(
+        metadata={"description": "True when the `env` values were replaced by `<redacted>`."}
+    )
 
 
 class DeploymentFileSchema(Schema):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import click
@@ -15,14 +15,15 @@ from app.sdk import CeleriacError, Client
 
 @dataclass
 class CliState:
-    """Global options, resolved: the server URL and the HTTP timeout."""
+    """Global options, resolved: the server URL, the HTTP timeout and the API token."""
 
     server: str
     timeout: float | None
+    token: str | None = field(default=None, repr=False)
 
     def client(self) -> Client:
         """An SDK client for the chosen server."""
-        return Client(self.server, timeout=self.timeout)
+        return Client(self.server, timeout=self.timeout, token=self.token or "")
 
 
 pass_state = click.make_pass_decorator(CliState)

@@ -35,9 +35,17 @@ def load_profiles(path: Path) -> dict[str, Any]:
 
 
 def save_profiles(path: Path, data: dict[str, Any]) -> None:
-    """Write the profile file."""
+    """Write the profile file, readable by its owner only (it may hold tokens)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=True))
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as fh:
+        fh.write(yaml.safe_dump(data, sort_keys=True))
+    os.chmod(path, 0o600)  # a file written before tokens were kept in it
+
+
+def shown(values: dict[str, Any]) -> dict[str, Any]:
+    """A profile's values as they may be printed: a token only as whether it is set."""
+    return {k: ("(set)" if k == "token" else v) for k, v in values.items()}
 
 
 def active_profile(data: dict[str, Any], name: str | None) -> dict[str, Any]:
@@ -47,7 +55,7 @@ def active_profile(data: dict[str, Any], name: str | None) -> dict[str, Any]:
 
 @click.group("config")
 def config_group() -> None:
-    """Manage profiles (server URL and timeout per profile)."""
+    """Manage profiles (server URL, timeout and API token per profile)."""
 
 
 @config_group.command("get-profiles")
@@ -56,7 +64,7 @@ def get_profiles() -> None:
     data = load_profiles(profiles_path())
     for name, values in sorted(data["profiles"].items()):
         mark = "*" if name == data["current_profile"] else " "
-        click.echo(f"{mark} {name}: {values}")
+        click.echo(f"{mark} {name}: {shown(values)}")
 
 
 @config_group.command("current-profile")
@@ -69,7 +77,13 @@ def current_profile() -> None:
 @click.argument("name")
 @click.option("--server", help="API server URL.")
 @click.option("--timeout", type=float, help="HTTP timeout in seconds.")
-def set_profile(name: str, server: str | None, timeout: float | None) -> None:
+@click.option(
+    "--token",
+    "read_token",
+    is_flag=True,
+    help="Ask for an API token (not echoed) and keep it in the profile; '-' removes it.",
+)
+def set_profile(name: str, server: str | None, timeout: float | None, read_token: bool) -> None:
     """Create or change a profile."""
     path = profiles_path()
     data = load_profiles(path)
@@ -78,8 +92,14 @@ def set_profile(name: str, server: str | None, timeout: float | None) -> None:
         profile["server"] = server
     if timeout is not None:
         profile["timeout"] = timeout
+    if read_token:
+        token = click.prompt("API token", hide_input=True).strip()
+        if token == "-":
+            profile.pop("token", None)
+        else:
+            profile["token"] = token
     save_profiles(path, data)
-    click.echo(f"Profile {name}: {profile}")
+    click.echo(f"Profile {name}: {shown(profile)}")
 
 
 @config_group.command("use-profile")

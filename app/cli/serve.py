@@ -28,22 +28,35 @@ def load_settings(**overrides: object) -> Settings:
 )
 @click.option("--host", help="Interface to listen on [default: 127.0.0.1].")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port [default: 4501].")
-def serve(deployment_file: Path | None, host: str | None, port: int | None) -> None:
+@click.option(
+    "--insecure-no-auth",
+    is_flag=True,
+    help="Listen beyond loopback with no API token: anyone who reaches the port may deploy "
+    "and run code (CELERIAC_INSECURE_NO_AUTH).",
+)
+def serve(
+    deployment_file: Path | None, host: str | None, port: int | None, insecure_no_auth: bool
+) -> None:
     """Run the API server; with no broker configured, run everything in this process.
 
     DEPLOYMENT_FILE, if given, is deployed at start (replacing a stored one of the same name).
+    Beyond loopback (--host 0.0.0.0) it needs an API token (celeriac tokens create).
     """
     # The server stack (Celery, SQLAlchemy, workflows) loads only for the commands that run it,
     # so that client commands such as ``celeriac run`` start in a fraction of a second.
     from app.server import Server
 
-    settings = load_settings(host=host, port=port)
+    # The flag only switches the setting on; without it CELERIAC_INSECURE_NO_AUTH decides.
+    settings = load_settings(host=host, port=port, insecure_no_auth=insecure_no_auth or None)
     if deployment_file is not None:
         settings = _adopt_platform(settings, deployment_file)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    server = Server(settings)
+    try:
+        server = Server(settings)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
     server.start_workers()
     if deployment_file is not None:
         try:
@@ -107,8 +120,9 @@ def db_group() -> None:
 def upgrade(revision: str) -> None:
     """Apply migrations to the configured database (CELERIAC_DATABASE_URL)."""
     import migrations
+    from config.datadir import private_folder
 
     settings = load_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    private_folder(settings.data_dir)
     migrations.upgrade(settings.sqlalchemy_url, revision)
     click.echo(f"Database {settings.sqlalchemy_url} is at {revision}.")

@@ -60,7 +60,7 @@ def worker(
     """
     if control_plane == bool(deployments):
         raise click.UsageError("give either --control-plane or one or more --deployment")
-    settings = load_settings(server=state.server)
+    settings = load_settings(server=state.server, token=state.token)
     if settings.embedded:
         raise click.UsageError(
             "CELERIAC_BROKER_URL is not set: with the embedded memory:// broker every worker "

@@ -15,6 +15,7 @@ from app.control.registry import Registry
 from app.control.sendable import SendableEvents
 from app.control.sessions import Sessions
 from app.control.tasks import Tasks
+from app.control.tokens import Tokens
 from app.control.waiter import TaskWaiter
 from app.db import Database
 from app.orchestrator import register_control_tasks
@@ -41,7 +42,8 @@ class ControlPlane:
         )
         self.recorder = Recorder(db, self.lifecycle, self.waiter, dispatcher, self.outbox)
         self.leases = Leases(self.lifecycle, dispatcher, settings.heartbeat_interval)
-        self.deployments = Deployments(db, settings, lambda: open_mode(settings))
+        self.tokens = Tokens(db)
+        self.deployments = Deployments(db, settings, lambda: open_mode(settings, self.tokens))
         # This process's own workers (the embedded mode) take sources where deploys may.
         celery.runtime.source_policy = self.deployments.source_policy
         self.sessions = Sessions(db, self.lifecycle)

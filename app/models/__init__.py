@@ -6,15 +6,18 @@ from app.models.deployment import Deployment, Service
 from app.models.event import Event, EventDirection
 from app.models.session import Session
 from app.models.task import Operation, Task, TaskStatus
+from app.models.token import ApiToken, Scope
 from app.models.worker import Worker
 
 __all__ = [
+    "ApiToken",
     "AttemptOutcome",
     "Base",
     "Deployment",
     "Event",
     "EventDirection",
     "Operation",
+    "Scope",
     "Service",
     "Session",
     "Task",

@@ -14,6 +14,7 @@ from app.sdk._errors import (
     CeleriacError,
     Conflict,
     ConnectionFailed,
+    Forbidden,
     InvalidInput,
     NotFound,
     RequestTimeout,
@@ -22,6 +23,7 @@ from app.sdk._errors import (
     TaskEnded,
     TaskFailed,
     TaskTimeout,
+    Unauthorized,
 )
 from app.sdk._models import (
     Attempt,
@@ -53,6 +55,7 @@ __all__ = [
     "EventDefinition",
     "EventItem",
     "EventStream",
+    "Forbidden",
     "InvalidInput",
     "LiveService",
     "MultitaskStrategy",
@@ -68,5 +71,6 @@ __all__ = [
     "TaskFailed",
     "TaskResult",
     "TaskTimeout",
+    "Unauthorized",
     "Worker",
 ]

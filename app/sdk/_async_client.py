@@ -37,7 +37,8 @@ class AsyncClient:
     :meth:`aclose`.
 
     ``timeout`` is the HTTP timeout in seconds (None: none) and the default wait of
-    ``tasks.run`` and ``tasks.wait``.
+    ``tasks.run`` and ``tasks.wait``. ``token`` is the API token to send (None: the
+    ``CELERIAC_TOKEN`` variable's, if set; ``""``: none).
     """
 
     def __init__(
@@ -45,11 +46,17 @@ class AsyncClient:
         server: str = DEFAULT_SERVER,
         *,
         timeout: float | None = DEFAULT_TIMEOUT,
+        token: str | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.server = server.rstrip("/")
         self.timeout = timeout
-        self._http = httpx.AsyncClient(base_url=self.server, timeout=timeout, transport=transport)
+        self._http = httpx.AsyncClient(
+            base_url=self.server,
+            timeout=timeout,
+            transport=transport,
+            headers=calls.auth_headers(token),
+        )
         self.deployments = AsyncDeployments(self)
         self.tasks = AsyncTasks(self)
         self.sessions = AsyncSessions(self)

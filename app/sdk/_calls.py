@@ -8,6 +8,7 @@ function that turns the JSON answer into the SDK's types. The clients only send 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,19 @@ DEFAULT_SERVER = "http://127.0.0.1:4501"
 DEFAULT_TIMEOUT = 120.0
 #: Extra seconds a blocking ``tasks/run`` read waits beyond the server-side wait.
 RUN_MARGIN = 5.0
+
+
+#: Where a client finds its API token when it is given none.
+TOKEN_VARIABLE = "CELERIAC_TOKEN"
+
+
+def auth_headers(token: str | None) -> dict[str, str]:
+    """The headers that carry an API token: ``token``, else ``$CELERIAC_TOKEN`` when
+    ``token`` is None; none for an empty one."""
+    if token is None:
+        token = os.environ.get(TOKEN_VARIABLE, "")
+    token = token.strip()
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,8 @@ class Client:
     """Talks to one Celeriac API server; use as a context manager or call :meth:`close`.
 
     ``timeout`` is the HTTP timeout in seconds (None: none) and the default wait of
-    ``tasks.run`` and ``tasks.wait``.
+    ``tasks.run`` and ``tasks.wait``. ``token`` is the API token to send (None: the
+    ``CELERIAC_TOKEN`` variable's, if set; ``""``: none).
     """
 
     def __init__(
@@ -43,11 +44,17 @@ class Client:
         server: str = DEFAULT_SERVER,
         *,
         timeout: float | None = DEFAULT_TIMEOUT,
+        token: str | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.server = server.rstrip("/")
         self.timeout = timeout
-        self._http = httpx.Client(base_url=self.server, timeout=timeout, transport=transport)
+        self._http = httpx.Client(
+            base_url=self.server,
+            timeout=timeout,
+            transport=transport,
+            headers=calls.auth_headers(token),
+        )
         self.deployments = Deployments(self)
         self.tasks = Tasks(self)
         self.sessions = Sessions(self)

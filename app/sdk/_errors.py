@@ -5,6 +5,9 @@ CeleriacError
 │   └── RequestTimeout        the server did not answer within the HTTP timeout
 └── APIError                  the server answered with an error (``status_code``, ``errors``)
     ├── BadRequest (400)      e.g. no service named and no ``default-service``
+    ├── Unauthorized (401)    the server needs a live API token (``token=``, CELERIAC_TOKEN)
+    ├── Forbidden (403)       the token's scope does not allow the call, or the server
+    │                         refused where it came from
     ├── NotFound (404)        unknown deployment, service, session or task
     ├── Conflict (409)        the name or id is taken, or the state forbids the change
     │   ├── SessionBusy       ``multitask_strategy="reject"`` and the session runs a task
@@ -55,6 +58,14 @@ class BadRequest(APIError):
     """400: the request cannot be served as asked."""
 
 
+class Unauthorized(APIError):
+    """401: the server needs a live API token, and got none (or an unknown or revoked one)."""
+
+
+class Forbidden(APIError):
+    """403: the token's scope does not allow this call (or the server refused its origin)."""
+
+
 class NotFound(APIError):
     """404: the deployment, service, session or task does not exist."""
 
@@ -89,6 +100,8 @@ class ServerError(APIError):
 
 _BY_STATUS: dict[int, type[APIError]] = {
     400: BadRequest,
+    401: Unauthorized,
+    403: Forbidden,
     404: NotFound,
     409: Conflict,
     422: InvalidInput,

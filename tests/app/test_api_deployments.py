@@ -200,7 +200,9 @@ def test_create_with_the_file_as_a_plain_form_value_names_the_field(client: Flas
 
 def test_create_with_a_json_body_is_refused(client: FlaskClient) -> None:
     response = client.post("/deployments/create", json={"config_file": QUICKSTART.read_text()})
-    assert_error(response, 422)
+    body = assert_error(response, 415)
+    assert "multipart/form-data" in body["message"]
+    assert body["errors"] == {"Content-Type": ["expected multipart/form-data"]}
     assert names(client) == []
 
 

@@ -1,5 +1,5 @@
 """No traceback or server path in any response (issue 14, item 5), while no caller may see
-internals (``app.trust.may_see_internals``): the stored task keeps them for the operator."""
+internals (``app.api.auth.may_see_internals``): the stored task keeps them for the operator."""
 
 from __future__ import annotations
 

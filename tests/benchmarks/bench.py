@@ -154,12 +154,25 @@ def peak_rss_mb(pid: int) -> float | None:
 
 
 @contextmanager
-def celeriac_server(env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """``celeriac serve`` of the quick start in a fresh data folder; yields its URL."""
+def celeriac_server(
+    env: dict[str, str], token: str = ""
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """``celeriac serve`` of the quick start in a fresh data folder; yields its URL. With a
+    ``token`` scope, a token of that scope is made first and its value put in ``env``
+    (``CELERIAC_TOKEN``), so that every request needs it."""
     workdir = Path(tempfile.mkdtemp(prefix="celeriac-bench-"))
     shutil.copytree(QUICKSTART, workdir / "quickstart")
     port = free_port()
     script = Path(sys.executable).parent / "celeriac"
+    if token:
+        made = subprocess.run(
+            [str(script), "tokens", "create", "--scope", token],
+            env={**os.environ, "CELERIAC_DATA_DIR": str(workdir / ".celeriac"), **env},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        env["CELERIAC_TOKEN"] = made.stdout.strip()
     command = [
         str(script),
         "serve",
@@ -179,7 +192,8 @@ def celeriac_server(env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen
                 out = proc.stdout.read().decode() if proc.stdout else ""
                 raise RuntimeError(f"celeriac serve exited early:\n{out}")
             try:
-                if httpx.get(f"{url}/deployments/QuickStart", timeout=1).status_code == 200:
+                ready = httpx.get(f"{url}/deployments/QuickStart", timeout=1, headers=auth(env))
+                if ready.status_code == 200:
                     break
             except httpx.TransportError:
                 pass
@@ -196,7 +210,15 @@ def celeriac_server(env: dict[str, str]) -> Iterator[tuple[str, subprocess.Popen
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def http_caller(url: str) -> Callable[[], Callable[[], object]]:
+def auth(env: dict[str, str]) -> dict[str, str]:
+    """The Authorization header of the token in ``env``, if any."""
+    token = env.get("CELERIAC_TOKEN", "")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def http_caller(
+    url: str, headers: dict[str, str] | None = None
+) -> Callable[[], Callable[[], object]]:
     """Makes one keep-alive connection per caller of ``tasks/run`` on the server at ``url``.
 
     The load comes from the standard library's ``http.client``, lean as a load generator
@@ -206,7 +228,7 @@ def http_caller(url: str) -> Callable[[], Callable[[], object]]:
     parts = urlsplit(url)
     path = "/deployments/QuickStart/tasks/run"
     body = json.dumps({"input": json.dumps({"message": "hello"})}).encode()
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **(headers or {})}
 
     def make_call() -> Callable[[], object]:
         connection = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=60)
@@ -227,8 +249,9 @@ def http_caller(url: str) -> Callable[[], Callable[[], object]]:
 def bench_celeriac(args: argparse.Namespace, env: dict[str, str], label: str) -> Figures:
     """Latency and throughput of ``POST /deployments/QuickStart/tasks/run``."""
     print(f"{label}: starting celeriac serve", file=sys.stderr)
-    with celeriac_server(env) as (url, proc):
-        make_call = http_caller(url)
+    env = dict(env)
+    with celeriac_server(env, args.token) as (url, proc):
+        make_call = http_caller(url, auth(env))
         latencies = measure_latency(make_call(), args.calls, f"{label} latency")
         tps8 = measure_throughput(make_call, 8, args.tasks, f"{label} 8 clients")
         tps32 = measure_throughput(make_call, 32, args.tasks, f"{label} 32 clients")
@@ -319,8 +342,9 @@ def comparison(celeriac: Figures, raw: Figures) -> str:
 
 def bench_memory(args: argparse.Namespace) -> list[Figures]:
     """The embedded mode, measured exactly as the README reports it."""
+    with_token = f", {args.token} token" if args.token else ""
     return [
-        bench_celeriac(args, {}, "Celeriac embedded (HTTP, memory://, SQLite)"),
+        bench_celeriac(args, {}, f"Celeriac embedded (HTTP, memory://, SQLite{with_token})"),
         bench_raw_celery(
             args, "workers.transports:MemoryTransport", "raw Celery, Celeriac's memory:// transport"
         ),
@@ -335,6 +359,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tasks", type=int, default=1500, help="tasks per throughput run")
     parser.add_argument("--quick", action="store_true", help="50 calls, 200 tasks")
     parser.add_argument("--json", type=Path, help="also write the figures to this file")
+    parser.add_argument(
+        "--token",
+        choices=["admin", "run"],
+        default="",
+        help="embedded server with an API token of this scope, sent with every call",
+    )
     parser.add_argument(
         "--transport", choices=[*TRANSPORTS, "all"], default="memory", help="broker(s) to measure"
     )

@@ -54,3 +54,42 @@ def test_a_malformed_value_is_refused_with_its_variable_named(
     with pytest.raises(ConfigError) as caught:
         Settings.from_env({name: raw})
     assert str(caught.value).startswith(f"{name}: {raw!r} {reason}")
+
+
+def test_the_security_settings_are_read_and_the_token_never_shown() -> None:
+    settings = Settings.from_env(
+        {
+            "CELERIAC_TOKEN": "clr_secret",
+            "CELERIAC_INSECURE_NO_AUTH": "1",
+            "CELERIAC_CORS_ORIGINS": "https://app.example, http://127.0.0.1:8080/ https://b.example",
+        }
+    )
+    assert settings.token == "clr_secret"
+    assert "clr_secret" not in repr(settings)
+    assert settings.insecure_no_auth is True
+    assert settings.cors_origin_list == (
+        "https://app.example",
+        "http://127.0.0.1:8080",
+        "https://b.example",
+    )
+    assert Settings().cors_origin_list == ()
+    assert Settings().insecure_no_auth is False
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("localhost", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.10", False),
+        ("myhost", False),
+        ("localhost.example", False),
+    ],
+)
+def test_loopback_is_an_address_of_this_host_only(host: str, loopback: bool) -> None:
+    assert Settings(host=host).loopback is loopback

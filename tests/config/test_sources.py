@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from config.errors import SourceNotAllowed
-from config.settings import Settings
-from config.sources import SourcePolicy, git_scheme, is_loopback, without_credentials
+from config.settings import Settings, is_loopback
+from config.sources import SourcePolicy, git_scheme, without_credentials
 
 
 def policy(tmp_path: Path, *, roots: str = "", open_mode: bool = False, **kw: str) -> SourcePolicy:

@@ -72,9 +72,11 @@ def github_mirror(tmp_path: Path) -> dict[str, str]:
     }
 
 
-@pytest.fixture
-def server(tmp_path: Path, processes: Processes, github_mirror: dict[str, str]) -> Iterator[str]:
-    """An embedded ``celeriac serve`` in its own process; its URL."""
+def serve(
+    tmp_path: Path, processes: Processes, github_mirror: dict[str, str], token: str = ""
+) -> str:
+    """Start an embedded ``celeriac serve`` in its own process; its URL, with ``token`` (if
+    any) as the URL's password, as LlamaDeploy's clients can send one."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CELERIAC_")}
     env |= github_mirror | {"CELERIAC_DATA_DIR": str(tmp_path / "data"), "PYTHONUNBUFFERED": "1"}
@@ -84,16 +86,40 @@ def server(tmp_path: Path, processes: Processes, github_mirror: dict[str, str]) 
         "serve", [script("celeriac"), "serve", "--port", str(port)], env, cwd=tmp_path
     )
     url = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def answers() -> bool:
         assert process.alive(), process.output()
         try:
-            return httpx.get(f"{url}/status/", timeout=2.0).status_code == 200
+            return httpx.get(f"{url}/status/", timeout=2.0, headers=headers).status_code == 200
         except httpx.TransportError:
             return False
 
     poll(answers, bool, 30.0, "celeriac serve answering")
-    yield url
+    return f"http://token:{token}@127.0.0.1:{port}" if token else url
+
+
+@pytest.fixture
+def server(tmp_path: Path, processes: Processes, github_mirror: dict[str, str]) -> Iterator[str]:
+    """An embedded ``celeriac serve`` in its own process; its URL."""
+    yield serve(tmp_path, processes, github_mirror)
+
+
+@pytest.fixture
+def protected_server(
+    tmp_path: Path, processes: Processes, github_mirror: dict[str, str]
+) -> Iterator[str]:
+    """An embedded ``celeriac serve`` with an admin token; its URL with the token in it."""
+    done = subprocess.run(
+        [script("celeriac"), "tokens", "create", "--scope", "admin"],
+        env={k: v for k, v in os.environ.items() if not k.startswith("CELERIAC_")}
+        | {"CELERIAC_DATA_DIR": str(tmp_path / "data")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    yield serve(tmp_path, processes, github_mirror, token=done.stdout.strip())
 
 
 def llamactl(
@@ -162,3 +188,44 @@ def test_llama_deploy_client_scenarios(llama_deploy_bin: Path, server: str) -> N
     assert seen["question"] == "Enter a number: "
     assert seen["sent_to"] == "hitl_workflow"
     assert seen["answer"] == "42"
+
+
+def test_llamactl_and_the_client_send_a_token_given_in_the_server_url(
+    llama_deploy_bin: Path, protected_server: str, tmp_path: Path
+) -> None:
+    """httpx sends a URL's user and password as HTTP Basic: the README's way to give
+    LlamaDeploy 0.8.1's unmodified clients a token."""
+    # The Python Client's every call, event streams included, carries it
+    done = subprocess.run(
+        [str(llama_deploy_bin / "python"), str(SCENARIOS), protected_server, str(FIXTURES)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["run"] == "Message received: from the Client"
+    assert seen["stream_result"] == "Done."
+    assert seen["answer"] == "42"
+    # And so do llamactl's
+    reloaded = llamactl(
+        llama_deploy_bin, protected_server, tmp_path, "deploy", "--reload", str(QUICK_START)
+    )
+    assert reloaded.returncode == 0, reloaded.stderr
+    run = llamactl(
+        llama_deploy_bin,
+        protected_server,
+        tmp_path,
+        "run",
+        "-d",
+        "QuickStart",
+        "-a",
+        "message",
+        "t",
+    )
+    assert run.stdout.strip() == "Message received: t", run.stderr
+    # Without the token llamactl is refused
+    anonymous = "http://" + protected_server.split("@", 1)[1]
+    refused = llamactl(llama_deploy_bin, anonymous, tmp_path, "run", "-d", "QuickStart")
+    assert refused.returncode != 0
+    assert "401" in refused.stderr

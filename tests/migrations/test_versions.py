@@ -145,3 +145,29 @@ def _tables(url: str) -> list[str]:
         return inspect(engine).get_table_names()
     finally:
         engine.dispose()
+
+
+def test_0011_adds_api_tokens_whose_live_names_are_unique(tmp_path: Path) -> None:
+    # Given a database at 0010 holding a deployment
+    url = f"sqlite:///{tmp_path / 'celeriac.db'}"
+    migrations.upgrade(url, "0010")
+    _execute(
+        url,
+        "INSERT INTO deployments (name, spec, source_yaml, base_path, version, created_at, "
+        f"updated_at) VALUES ('D', '{{}}', '', '.', 1, '{NOW}', '{NOW}')",
+    )
+    # When it is upgraded, it has no token (so a loopback server stays open)
+    migrations.upgrade(url)
+    assert _execute(url, "SELECT count(*) FROM api_tokens") == [(0,)]
+    # And a name is unique among live tokens only; a hash is unique
+    columns = "INSERT INTO api_tokens (name, scope, token_hash, created_at, revoked_at)"
+    _execute(url, f"{columns} VALUES ('ci', 'run', 'h1', '{NOW}', '{NOW}')")
+    _execute(url, f"{columns} VALUES ('ci', 'run', 'h2', '{NOW}', NULL)")
+    with pytest.raises(IntegrityError):
+        _execute(url, f"{columns} VALUES ('ci', 'read', 'h3', '{NOW}', NULL)")
+    with pytest.raises(IntegrityError):
+        _execute(url, f"{columns} VALUES ('other', 'read', 'h2', '{NOW}', NULL)")
+    # And going back drops the table only
+    command.downgrade(alembic_config(url), "0010")
+    assert "api_tokens" not in _tables(url)
+    assert _execute(url, "SELECT name FROM deployments") == [("D",)]
