@@ -142,6 +142,29 @@ def test_a_second_run_shows_the_first_lost(workerless: Server, client: FlaskClie
     assert (second["attempt"], second["outcome"], second["error"]) == (2, "succeeded", None)
 
 
+def test_a_second_run_that_ends_before_asking_again_still_ends_its_stream_with_the_outcome(
+    workerless: Server, client: FlaskClient
+) -> None:
+    """A later run that had the answer waiting from its start may end without asking again:
+    its StopEvent comes under the number of the first run's question, and must not be lost."""
+    # Given a first run that asked a question (event 0), then was never heard of again
+    task_id = queued_task(client)
+    celery = workerless.plane.celery
+    report(celery, started(task_id, at=STARTED_AT - 60))
+    report(celery, streamed(task_id, 0, input_required=True))
+    # When a second run ends at once, its StopEvent numbered 0 as its first event
+    report(celery, started(task_id))
+    report(celery, finished(task_id, stop_seq=0))
+    # Then the task succeeded, and its events are the question, then the outcome
+    shown = task(client, task_id)
+    assert (shown["status"], shown["attempts"]) == ("succeeded", 2)
+    frames = list(sse_frames(client, task_id))
+    assert [(f.get("id"), f["data"].get("type")) for f in frames if f["event"] != "end"] == [
+        ("0", "InputRequiredEvent"),
+        ("1", "StopEvent"),
+    ]
+
+
 @pytest.mark.parametrize(("succeeds", "status"), [(True, "succeeded"), (False, "failed")])
 def test_a_question_reported_after_the_outcome_leaves_the_task_ended(
     workerless: Server, client: FlaskClient, succeeds: bool, status: str

@@ -65,16 +65,23 @@ def finished(
     started_reported: bool = True,
     started_at: float = STARTED_AT,
     worker: str = WORKER,
+    stop_seq: int | None = None,
 ) -> StepFinished:
     """The run that began at ``started_at`` ended after streaming ``event_count`` events
-    (each reported on its own)."""
+    (each reported on its own), and with them, if ``stop_seq`` is given, its ``StopEvent``
+    under that number (a last event the report carries)."""
+    events = []
+    if stop_seq is not None:
+        stop = {"type": "StopEvent", "qualified_name": "workflows.events.StopEvent", "data": {}}
+        events.append(StepEvent(task_id=task_id, seq=stop_seq, event=stop, at=time.time()).encode())
+        event_count = stop_seq + 1
     return StepFinished(
         task_id=task_id,
         ok=ok,
         result="done" if ok else None,
         error=None if ok else {"type": "ValueError", "message": "boom"},
         event_count=event_count,
-        events=[],
+        events=events,
         worker=worker,
         started_at=started_at,
         started_reported=started_reported,

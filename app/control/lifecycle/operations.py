@@ -340,6 +340,8 @@ class Lifecycle:
         alone = in_statement and not message.keep_context
         with self._db.single() if alone else self._db.connect() as conn:
             changed = self._store_outcome(conn, finish, params, events)
+            if changed is not None and changed.attempts > 1 and events:
+                self._keep_last_event(conn, events[-1])
             pending = self._note_run(conn, run, changed, with_start, transaction=not alone)
             if changed is not None and message.keep_context:
                 following = self._pass_turn(conn, changed.session_id, message)
@@ -390,6 +392,24 @@ class Lifecycle:
             for event in events:
                 conn.execute(self._insert_event, event)
         return changed
+
+    def _keep_last_event(self, conn: Connection, event: dict[str, Any]) -> None:
+        """Store the last event of a run that was not the task's first, if its number was
+        taken by another event of an earlier run.
+
+        Runs number their events from 0, and a number stored once is kept (redeliveries
+        repeat the same events). A later run may stream others, though: one that had a
+        person's answer waiting from the start can end before it asks again, and its
+        ``StopEvent`` then comes under the number of the first run's question. The stream
+        must still end with the outcome: it goes after the events stored."""
+        stored = conn.execute(
+            sql.STORED_OUTPUT_TYPE, {"task_id": event["task_id"], "seq": event["seq"]}
+        ).scalar()
+        if stored == event["type"]:
+            return
+        seq = conn.execute(sql.NEXT_OUTPUT_SEQ, {"task_id": event["task_id"]}).scalar_one()
+        conn.execute(self._insert_event, {**event, "seq": seq})
+        conn.execute(sql.SET_EVENT_COUNT, {"task_id": event["task_id"], "p_event_count": seq + 1})
 
     def _pass_turn(
         self, conn: Connection, session_id: str, message: StepFinished

@@ -99,6 +99,20 @@ TASK_FOR_INPUT = (
     .where(tasks.c.id == bindparam("task_id"))
     .with_for_update()
 )
+#: The type of the event a run streamed under a number, if one is stored.
+STORED_OUTPUT_TYPE = select(events.c.type).where(
+    events.c.task_id == bindparam("task_id"),
+    events.c.direction == EventDirection.OUT.value,
+    events.c.seq == bindparam("seq"),
+)
+NEXT_OUTPUT_SEQ = select(func.coalesce(func.max(events.c.seq) + 1, 0)).where(
+    events.c.task_id == bindparam("task_id"), events.c.direction == EventDirection.OUT.value
+)
+SET_EVENT_COUNT = (
+    tasks.update()
+    .where(tasks.c.id == bindparam("task_id"))
+    .values(event_count=bindparam("p_event_count"))
+)
 NEXT_INPUT_SEQ = select(func.coalesce(func.max(events.c.seq) + 1, 0)).where(
     events.c.task_id == bindparam("task_id"), events.c.direction == EventDirection.IN.value
 )
