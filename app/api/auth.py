@@ -131,9 +131,10 @@ def caller() -> Caller:
 
 
 def may_see_internals() -> bool:
-    """Whether the caller may see tracebacks and server paths: an admin (or an open server's
-    own user); everyone else gets errors without them (``app.api.internals``)."""
-    return caller().is_admin
+    """Whether the caller may see tracebacks and server paths: only an admin token's holder.
+    Everyone else, an open server's callers included, gets errors without them
+    (``app.api.internals``); the stored rows and the server's log keep them."""
+    return caller().scope is Scope.ADMIN
 
 
 def need_of(endpoint: str | None, method: str) -> Need | None:

@@ -55,11 +55,12 @@ def confined(settings: Settings, allowed: Path) -> Iterator[FlaskClient]:
 
 @pytest.fixture
 def exposed(settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """A server bound to every interface, without roots set: it was started in ``started``."""
+    """A server bound to every interface (with no tokens, as its operator allowed), without
+    roots set: it was started in ``started``."""
     started = tmp_path / "started"
     started.mkdir()
     monkeypatch.chdir(started)
-    yield from serve(settings.replace(host="0.0.0.0"))
+    yield from serve(settings.replace(host="0.0.0.0", insecure_no_auth=True))
 
 
 def deployments(client: FlaskClient) -> list[str]:

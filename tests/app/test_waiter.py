@@ -156,8 +156,8 @@ def test_while_relayed_waiters_poll_rarely_and_a_notify_still_wakes_them_at_once
         waiter.notify("t-1")
 
     # When the task ends, and notifies, after a while
-    thread = later(0.3, finish)
     start = time.monotonic()
+    thread = later(0.3, finish)
     result = waiter.wait("t-1", timeout=5, look=look, check_first=False)
     thread.join(5)
     # Then it did not poll meanwhile (quick polls would have looked a dozen times), and woke
