@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,17 @@ class PrivateRedis:
 
     It runs as the README tells operators to run a Redis broker: with the append-only file
     (``appendonly yes``, ``appendfsync everysec``), so that a restart keeps queued and
-    unacknowledged messages. Its files live in the test's folder.
+    unacknowledged messages. Its files live in the test's folder. It listens on ``bind``: this
+    machine's loopback address, and others a test's hosts reach it at (``tests.support.hosts``).
     """
 
-    def __init__(self, processes: Processes, folder: Path) -> None:
+    def __init__(
+        self, processes: Processes, folder: Path, bind: Sequence[str] = ("127.0.0.1",)
+    ) -> None:
         self.processes = processes
         self.folder = folder
+        #: The addresses it listens on; the first is the one :attr:`url` names.
+        self.bind = tuple(bind)
         self.port = free_port()
         self.server: Process | None = None
         folder.mkdir(parents=True, exist_ok=True)
@@ -42,11 +48,19 @@ class PrivateRedis:
     @property
     def url(self) -> str:
         """The broker URL (database 0 of this server)."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self.url_at(self.bind[0])
+
+    def url_at(self, address: str) -> str:
+        """The broker URL by another of the addresses it listens on."""
+        return f"redis://{address}:{self.port}/0"
 
     def start(self) -> None:
         """Start the server and wait until it answers."""
-        argv = [self.command(), "--port", str(self.port), "--bind", "127.0.0.1"]
+        argv = [self.command(), "--port", str(self.port), "--bind", *self.bind]
+        if set(self.bind) - {"127.0.0.1", "::1"}:
+            # Redis answers other addresses only with a password or with protected mode off;
+            # those a test binds are on links of its own (private /30s to its hosts).
+            argv += ["--protected-mode", "no"]
         argv += ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"]
         argv += ["--dir", str(self.folder)]
         self.server = self.processes.start("redis", argv, dict(os.environ), cwd=self.folder)
@@ -58,7 +72,7 @@ class PrivateRedis:
                     f"redis-server exited with {server.popen.returncode}:\n{server.output()}"
                 )
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1.0).close()
+                socket.create_connection((self.bind[0], self.port), timeout=1.0).close()
             except OSError:
                 return False
             return True
@@ -73,7 +87,7 @@ class PrivateRedis:
     def client(self) -> Any:
         """A redis-py client of this server."""
         redis = require_module("redis")
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        return redis.Redis(host=self.bind[0], port=self.port, socket_timeout=5)
 
     @staticmethod
     def command() -> str:
