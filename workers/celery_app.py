@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from celery import Celery
+from celery.app.amqp import AMQP
 from celery.exceptions import Reject
+from kombu.exceptions import OperationalError
 
 from config.settings import Settings
 from workers.description import describe_service
@@ -30,12 +34,21 @@ from workers.protocol import (
     StepStarted,
 )
 from workers.runtime import Fetch, ServiceRuntime
-from workers.transports import transport_options
+from workers.transports import BrokerConnection, transport_options
+
+log = logging.getLogger(__name__)
+
+
+class CeleriacAMQP(AMQP):
+    """Celery's broker plumbing, with Celeriac's connections (:class:`BrokerConnection`)."""
+
+    Connection = BrokerConnection
 
 
 class CeleriacCelery(Celery):
     """A Celery app that also carries Celeriac's settings and the service runtime."""
 
+    amqp_cls = CeleriacAMQP
     settings: Settings
     runtime: ServiceRuntime
 
@@ -66,6 +79,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # ``memory://`` has no host; naming one spares a warning from Kombu on every connect.
         "broker_url": "memory://localhost/" if settings.embedded else settings.broker_url,
         "broker_connection_retry_on_startup": True,
+        # A broker that goes away is waited for, however long (Celery gives up after 100
+        # tries): every process reconnects by itself when it returns.
+        "broker_connection_max_retries": None,
         # Celery's monitoring events cost a broker round trip each, several per task: on
         # when asked for. Flower (``enable_events``) turns workers' on while it watches.
         "worker_send_task_events": settings.task_events,
@@ -78,6 +94,18 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         # Workflow steps are long and uneven: one message in hand per worker slot.
         "worker_prefetch_multiplier": 1,
+        # After a reconnection Celery lowers the prefetch count and raises it again from the
+        # thread that acknowledges each task: with the threads pool, a pool thread then sends
+        # ``basic.qos`` on the consumer's channel while the consumer's thread reads it. A
+        # py-amqp connection serves one thread: two waiters for the same reply take each
+        # other's, and the worker froze on RabbitMQ until the broker dropped the connection.
+        # Without the reduction only the consumer's thread touches its channel; the cost: a
+        # worker that reconnects takes its full prefetch at once, while runs of the lost
+        # connection (whose steps RabbitMQ has put back) may still hold its threads.
+        "worker_enable_prefetch_count_reduction": False,
+        # Runs in progress when the connection is lost go on and report their outcome (the
+        # threads pool cannot stop them anyway); RabbitMQ has put their steps back meanwhile.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
         # Outcomes travel to the control plane as messages; no result backend is needed.
         "task_ignore_result": True,
         # Workflows share one asyncio loop per process and answer events sent to the task
@@ -94,7 +122,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 #: away (Celery's default gives up after three tries within a second). A report lost with the
 #: broker would leave its task ``running`` for good, and an error raised instead would fail a
 #: run that went well; waiting holds one pool thread while the broker restarts, and Kombu
-#: reconnects on each try.
+#: reconnects on each try (and :class:`CeleryReporter` past Kombu's connect timeout).
 REPORT_RETRY_POLICY: dict[str, Any] = {
     "max_retries": None,
     "interval_start": 0.2,
@@ -123,7 +151,21 @@ class CeleryReporter:
         self._send(STEP_FINISHED, message)
 
     def _send(self, name: str, message: Message) -> None:
-        send(self._celery, name, message, CONTROL_QUEUE, retry_policy=REPORT_RETRY_POLICY)
+        # Kombu's retry covers a connection lost while publishing, not a producer whose
+        # channel it must first open again: that gives up after the connect timeout
+        # (``broker_connection_timeout``, 4 s) with an OperationalError, which Kombu does not
+        # retry. A broker away longer (a RabbitMQ restart takes more) is waited for here.
+        pause = REPORT_RETRY_POLICY["interval_start"]
+        while True:
+            try:
+                send(self._celery, name, message, CONTROL_QUEUE, retry_policy=REPORT_RETRY_POLICY)
+                return
+            except OperationalError as exc:
+                log.warning("%s(%s) waits for the broker: %s", name, message.summary(), exc)
+            time.sleep(pause)
+            pause = min(
+                pause + REPORT_RETRY_POLICY["interval_step"], REPORT_RETRY_POLICY["interval_max"]
+            )
 
 
 def send(

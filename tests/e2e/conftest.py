@@ -38,7 +38,7 @@ from tests.support.processes import (
     require_module,
     unavailable,
 )
-from tests.support.servers import PrivateRedis
+from tests.support.servers import PrivateRabbitMQ, PrivateRedis
 
 POSTGRES = ("127.0.0.1", 5432)
 REDIS = ("127.0.0.1", 6379)
@@ -175,6 +175,14 @@ def private_redis(tmp_path: Path, processes: Processes) -> PrivateRedis:
     """A started Redis server of this test's own (killed with the test's other processes)."""
     require_module("redis")
     server = PrivateRedis(processes, tmp_path / "redis")
+    server.start()
+    return server
+
+
+@pytest.fixture
+def private_rabbitmq(tmp_path: Path, processes: Processes) -> PrivateRabbitMQ:
+    """A started RabbitMQ node of this test's own (killed with the test's other processes)."""
+    server = PrivateRabbitMQ(processes, tmp_path / "rabbitmq")
     server.start()
     return server
 

@@ -8,11 +8,14 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
+from kombu import Connection
+from kombu.exceptions import OperationalError
 
 from tests.support.processes import (
     READY_TIMEOUT,
@@ -23,6 +26,23 @@ from tests.support.processes import (
     require_module,
     unavailable,
 )
+
+
+class PrivateBroker(Protocol):
+    """What the broker fault tests need of a private broker."""
+
+    #: Seconds each start took, until a client could connect.
+    start_times: list[float]
+
+    @property
+    def url(self) -> str:
+        """The broker URL."""
+
+    def start(self) -> None:
+        """Start the server and wait until it answers."""
+
+    def stop(self) -> None:
+        """Stop the server as an operator would, keeping what it stores."""
 
 
 class PrivateRedis:
@@ -43,6 +63,8 @@ class PrivateRedis:
         self.bind = tuple(bind)
         self.port = free_port()
         self.server: Process | None = None
+        #: Seconds each start took, until the server answered.
+        self.start_times: list[float] = []
         folder.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -56,6 +78,7 @@ class PrivateRedis:
 
     def start(self) -> None:
         """Start the server and wait until it answers."""
+        began = time.monotonic()
         argv = [self.command(), "--port", str(self.port), "--bind", *self.bind]
         if set(self.bind) - {"127.0.0.1", "::1"}:
             # Redis answers other addresses only with a password or with protected mode off;
@@ -78,6 +101,7 @@ class PrivateRedis:
             return True
 
         poll(answers, bool, READY_TIMEOUT, f"redis-server answering on port {self.port}")
+        self.start_times.append(time.monotonic() - began)
 
     def stop(self) -> None:
         """Stop the server as an operator would (SIGTERM: it writes its files, then exits)."""
@@ -95,4 +119,114 @@ class PrivateRedis:
         found = shutil.which("redis-server")
         if found is None:
             unavailable("redis-server is not installed: the broker fault tests start their own")
+        return found
+
+
+#: Where Debian's package keeps RabbitMQ's own scripts: ``/usr/sbin/rabbitmq-server`` there is a
+#: wrapper that switches to the ``rabbitmq`` user, who could not write into the test's folder.
+_RABBITMQ_SCRIPTS = Path("/usr/lib/rabbitmq/bin")
+
+
+class PrivateRabbitMQ:
+    """A ``rabbitmq-server`` node of this test's own, on free ports, that the test may stop and
+    start.
+
+    Everything it keeps lives in the test's folder: its database (durable queues and persistent
+    messages, kept across a restart), its logs, its configuration and its Erlang cookie (``HOME``
+    is the folder). It listens on 127.0.0.1 only, has no plugins (no management), and lets
+    ``guest`` in from this host, as a fresh RabbitMQ does. Its node name is its own, so it
+    shares the machine's ``epmd`` with any other node there.
+    """
+
+    def __init__(self, processes: Processes, folder: Path) -> None:
+        self.processes = processes
+        self.folder = folder
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.node = f"rabbit-e2e-{os.urandom(4).hex()}@localhost"
+        self.server: Process | None = None
+        #: Seconds each start took, until a client could connect.
+        self.start_times: list[float] = []
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "rabbitmq.conf").write_text(
+            f"listeners.tcp.1 = 127.0.0.1:{self.port}\n"
+            "loopback_users.guest = true\n"
+            "log.console = true\n"
+            "log.console.level = info\n"
+            "log.file = false\n"
+        )
+        (folder / "enabled_plugins").write_text("[].\n")
+        (folder / "rabbitmq-env.conf").write_text("")
+
+    @property
+    def url(self) -> str:
+        """The broker URL (the default virtual host)."""
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def env(self) -> dict[str, str]:
+        """The environment of this node's server and of ``rabbitmqctl`` calls on it."""
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("RABBITMQ_", "ERL_")) and k != "HOME"
+        }
+        folder = self.folder
+        return env | {
+            "HOME": str(folder),  # the Erlang cookie: the node's and rabbitmqctl's
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_CONF_ENV_FILE": str(folder / "rabbitmq-env.conf"),
+            "RABBITMQ_CONFIG_FILE": str(folder / "rabbitmq.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(folder / "advanced.config"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(folder / "enabled_plugins"),
+            "RABBITMQ_MNESIA_BASE": str(folder / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(folder / "log"),
+            "RABBITMQ_PLUGINS_EXPAND_DIR": str(folder / "plugins"),
+            "RABBITMQ_PID_FILE": str(folder / "rabbitmq.pid"),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            # The machine's epmd, if it runs, is on loopback; one started for us stays there.
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+        }
+
+    def start(self) -> None:
+        """Start the node and wait until a client can connect to it."""
+        began = time.monotonic()
+        self.server = self.processes.start(
+            "rabbitmq", [self.command("rabbitmq-server")], self.env(), cwd=self.folder
+        )
+        server = self.server
+
+        def connects() -> bool:
+            if not server.alive():
+                pytest.fail(
+                    f"rabbitmq-server exited with {server.popen.returncode}:\n{server.output()}"
+                )
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1.0).close()
+                with Connection(self.url, connect_timeout=2) as conn:
+                    conn.connect()
+            except (OSError, OperationalError):
+                return False
+            return True
+
+        poll(connects, bool, READY_TIMEOUT, f"rabbitmq-server {self.node} on port {self.port}")
+        self.start_times.append(time.monotonic() - began)
+
+    def stop(self) -> None:
+        """Stop the node as an operator would (SIGTERM: RabbitMQ closes its connections,
+        writes its queues and messages out, then exits)."""
+        assert self.server is not None
+        self.server.terminate()
+
+    @staticmethod
+    def command(name: str) -> str:
+        """One of RabbitMQ's scripts, or skip (fail in CI) without it."""
+        own = _RABBITMQ_SCRIPTS / name
+        if own.is_file():
+            return str(own)
+        found = shutil.which(name)
+        if found is None:
+            unavailable(f"{name} is not installed: the RabbitMQ fault tests start their own")
         return found

@@ -1,19 +1,26 @@
-"""Tests of the event-driven memory transport: prompt delivery and prompt shutdown."""
+"""Tests of the transports: the event-driven memory transport (prompt delivery and prompt
+shutdown), Redis's options, and how every connection tries again a broker that went away."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import kombu.utils.functional
 import pytest
 from kombu import Connection, Exchange, Queue
+from kombu.exceptions import OperationalError
 
 from config.settings import Settings
+from tests.support.processes import free_port
 from tests.workers.conftest import unique_name
+from workers.celery_app import create_celery
 from workers.transports import (
     EMBEDDED_TRANSPORT,
+    RECONNECT_INTERVAL_MAX,
     REDIS_RESTORE_BOUND,
     MemoryTransport,
     transport_options,
@@ -153,3 +160,25 @@ def test_redis_looks_for_lost_messages_often_enough_to_keep_the_readmes_bound() 
     # And a look's lock left by a killed consumer expires in time for the bound
     assert options["unacked_mutex_expire"] + options["unacked_restore_interval"] <= 10
     assert REDIS_RESTORE_BOUND <= 10
+
+
+def test_a_process_tries_a_broker_that_went_away_again_every_two_seconds_at_most(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Celery's consumer asks its connection to reconnect naming no intervals: Kombu's own
+    (2 s, growing to 30 s) left a worker idle long after the broker was back."""
+    # Given the connections of a Celeriac app whose broker is away (nothing on its port)
+    url = f"amqp://guest:guest@127.0.0.1:{free_port()}//"
+    celery = create_celery(Settings(broker_url=url, data_dir=tmp_path))
+    assert celery.conf.broker_connection_max_retries is None
+    waits: list[float] = []
+    monkeypatch.setattr(kombu.utils.functional, "sleep", lambda seconds: None)
+    for conn in (celery.connection_for_read(), celery.connection_for_write()):
+        # When each tries to connect as Celery's consumer does, six times
+        with pytest.raises(OperationalError):
+            conn.ensure_connection(lambda exc, interval: waits.append(interval), 6)
+        conn.release()
+    # Then the waits between tries grow to RECONNECT_INTERVAL_MAX seconds, and no further
+    assert len(waits) == 12
+    assert waits[:6] == waits[6:]
+    assert waits[0] < RECONNECT_INTERVAL_MAX == max(waits) == waits[-1] <= 2.0
