@@ -114,6 +114,10 @@ REDIS_RESTORE_LOCK_EXPIRES = 6
 #: seconds later: the next look (or, when the last looker was killed with the lock, the look
 #: after the lock expired). The README promises 10.
 REDIS_RESTORE_BOUND = REDIS_RESTORE_LOCK_EXPIRES + REDIS_RESTORE_INTERVAL
+#: Seconds a Redis command, or a connection attempt, may wait for the broker's answer before
+#: its connection is given up for a new one. Redis answers in milliseconds; a connection that
+#: stays silent this long lost its way (its host was cut off from the network, say).
+REDIS_SOCKET_TIMEOUT = 10.0
 
 
 #: How a process tries again to reach a broker that went away: first after this many seconds,
@@ -152,7 +156,8 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     amqp   Publisher confirms: ``send_task`` returns once RabbitMQ has the message.
     redis  One client per channel, receipt without a window (``redis_transport``);
            ``visibility_timeout``: an unacknowledged message is redelivered after it, within
-           ``REDIS_RESTORE_BOUND`` seconds more.
+           ``REDIS_RESTORE_BOUND`` seconds more; a silent connection is replaced after
+           ``REDIS_SOCKET_TIMEOUT``.
     sqs    ``visibility_timeout`` and ``region``; long polling; queue names with ``-``.
     ====== ===================================================================================
     """
@@ -174,6 +179,14 @@ def transport_options(settings: Settings) -> dict[str, Any]:
                 "unacked_restore_interval": REDIS_RESTORE_INTERVAL,
                 "unacked_restore_throttle": 1,
                 "unacked_mutex_expire": REDIS_RESTORE_LOCK_EXPIRES,
+                # Kombu's and redis-py's default is to wait for ever. A worker cut off from
+                # the network then has each connection it was using wait for TCP's next
+                # retransmission, which comes a minute or two after a long cut, one
+                # connection after the other: the worker's loop, its heartbeats and its
+                # reports each stall that long once the link is back. With a timeout, a
+                # silent connection is dropped and the command tried on a new one.
+                "socket_timeout": REDIS_SOCKET_TIMEOUT,
+                "socket_connect_timeout": REDIS_SOCKET_TIMEOUT,
                 "fanout_prefix": True,
                 "fanout_patterns": True,
             },

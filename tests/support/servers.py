@@ -133,14 +133,19 @@ class PrivateRabbitMQ:
 
     Everything it keeps lives in the test's folder: its database (durable queues and persistent
     messages, kept across a restart), its logs, its configuration and its Erlang cookie (``HOME``
-    is the folder). It listens on 127.0.0.1 only, has no plugins (no management), and lets
-    ``guest`` in from this host, as a fresh RabbitMQ does. Its node name is its own, so it
-    shares the machine's ``epmd`` with any other node there.
+    is the folder). It listens on ``bind`` (127.0.0.1 unless a test's hosts must reach it, see
+    ``tests.support.hosts``), has no plugins (no management), and lets ``guest`` in from this
+    host only, as a fresh RabbitMQ does (from anywhere when it listens beyond loopback). Its
+    node name is its own, so it shares the machine's ``epmd`` with any other node there.
     """
 
-    def __init__(self, processes: Processes, folder: Path) -> None:
+    def __init__(
+        self, processes: Processes, folder: Path, bind: Sequence[str] = ("127.0.0.1",)
+    ) -> None:
         self.processes = processes
         self.folder = folder
+        #: The addresses it listens on; the first is the one :attr:`url` names.
+        self.bind = tuple(bind)
         self.port = free_port()
         self.dist_port = free_port()
         self.node = f"rabbit-e2e-{os.urandom(4).hex()}@localhost"
@@ -148,10 +153,12 @@ class PrivateRabbitMQ:
         #: Seconds each start took, until a client could connect.
         self.start_times: list[float] = []
         folder.mkdir(parents=True, exist_ok=True)
+        listeners = [f"listeners.tcp.{i} = {a}:{self.port}\n" for i, a in enumerate(bind, 1)]
+        beyond_loopback = bool(set(self.bind) - {"127.0.0.1", "::1"})
         (folder / "rabbitmq.conf").write_text(
-            f"listeners.tcp.1 = 127.0.0.1:{self.port}\n"
-            "loopback_users.guest = true\n"
-            "log.console = true\n"
+            "".join(listeners)
+            + ("loopback_users = none\n" if beyond_loopback else "loopback_users.guest = true\n")
+            + "log.console = true\n"
             "log.console.level = info\n"
             "log.file = false\n"
         )
@@ -161,7 +168,11 @@ class PrivateRabbitMQ:
     @property
     def url(self) -> str:
         """The broker URL (the default virtual host)."""
-        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+        return self.url_at(self.bind[0])
+
+    def url_at(self, address: str) -> str:
+        """The broker URL by another of the addresses it listens on."""
+        return f"amqp://guest:guest@{address}:{self.port}//"
 
     def env(self) -> dict[str, str]:
         """The environment of this node's server and of ``rabbitmqctl`` calls on it."""
@@ -174,8 +185,13 @@ class PrivateRabbitMQ:
         return env | {
             "HOME": str(folder),  # the Erlang cookie: the node's and rabbitmqctl's
             "RABBITMQ_NODENAME": self.node,
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-            "RABBITMQ_NODE_PORT": str(self.port),
+            # These name one listener, which replaces the configuration file's: several
+            # addresses are left to the file alone.
+            **(
+                {"RABBITMQ_NODE_IP_ADDRESS": self.bind[0], "RABBITMQ_NODE_PORT": str(self.port)}
+                if len(self.bind) == 1
+                else {}
+            ),
             "RABBITMQ_DIST_PORT": str(self.dist_port),
             "RABBITMQ_CONF_ENV_FILE": str(folder / "rabbitmq-env.conf"),
             "RABBITMQ_CONFIG_FILE": str(folder / "rabbitmq.conf"),
@@ -204,7 +220,7 @@ class PrivateRabbitMQ:
                     f"rabbitmq-server exited with {server.popen.returncode}:\n{server.output()}"
                 )
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1.0).close()
+                socket.create_connection((self.bind[0], self.port), timeout=1.0).close()
                 with Connection(self.url, connect_timeout=2) as conn:
                     conn.connect()
             except (OSError, OperationalError):

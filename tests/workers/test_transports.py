@@ -22,6 +22,7 @@ from workers.transports import (
     EMBEDDED_TRANSPORT,
     RECONNECT_INTERVAL_MAX,
     REDIS_RESTORE_BOUND,
+    REDIS_SOCKET_TIMEOUT,
     MemoryTransport,
     transport_options,
 )
@@ -160,6 +161,19 @@ def test_redis_looks_for_lost_messages_often_enough_to_keep_the_readmes_bound() 
     # And a look's lock left by a killed consumer expires in time for the bound
     assert options["unacked_mutex_expire"] + options["unacked_restore_interval"] <= 10
     assert REDIS_RESTORE_BOUND <= 10
+
+
+def test_redis_gives_up_a_silent_connection_for_a_new_one() -> None:
+    # Given the settings of a Redis broker
+    settings = Settings(broker_url="redis://127.0.0.1:6379/0")
+    # When Celeriac builds its transport options
+    options = transport_options(settings)["broker_transport_options"]
+    # Then a command, or a connection attempt, waits REDIS_SOCKET_TIMEOUT for Redis at most
+    # (Kombu and redis-py would wait for ever: a worker cut off from the network and back
+    # would wait for TCP's next retransmission on each connection, a minute or two)
+    assert options["socket_timeout"] == options["socket_connect_timeout"] == REDIS_SOCKET_TIMEOUT
+    # And that is long enough for a busy Redis, short enough to be back soon
+    assert 5 <= REDIS_SOCKET_TIMEOUT <= 15
 
 
 def test_a_process_tries_a_broker_that_went_away_again_every_two_seconds_at_most(

@@ -1,0 +1,262 @@
+"""A service worker's host cut off from the network mid-run, then restored, with real processes.
+
+The worker runs in a network namespace of its own (``tests.support.hosts``) and reaches the
+broker and the API server over a veth link; the API server, the control-plane consumer, a
+second service worker, the broker and PostgreSQL run on this machine. The link is cut while
+the namespaced worker runs tasks of a counted batch: its leases run out and the other worker
+runs those tasks again within the documented bound; when the link comes back, the first runs'
+late outcomes change nothing (the first outcome recorded wins), the batch ends with every task
+recorded once, and the namespaced worker works again by itself, soon.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.batches import Runs, assert_batch_complete, submit
+from tests.e2e.conftest import (
+    HEARTBEAT_INTERVAL,
+    REDISPATCH_AFTER,
+    Platform,
+    node,
+    script,
+)
+from tests.support.hosts import Host
+from tests.support.processes import Process, Processes, poll, require_module
+from tests.support.servers import PrivateRabbitMQ, PrivateRedis
+from workers.transports import REDIS_SOCKET_TIMEOUT
+
+#: The documented bound (``Leases.bound``): a three-beat lease, one beat for the clock, one
+#: sweep (a third of ``redispatch_after``, at most a beat).
+BOUND = 4 * HEARTBEAT_INTERVAL + min(REDISPATCH_AFTER / 3, HEARTBEAT_INTERVAL)
+#: What the processes may add to it on this shared 2-core machine.
+SLACK = 2.0
+#: How long each task of the first batch runs: long enough for the cut to find some running.
+SECONDS = 2.0
+#: Slots of each service worker.
+SLOTS = 4
+#: The worker on this machine, and the one in the namespace.
+HERE, THERE = "here", "there"
+#: A cut shorter than every timeout on the way (TCP's, the broker's, Kombu's): the worker's
+#: connections live through it.
+SHORT_CUT = BOUND + SECONDS + 4.0
+#: A cut longer than Kombu's check of a waiting consumer (25 s) and past the point where
+#: TCP retransmits a lost segment only every minute or so.
+LONG_CUT = 60.0
+#: Within this many seconds of the link's return the namespaced worker is heard from again
+#: and runs new tasks: a connection that went silent is given up after the socket timeout,
+#: then one heartbeat interval.
+RESUME_BOUND = REDIS_SOCKET_TIMEOUT + HEARTBEAT_INTERVAL + SLACK
+
+
+@pytest.fixture
+def host(processes: Processes) -> Iterator[Host]:
+    """A network namespace of this test's own, deleted after the test whatever happened."""
+    made = Host(processes)
+    try:
+        made.create()
+        yield made
+    finally:
+        made.delete()
+
+
+@pytest.fixture
+def broker(
+    request: pytest.FixtureRequest, host: Host, tmp_path: Path, processes: Processes
+) -> PrivateRedis | PrivateRabbitMQ:
+    """A broker of this test's own (``redis`` or ``amqp``, the parameter), listening here and
+    on the host's link."""
+    bind = ("127.0.0.1", host.gateway)
+    server: PrivateRedis | PrivateRabbitMQ
+    if request.param == "redis":
+        require_module("redis")
+        server = PrivateRedis(processes, tmp_path / "redis", bind=bind)
+    else:
+        server = PrivateRabbitMQ(processes, tmp_path / "rabbitmq", bind=bind)
+    server.start()
+    return server
+
+
+def worker_on(host: Host, platform: Platform, broker_url: str, name: str) -> Process:
+    """A service worker of ``Counted`` inside ``host``, reaching the broker and the API server
+    at the host's gateway (as ``Platform.service_worker`` starts one here)."""
+    env = platform.env(database=False) | {
+        "CELERIAC_BROKER_URL": broker_url,
+        "CELERIAC_SERVER": f"http://{host.gateway}:{platform.port}",
+    }
+    argv = [script("celeriac"), "worker", "-d", "Counted", "-c", str(SLOTS)]
+    argv += ["-n", node(name), "-l", "WARNING"]
+    return host.start(name, argv, env, cwd=platform.workdir)
+
+
+def start_platform(platform: Platform, host: Host, deployment: Path, there_url: str) -> Process:
+    """The API server (on every address, so the host reaches it), the control-plane consumer,
+    a worker here and one in the host, all ready; the host's worker process."""
+    platform.settings["CELERIAC_HOST"] = "0.0.0.0"
+    platform.serve(deployment)
+    platform.control_plane()
+    platform.service_worker(HERE, deployment="Counted", service="work", concurrency=SLOTS)
+    there = worker_on(host, platform, there_url, THERE)
+    platform.wait_for_workers("Counted", {node(HERE), node(THERE)})
+    platform.wait_for_consumer(node("control-plane"))
+    return there
+
+
+@dataclass
+class Outage:
+    """A cut of the host's link, and what it did (times are ``time.time()``)."""
+
+    how: str
+    at: float = 0.0
+    restored_at: float = 0.0
+    #: The tasks the control plane saw running on the namespaced worker at the cut.
+    held: list[str] = field(default_factory=list)
+    #: Seconds from the cut to each held task's second dispatch.
+    resent_in: dict[str, float] = field(default_factory=dict)
+    #: Seconds from the restore to the first heartbeat sent after it being recorded, and to
+    #: the namespaced worker's first run of a task submitted after it.
+    heard_in: float = 0.0
+    worked_in: float = 0.0
+
+
+def running_on(platform: Platform, worker: str, ids: list[str]) -> list[str]:
+    """The tasks of ``ids`` that the control plane sees running on ``worker``."""
+    rows = platform.query(
+        "SELECT id FROM tasks WHERE worker = %s AND status = 'running' AND id = ANY(%s)",
+        (node(worker), ids),
+    )
+    return [row[0] for row in rows]
+
+
+def last_seen(platform: Platform, worker: str) -> float:
+    """The time (by the worker's clock) of the newest heartbeat of ``worker`` recorded."""
+    rows = platform.query("SELECT last_seen FROM workers WHERE name = %s", (node(worker),))
+    return max((row[0].timestamp() for row in rows), default=0.0)
+
+
+def resent_since(platform: Platform, ids: list[str], since: float) -> dict[str, float]:
+    """Seconds from ``since`` to the dispatch of each task of ``ids`` dispatched after it."""
+    rows = platform.query("SELECT id, dispatched_at FROM tasks WHERE id = ANY(%s)", (ids,))
+    return {i: at.timestamp() - since for i, at in rows if at.timestamp() > since}
+
+
+def cut_off_and_back(
+    platform: Platform,
+    host: Host,
+    there: Process,
+    ids: list[str],
+    runs: Runs,
+    outage: Outage,
+    cut_for: float,
+) -> Outage:
+    """Cut the host's link once its worker runs tasks of ``ids``; wait for the control plane
+    to send those again; restore the link ``cut_for`` seconds after the cut, and submit a
+    second batch at once, numbered from 100. Fills ``outage`` in, and returns it."""
+    outage.held = poll(
+        lambda: running_on(platform, THERE, ids),
+        lambda running: len(running) >= 2,
+        60.0,
+        "tasks running on the namespaced worker",
+    )
+    outage.at = time.time()
+    host.cut(outage.how)
+    outage.resent_in = poll(
+        lambda: resent_since(platform, outage.held, outage.at),
+        lambda resent: len(resent) == len(outage.held),
+        BOUND + SLACK + 10.0,
+        "the cut-off worker's tasks sent again",
+    )
+    time.sleep(max(0.0, outage.at + cut_for - time.time()))
+    host.restore()
+    outage.restored_at = time.time()
+    more = submit(platform, runs, 8 * SLOTS, seconds=1.0, first=100)
+
+    def first_run_there() -> float:
+        ran = [at for n, r in runs.read().items() if n >= 100 for at, pid in r if pid == there.pid]
+        return min(ran, default=0.0)
+
+    poll(
+        lambda: last_seen(platform, THERE),
+        lambda at: at > outage.restored_at,
+        150.0,
+        "a heartbeat of the namespaced worker sent after the restore",
+    )
+    outage.heard_in = time.time() - outage.restored_at
+    worked = poll(first_run_there, bool, 150.0, "the namespaced worker running new tasks")
+    outage.worked_in = worked - outage.restored_at
+    assert_batch_complete(platform, more, runs, first=100)
+    return outage
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.parametrize("cut_for", [SHORT_CUT, LONG_CUT], ids=["short", "long"])
+@pytest.mark.parametrize("how", ["drop", "down"])
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_a_worker_cut_off_mid_run_loses_nothing_records_nothing_twice_and_comes_back(
+    host: Host,
+    broker: PrivateRedis | PrivateRabbitMQ,
+    make_platform: Callable[[str], Platform],
+    counted: Path,
+    tmp_path: Path,
+    how: str,
+    cut_for: float,
+) -> None:
+    """Redis and PostgreSQL; the link of the namespaced worker's host is cut, then restored."""
+    # Given a worker here and one in a host of its own, and a batch of counted tasks
+    platform = make_platform(broker.url)
+    there = start_platform(platform, host, counted, broker.url_at(host.gateway))
+    runs = Runs(tmp_path / "runs.log")
+    ids = submit(platform, runs, 24, seconds=SECONDS)
+
+    # When the host's link is cut while its worker runs some of them, then restored
+    outage = cut_off_and_back(platform, host, there, ids, runs, Outage(how), cut_for)
+
+    # Then each task it was seen running was sent again within the bound
+    assert max(outage.resent_in.values()) <= BOUND + SLACK, outage.resent_in
+    # And the batch completes: every task succeeded, recorded once, none unfinished
+    twice = assert_batch_complete(platform, ids, runs)
+    # And only tasks the namespaced worker had in hand at the cut ran twice, none more
+    numbers = {task_id: n for n, task_id in enumerate(ids)}
+    had = {
+        n
+        for n, r in runs.read().items()
+        if any(pid == there.pid and at < outage.at for at, pid in r)
+    }
+    assert {numbers[i] for i in outage.held} <= had
+    assert set(twice) <= had and set(twice.values()) <= {2}, (twice, had)
+    # And the first runs' late outcomes reached the control plane: each such run is recorded
+    # in its attempt as it ended (succeeded), not left lost, and changed nothing else
+    late = poll(
+        lambda: first_runs(platform, outage.held),
+        lambda outcomes: set(outcomes.values()) == {"succeeded"},
+        RESUME_BOUND + SECONDS,
+        "the late outcomes of the cut-off runs recorded in their attempts",
+    )
+    assert platform.stop_events(ids) == dict.fromkeys(ids, 1)
+    # And the namespaced worker came back by itself, soon, and is still alive
+    assert outage.heard_in <= RESUME_BOUND, outage
+    assert outage.worked_in <= RESUME_BOUND, outage
+    assert there.alive()
+    print(
+        f"\ncut {how} {cut_for:g} s: {len(outage.held)} running there at the cut, sent again "
+        f"{min(outage.resent_in.values()):.1f} to {max(outage.resent_in.values()):.1f} s after "
+        f"it; after the restore: heard {outage.heard_in:.1f} s, new work {outage.worked_in:.1f} s; "
+        f"{len(twice)} of {len(ids)} tasks ran twice; late outcomes {sorted(late.values())}"
+    )
+
+
+def first_runs(platform: Platform, ids: list[str]) -> dict[str, str | None]:
+    """The outcome of the namespaced worker's run of each task, from its attempts."""
+    outcomes: dict[str, str | None] = {}
+    for task_id in ids:
+        response = platform.http.get(f"/deployments/Counted/tasks/{task_id}/attempts")
+        assert response.status_code == 200, response.text
+        [mine] = [a for a in response.json() if a["worker"] == node(THERE)]
+        outcomes[task_id] = mine["outcome"]
+    return outcomes
