@@ -118,6 +118,15 @@ REDIS_RESTORE_BOUND = REDIS_RESTORE_LOCK_EXPIRES + REDIS_RESTORE_INTERVAL
 #: its connection is given up for a new one. Redis answers in milliseconds; a connection that
 #: stays silent this long lost its way (its host was cut off from the network, say).
 REDIS_SOCKET_TIMEOUT = 10.0
+#: Seconds of the AMQP heartbeat a consumer asks RabbitMQ for (the lower of the two sides'
+#: wins: RabbitMQ offers 60, Celery would ask 120). py-amqp drops a connection whose data stays
+#: unacknowledged for a second (``TCP_USER_TIMEOUT``), but a consumer that waits for messages
+#: sends nothing: cut off from the network, it noticed only when its heartbeat was due, and a
+#: connection that lived through a cut then waited for RabbitMQ's next TCP retransmission (46 s
+#: after a 60 s cut). A consumer now sends a heartbeat after this long without traffic, which
+#: ends a dead connection within a second; RabbitMQ closes its side after two silent intervals,
+#: and puts the consumer's unacknowledged messages back in their queues.
+AMQP_HEARTBEAT = 10.0
 
 
 #: How a process tries again to reach a broker that went away: first after this many seconds,
@@ -153,7 +162,8 @@ def transport_options(settings: Settings) -> dict[str, Any]:
 
     ====== ===================================================================================
     memory Event-driven in-process transport (above).
-    amqp   Publisher confirms: ``send_task`` returns once RabbitMQ has the message.
+    amqp   Publisher confirms: ``send_task`` returns once RabbitMQ has the message; a
+           consumer's heartbeat every ``AMQP_HEARTBEAT`` seconds of silence.
     redis  One client per channel, receipt without a window (``redis_transport``);
            ``visibility_timeout``: an unacknowledged message is redelivered after it, within
            ``REDIS_RESTORE_BOUND`` seconds more; a silent connection is replaced after
@@ -165,7 +175,10 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     if kind == "memory":
         return {"broker_transport": EMBEDDED_TRANSPORT}
     if kind == "amqp":
-        return {"broker_transport_options": {"confirm_publish": True}}
+        return {
+            "broker_transport_options": {"confirm_publish": True},
+            "broker_heartbeat": AMQP_HEARTBEAT,
+        }
     if kind == "redis":
         return {
             "broker_transport": REDIS_TRANSPORT,

@@ -19,6 +19,7 @@ from tests.support.processes import free_port
 from tests.workers.conftest import unique_name
 from workers.celery_app import create_celery
 from workers.transports import (
+    AMQP_HEARTBEAT,
     EMBEDDED_TRANSPORT,
     RECONNECT_INTERVAL_MAX,
     REDIS_RESTORE_BOUND,
@@ -161,6 +162,18 @@ def test_redis_looks_for_lost_messages_often_enough_to_keep_the_readmes_bound() 
     # And a look's lock left by a killed consumer expires in time for the bound
     assert options["unacked_mutex_expire"] + options["unacked_restore_interval"] <= 10
     assert REDIS_RESTORE_BOUND <= 10
+
+
+def test_a_rabbitmq_consumer_sends_heartbeats_often_enough_to_notice_a_dead_link() -> None:
+    # Given the settings of a RabbitMQ broker
+    settings = Settings(broker_url="amqp://guest:guest@127.0.0.1:5672//")
+    # When Celeriac builds its Celery app
+    celery = create_celery(settings)
+    # Then its consumers ask for AMQP_HEARTBEAT (Celery's 120 s would leave RabbitMQ's 60):
+    # a consumer cut off from the network sends one within that, and py-amqp drops the
+    # connection when it is not acknowledged
+    assert celery.conf.broker_heartbeat == AMQP_HEARTBEAT
+    assert 5 <= AMQP_HEARTBEAT <= 20
 
 
 def test_redis_gives_up_a_silent_connection_for_a_new_one() -> None:
