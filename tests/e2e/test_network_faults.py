@@ -1,4 +1,5 @@
-"""A service worker's host cut off from the network mid-run, then restored, with real processes.
+"""A service worker's host cut off from the network mid-run, then restored, with real processes,
+on Redis and on RabbitMQ (private ones), with PostgreSQL.
 
 The worker runs in a network namespace of its own (``tests.support.hosts``) and reaches the
 broker and the API server over a veth link; the API server, the control-plane consumer, a
@@ -11,6 +12,8 @@ recorded once, and the namespaced worker works again by itself, soon.
 
 from __future__ import annotations
 
+import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,7 +29,7 @@ from tests.e2e.conftest import (
     node,
     script,
 )
-from tests.support.hosts import Host
+from tests.support.hosts import CUTS, Host
 from tests.support.processes import Process, Processes, poll, require_module
 from tests.support.servers import PrivateRabbitMQ, PrivateRedis
 from workers.transports import AMQP_HEARTBEAT, REDIS_SOCKET_TIMEOUT
@@ -67,6 +70,44 @@ def host(processes: Processes) -> Iterator[Host]:
         yield made
     finally:
         made.delete()
+
+
+#: A host's attempt to reach ``HOST:PORT`` (argv 1 and 2) within a second: prints the outcome.
+CONNECT = """\
+import socket, sys
+try:
+    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=1.0).close()
+    print("connected")
+except OSError as exc:
+    print(type(exc).__name__, exc)
+"""
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("how", CUTS)
+def test_a_cut_link_carries_nothing_and_a_restored_one_carries_again(host: Host, how: str) -> None:
+    """The fault itself: what a process inside the host sees of a server here."""
+    # Given a server here, listening on the host's link
+    with socket.socket() as server:
+        server.bind((host.gateway, 0))
+        server.listen()
+        port = str(server.getsockname()[1])
+
+        def attempt() -> str:
+            return host.run([sys.executable, "-c", CONNECT, host.gateway, port]).stdout.strip()
+
+        # When the host connects to it, then its link is cut and it tries again
+        before = attempt()
+        host.cut(how)
+        during = attempt()
+        # And then the link is restored
+        host.restore()
+        after = attempt()
+    # Then it reached the server before and after, and not while cut off: the packets
+    # vanished (the attempt timed out), or the host's own link was down (no route to host)
+    assert (before, after) == ("connected", "connected")
+    assert during.startswith(("TimeoutError", "OSError [Errno 113]")), during
+    assert host.cut_by is None
 
 
 @pytest.fixture

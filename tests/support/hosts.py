@@ -95,6 +95,16 @@ class Host:
         self.started.append(process)
         return process
 
+    def run(self, argv: Sequence[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """Run a short command inside the host and wait for it (its output as text)."""
+        return subprocess.run(
+            [_IP, "netns", "exec", self.name, *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
     def cut(self, how: str = "drop") -> None:
         """Cut the link (see the module's docstring for ``drop`` and ``down``)."""
         if how not in CUTS:
