@@ -40,7 +40,7 @@ from pathlib import Path
 from tests.support.processes import Process, Processes, unavailable
 
 #: The private range hosts take their /30 from (unlikely to be used by anything else).
-SUBNETS = ipaddress.ip_network("10.231.0.0/16")
+SUBNETS = ipaddress.IPv4Network("10.231.0.0/16")
 #: Metric of the fallback route that drops this machine's packets to a host whose link is down.
 FALLBACK_METRIC = 32000
 #: The ways :meth:`Host.cut` cuts a link.
@@ -140,15 +140,15 @@ class Host:
         _ip("netns", "del", self.name, ok=True)
 
 
-_IP = "/usr/sbin/ip"
+_IP = shutil.which("ip", path="/usr/sbin:/sbin:/usr/bin:/bin") or "/usr/sbin/ip"
+_TC = shutil.which("tc", path="/usr/sbin:/sbin:/usr/bin:/bin")
 
 
 def _require_tools() -> None:
     if os.geteuid() != 0:
         unavailable("network namespaces need root")
-    for tool in ("ip", "tc"):
-        if shutil.which(tool, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin") is None:
-            unavailable(f"{tool} (iproute2) is not installed: test hosts need it")
+    if not os.access(_IP, os.X_OK) or _TC is None:
+        unavailable(f"{_IP} or tc (iproute2) is missing: test hosts need both")
 
 
 def _run(argv: Sequence[str], ok: bool) -> None:
@@ -164,14 +164,13 @@ def _ip(*args: str, ok: bool = False) -> None:
 
 def _tc(*args: str, netns: str | None = None) -> None:
     """Run ``tc ARGS``, here or in namespace ``netns``."""
-    tc = shutil.which("tc", path="/usr/sbin:/sbin:/usr/bin") or "tc"
     prefix = [_IP, "netns", "exec", netns] if netns else []
-    _run([*prefix, tc, *args], False)
+    _run([*prefix, _TC or "tc", *args], False)
 
 
 def _free_subnet() -> ipaddress.IPv4Network:
     """A /30 of :data:`SUBNETS` that no interface of this machine has an address in."""
-    taken = set()
+    taken: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         listed = subprocess.run(
             [_IP, "-4", "-o", "addr", "show"], capture_output=True, text=True, timeout=10
