@@ -5,6 +5,7 @@ ControlPlaneError (500)
 ├── BadRequest (400)          a request that cannot be served as asked (no service named...)
 ├── Conflict (409)            the name or id is taken, or the state forbids the change
 ├── InvalidInput (422)        a field's value is wrong; ``errors`` maps fields to reasons
+├── TooLarge (413)            a body, file, input, event or result over its size limit
 ├── TaskFailed (502)          the task ran and its workflow failed
 ├── WorkflowNotDescribed (502) a worker could not load or describe the service's workflow
 ├── TaskTimeout (504)         the task did not end in time (it keeps running)
@@ -50,6 +51,12 @@ class InvalidInput(ControlPlaneError):
     """Some fields have wrong values."""
 
     status_code = 422
+
+
+class TooLarge(ControlPlaneError):
+    """A body, file, input or event larger than this server takes; ``errors`` names it."""
+
+    status_code = 413
 
 
 class TaskFailed(ControlPlaneError):

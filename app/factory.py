@@ -14,6 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
 from app.api import EXTENSION, deployments, sessions, status, tasks, workflow_server
+from app.api.internals import shown
 from app.control.plane import ControlPlane
 from app.db import Database, is_outage
 from app.errors import RETRY_AFTER, ControlPlaneError, Unavailable
@@ -38,7 +39,8 @@ def create_app(settings: Settings, plane: ControlPlane | None = None) -> Flask:
         OPENAPI_SWAGGER_UI_PATH="/docs",
         # Swagger UI's files come from the flask-swagger-ui package: the docs work offline.
         OPENAPI_SWAGGER_UI_URL="/docs/static/",
-        MAX_CONTENT_LENGTH=16 * 1024 * 1024,
+        # Bodies past the largest payload bound are refused (413) before they are read.
+        MAX_CONTENT_LENGTH=settings.max_request_bytes,
         JSON_SORT_KEYS=False,
     )
     if plane is None:
@@ -96,7 +98,10 @@ def _http_error(app: Flask, exc: HTTPException) -> Any:
     code = exc.code or 500
     data = getattr(exc, "data", None) or {}
     errors = data.get("messages") or data.get("errors") or {}
-    if "message" in data:
+    if code == HTTPStatus.REQUEST_ENTITY_TOO_LARGE and not data:
+        limit = app.config["MAX_CONTENT_LENGTH"]
+        message = f"the request body is larger than the {limit:,} bytes this server reads"
+    elif "message" in data:
         message = str(data["message"])
     elif errors:
         fields = ", ".join(_field_names(errors))
@@ -121,9 +126,9 @@ def _payload(
     app: Flask, code: int, message: str, errors: dict[str, Any], retry_after: int = RETRY_AFTER
 ) -> Any:
     """The one error shape; a 503 always says when to try again (``Retry-After``)."""
-    body = {"code": code, "status": HTTPStatus(code).phrase, "message": message}
+    body = {"code": code, "status": HTTPStatus(code).phrase, "message": shown(message)}
     if errors:
-        body["errors"] = errors
+        body["errors"] = shown(errors)
     response = app.json.response(body)
     if code == HTTPStatus.SERVICE_UNAVAILABLE:
         response.headers["Retry-After"] = str(retry_after)

@@ -38,10 +38,14 @@ from workers.protocol import (
 
 log = logging.getLogger(__name__)
 
+#: The longest wait, in seconds, between two tries of a report that the database failed: once
+#: the database is back, every report waiting is recorded within it.
+RETRY_BACKOFF_MAX = 30
+
 _RETRY: dict[str, Any] = {
     "autoretry_for": (OperationalError, InterfaceError),
     "retry_backoff": True,
-    "retry_backoff_max": 30,
+    "retry_backoff_max": RETRY_BACKOFF_MAX,
     "max_retries": 200,
     "shared": False,
 }
@@ -73,7 +77,13 @@ def register_control_tasks(
 
     @celery.task(name=HEARTBEAT, **_RETRY)
     def heartbeat(**payload: Any) -> None:
-        recorder.heartbeat(Heartbeat.decode(payload))
+        try:
+            recorder.heartbeat(Heartbeat.decode(payload))
+        except (OperationalError, InterfaceError):
+            # Retried later, behind its worker's next heartbeats: until every worker has
+            # been heard again, none may be taken for silent.
+            leases.missed()
+            raise
 
     @celery.task(name=SERVICE_DESCRIBED, **_RETRY)
     def service_described(**payload: Any) -> None:

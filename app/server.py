@@ -77,6 +77,10 @@ class Server:
             port=self.settings.port,
             threads=self.settings.http_threads,
             ident="celeriac",
+            # Keep reading a connection while its request runs, so that a client that
+            # disconnects is noticed (``waitress.client_disconnected``): tasks/run stops
+            # waiting for it, and frees the thread.
+            channel_request_lookahead=1,
         )
 
     def serve(self, on_ready: Callable[[str], None] | None = None) -> None:

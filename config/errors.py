@@ -4,7 +4,9 @@ Exception tree::
 
     ConfigError                  root: anything wrong with settings or a deployment spec
     ├── DeploymentSpecError      a deployment YAML that does not validate; carries ``errors``
-    └── SourceFileNotFound       a service's module or env file is not where its layout allows
+    ├── SourceFileNotFound       a service's module or env file is not where its layout allows
+    ├── SourceNotAllowed         a source outside the operator's roots, or of a refused scheme
+    └── NestedTooDeeply          JSON or YAML nested deeper than allowed (also a ValueError)
 """
 
 from __future__ import annotations
@@ -47,3 +49,16 @@ class SourceFileNotFound(ConfigError):
         self.what = what
         self.tried = list(tried)
         super().__init__(f"{what} not found; looked in {', '.join(map(str, self.tried))}")
+
+
+class SourceNotAllowed(ConfigError):
+    """A deployment source this installation does not take: a local folder outside the
+    operator's roots, or a git URL of a scheme the operator did not allow."""
+
+
+class NestedTooDeeply(ConfigError, ValueError):
+    """A JSON or YAML value nests arrays and objects deeper than allowed."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"nested deeper than {limit} levels of arrays and objects")

@@ -31,6 +31,9 @@ class Settings:
     worker_concurrency: int = 8
     #: Threads of the WSGI server.
     http_threads: int = 32
+    #: Seconds a process waits for a server database at a time (to connect, for a pooled
+    #: connection, for each answer) before it takes it for unavailable (503 in the API).
+    database_timeout: float = 5.0
     log_level: str = "WARNING"
     #: The API server that distributed workers fetch deployments from (``CELERIAC_SERVER``).
     server: str = "http://127.0.0.1:4501"
@@ -48,6 +51,25 @@ class Settings:
     #: ``task-sent`` event. Each costs a broker round trip per task; Flower switches worker
     #: events on by itself while it runs, so they are off unless asked for.
     task_events: bool = False
+    #: Folders that local deployment sources must lie in, ``:``-separated. Empty: on a loopback
+    #: server without tokens, any folder; otherwise the data folder and the folder the process
+    #: was started in (see ``config.sources``).
+    source_roots: str = ""
+    #: URL schemes that git sources may use, comma-separated (``https``, ``ssh``, ``http``,
+    #: ``git``, ``file``); never git's command-running ``ext``.
+    git_schemes: str = "https"
+    #: Largest deployment file accepted, in bytes.
+    max_yaml_bytes: int = 1_048_576
+    #: Most nodes a deployment file may hold once its aliases are expanded (billion laughs).
+    max_yaml_nodes: int = 10_000
+    #: Largest task input, as compact JSON bytes.
+    max_input_bytes: int = 1_048_576
+    #: Largest event sent into a task, as JSON bytes.
+    max_event_bytes: int = 262_144
+    #: Largest result a task may store, as compact JSON bytes; a bigger one fails the task.
+    max_result_bytes: int = 1_048_576
+    #: Deepest nesting of arrays and objects in JSON and YAML that clients and workflows send.
+    max_nesting: int = 100
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -67,6 +89,13 @@ class Settings:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'celeriac.db').resolve()}"
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest request body read at all (413 past it): twice the largest payload
+        limit, since JSON sent inside a JSON string is escaped, plus room for the envelope."""
+        largest = max(self.max_yaml_bytes, self.max_input_bytes, self.max_event_bytes)
+        return 2 * largest + 65_536
 
     @property
     def sources_dir(self) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -12,7 +13,9 @@ from celery.exceptions import Reject
 from kombu.exceptions import OperationalError
 
 from config.settings import Settings
-from workers.description import describe_service
+from config.sources import SourcePolicy
+from workers import trust
+from workers.description import describe_service, describe_workflow
 from workers.errors import ControlPlaneUnreachable, HandedBack
 from workers.heartbeat import HeartbeatStep
 from workers.inbox import HandBackStep, InboxStep
@@ -29,11 +32,12 @@ from workers.protocol import (
     Describe,
     Message,
     RunStep,
+    ServiceDescribed,
     StepEvent,
     StepFinished,
     StepStarted,
 )
-from workers.runtime import Fetch, ServiceRuntime
+from workers.runtime import Fetch, LoadedService, ResultBounds, ServiceRuntime
 from workers.transports import BrokerConnection, transport_options
 
 log = logging.getLogger(__name__)
@@ -54,15 +58,32 @@ class CeleriacCelery(Celery):
 
 
 def create_celery(
-    settings: Settings, *, worker_name: str | None = None, fetch: Fetch | None = None
+    settings: Settings,
+    *,
+    worker_name: str | None = None,
+    fetch: Fetch | None = None,
+    source_roots: tuple[Path, ...] = (),
 ) -> CeleriacCelery:
     """Build the Celery app for this process; nothing connects until a worker or sender runs.
 
-    ``fetch`` lets service workers look up deployments they were not told about.
+    ``fetch`` lets service workers look up deployments they were not told about;
+    ``source_roots`` are folders the operator named for sources (a worker's ``--base-path``).
     """
     celery = CeleriacCelery("celeriac", set_as_current=False)
     celery.settings = settings
-    celery.runtime = ServiceRuntime(settings.sources_dir, worker_name=worker_name, fetch=fetch)
+
+    def policy() -> SourcePolicy:
+        return SourcePolicy.from_settings(
+            settings, open_mode=trust.open_mode(settings), also=source_roots
+        )
+
+    celery.runtime = ServiceRuntime(
+        settings.sources_dir,
+        worker_name=worker_name,
+        fetch=fetch,
+        source_policy=policy,
+        result_bounds=ResultBounds(settings.max_result_bytes, settings.max_nesting),
+    )
     celery.conf.update(celery_config(settings))
     celery.steps["worker"].add(ThreadsPoolOnly)
     celery.steps["worker"].add(HeartbeatStep)
@@ -192,6 +213,19 @@ def send(
 def register_service_tasks(celery: CeleriacCelery) -> None:
     """Register the task that service workers run: decode, run the workflow, report."""
     reporter = CeleryReporter(celery)
+
+    def announce(deployment: str, service: str, version: int, loaded: LoadedService) -> None:
+        try:
+            description = describe_workflow(loaded.workflow)
+            answer = ServiceDescribed(
+                deployment=deployment, service=service, version=version, description=description
+            )
+            send(celery, SERVICE_DESCRIBED, answer, CONTROL_QUEUE)
+        except Exception:
+            # The control plane asks a worker when it needs a description it lacks.
+            log.warning("could not announce the workflow of %s/%s", deployment, service)
+
+    celery.runtime.announce = announce
 
     @celery.task(name=RUN_STEP, shared=False, bind=True, acks_late=True, reject_on_worker_lost=True)
     def run_step(task: Any, **payload: Any) -> None:

@@ -6,6 +6,7 @@ WorkerError
 │   └── ControlPlaneUnreachable  the deployment could not be fetched now (retry later)
 ├── WorkflowLoadError    a service's workflow could not be synced, imported or found
 ├── WorkflowStateError   a session's Context could not be stored as JSON
+├── ResultTooLarge       a run's result is over the size or nesting bound for results
 └── HandedBack           a run waiting for input was stopped with its worker, to run elsewhere
 """
 
@@ -30,6 +31,10 @@ class WorkflowLoadError(WorkerError):
 
 class WorkflowStateError(WorkerError):
     """A session's Context could not be stored as JSON."""
+
+
+class ResultTooLarge(WorkerError):
+    """A run's result is larger, or nests deeper, than results may."""
 
 
 class ControlPlaneUnreachable(UnknownDeployment):

@@ -19,7 +19,6 @@ import asyncio
 import json
 import logging
 import threading
-from collections import Counter
 from typing import Any
 
 from celery import bootsteps
@@ -27,10 +26,10 @@ from kombu import Consumer, Queue
 from kombu.common import ignore_errors
 from workflows import Context, Workflow
 from workflows.context.serializers import JsonSerializer
-from workflows.events import Event, HumanResponseEvent, InputRequiredEvent, StartEvent, StopEvent
+from workflows.events import HumanResponseEvent
 
 from workers import loader
-from workers.protocol import INBOX_PREFIX, SERVICE_QUEUE_PREFIX, DeliverEvent
+from workers.protocol import INBOX_PREFIX, SERVICE_QUEUE_PREFIX, DeliverEvent, event_names
 
 log = logging.getLogger(__name__)
 
@@ -45,37 +44,26 @@ INBOX_EXPIRES = 600.0
 #: each queue they sent to, and a message sent to a deleted SQS queue is an error, not a drop.
 _INBOXES_KEPT = frozenset({"sqs"})
 
-#: LlamaDeploy clients built on llama-index-core name events by that package's module path.
-_LEGACY_PREFIX = "llama_index.core.workflow."
-
-#: What any workflow may be sent besides its own events: a person's answer, and the events a
-#: client may send to start or stop a run.
-_FRAMEWORK_EVENTS: tuple[type[Event], ...] = (
-    HumanResponseEvent,
-    InputRequiredEvent,
-    StartEvent,
-    StopEvent,
-)
-
 
 class EventTypes:
-    """The event classes one workflow may be sent, by every name a client may give them: the
-    qualified name as the user's folder spells it, LlamaDeploy's ``llama_index.core.workflow``
-    spelling, and the bare class name where it is unique. No other class is ever looked up,
-    and nothing is imported: a client never names a class for the worker to load."""
+    """The event classes one workflow may be sent: the events its steps declare, and a
+    person's answer (``HumanResponseEvent``), by every name a client may give them (see
+    ``workers.protocol.event_names``; the control plane refuses any other name with 422). No
+    other class is ever looked up, and nothing is imported: a client never names a class for
+    the worker to load."""
 
     def __init__(self, workflow: Workflow | None = None) -> None:
-        classes = {*_FRAMEWORK_EVENTS, *(workflow.events if workflow is not None else ())}
+        classes = {HumanResponseEvent, *(workflow.events if workflow is not None else ())}
         self._serializer = JsonSerializer(allowed_types=classes)
-        self._names: dict[str, str] = {}
-        short = Counter(cls.__name__ for cls in classes)
-        for cls in classes:
-            serialized = f"{cls.__module__}.{cls.__qualname__}"
-            public = loader.public_name(serialized)
-            for name in (serialized, public, public.replace("workflows.", _LEGACY_PREFIX, 1)):
-                self._names[name] = serialized
-            if short[cls.__name__] == 1:
-                self._names[cls.__name__] = serialized
+        serialized = {
+            loader.public_name(f"{cls.__module__}.{cls.__qualname__}"): (
+                f"{cls.__module__}.{cls.__qualname__}"
+            )
+            for cls in classes
+        }
+        self._names = {name: serialized[public] for name, public in event_names(serialized).items()}
+        # The private module path the worker imported the class under is a name too.
+        self._names.update({private: private for private in serialized.values()})
 
     def decode(self, text: str) -> Any:
         """The event that ``text`` (llama-index's JSON of an event) stands for; ValueError if
@@ -85,6 +73,8 @@ class EventTypes:
         if not isinstance(name, str) or name not in self._names:
             raise ValueError(f"{name!r} is not an event this workflow takes")
         document["qualified_name"] = self._names[name]
+        # Always an event: without the marker, llama-index would hand the dict on as is.
+        document["__is_pydantic"] = True
         return self._serializer.deserialize_value(document)
 
 

@@ -130,7 +130,9 @@ def prepare_service_worker(
     ``python-dependencies`` stop the worker with their names unless ``install_dependencies``.
     """
     fetch = http_fetcher(settings.server, base_path)
-    celery = create_celery(settings, worker_name=hostname, fetch=fetch)
+    # The operator named ``base_path`` on the command line: sources there are theirs.
+    roots = () if base_path is None else (base_path,)
+    celery = create_celery(settings, worker_name=hostname, fetch=fetch, source_roots=roots)
     queues: list[str] = []
     for name in deployments:
         source = fetch(name)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -52,6 +54,31 @@ def inbox_queue(worker: str, pid: int) -> str:
     a queue of the same name with other arguments, such as one left by an earlier release.
     """
     return f"{INBOX_PREFIX}{worker}.{pid}"
+
+
+#: The one event any workflow may be sent besides its own: a person's answer.
+HUMAN_RESPONSE_EVENT = "workflows.events.HumanResponseEvent"
+#: LlamaDeploy clients built on llama-index-core name the framework's events by its path.
+LEGACY_EVENTS_PREFIX = "llama_index.core.workflow."
+_FRAMEWORK_EVENTS_PREFIX = "workflows."
+
+
+def event_names(qualified_names: Iterable[str]) -> dict[str, str]:
+    """Every name a client may give an event a workflow is sent, to its qualified name (as the
+    user's folder spells it): the qualified name itself, LlamaDeploy's
+    ``llama_index.core.workflow`` spelling of the framework's events, and the bare class name
+    where no other of the events has it. The control plane and the worker both name events
+    by this, so an event the API accepts is one the worker can decode."""
+    qualified = sorted(set(qualified_names))
+    names: dict[str, str] = {}
+    short = Counter(name.rsplit(".", 1)[-1] for name in qualified)
+    for name in qualified:
+        names[name] = name
+        if name.startswith(_FRAMEWORK_EVENTS_PREFIX):
+            names[LEGACY_EVENTS_PREFIX + name.removeprefix(_FRAMEWORK_EVENTS_PREFIX)] = name
+        if short[name.rsplit(".", 1)[-1]] == 1:
+            names[name.rsplit(".", 1)[-1]] = name
+    return names
 
 
 def new_message_id() -> str:

@@ -23,10 +23,14 @@ from workflows.context.serializers import JsonSerializer
 from workflows.events import InputRequiredEvent, StopEvent
 
 from config.deployment import DeploymentSpec
+from config.errors import NestedTooDeeply
+from config.limits import json_size, nesting_depth
+from config.sources import SourcePolicy
 from workers import environ, legacy_context, loader
 from workers.errors import (
     ControlPlaneUnreachable,
     HandedBack,
+    ResultTooLarge,
     UnknownDeployment,
     WorkerError,
     WorkflowStateError,
@@ -88,6 +92,31 @@ class DeploymentSource:
     version: int
 
 
+@dataclass(frozen=True)
+class ResultBounds:
+    """The largest result a run may return (compact JSON bytes), and its deepest nesting."""
+
+    max_bytes: int = 1_048_576
+    max_depth: int = 100
+
+    def check(self, result: Any) -> None:
+        """ResultTooLarge if the (JSON-safe) result is over either bound."""
+        if nesting_depth(result, self.max_depth) > self.max_depth:
+            raise ResultTooLarge(
+                f"the workflow's result is {NestedTooDeeply(self.max_depth)} (CELERIAC_MAX_NESTING)"
+            )
+        size = json_size(result)
+        if size > self.max_bytes:
+            raise ResultTooLarge(
+                f"the workflow's result is {size:,} bytes of JSON; results may have at most "
+                f"{self.max_bytes:,} (CELERIAC_MAX_RESULT_BYTES)"
+            )
+
+
+#: Tells the control plane what a service's workflow is, the first time this process runs it
+#: (see ``ServiceRuntime.announce``).
+Announce = Callable[[str, str, int, "LoadedService"], None]
+
 #: Looks a deployment up by name (over HTTP, from the control plane), for workers started
 #: without knowing what they will serve.
 Fetch = Callable[[str], DeploymentSource]
@@ -97,11 +126,29 @@ class ServiceRuntime:
     """Runs workflow steps for the deployments installed in this process."""
 
     def __init__(
-        self, sources_dir: Path, worker_name: str | None = None, fetch: Fetch | None = None
+        self,
+        sources_dir: Path,
+        worker_name: str | None = None,
+        fetch: Fetch | None = None,
+        *,
+        source_policy: Callable[[], SourcePolicy] | None = None,
+        result_bounds: ResultBounds | None = None,
     ) -> None:
         self.sources_dir = sources_dir
         self.worker_name = worker_name
         self.fetch = fetch
+        #: Where this process takes sources from; asked at each load (the embedded server
+        #: points it at its own policy, which changes once a token exists).
+        self.source_policy = source_policy or (
+            lambda: SourcePolicy(roots=None, git_schemes=frozenset({"https"}))
+        )
+        self.result_bounds = result_bounds or ResultBounds()
+        #: Called with (deployment, service, version, loaded) before a service's first run
+        #: of a version in this process: the control plane then knows the events the
+        #: workflow takes (to check events sent in) without asking a worker, whose threads
+        #: may all be busy with runs waiting for those very events.
+        self.announce: Announce | None = None
+        self._announced: set[tuple[str, str, int]] = set()
         self.loop = LoopThread()
         self.inbox = Inbox()
         self._installed: dict[str, _Installed] = {}
@@ -162,7 +209,9 @@ class ServiceRuntime:
                 raise UnknownDeployment(
                     f"deployment {deployment!r} has no service {service_id!r} on this worker"
                 )
-            layout = sync_source(deployment, spec, installed.base_path, self.sources_dir)
+            layout = sync_source(
+                deployment, spec, installed.base_path, self.sources_dir, self.source_policy()
+            )
             env = loader.service_environment(spec, layout)
             loaded = LoadedService(loader.load_workflow(deployment, spec, layout, env), env)
             installed.services[service_id] = loaded
@@ -206,6 +255,7 @@ class ServiceRuntime:
         run = _Run(step, self.worker_name or "celeriac", self.inbox_queue, reporter)
         try:
             service = self.load(step.deployment, step.service, step.version)
+            self._announce(step, service)
             future = self.loop.submit(self._execute(service, step, run))
             self._runs[step.task_id] = (run, future)
             try:
@@ -228,9 +278,26 @@ class ServiceRuntime:
         except Exception as exc:
             outcome = run.outcome(error=_error(exc, with_traceback=True))
         else:
-            outcome = run.outcome(result=jsonable(result))
+            outcome = self._outcome_of(run, result)
         reporter.finished(outcome)
         return outcome
+
+    def _announce(self, step: RunStep, service: LoadedService) -> None:
+        key = (step.deployment, step.service, step.version)
+        if self.announce is None or key in self._announced:
+            return
+        self._announced.add(key)  # a rare second announcement by a racing thread is harmless
+        self.announce(step.deployment, step.service, step.version, service)
+
+    def _outcome_of(self, run: _Run, result: Any) -> StepFinished:
+        """A successful run's outcome, or a failed one if its result is over the bounds: the
+        control plane stores results, and the broker carries them."""
+        value = jsonable(result)
+        try:
+            self.result_bounds.check(value)
+        except ResultTooLarge as exc:
+            return run.outcome(error=_error(exc, with_traceback=False))
+        return run.outcome(result=value)
 
     def deliver(self, message: DeliverEvent) -> bool:
         """Send an event into a running task; False for a duplicate delivery."""

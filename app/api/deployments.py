@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from app.api import plane
+from app.api.bodies import Blueprint, too_large
 from app.api.schemas import (
     CreateDeploymentArgs,
     DeploymentFileSchema,
@@ -37,6 +37,7 @@ class DeploymentCreate(MethodView):
     @blp.arguments(CreateDeploymentArgs(), location="query")
     @blp.arguments(DeploymentFileSchema(), location="files")
     @blp.response(200, DeploymentSchema)
+    @blp.alt_response(413, **too_large("The deployment file"))
     def post(self, args: dict[str, Any], files: dict[str, Any]) -> Any:
         """Create (or, with ``reload``, replace) a deployment from a YAML file."""
         content = files["config_file"].read()

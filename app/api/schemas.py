@@ -8,8 +8,30 @@ from typing import Any
 from flask_smorest.fields import Upload
 from marshmallow import EXCLUDE, Schema, fields, validate
 
+from app.api.internals import shown
 from app.control.lifecycle import MultitaskStrategy
 from app.models import AttemptOutcome, Task, TaskStatus
+from app.trust import may_see_internals
+
+
+class PublicError(fields.Dict):
+    """A task's or a run's error, without what only the server's operator may see
+    (traceback, server paths: ``app.api.internals``)."""
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        return shown(super()._serialize(value, attr, obj, **kwargs))
+
+
+class ServerPath(fields.String):
+    """A path on the server: null for a caller who may not see internals."""
+
+    def _serialize(self, value: Any, attr: str | None, obj: Any, **kwargs: Any) -> Any:
+        return super()._serialize(value, attr, obj, **kwargs) if may_see_internals() else None
+
+
+#: The largest offset, page or event number a request may give: the database's 32-bit
+#: integer (a larger one would overflow it, a 500, where it is the client's mistake, a 422).
+LARGEST_INT = 2**31 - 1
 
 
 class StatusSchema(Schema):
@@ -55,7 +77,13 @@ class DeploymentSchema(Schema):
         metadata={"description": "What the file holds that is accepted but does nothing."},
     )
     version = fields.Integer()
-    base_path = fields.String()
+    base_path = ServerPath(
+        allow_none=True,
+        metadata={
+            "description": "The folder local sources are relative to; null unless the caller "
+            "may see the server's paths."
+        },
+    )
     services = fields.List(fields.Nested(ServiceSchema))
     created_at = fields.DateTime()
     updated_at = fields.DateTime()
@@ -150,7 +178,7 @@ class EventsArgs(Schema):
     )
     last_event_id = fields.Integer(
         load_default=None,
-        validate=validate.Range(min=-1),
+        validate=validate.Range(min=-1, max=LARGEST_INT),
         metadata={"description": "Resume after this event (as the Last-Event-ID header)."},
     )
 
@@ -194,7 +222,7 @@ class PageArgs(Schema):
 
     session_id = fields.String(load_default=None)
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=LARGEST_INT))
 
 
 class TaskSchema(Schema):
@@ -206,7 +234,7 @@ class TaskSchema(Schema):
     input = fields.Method("dump_input", metadata={"description": "JSON-encoded run kwargs."})
     status = fields.String(validate=validate.OneOf([s.value for s in TaskStatus]))
     result = fields.Raw(allow_none=True)
-    error = fields.Dict(allow_none=True)
+    error = PublicError(allow_none=True)
     attempts = fields.Integer()
     created_at = fields.DateTime()
     started_at = fields.DateTime(allow_none=True)
@@ -234,7 +262,7 @@ class AttemptSchema(Schema):
             "began, or the task was queued again); empty while the run goes on."
         },
     )
-    error = fields.Dict(allow_none=True, metadata={"description": "The run's error, if any."})
+    error = PublicError(allow_none=True, metadata={"description": "The run's error, if any."})
 
 
 class TaskDetailSchema(TaskSchema):
@@ -253,7 +281,7 @@ class TaskResultSchema(Schema):
     result = fields.Method("dump_result")
     data = fields.Method("dump_data")
     status = fields.String()
-    error = fields.Dict(allow_none=True)
+    error = PublicError(allow_none=True)
 
     def dump_history(self, _task: Task) -> list[Any]:
         """Always empty, as in LlamaDeploy."""
@@ -266,7 +294,7 @@ class TaskResultSchema(Schema):
     def dump_result(self, task: Task) -> str:
         """The result as text; a failed task gives its error so waiting clients stop."""
         if task.status != TaskStatus.SUCCEEDED:
-            return f"Error: {(task.error or {}).get('message', task.status)}"
+            return f"Error: {shown((task.error or {}).get('message', task.status))}"
         return result_text(task.result)
 
 

@@ -6,9 +6,9 @@ from typing import Any
 
 from flask import current_app
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from app.api import plane
+from app.api.bodies import Blueprint
 from app.api.schemas import RequiredSessionArgs, SessionSchema
 from app.models import Session
 

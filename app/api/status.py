@@ -6,9 +6,9 @@ from typing import Any
 
 from flask import url_for
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from app.api import plane
+from app.api.bodies import Blueprint
 from app.api.schemas import StatusSchema
 
 blp = Blueprint("status", __name__, description="Server health.")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from flask import Response, request, stream_with_context
 
+from app.api.schemas import LARGEST_INT
 from app.control.events import StreamedEvent, StreamEnd
 from app.errors import InvalidInput
 
@@ -82,14 +83,29 @@ def stream_response(lines: Iterator[str], mimetype: str) -> Response:
 def last_event_id() -> int | None:
     """The ``Last-Event-ID`` header as an event number, or None without one. A client that
     reconnects sends it with the URL it first used, so it wins over a resume point in the
-    query; a header that is not a number is a client's mistake (422)."""
+    query; a header that is not an event number (-1 for before the first) is a client's
+    mistake (422)."""
     header = request.headers.get("Last-Event-ID", "").strip()
     if not header:
         return None
     try:
-        return max(-1, int(header))
+        number = int(header)
     except ValueError as exc:
         raise InvalidInput(
             "Last-Event-ID must be an event id from this stream",
-            errors={"Last-Event-ID": [f"not an integer: {header!r}"]},
+            errors={"Last-Event-ID": [f"not an integer: {header[:40]!r}"]},
         ) from exc
+    if not -1 <= number <= LARGEST_INT:
+        raise InvalidInput(
+            "Last-Event-ID must be an event id from this stream",
+            errors={"Last-Event-ID": [f"must be from -1 to {LARGEST_INT}"]},
+        )
+    return number
+
+
+def client_gone() -> Callable[[], bool] | None:
+    """A check that the client of this request disconnected, where the server can tell
+    (waitress, with ``channel_request_lookahead``): a request that waits for a task asks it,
+    and frees its thread once the client left."""
+    check = request.environ.get("waitress.client_disconnected")
+    return check if callable(check) else None

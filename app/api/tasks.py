@@ -6,9 +6,9 @@ from typing import Any
 
 from flask import Response, current_app, request
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from app.api import plane
+from app.api.bodies import Blueprint, too_large
 from app.api.schemas import (
     AttemptSchema,
     EventDefinitionSchema,
@@ -24,6 +24,7 @@ from app.api.schemas import (
 from app.api.streams import (
     NDJSON,
     SSE,
+    client_gone,
     last_event_id,
     ndjson_lines,
     sse_lines,
@@ -57,7 +58,7 @@ _RAW_RESULT = {
 def _submission(deployment: str, body: dict[str, Any], args: dict[str, Any]) -> Submission:
     return Submission(
         deployment=deployment,
-        input=parse_input(body.get("input")),
+        input=parse_input(body.get("input"), plane().settings.max_nesting),
         service_id=body.get("service_id"),
         # The query wins: it is where LlamaDeploy's API server read it from.
         session_id=args.get("session_id") or body.get("session_id"),
@@ -73,9 +74,12 @@ class TaskRun(MethodView):
     @blp.arguments(RunArgs(), location="query")
     @blp.arguments(TaskDefinitionSchema())
     @blp.doc(responses=_RAW_RESULT)
+    @blp.alt_response(413, **too_large("The task input"))
     def post(self, args: dict[str, Any], body: dict[str, Any], deployment_name: str) -> Any:
         """Run a task and return its result when it ends (502 if it fails, 504 on timeout)."""
-        result = plane().tasks.run(_submission(deployment_name, body, args), args["timeout"])
+        result = plane().tasks.run(
+            _submission(deployment_name, body, args), args["timeout"], client_gone()
+        )
         return current_app.json.response(result)
 
 
@@ -86,6 +90,7 @@ class TaskCreate(MethodView):
     @blp.arguments(RunArgs(), location="query")
     @blp.arguments(TaskDefinitionSchema())
     @blp.response(200, TaskSchema)
+    @blp.alt_response(413, **too_large("The task input"))
     def post(self, args: dict[str, Any], body: dict[str, Any], deployment_name: str) -> Any:
         """Queue a task and return it with its ``task_id`` and ``session_id``."""
         return plane().tasks.submit(_submission(deployment_name, body, args))
@@ -162,6 +167,7 @@ class TaskEvents(MethodView):
     @blp.arguments(SessionArgs(), location="query")
     @blp.arguments(EventDefinitionSchema())
     @blp.response(200, EventDefinitionSchema)
+    @blp.alt_response(413, **too_large("The event"))
     def post(
         self, args: dict[str, Any], body: dict[str, Any], deployment_name: str, task_id: str
     ) -> Any:

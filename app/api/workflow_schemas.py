@@ -7,6 +7,8 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
 
+from app.api.internals import shown
+from app.api.schemas import LARGEST_INT
 from app.control.handlers import HANDLER_STATUSES, handler_status
 from app.models import Task, TaskStatus
 
@@ -75,7 +77,7 @@ class HandlerSchema(Schema):
         """The error's message, if the task failed."""
         if task.error is None:
             return None
-        return str(task.error.get("message") or task.error.get("type") or "failed")
+        return str(shown(task.error.get("message") or task.error.get("type") or "failed"))
 
     def dump_result(self, task: Task) -> dict[str, Any] | None:
         """The result in a StopEvent's envelope, as ``HandlerData.result`` holds it."""
@@ -212,8 +214,8 @@ class AfterSequence(fields.Field):
             number = int(text)
         except ValueError as exc:
             raise ValidationError("an event's sequence number (-1 for the first) or 'now'") from exc
-        if number < -1:
-            raise ValidationError("must be -1 or more")
+        if not -1 <= number <= LARGEST_INT:
+            raise ValidationError(f"must be from -1 to {LARGEST_INT}, or 'now'")
         return number
 
 

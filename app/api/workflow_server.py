@@ -10,10 +10,17 @@ from typing import Any
 
 from flask import Response
 from flask.views import MethodView
-from flask_smorest import Blueprint
 
 from app.api import plane
-from app.api.streams import NDJSON, SSE, envelope_lines, last_event_id, stream_response
+from app.api.bodies import Blueprint, too_large
+from app.api.streams import (
+    NDJSON,
+    SSE,
+    client_gone,
+    envelope_lines,
+    last_event_id,
+    stream_response,
+)
 from app.api.workflow_schemas import (
     CancelArgs,
     CancelledSchema,
@@ -90,13 +97,19 @@ class WorkflowRun(MethodView):
     @blp.arguments(RunArgs(), location="query")
     @blp.arguments(RunBodySchema())
     @blp.response(200, HandlerSchema)
+    @blp.alt_response(413, **too_large("The start event"))
     def post(
         self, args: dict[str, Any], body: dict[str, Any], deployment_name: str, name: str
     ) -> Any:
         """Run the workflow and return its handler once completed (502 if it fails, 504 after
         ``timeout`` seconds)."""
         return plane().handlers.run(
-            deployment_name, name, _run_input(body), body["handler_id"], args["timeout"]
+            deployment_name,
+            name,
+            _run_input(body),
+            body["handler_id"],
+            args["timeout"],
+            client_gone(),
         )
 
 
@@ -106,6 +119,7 @@ class WorkflowRunNowait(MethodView):
 
     @blp.arguments(RunBodySchema())
     @blp.response(200, HandlerSchema)
+    @blp.alt_response(413, **too_large("The start event"))
     def post(self, body: dict[str, Any], deployment_name: str, name: str) -> Any:
         """Queue a run of the workflow and return its handler at once."""
         return plane().handlers.start(deployment_name, name, _run_input(body), body["handler_id"])
@@ -217,6 +231,7 @@ class HandlerEvents(MethodView):
 
     @blp.arguments(SendEventBodySchema())
     @blp.response(200, SentSchema)
+    @blp.alt_response(413, **too_large("The event"))
     def post(self, body: dict[str, Any], deployment_name: str, handler_id: str) -> Any:
         """Send an event (a ``HumanResponseEvent`` answering an ``InputRequiredEvent``) into
         the running handler (409 once it ended)."""
@@ -225,5 +240,7 @@ class HandlerEvents(MethodView):
                 "sending an event to one step is not supported; leave step out",
                 errors={"step": ["not supported: events reach every step waiting for them"]},
             )
-        plane().events.send(deployment_name, handler_id, event_obj_str(body["event"]), None)
+        cp = plane()
+        sent = event_obj_str(body["event"], cp.settings.max_nesting)
+        cp.events.send(deployment_name, handler_id, sent, None, field="event")
         return {"status": "sent"}

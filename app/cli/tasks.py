@@ -181,7 +181,8 @@ def watch(
 @click.option(
     "--type",
     "event_type",
-    help="The event class's qualified name, e.g. workflows.events.HumanResponseEvent.",
+    help="The event's class name or qualified name, e.g. HumanResponseEvent; one the "
+    "task's workflow takes.",
 )
 @click.option("--data", help="With --type: the event's fields as a JSON object [default: {}].")
 @click.option("-s", "--service", help="Service id [default: the task's].")

@@ -11,19 +11,21 @@ from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import selectinload
 
 from app.db import Database
-from app.errors import Conflict, InvalidInput, NotFound
+from app.errors import Conflict, InvalidInput, NotFound, TooLarge
 from app.models import Deployment, Service
 from app.models.base import utcnow
 from config.deployment import (
     DeploymentSpec,
     SourceLayout,
     SourceType,
+    YamlLimits,
     load_deployment,
     load_deployment_mapping,
 )
-from config.errors import DeploymentSpecError, SourceFileNotFound
+from config.errors import DeploymentSpecError, SourceFileNotFound, SourceNotAllowed
 from config.platform import platform_mismatches
 from config.settings import Settings
+from config.sources import SourcePolicy, without_credentials
 from workers.protocol import service_queue
 
 log = logging.getLogger(__name__)
@@ -31,13 +33,20 @@ log = logging.getLogger(__name__)
 #: Called after a deployment was stored (spec, base path) or deleted (name).
 DeployedHook = Callable[[DeploymentSpec, Path], None]
 RemovedHook = Callable[[str], None]
+#: Answers whether every caller is the server's own user (``app.trust.open_mode``).
+OpenMode = Callable[[], bool]
 
 
 class Deployments:
     """Create, reload, read and delete deployments."""
 
-    def __init__(self, db: Database, settings: Settings) -> None:
+    def __init__(self, db: Database, settings: Settings, open_mode: OpenMode) -> None:
         self._db = db
+        self._settings = settings
+        self._open_mode = open_mode
+        self._limits = YamlLimits(
+            settings.max_yaml_bytes, settings.max_yaml_nodes, settings.max_nesting
+        )
         self._max = settings.max_deployments
         self._broker = settings.broker_url
         self._database = settings.sqlalchemy_url
@@ -46,8 +55,19 @@ class Deployments:
 
     def create(self, config: bytes | str, base_path: str, *, reload: bool = False) -> Deployment:
         """Validate ``config`` and store it; with ``reload`` replace an existing deployment."""
+        size = len(config.encode() if isinstance(config, str) else config)
+        if size > self._limits.max_bytes:
+            raise TooLarge(
+                "the deployment file is too large",
+                errors={
+                    "config_file": [
+                        f"{size:,} bytes; at most {self._limits.max_bytes:,} "
+                        "(CELERIAC_MAX_YAML_BYTES)"
+                    ]
+                },
+            )
         try:
-            spec = load_deployment(config)
+            spec = load_deployment(config, self._limits)
         except DeploymentSpecError as exc:
             raise InvalidInput("the deployment file is not valid", errors=exc.errors) from exc
         mismatches = platform_mismatches(spec, self._broker, self._database)
@@ -57,7 +77,7 @@ class Deployments:
                 errors=mismatches,
             )
         base = Path(base_path or ".").expanduser().resolve()
-        check_sources(spec, base)
+        check_sources(spec, base, self.source_policy())
         with self._db.begin() as session:
             query = select(Deployment).where(Deployment.name == spec.name)
             row = session.scalar(query.options(selectinload(Deployment.services)))
@@ -86,6 +106,11 @@ class Deployments:
         for hook in self.on_deployed:
             hook(spec, base)
         return row
+
+    def source_policy(self) -> SourcePolicy:
+        """Where sources may come from, as of now (a token created meanwhile ends the open
+        mode)."""
+        return SourcePolicy.from_settings(self._settings, open_mode=self._open_mode())
 
     def all(self) -> list[Deployment]:
         """Every deployment, by name."""
@@ -121,9 +146,9 @@ def find(session: DbSession, name: str, *, with_services: bool = False) -> Deplo
     return row
 
 
-def check_sources(spec: DeploymentSpec, base: Path) -> None:
-    """Refuse a deployment with a service that has no source, or whose local folders,
-    workflow modules or env files are missing."""
+def check_sources(spec: DeploymentSpec, base: Path, policy: SourcePolicy) -> None:
+    """Refuse a deployment with a service that has no source, a source that ``policy``
+    does not allow, or local folders, workflow modules or env files that are missing."""
     errors: dict[str, list[str]] = {}
     for service in spec.services.values():
         source = service.source
@@ -135,9 +160,24 @@ def check_sources(spec: DeploymentSpec, base: Path) -> None:
                 "(type: local and a folder, or type: git and a clone URL)."
             ]
             continue
+        if source.type == SourceType.GIT:
+            try:
+                policy.check_git(source.git_url)
+            except SourceNotAllowed as exc:
+                errors[f"{prefix}.source.name"] = [
+                    f"{without_credentials(source.location)!r}: {exc}"
+                ]
+            continue
         if source.type != SourceType.LOCAL:
             continue
         layout = SourceLayout.local(base, source.location)
+        try:
+            policy.check_folder(layout.root)
+        except SourceNotAllowed as exc:
+            errors[f"{prefix}.source.name"] = [
+                f"folder {source.location!r} under the base path {base}: {exc}"
+            ]
+            continue
         if not layout.root.is_dir():
             errors[f"{prefix}.source.name"] = [
                 f"folder {source.location!r} not found under the base path {base}"
@@ -146,14 +186,20 @@ def check_sources(spec: DeploymentSpec, base: Path) -> None:
         try:
             layout.module_folder(service.module_dir, service.module)
         except SourceFileNotFound as exc:
-            errors[f"{prefix}.path"] = [str(exc)]
+            errors[f"{prefix}.path"] = [_not_found(exc, base)]
         for name in service.env_files:
             try:
                 layout.env_file(name)
             except SourceFileNotFound as exc:
-                errors.setdefault(f"{prefix}.env-files", []).append(str(exc))
+                errors.setdefault(f"{prefix}.env-files", []).append(_not_found(exc, base))
     if errors:
-        raise InvalidInput("the deployment's local sources are missing", errors=errors)
+        raise InvalidInput("the deployment's sources are missing or not allowed", errors=errors)
+
+
+def _not_found(exc: SourceFileNotFound, base: Path) -> str:
+    """Say where a file was looked for, relative to the base path the caller gave."""
+    places = [str(p.relative_to(base)) if p.is_relative_to(base) else str(p) for p in exc.tried]
+    return f"{exc.what} not found under the base path; looked in {', '.join(places)}"
 
 
 def _sync_services(row: Deployment, spec: DeploymentSpec) -> None:

@@ -12,12 +12,15 @@ from sqlalchemy import bindparam, func, select
 
 from app.control.dispatch import Dispatcher
 from app.control.lifecycle import Lifecycle
-from app.control.tasks import Tasks
+from app.control.sendable import SendableEvents
+from app.control.tasks import DEFAULT_NESTING, Tasks
 from app.control.waiter import RELAYED_POLL, TaskWaiter
 from app.db import Database
-from app.errors import InvalidInput
+from app.errors import Conflict, InvalidInput, TooLarge
 from app.models import Event, EventDirection, Task, TaskStatus
 from app.models.base import table_of
+from config.errors import NestedTooDeeply
+from config.limits import load_json
 from workers.protocol import DeliverEvent
 
 _events = table_of(Event)
@@ -71,9 +74,16 @@ class EventLog:
         tasks: Tasks,
         waiter: TaskWaiter,
         dispatcher: Dispatcher,
+        sendable: SendableEvents,
         poll: float = 0.1,
+        *,
+        max_event_bytes: int = 262_144,
+        max_nesting: int = DEFAULT_NESTING,
     ) -> None:
         self._poll = poll
+        self._sendable = sendable
+        self._max_event_bytes = max_event_bytes
+        self._max_nesting = max_nesting
         self._db = db
         self._lifecycle = lifecycle
         self._tasks = tasks
@@ -130,26 +140,55 @@ class EventLog:
         return RELAYED_POLL[0] if self._waiter.relayed else self._poll
 
     def send(
-        self, deployment: str, task_id: str, event_obj_str: str, session_id: str | None
+        self,
+        deployment: str,
+        task_id: str,
+        event_obj_str: str,
+        session_id: str | None,
+        field: str = "event_obj_str",
     ) -> int:
         """Store an event sent into a running task and forward it to the worker that runs it.
 
-        ``event_obj_str`` is LlamaDeploy's form: llama-index's JSON of the event. Returns the
-        event's sequence number among the task's inputs.
+        ``event_obj_str`` is LlamaDeploy's form: llama-index's JSON of the event. It must name
+        an event the task's workflow takes (``app.control.sendable``), with fields that fit
+        it; anything else is refused (``field`` names the request's field) before anything is
+        stored, and the task is left as it was. Returns the event's sequence number among
+        the task's inputs.
         """
+        size = len(event_obj_str.encode("utf-8"))
+        if size > self._max_event_bytes:
+            raise TooLarge(
+                "the event is too large",
+                errors={
+                    field: [
+                        f"{size:,} bytes; at most {self._max_event_bytes:,} "
+                        "(CELERIAC_MAX_EVENT_BYTES)"
+                    ]
+                },
+            )
         try:
-            parsed = json.loads(event_obj_str)
+            parsed = load_json(event_obj_str, self._max_nesting)
         except json.JSONDecodeError as exc:
             raise InvalidInput(
-                "event_obj_str is not valid JSON",
-                errors={"event_obj_str": [f"not valid JSON: {exc.msg} at position {exc.pos}"]},
+                f"{field} is not valid JSON",
+                errors={field: [f"not valid JSON: {exc.msg} at position {exc.pos}"]},
+            ) from exc
+        except NestedTooDeeply as exc:
+            raise InvalidInput(
+                "the event is nested too deeply", errors={field: [str(exc)]}
             ) from exc
         if not isinstance(parsed, dict) or not isinstance(parsed.get("qualified_name"), str):
             raise InvalidInput(
-                "event_obj_str is not a serialized workflow event",
-                errors={"event_obj_str": ["expected an object with a qualified_name and a value"]},
+                f"{field} is not a serialized workflow event",
+                errors={field: ["expected an object with a qualified_name and a value"]},
             )
-        self._tasks.get(deployment, task_id, session_id)  # 404s
+        task = self._tasks.get(deployment, task_id, session_id)  # 404s
+        if task.task_status.terminal:
+            raise Conflict(
+                f"task {task_id} has ended ({task.status}); it takes no more events",
+                errors={"task_id": task_id, "status": task.status},
+            )
+        self._sendable.check(deployment, task.service, parsed, field)
         seq, inbox = self._lifecycle.resume(task_id, parsed)
         if inbox:
             # Not yet started: the recorder forwards stored inputs when the start is reported.

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sqlalchemy import select
 
 from app.control.deployments import find as find_deployment
-from app.control.tasks import Submission, Tasks, json_object
+from app.control.tasks import DEFAULT_NESTING, Submission, Tasks, json_object
 from app.db import Database
 from app.errors import InvalidInput
 from app.models import Deployment, Task, TaskStatus
@@ -100,11 +100,12 @@ class Handlers:
         run_input: dict[str, Any],
         handler_id: str | None,
         timeout: float | None = None,
+        abandoned: Callable[[], bool] | None = None,
     ) -> Task:
         """Run ``service`` and return its task once it succeeded (else ``TaskFailed`` or
         ``TaskTimeout``, as ``tasks/run``)."""
         submission = self._submission(deployment, service, run_input, handler_id or new_id())
-        self._tasks.run(submission, timeout)
+        self._tasks.run(submission, timeout, abandoned)
         return self._tasks.get(deployment, str(submission.task_id))
 
     def all(
@@ -140,16 +141,17 @@ class Handlers:
         )
 
 
-def event_obj_str(event: Any) -> str:
+def event_obj_str(event: Any, max_depth: int = DEFAULT_NESTING) -> str:
     """LlamaDeploy's ``event_obj_str`` (llama-index's JSON of an event) from a workflow
-    server's envelope ``{type, value}`` or ``{qualified_name, value}``. The worker that runs
-    the task finds the class among its workflow's events, by qualified name or class name."""
+    server's envelope ``{type, value}`` or ``{qualified_name, value}``; which events a task
+    takes, by qualified name or class name, is checked when it is sent."""
     event = json_object(
         event,
         "event",
         what="event",
         must_be="an envelope object with type and value",
         expected="an object",
+        max_depth=max_depth,
     )
     value = event.get("value", event.get("data", {}))
     if not isinstance(value, dict):

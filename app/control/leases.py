@@ -19,6 +19,14 @@ the sweep looks once a period. Leases are read by that clock, not by the wall cl
 control plane that was down and catches up on its backlog of reports takes no task from a
 worker whose heartbeats it has not read yet.
 
+Heard once more: while the database is away, the heartbeats that reach the control plane
+cannot be recorded; their retries come back later and out of order, so after the outage the
+clock moves on with the first heartbeat recorded, and workers whose heartbeats are still on
+their way would look silent. So a heartbeat that could not be recorded, and a sweep that
+could not read the leases, hold every lease (:meth:`Leases.missed`): no task is taken until
+the clock has run a whole lease past the last such failure, time for every live worker to
+be heard again.
+
 Recorded once: the recovered task is ``queued``, so the outcome of the first run, if it
 arrives late (a worker cut off, then back), is still recorded; once a run's outcome is
 recorded, the other run's start, events and outcome change nothing (statuses only move along
@@ -30,11 +38,15 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
+
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.control.dispatch import Dispatcher
 from app.control.lifecycle import Lifecycle, Recovered
 from app.control.registry import MISSED_BEATS
 from app.errors import Unavailable
+from app.models.base import utcnow
 from workers.protocol import RunStep
 
 log = logging.getLogger(__name__)
@@ -51,6 +63,17 @@ class Leases:
         self.heartbeat_interval = heartbeat_interval
         #: How long a task stays held after its worker last said it runs it.
         self.lease = dt.timedelta(seconds=MISSED_BEATS * heartbeat_interval)
+        self._missed_at: dt.datetime | None = None
+        self._lock = threading.Lock()
+
+    def missed(self, at: dt.datetime | None = None) -> None:
+        """A heartbeat could not be recorded, or the leases read, at ``at`` (now by default):
+        the database failed. No lease runs out until a whole lease after the last such
+        failure: a worker's silence counts only while its heartbeats could be heard."""
+        at = at or utcnow()
+        with self._lock:
+            if self._missed_at is None or at > self._missed_at:
+                self._missed_at = at
 
     def bound(self, sweep_period: float) -> float:
         """Seconds within which a task no worker holds is sent again, sweeping every
@@ -69,7 +92,11 @@ class Leases:
                 return False
             return True
 
-        recovered = self._lifecycle.recover(self.lease, resend)
+        try:
+            recovered = self._lifecycle.recover(self.lease, resend, not_before=self._missed_at)
+        except (OperationalError, InterfaceError):
+            self.missed()
+            raise
         for task in recovered:
             log.warning(
                 "task %s was %s on %s, which went silent: queued and sent again",

@@ -12,11 +12,13 @@ from app.control.lifecycle import Lifecycle
 from app.control.outbox import Outbox
 from app.control.recorder import Recorder
 from app.control.registry import Registry
+from app.control.sendable import SendableEvents
 from app.control.sessions import Sessions
 from app.control.tasks import Tasks
 from app.control.waiter import TaskWaiter
 from app.db import Database
 from app.orchestrator import register_control_tasks
+from app.trust import open_mode
 from config.settings import Settings
 from workers.celery_app import CeleriacCelery
 
@@ -39,19 +41,39 @@ class ControlPlane:
         )
         self.recorder = Recorder(db, self.lifecycle, self.waiter, dispatcher, self.outbox)
         self.leases = Leases(self.lifecycle, dispatcher, settings.heartbeat_interval)
-        self.deployments = Deployments(db, settings)
+        self.deployments = Deployments(db, settings, lambda: open_mode(settings))
+        # This process's own workers (the embedded mode) take sources where deploys may.
+        celery.runtime.source_policy = self.deployments.source_policy
         self.sessions = Sessions(db, self.lifecycle)
         self.registry = Registry(db, settings.heartbeat_interval)
-        self.tasks = Tasks(db, self.lifecycle, self.outbox, self.waiter, settings.run_timeout)
+        self.tasks = Tasks(
+            db,
+            self.lifecycle,
+            self.outbox,
+            self.waiter,
+            settings.run_timeout,
+            max_input_bytes=settings.max_input_bytes,
+            max_nesting=settings.max_nesting,
+        )
         self.deployments.on_deployed.append(lambda spec, _base: self.tasks.forget(spec.name))
         self.deployments.on_removed.append(self.tasks.forget)
         # Streams wake on the recorder's notifications when it runs in this process; else
         # they re-read the database this often.
         poll = 1.0 if settings.embedded else 0.1
-        self.events = EventLog(db, self.lifecycle, self.tasks, self.waiter, dispatcher, poll=poll)
-        self.handlers = Handlers(db, self.tasks)
         # Its own waiter: description keys must never meet a task id a client chose.
         self.descriptions = Descriptions(db, dispatcher, TaskWaiter())
+        self.events = EventLog(
+            db,
+            self.lifecycle,
+            self.tasks,
+            self.waiter,
+            dispatcher,
+            SendableEvents(self.descriptions),
+            poll=poll,
+            max_event_bytes=settings.max_event_bytes,
+            max_nesting=settings.max_nesting,
+        )
+        self.handlers = Handlers(db, self.tasks)
         register_control_tasks(celery, self.recorder, self.outbox, self.leases, self.descriptions)
 
     def close(self) -> None:

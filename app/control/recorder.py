@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import time
+import logging
 
 from sqlalchemy import Connection
 from sqlalchemy.dialects import postgresql, sqlite
@@ -26,6 +26,7 @@ from workers.protocol import (
 )
 
 _workers = table_of(Worker)
+log = logging.getLogger(__name__)
 
 
 class Recorder:
@@ -73,24 +74,19 @@ class Recorder:
             self._start(finished.following)
 
     def _start(self, step: RunStep) -> None:
-        """Send the next task of a session; if the broker refuses, fail it and go on."""
+        """Send the next task of a session. If the broker refuses it, the task stays queued,
+        marked dispatched and not published: the outbox's sweep sends it once the broker is
+        back. (Its client was told it was queued; a broker away for a moment must not fail
+        it, nor, through its end, every task queued behind it in the session.)"""
         try:
             self._outbox.send(step)
         except Unavailable as exc:
-            self.finished(
-                StepFinished(
-                    task_id=step.task_id,
-                    ok=False,
-                    result=None,
-                    error={"type": "DispatchError", "message": str(exc)},
-                    event_count=0,
-                    events=[],
-                    worker="",
-                    started_at=time.time(),
-                    started_reported=True,
-                    at=time.time(),
-                    keep_context=True,
-                )
+            log.warning(
+                "the broker refused task %s, next in its session; the outbox sends it again "
+                "%g s after its dispatch, or once the broker is back: %s",
+                step.task_id,
+                self._outbox.redispatch_after,
+                exc,
             )
 
     def heartbeat(self, message: Heartbeat) -> None:

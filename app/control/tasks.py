@@ -3,23 +3,40 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import bindparam, select
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import selectinload
 
 from app.control.deployments import find as find_deployment
 from app.control.lifecycle import Lifecycle, MultitaskStrategy, NewTask
 from app.control.outbox import Outbox
 from app.control.routing import first_step, route
-from app.control.waiter import Outcome, TaskWaiter
+from app.control.waiter import Abandoned, Outcome, TaskWaiter
 from app.db import Database, is_outage
-from app.errors import Conflict, InvalidInput, NotFound, TaskFailed, TaskTimeout, Unavailable
+from app.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    TaskFailed,
+    TaskTimeout,
+    TooLarge,
+    Unavailable,
+)
 from app.models import Deployment, Task, TaskStatus
 from app.models.base import new_id, table_of
+from config.errors import NestedTooDeeply
+from config.limits import json_size, load_json, nesting_depth
 from workers.protocol import RunStep
+
+log = logging.getLogger(__name__)
+
+#: Nesting allowed where no setting is at hand (``Settings.max_nesting``'s default).
+DEFAULT_NESTING = 100
 
 
 @dataclass(frozen=True)
@@ -34,7 +51,7 @@ class Submission:
     multitask_strategy: MultitaskStrategy = MultitaskStrategy.ENQUEUE
 
 
-def parse_input(raw: Any) -> dict[str, Any]:
+def parse_input(raw: Any, max_depth: int = DEFAULT_NESTING) -> dict[str, Any]:
     """Task input as LlamaDeploy sends it (a JSON string of kwargs) or as a JSON object."""
     if raw is None or raw == "":
         return {}
@@ -44,26 +61,54 @@ def parse_input(raw: Any) -> dict[str, Any]:
         what="task input",
         must_be="a JSON object of keyword arguments",
         expected="an object of keyword arguments",
+        max_depth=max_depth,
     )
 
 
-def json_object(raw: Any, field: str, *, what: str, must_be: str, expected: str) -> dict[str, Any]:
+def json_object(
+    raw: Any,
+    field: str,
+    *,
+    what: str,
+    must_be: str,
+    expected: str,
+    max_depth: int = DEFAULT_NESTING,
+) -> dict[str, Any]:
     """A JSON object sent as is or as a JSON string (as LlamaDeploy's clients send it);
-    InvalidInput naming ``field`` otherwise."""
+    InvalidInput naming ``field`` otherwise, or if it nests deeper than ``max_depth``."""
     if isinstance(raw, str):
         try:
-            raw = json.loads(raw)
+            raw = load_json(raw, max_depth)
         except json.JSONDecodeError as exc:
             raise InvalidInput(
                 f"{what} is not valid JSON",
                 errors={field: [f"not valid JSON: {exc.msg} at position {exc.pos}"]},
             ) from exc
+        except NestedTooDeeply as exc:
+            raise InvalidInput(f"{what} is nested too deeply", errors={field: [str(exc)]}) from exc
     if not isinstance(raw, dict):
         raise InvalidInput(
             f"{what} must be {must_be}",
             errors={field: [f"expected {expected}, got {type(raw).__name__}"]},
         )
     return raw
+
+
+def check_input(value: dict[str, Any], max_bytes: int, max_depth: int) -> None:
+    """TooLarge (413) or InvalidInput (422) for task input over the size or nesting bound."""
+    if nesting_depth(value, max_depth) > max_depth:
+        reason = f"{NestedTooDeeply(max_depth)} (CELERIAC_MAX_NESTING)"
+        raise InvalidInput("task input is nested too deeply", errors={"input": [reason]})
+    size = json_size(value)
+    if size > max_bytes:
+        raise TooLarge(
+            "task input is too large",
+            errors={
+                "input": [
+                    f"{size:,} bytes of JSON; at most {max_bytes:,} (CELERIAC_MAX_INPUT_BYTES)"
+                ]
+            },
+        )
 
 
 _tasks = table_of(Task)
@@ -99,7 +144,12 @@ class Tasks:
         outbox: Outbox,
         waiter: TaskWaiter,
         run_timeout: float,
+        *,
+        max_input_bytes: int = 1_048_576,
+        max_nesting: int = DEFAULT_NESTING,
     ) -> None:
+        self._max_input_bytes = max_input_bytes
+        self._max_nesting = max_nesting
         self._db = db
         self._lifecycle = lifecycle
         self._outbox = outbox
@@ -115,6 +165,7 @@ class Tasks:
         Without a session id the task gets a new session, unless ``single_use_session``
         (``tasks/run``): then, as no later task could use that session, it has none.
         """
+        check_input(request.input, self._max_input_bytes, self._max_nesting)
         target = self._target(request.deployment)
         try:
             return self._submit(request, target, single_use_session)
@@ -158,9 +209,22 @@ class Tasks:
             input=request.input,
             session_id=request.session_id,
         )
-        inserted = self._lifecycle.insert(
-            new, strategy=request.multitask_strategy, single_use_session=single_use_session
-        )
+        try:
+            inserted = self._lifecycle.insert(
+                new, strategy=request.multitask_strategy, single_use_session=single_use_session
+            )
+        except DBAPIError as exc:
+            if not (is_outage(exc) and exc.connection_invalidated):
+                raise
+            # Lost with the insert on its way (or its commit): the database may have stored
+            # the task all the same, and then the control plane sends it. The client must
+            # know which task to look for, or to send again under the same id.
+            raise Unavailable(
+                f"the database was lost while task {new.id} was stored: it may be stored, and "
+                f"then it runs. Send it again with task_id {new.id!r} (409 if it was stored), "
+                f"or read it later from /deployments/{request.deployment}/tasks/{new.id}",
+                errors={"task_id": new.id, "status": "unknown", "published": False},
+            ) from exc
         if inserted is None:
             raise _Refused
         task, turn = inserted
@@ -177,37 +241,43 @@ class Tasks:
         return task
 
     def dispatch(self, step: RunStep) -> None:
-        """Send a step; if the broker refuses it, the task fails instead of staying queued.
+        """Send a step; if the broker does not take it, the task stays queued for the sweep.
 
-        The :class:`Unavailable` raised then names the task, stored already, and says that
-        it never reached the broker: failed, or (if the database failed too) left for the
-        control plane to send again. Either way a client that tries again does not run it
-        twice by mistake: it knows what became of the first try."""
+        A publish that fails may still have landed: the broker can store a message and go
+        away before it answers, and Kombu's retries then end on a refused connection. So the
+        task is never failed here: it stays queued, not noted as published, and the
+        control plane sends it again ``redispatch_after`` seconds later, once the broker takes
+        it (the step may then run twice, and is recorded once). The :class:`Unavailable`
+        raised names the task, so that the client waits for it instead of sending it again."""
         try:
             self._outbox.send(step)
         except Unavailable as exc:
             task_id = step.task_id
-            try:
-                self._lifecycle.fail_unsent(task_id, {"type": "DispatchError", "message": str(exc)})
-            except SQLAlchemyError:
-                raise Unavailable(
-                    f"{exc.message}; task {task_id} is stored but was not sent, and could not "
-                    "be marked failed: the control plane sends it again once the broker is "
-                    "back. Do not send it again: read it later",
-                    errors={"task_id": task_id, "status": "queued", "published": False},
-                ) from exc
             raise Unavailable(
-                f"{exc.message}; task {task_id} failed without running: send it again",
-                errors={"task_id": task_id, "status": "failed", "published": False},
+                f"{exc.message}; task {task_id} is stored and the control plane sends it once "
+                "the broker takes it. Do not send it again: read it later",
+                errors={"task_id": task_id, "status": "queued", "published": False},
             ) from exc
 
-    def run(self, request: Submission, timeout: float | None = None) -> Any:
+    def run(
+        self,
+        request: Submission,
+        timeout: float | None = None,
+        abandoned: Callable[[], bool] | None = None,
+    ) -> Any:
         """Submit and wait for the end; returns the task's result, or raises
-        :class:`TaskFailed` if it failed and :class:`TaskTimeout` if it runs too long."""
+        :class:`TaskFailed` if it failed and :class:`TaskTimeout` if it runs too long or
+        ``abandoned`` says the client left (the task runs on either way)."""
         task_id = self.submit(request, single_use_session=True).id
         limit = self._run_timeout if timeout is None else timeout
         try:
-            return self._wait(request, task_id, limit)
+            return self._wait(request, task_id, limit, abandoned)
+        except Abandoned:
+            log.info("task %s: its client disconnected; it runs on, unwatched", task_id)
+            raise TaskTimeout(
+                f"stopped waiting for task {task_id}: the client disconnected; it runs on",
+                errors={"task_id": task_id},
+            ) from None
         except DBAPIError as exc:
             if not is_outage(exc):
                 raise
@@ -219,7 +289,13 @@ class Tasks:
                 errors={"task_id": task_id, "published": True},
             ) from exc
 
-    def _wait(self, request: Submission, task_id: str, limit: float) -> Any:
+    def _wait(
+        self,
+        request: Submission,
+        task_id: str,
+        limit: float,
+        abandoned: Callable[[], bool] | None,
+    ) -> Any:
         """Wait for a sent task's end, as :meth:`run` answers it."""
 
         def ended() -> Outcome | None:
@@ -232,7 +308,7 @@ class Tasks:
 
         # The task was only just queued: wait before the first look (the recorder may pass
         # the outcome on, and then nothing needs reading).
-        outcome = self._waiter.wait(task_id, limit, ended, check_first=False)
+        outcome = self._waiter.wait(task_id, limit, ended, check_first=False, abandoned=abandoned)
         if outcome is None:
             status = self.get(request.deployment, task_id).status
             raise TaskTimeout(

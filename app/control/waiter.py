@@ -24,6 +24,28 @@ class _Signal(threading.Event):
     outcome: Outcome | None = None
 
 
+#: Seconds between checks that whoever waits for a task is still there.
+ABANDONED_CHECK = 0.5
+
+
+class Abandoned(Exception):
+    """Control flow, not an error: whoever waited for the task left, so the wait stopped."""
+
+
+def _pause(event: threading.Event, seconds: float, abandoned: Callable[[], bool] | None) -> None:
+    """Wait up to ``seconds`` for ``event``, asking ``abandoned`` between slices of at most
+    ``ABANDONED_CHECK`` seconds; Abandoned once it says yes."""
+    if abandoned is None:
+        event.wait(seconds)
+        return
+    end = time.monotonic() + seconds
+    while not event.wait(max(0.0, min(ABANDONED_CHECK, end - time.monotonic()))):
+        if abandoned():
+            raise Abandoned
+        if time.monotonic() >= end:
+            return
+
+
 #: Polls while another process's outcomes reach :meth:`TaskWaiter.notify` reliably: only a
 #: safety net then.
 RELAYED_POLL = (1.0, 5.0)
@@ -54,12 +76,16 @@ class TaskWaiter:
         look: Callable[[], Outcome | None],
         *,
         check_first: bool = True,
+        abandoned: Callable[[], bool] | None = None,
     ) -> Outcome | None:
         """The task's outcome, as soon as a notify passes it on or ``look`` (called at first,
         and again on every other notify and poll) finds it; ``None`` once ``timeout``
         seconds pass.
 
         ``check_first=False`` skips the first look, for a task that was only just queued.
+        ``abandoned`` is asked every ``ABANDONED_CHECK`` seconds at most: once it says the
+        one waiting left (an HTTP client that disconnected), :class:`Abandoned` is raised,
+        and the thread is free again.
         """
         with self.listen(task_id) as event:
             deadline = time.monotonic() + timeout
@@ -77,7 +103,7 @@ class TaskWaiter:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
-                event.wait(min(delay, remaining))
+                _pause(event, min(delay, remaining), abandoned)
                 event.clear()
                 delay = min(delay * 2, self._polls[1])
 

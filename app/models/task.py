@@ -48,8 +48,6 @@ class Operation(str, enum.Enum):
     RESUME = "resume"
     #: A worker reported the run's outcome (or the control plane failed it for a worker).
     FINISH = "finish"
-    #: The broker refused the task's first step: it never left.
-    FAIL_UNSENT = "fail_unsent"
     #: The broker lost the task's step with its process: it is queued to be sent again.
     REQUEUE = "requeue"
     #: No live worker holds the task any more (its lease ran out): it is sent again.
@@ -76,7 +74,7 @@ MOVES: dict[TaskStatus, dict[TaskStatus, frozenset[Operation]]] = {
         TaskStatus.RUNNING: frozenset({Operation.START}),
         TaskStatus.WAITING_INPUT: frozenset({Operation.AWAIT_INPUT}),
         TaskStatus.SUCCEEDED: frozenset({Operation.FINISH}),
-        TaskStatus.FAILED: frozenset({Operation.FINISH, Operation.FAIL_UNSENT}),
+        TaskStatus.FAILED: frozenset({Operation.FINISH}),
         TaskStatus.CANCELLED: frozenset(),
     },
     TaskStatus.RUNNING: {

@@ -19,6 +19,7 @@ from config.deployment.loading import (
     load_deployment_file,
     load_deployment_mapping,
 )
+from config.deployment.reading import YamlLimits
 from config.deployment.schema import MESSAGE_QUEUE_TYPES
 from config.deployment.spec import (
     SYNC_POLICIES,
@@ -42,6 +43,7 @@ __all__ = [
     "SourceLayout",
     "SourceSpec",
     "SourceType",
+    "YamlLimits",
     "load_deployment",
     "load_deployment_file",
     "load_deployment_mapping",

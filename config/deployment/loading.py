@@ -10,21 +10,25 @@ from typing import Any
 import yaml
 from marshmallow import ValidationError
 
+from config.deployment.reading import YamlLimits, YamlTooLarge, read_yaml
 from config.deployment.rules import kind
 from config.deployment.schema import DeploymentSchema
 from config.deployment.spec import DeploymentSpec
-from config.errors import DeploymentSpecError
+from config.errors import DeploymentSpecError, NestedTooDeeply
 
 
-def load_deployment(text: str | bytes) -> DeploymentSpec:
-    """Parse and validate a deployment YAML document; raise DeploymentSpecError if invalid."""
-    return load_deployment_mapping(_parse_yaml(text))
+def load_deployment(text: str | bytes, limits: YamlLimits | None = None) -> DeploymentSpec:
+    """Parse and validate a deployment YAML document within ``limits`` (the defaults if not
+    given); raise DeploymentSpecError if invalid."""
+    return load_deployment_mapping(_parse_yaml(text, limits or YamlLimits()))
 
 
-def load_deployment_file(path: str | os.PathLike[str]) -> DeploymentSpec:
+def load_deployment_file(
+    path: str | os.PathLike[str], limits: YamlLimits | None = None
+) -> DeploymentSpec:
     """Read, parse and validate a deployment YAML file (OSError if it cannot be read)."""
     with open(path, "rb") as stream:
-        return load_deployment(stream.read())
+        return load_deployment(stream.read(), limits)
 
 
 def load_deployment_mapping(document: Mapping[str, Any]) -> DeploymentSpec:
@@ -38,10 +42,12 @@ def load_deployment_mapping(document: Mapping[str, Any]) -> DeploymentSpec:
     return spec
 
 
-def _parse_yaml(text: str | bytes) -> Mapping[str, Any]:
+def _parse_yaml(text: str | bytes, limits: YamlLimits) -> Mapping[str, Any]:
     """Turn YAML text into a mapping, reporting syntax errors with their position."""
     try:
-        document = yaml.safe_load(text)
+        document = read_yaml(text, limits)
+    except (YamlTooLarge, NestedTooDeeply) as exc:
+        raise DeploymentSpecError({"yaml": [f"Refused: {exc}."]}) from exc
     except yaml.MarkedYAMLError as exc:
         raise DeploymentSpecError({"yaml": [_describe_yaml_error(exc)]}) from exc
     except yaml.YAMLError as exc:

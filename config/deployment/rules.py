@@ -11,6 +11,7 @@ from typing import Any
 from marshmallow import ValidationError, validate
 
 from config.deployment.spec import SourceType, split_git_location
+from config.sources import without_credentials
 
 _SAFE_NAME = re.compile(r"[A-Za-z0-9._-]+")
 PORT_RANGE = validate.Range(min=1, max=65535)
@@ -86,10 +87,15 @@ def check_local_location(location: str) -> None:
 def check_git_location(location: str) -> None:
     """Accept a clone URL with an optional non-empty ``@branch`` suffix."""
     url, ref = split_git_location(location)
+    shown = without_credentials(location)
     if not url or any(char.isspace() for char in location):
-        raise ValidationError(f"Invalid git location {location!r}: expected a clone URL.")
+        raise ValidationError(f"Invalid git location {shown!r}: expected a clone URL.")
+    if url.startswith("-"):
+        raise ValidationError(f"Invalid git location {shown!r}: a URL cannot start with '-'.")
     if ref == "":
-        raise ValidationError(f"Invalid git location {location!r}: the branch after '@' is empty.")
+        raise ValidationError(f"Invalid git location {shown!r}: the branch after '@' is empty.")
+    if ref is not None and ref.startswith("-"):
+        raise ValidationError(f"Invalid git location {shown!r}: a branch cannot start with '-'.")
 
 
 def check_alias(data: Mapping[str, Any], old: str, new: str, new_key: str | None = None) -> None:

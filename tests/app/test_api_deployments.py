@@ -64,7 +64,9 @@ def test_create_returns_the_deployment_with_its_services(client: FlaskClient) ->
             "queue": "celeriac.QuickStart.echo_workflow",
         }
     ]
-    assert Path(deployment["base_path"]) == QUICKSTART_DIR
+    # And the server's folder shows only where workers read it (no caller sees internals yet)
+    assert deployment["base_path"] is None
+    assert Path(ok(client.get("/deployments/QuickStart/spec"))["base_path"]) == QUICKSTART_DIR
     created = dt.datetime.fromisoformat(deployment["created_at"])
     assert created.tzinfo is not None
 
@@ -111,7 +113,8 @@ def test_reload_replaces_the_code_and_bumps_the_version(
     reloaded = ok(deploy(client, v2, reload=True))
     # Then the deployment is replaced and its new code runs
     assert reloaded["version"] == 2
-    assert Path(reloaded["base_path"]) == (tmp_path / "v2").resolve()
+    spec = ok(client.get("/deployments/Reloaded/spec"))
+    assert Path(spec["base_path"]) == (tmp_path / "v2").resolve()
     assert ok(client.get("/deployments/Reloaded"))["version"] == 2
     assert run(client, "Reloaded", input='{"data": "bar"}') == "Ho ricevuto:bar"
     assert names(client) == ["Reloaded"]
@@ -512,9 +515,8 @@ def test_module_not_found_names_every_place_tried(client: FlaskClient, tmp_path:
     (tmp_path / "src").mkdir()
     text = VALID.replace("name: ./src", "name: src").replace("path: workflow", "path: src/flow")
     body = assert_error(post_yaml(client, text, tmp_path), 422)
-    root = tmp_path.resolve()
     assert body["errors"]["services.echo.path"] == [
-        f"module 'flow' not found; looked in {root / 'src'}, {root / 'src' / 'src'}"
+        "module 'flow' not found under the base path; looked in src, src/src"
     ]
 
 

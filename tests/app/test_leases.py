@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 import migrations
 from app.control.dispatch import Dispatcher
@@ -98,8 +99,15 @@ def running(
     return task_id
 
 
-def beat(recorder: Recorder, worker: str, tasks: list[str] | None, ago: float = 0.0) -> None:
-    """A heartbeat of ``worker`` sent ``ago`` seconds ago, listing ``tasks``."""
+def beat(
+    recorder: Recorder,
+    worker: str,
+    tasks: list[str] | None,
+    ago: float = 0.0,
+    started_ago: float = 3600.0,
+) -> None:
+    """A heartbeat of ``worker`` sent ``ago`` seconds ago, listing ``tasks``, from a process
+    started ``started_ago`` seconds ago (by default before any task of these tests)."""
     at = time.time() - ago
     recorder.heartbeat(
         Heartbeat(
@@ -108,7 +116,7 @@ def beat(recorder: Recorder, worker: str, tasks: list[str] | None, ago: float = 
             pid=1,
             queues=[service_queue("D", "svc")],
             deployments=["D"],
-            started_at=at - 100,
+            started_at=time.time() - started_ago,
             at=at,
             tasks=tasks,
         )
@@ -207,6 +215,27 @@ def test_a_live_workers_tasks_stay_with_it_until_it_falls_silent(
     assert row(db, kept).status == TaskStatus.RUNNING.value
 
 
+def test_a_worker_started_again_under_its_name_holds_none_of_its_dead_predecessors_tasks(
+    db: Database, leases: Leases, lifecycle: Lifecycle, recorder: Recorder, celery: CeleriacCelery
+) -> None:
+    # Given a task that w1 started 600 s ago and last listed 200 s ago, when its process died
+    old = running(lifecycle, ago=600, worker="w1")
+    beat(recorder, "w1", [old], ago=200, started_ago=700)
+    # And w1 started again 100 s ago under the same node name (as a supervisor restarts it),
+    # whose new process started a task 60 s ago, and beats now listing nothing (that task's
+    # outcome may be on its way)
+    new = running(lifecycle, ago=60, worker="w1")
+    beat(recorder, "w1", [], started_ago=100)
+    # When the leases are swept
+    recovered = leases.recover()
+    # Then the dead process's task is queued and sent again: the live w1 never ran it
+    assert [(r.task_id, r.worker) for r in recovered] == [(old, "w1")]
+    assert [step["task_id"] for step in sent(celery)] == [old]
+    assert row(db, old).status == TaskStatus.QUEUED.value
+    # And the task the live process started stays with it
+    assert row(db, new).status == TaskStatus.RUNNING.value
+
+
 def test_a_worker_that_lists_no_tasks_renews_every_task_it_started(
     db: Database, leases: Leases, lifecycle: Lifecycle, recorder: Recorder
 ) -> None:
@@ -240,6 +269,66 @@ def test_leases_run_by_the_heartbeats_read_so_a_control_plane_catching_up_takes_
     other = running(lifecycle, ago=600)
     assert leases.recover() == []
     assert row(db, other).status == TaskStatus.RUNNING.value
+
+
+def test_silence_while_heartbeats_could_not_be_recorded_takes_no_task_for_a_whole_lease(
+    db: Database, leases: Leases, lifecycle: Lifecycle, recorder: Recorder, celery: CeleriacCelery
+) -> None:
+    # Given a task of w1, whose heartbeats of the last 40 s failed with the database and
+    # wait for their retries, while another worker's heartbeat of now is recorded first
+    task_id = running(lifecycle, ago=600)
+    beat(recorder, "w1", [task_id], ago=40)
+    leases.missed()  # what a heartbeat that the database failed does
+    beat(recorder, "w2", [])
+    # When the leases are swept, then w1 keeps its task: its silence is the database's
+    assert leases.recover() == []
+    assert row(db, task_id).status == TaskStatus.RUNNING.value
+    assert sent(celery) == []
+    # And a whole lease after the last failure, a worker still unheard loses its task
+    later = Leases(lifecycle, Dispatcher(celery), heartbeat_interval=INTERVAL)
+    later.missed(dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=LEASE + 1))
+    assert [r.task_id for r in later.recover()] == [task_id]
+    # While a failure less than a lease ago still holds it
+    held = running(lifecycle, ago=600)
+    later.missed(dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=LEASE - 5))
+    assert later.recover() == []
+    assert row(db, held).status == TaskStatus.RUNNING.value
+
+
+def test_a_sweep_the_database_failed_holds_every_lease_too(
+    tmp_path: Path, celery: CeleriacCelery
+) -> None:
+    # Given a task whose worker went silent long ago, and another worker heard now
+    folder = tmp_path / "db"
+    url = f"sqlite:///{folder / 'leases.db'}"
+    folder.mkdir()
+    migrations.upgrade(url)
+    database = Database(url)
+    with database.begin() as session:
+        session.add(Deployment(id=1, name="D", spec={}, source_yaml="", base_path=""))
+    lifecycle = Lifecycle(database)
+    dispatcher = Dispatcher(celery)
+    outbox = Outbox(lifecycle, dispatcher, redispatch_after=30.0)
+    recorder = Recorder(database, lifecycle, TaskWaiter(), dispatcher, outbox)
+    task_id = running(lifecycle, ago=600)
+    beat(recorder, "w2", [])
+    leases = Leases(lifecycle, dispatcher, heartbeat_interval=INTERVAL)
+    try:
+        # When the database goes away and a sweep fails on it
+        database.dispose()
+        folder.rename(tmp_path / "away")
+        with pytest.raises(OperationalError):
+            leases.recover()
+        # Then, the database back, that control plane takes no task until a lease has passed
+        (tmp_path / "away").rename(folder)
+        assert leases.recover() == []
+        assert row(database, task_id).status == TaskStatus.RUNNING.value
+        # While one that saw no failure takes it
+        fresh = Leases(lifecycle, dispatcher, heartbeat_interval=INTERVAL)
+        assert [r.task_id for r in fresh.recover()] == [task_id]
+    finally:
+        outbox.close()
+        database.dispose()
 
 
 def test_a_step_the_broker_refuses_leaves_the_task_for_the_next_sweep(

@@ -36,7 +36,6 @@ ALLOWED = frozenset(
         (R, W, Operation.AWAIT_INPUT),
         (W, R, Operation.RESUME),
         *((source, end, Operation.FINISH) for source in (Q, R, W) for end in (S, F)),
-        (Q, F, Operation.FAIL_UNSENT),
         (Q, Q, Operation.REQUEUE),
         (R, Q, Operation.REQUEUE),
         (W, Q, Operation.REQUEUE),
@@ -139,10 +138,6 @@ def finish(lifecycle: Lifecycle, task_id: str, end: TaskStatus, *, with_start: b
     )
 
 
-def fail_unsent(lifecycle: Lifecycle, task_id: str, _: TaskStatus) -> None:
-    lifecycle.fail_unsent(task_id, {"type": "DispatchError", "message": "refused"})
-
-
 def requeue(lifecycle: Lifecycle, _task_id: str, _: TaskStatus) -> None:
     lifecycle.requeue_lost()
 
@@ -176,7 +171,6 @@ AIMED: dict[TaskStatus, list[tuple[Operation, Apply]]] = {
     F: [
         (Operation.FINISH, lambda lc, t, end: finish(lc, t, end, with_start=False)),
         (Operation.FINISH, lambda lc, t, end: finish(lc, t, end, with_start=True)),
-        (Operation.FAIL_UNSENT, fail_unsent),
     ],
     C: [],
 }
@@ -238,6 +232,32 @@ def test_a_late_start_report_leaves_a_task_waiting_for_input_and_counts_the_atte
     # Then the task still waits for input, and the attempt and its worker are known
     after = row(db, task_id)
     assert (after.status, after.attempts, after.worker, after.inbox) == (W, 1, "w-1", "in-1")
+
+
+@pytest.mark.parametrize("end", [S, F], ids=lambda s: s.value)
+def test_another_runs_start_after_the_end_leaves_the_ended_tasks_start_and_worker(
+    db: Database, lifecycle: Lifecycle, end: TaskStatus
+) -> None:
+    # Given a task that started on w-1 and ended
+    task_id = task_in(db, lifecycle, Q)
+    start(lifecycle, task_id, R)
+    finish(lifecycle, task_id, end, with_start=False)
+    ended = row(db, task_id)
+    # When another run of it (the broker's redelivery of a recovered task) starts on w-2
+    later = StepStarted(task_id=task_id, worker="w-2", at=time.time() + 5, inbox="in-2")
+    lifecycle.start(later)
+    # Then the task keeps the start, worker and inbox of the run that ended it
+    after = row(db, task_id)
+    kept = (after.status, after.worker, after.started_at, after.inbox, after.held_at)
+    assert kept == (end.value, "w-1", ended.started_at, "in-1", ended.held_at)
+    # But an end that overtook its start report still gets the start filled in
+    overtaken = task_in(db, lifecycle, Q)
+    finish(lifecycle, overtaken, end, with_start=False)
+    assert row(db, overtaken).started_at is None
+    start(lifecycle, overtaken, R)
+    filled = row(db, overtaken)
+    assert (filled.status, filled.worker) == (end.value, "w-1")
+    assert filled.started_at is not None
 
 
 @pytest.mark.parametrize("end", [S, F], ids=lambda s: s.value)

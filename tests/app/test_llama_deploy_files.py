@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from config.settings import Settings
 from tests.app.conftest import assert_error, ok, poll, wait_for_task
 from tests.conftest import REPO, deploy
 
@@ -41,6 +42,13 @@ def streamed(client: FlaskClient, deployment: str, task: dict[str, Any]) -> list
     url = f"/deployments/{deployment}/tasks/{task['task_id']}/events"
     response = client.get(url, query_string={"session_id": task["session_id"]})
     return [json.loads(line) for line in response.get_data(as_text=True).splitlines() if line]
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    """The usual settings, where git may also clone the ``file://`` mirror of GitHub below
+    (git's own ``GIT_ALLOW_PROTOCOL`` refuses a URL rewritten to a scheme not allowed)."""
+    return settings.replace(git_schemes="https,file")
 
 
 @pytest.fixture

@@ -38,7 +38,7 @@ from tests.support.processes import (
     require_module,
     unavailable,
 )
-from tests.support.servers import PrivateRabbitMQ, PrivateRedis
+from tests.support.servers import PrivatePostgres, PrivateRabbitMQ, PrivateRedis
 
 POSTGRES = ("127.0.0.1", 5432)
 REDIS = ("127.0.0.1", 6379)
@@ -185,6 +185,19 @@ def private_rabbitmq(tmp_path: Path, processes: Processes) -> PrivateRabbitMQ:
     server = PrivateRabbitMQ(processes, tmp_path / "rabbitmq")
     server.start()
     return server
+
+
+@pytest.fixture
+def private_postgres(tmp_path: Path, processes: Processes) -> Iterator[PrivatePostgres]:
+    """A started PostgreSQL server of this test's own, with an empty ``celeriac`` database;
+    stopped and deleted after the test."""
+    require_module("psycopg")
+    server = PrivatePostgres(processes, tmp_path / "postgres")
+    try:
+        server.create()
+        yield server
+    finally:
+        server.remove()
 
 
 @pytest.fixture
@@ -339,13 +352,17 @@ class Platform:
 
     # -- the processes -----------------------------------------------------------------------------
 
-    def serve(self, deployment_file: Path | None = None, name: str = "api") -> Process:
-        """Start ``celeriac serve [FILE]`` and wait until it answers."""
+    def serve(
+        self, deployment_file: Path | None = None, name: str = "api", port: int | None = None
+    ) -> Process:
+        """Start ``celeriac serve [FILE]`` and wait until it answers; on ``port`` for another
+        API server of the platform (the same database and broker), else on the platform's."""
         argv = [script("celeriac"), "serve"]
         if deployment_file is not None:
             argv.append(str(deployment_file))
-        process = self.start(name, argv)
-        self.wait_until_ready(process)
+        env = self.env() | {"CELERIAC_PORT": str(port or self.port)}
+        process = self.processes.start(name, argv, env, cwd=self.workdir)
+        self.wait_until_ready(process, server=f"http://127.0.0.1:{port or self.port}")
         return process
 
     def control_plane(self, name: str = "control-plane", *, celery_cli: bool = False) -> Process:
@@ -380,8 +397,12 @@ class Platform:
 
     # -- waiting -----------------------------------------------------------------------------------
 
-    def wait_until_ready(self, process: Process, timeout: float = READY_TIMEOUT) -> None:
-        """Poll ``GET /status/`` until it answers 200; fail if the process exits first."""
+    def wait_until_ready(
+        self, process: Process, timeout: float = READY_TIMEOUT, server: str | None = None
+    ) -> None:
+        """Poll ``GET /status/`` of ``server`` (the platform's by default) until it answers
+        200; fail if the process exits first."""
+        server = server or self.server
 
         def answers() -> bool:
             if not process.alive():
@@ -389,11 +410,11 @@ class Platform:
                     f"{process.name} exited with {process.popen.returncode}:\n{process.output()}"
                 )
             try:
-                return self.http.get("/status/", timeout=2.0).status_code == 200
+                return httpx.get(f"{server}/status/", timeout=2.0).status_code == 200
             except httpx.TransportError:
                 return False
 
-        poll(answers, bool, timeout, f"{process.name} answering on {self.server}")
+        poll(answers, bool, timeout, f"{process.name} answering on {server}")
 
     def live_workers(self, deployment: str) -> dict[str, set[str]]:
         """Service id to the names of its live workers, from ``GET /deployments/{d}/services``."""

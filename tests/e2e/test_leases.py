@@ -103,6 +103,47 @@ def test_a_task_whose_worker_is_killed_runs_again_within_the_bound_and_is_record
     assert len(runs.read_text().splitlines()) == 2
 
 
+def sent_again_within_bound(platform: Platform, task_id: str, since: float) -> float:
+    """Wait until the control plane sent the task again after ``since`` (a ``time.time()``),
+    to whichever worker; the seconds it took, checked against the bound."""
+
+    def dispatched() -> float:
+        [(at,)] = platform.query("SELECT dispatched_at FROM tasks WHERE id = %s", (task_id,))
+        stamp: float = at.timestamp()
+        return stamp
+
+    elapsed = poll(dispatched, lambda at: at > since, BOUND + SLACK + 10.0, "sent again") - since
+    assert elapsed <= BOUND + SLACK, f"recovered after {elapsed:.1f} s, bound {BOUND:g} s"
+    return elapsed
+
+
+@pytest.mark.e2e
+def test_a_killed_worker_started_again_under_its_name_gives_up_its_old_task_within_the_bound(
+    platform: Platform, counted: Path, tmp_path: Path
+) -> None:
+    """SIGKILL of the worker mid-run, then the same command started again at once, as a
+    supervisor does: the new process's heartbeats, under the same node name, do not hold the
+    task the dead process ran (Redis would redeliver it only after 12 hours)."""
+    # Given a long task running on w1, and an idle worker w2
+    runs = tmp_path / "runs.txt"
+    first, _second, task_id = started_on_first_worker(platform, counted, runs)
+
+    # When w1 is killed, and started again at once under its own node name
+    killed_at = time.time()
+    first.kill()
+    again = platform.service_worker("w1", deployment="Counted", service="work", concurrency=1)
+
+    # Then the control plane sends the task again within the bound
+    sent_again_within_bound(platform, task_id, killed_at)
+    # And it ends once, after two runs, the second on a live worker
+    [task] = platform.wait_for_tasks("Counted", [task_id], timeout=NAP + 30.0).values()
+    assert (task["status"], task["result"], task["attempts"]) == ("succeeded", "done 0", 2)
+    assert platform.stop_events([task_id]) == {task_id: 1}
+    pids = [int(line.split()[2]) for line in runs.read_text().splitlines()]
+    assert len(pids) == 2 and pids[0] == first.pid and pids[1] != first.pid, pids
+    assert again.alive()
+
+
 @pytest.mark.e2e
 def test_a_worker_cut_off_then_back_has_its_late_outcome_recorded_once(
     platform: Platform, counted: Path, tmp_path: Path

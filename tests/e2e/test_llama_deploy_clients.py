@@ -78,6 +78,8 @@ def server(tmp_path: Path, processes: Processes, github_mirror: dict[str, str]) 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CELERIAC_")}
     env |= github_mirror | {"CELERIAC_DATA_DIR": str(tmp_path / "data"), "PYTHONUNBUFFERED": "1"}
+    # git rewrites GitHub's https URL to the file:// mirror: the server must allow both.
+    env["CELERIAC_GIT_SCHEMES"] = "https,file"
     process = processes.start(
         "serve", [script("celeriac"), "serve", "--port", str(port)], env, cwd=tmp_path
     )

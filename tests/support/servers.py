@@ -5,9 +5,14 @@ Tests that restart or cut off a service use these, never the machine's shared se
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pwd
 import shutil
+import signal
 import socket
+import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +24,7 @@ from kombu.exceptions import OperationalError
 
 from tests.support.processes import (
     READY_TIMEOUT,
+    STOP_TIMEOUT,
     Process,
     Processes,
     free_port,
@@ -50,18 +56,26 @@ class PrivateRedis:
 
     It runs as the README tells operators to run a Redis broker: with the append-only file
     (``appendonly yes``, ``appendfsync everysec``), so that a restart keeps queued and
-    unacknowledged messages. Its files live in the test's folder. It listens on ``bind``: this
-    machine's loopback address, and others a test's hosts reach it at (``tests.support.hosts``).
+    unacknowledged messages. Its files live in the test's folder. ``appendfsync="always"``
+    makes it write each command to disk before it answers, so that even a SIGKILL loses
+    nothing it acknowledged. It listens on ``bind``: this machine's loopback address, and
+    others a test's hosts reach it at (``tests.support.hosts``).
     """
 
     def __init__(
-        self, processes: Processes, folder: Path, bind: Sequence[str] = ("127.0.0.1",)
+        self,
+        processes: Processes,
+        folder: Path,
+        appendfsync: str = "everysec",
+        port: int | None = None,
+        bind: Sequence[str] = ("127.0.0.1",),
     ) -> None:
         self.processes = processes
         self.folder = folder
+        self.appendfsync = appendfsync
         #: The addresses it listens on; the first is the one :attr:`url` names.
         self.bind = tuple(bind)
-        self.port = free_port()
+        self.port = free_port() if port is None else port
         self.server: Process | None = None
         #: Seconds each start took, until the server answered.
         self.start_times: list[float] = []
@@ -84,7 +98,7 @@ class PrivateRedis:
             # Redis answers other addresses only with a password or with protected mode off;
             # those a test binds are on links of its own (private /30s to its hosts).
             argv += ["--protected-mode", "no"]
-        argv += ["--save", "", "--appendonly", "yes", "--appendfsync", "everysec"]
+        argv += ["--save", "", "--appendonly", "yes", "--appendfsync", self.appendfsync]
         argv += ["--dir", str(self.folder)]
         self.server = self.processes.start("redis", argv, dict(os.environ), cwd=self.folder)
         server = self.server
@@ -246,3 +260,172 @@ class PrivateRabbitMQ:
         if found is None:
             unavailable(f"{name} is not installed: the RabbitMQ fault tests start their own")
         return found
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of this test's own, on a free port, that the test may stop, start,
+    freeze and thaw.
+
+    Its cluster is made with ``initdb`` (trust authentication, TCP on 127.0.0.1 only, no Unix
+    socket) and runs as the ``postgres`` user, as PostgreSQL refuses to run as root. That user
+    cannot enter pytest's folders (private to root), so the cluster lives in a folder of its
+    own under the system's temporary folder, named in ``folder/cluster``, and is removed by
+    :meth:`remove`. A stop is a fast shutdown; a start again keeps the data. A frozen server
+    (:meth:`freeze`) still accepts TCP connections in the kernel but answers nothing: clients
+    hang instead of being refused.
+    """
+
+    #: The database the tests use (``postgres`` is left to administration).
+    DATABASE = "celeriac"
+    #: The system user PostgreSQL runs as.
+    USER = "postgres"
+
+    def __init__(self, processes: Processes, folder: Path) -> None:
+        self.processes = processes
+        self.folder = folder
+        self.port = free_port()
+        self.server: Process | None = None
+        self.cluster: Path | None = None
+        self.frozen = False
+        folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def url(self) -> str:
+        """The SQLAlchemy URL of the tests' database."""
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{self.DATABASE}"
+
+    def create(self) -> None:
+        """Make the cluster (``initdb``), start it and create the tests' database."""
+        owner = self._owner()
+        self.cluster = Path(tempfile.mkdtemp(prefix="celeriac-postgres-"))
+        os.chown(self.cluster, owner.pw_uid, owner.pw_gid)
+        (self.folder / "cluster").write_text(f"{self.cluster}\n")
+        argv = [*self._as_owner(), self._program("initdb"), "-D", str(self.cluster / "data")]
+        argv += ["-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"]
+        done = subprocess.run(
+            argv, cwd=self.cluster, capture_output=True, text=True, timeout=120, check=False
+        )
+        if done.returncode != 0:
+            pytest.fail(f"initdb failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        self.start()
+        with self.connect("postgres") as conn:
+            conn.execute(f'CREATE DATABASE "{self.DATABASE}"')
+
+    def start(self) -> None:
+        """Start the server on its cluster and wait until it accepts connections."""
+        assert self.cluster is not None, "create() first"
+        argv = [*self._as_owner(), self._program("postgres"), "-D", str(self.cluster / "data")]
+        argv += ["-p", str(self.port), "-c", "listen_addresses=127.0.0.1"]
+        argv += ["-c", "unix_socket_directories=", "-c", "max_connections=300"]
+        # Durability against a host crash is not under test: spare the disk of a shared host.
+        argv += ["-c", "fsync=off", "-c", "full_page_writes=off"]
+        self.server = self.processes.start("postgres", argv, dict(os.environ), cwd=self.cluster)
+        server = self.server
+
+        def accepts() -> bool:
+            if not server.alive():
+                pytest.fail(f"postgres exited with {server.popen.returncode}:\n{server.output()}")
+            try:
+                self.connect("postgres").close()
+            except require_module("psycopg").OperationalError:
+                return False
+            return True
+
+        poll(accepts, bool, READY_TIMEOUT, f"PostgreSQL accepting connections on {self.port}")
+
+    def stop(self) -> None:
+        """Stop the server with a fast shutdown (SIGINT: clients are disconnected)."""
+        assert self.server is not None and not self.frozen
+        self.server.popen.send_signal(signal.SIGINT)
+        try:
+            self.server.popen.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"postgres still running {STOP_TIMEOUT:g} s after SIGINT")
+
+    def freeze(self) -> None:
+        """Stop the postmaster, then every backend and helper process it started (SIGSTOP;
+        each child of the postmaster leads a process group of its own): connections are
+        still accepted by the kernel, and then hang."""
+        assert self.server is not None and self.server.alive()
+        os.kill(self.server.pid, signal.SIGSTOP)
+        self.frozen = True
+        for child in children(self.server.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """Let a frozen server go on (SIGCONT to the postmaster's children, then to it)."""
+        assert self.server is not None
+        for child in children(self.server.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGCONT)
+        os.kill(self.server.pid, signal.SIGCONT)
+        self.frozen = False
+
+    def remove(self) -> None:
+        """Stop the server if it runs, and delete its cluster."""
+        if self.server is not None and self.server.alive():
+            if self.frozen:
+                self.thaw()
+            self.stop()
+        if self.cluster is not None:
+            shutil.rmtree(self.cluster, ignore_errors=True)
+            self.cluster = None
+
+    def connect(self, database: str | None = None) -> Any:
+        """An autocommit psycopg connection to a database of this server."""
+        psycopg = require_module("psycopg")
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=self.port,
+            user="postgres",
+            dbname=database or self.DATABASE,
+            autocommit=True,
+            connect_timeout=2,
+        )
+
+    def _as_owner(self) -> list[str]:
+        owner = self.USER
+        return [self._setpriv(), f"--reuid={owner}", f"--regid={owner}", "--clear-groups", "--"]
+
+    @classmethod
+    def _owner(cls) -> pwd.struct_passwd:
+        try:
+            return pwd.getpwnam(cls.USER)
+        except KeyError:
+            unavailable(f"no {cls.USER} user: the database fault tests run PostgreSQL as it")
+
+    @staticmethod
+    def _setpriv() -> str:
+        found = shutil.which("setpriv")
+        if found is None:
+            unavailable("setpriv is not installed: it runs the private PostgreSQL as postgres")
+        return found
+
+    @staticmethod
+    def _program(name: str) -> str:
+        """A PostgreSQL server program: on PATH, else the newest in /usr/lib/postgresql."""
+        found = shutil.which(name)
+        if found is None:
+            versions = sorted(
+                Path("/usr/lib/postgresql").glob(f"*/bin/{name}"),
+                key=lambda p: int(p.parts[-3]) if p.parts[-3].isdigit() else 0,
+            )
+            found = str(versions[-1]) if versions else None
+        if found is None:
+            unavailable(f"{name} is not installed: the database fault tests start their own")
+        return found
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from ``/proc``)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # The command name, in parentheses, may hold spaces: the parent follows its end.
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found

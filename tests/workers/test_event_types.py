@@ -79,3 +79,12 @@ def test_without_a_workflow_only_the_framework_events_are_taken() -> None:
     assert type(types.decode(sent("HumanResponseEvent", response="x"))) is HumanResponseEvent
     with pytest.raises(ValueError):
         types.decode(sent(f"{__name__}.Answer", text="x"))
+
+
+def test_an_event_without_the_pydantic_marker_is_still_decoded_into_its_class(
+    types: EventTypes,
+) -> None:
+    # The control plane takes any object with a qualified_name and a value
+    event = types.decode(json.dumps({"qualified_name": "Answer", "value": {"text": "42"}}))
+    assert type(event) is Answer
+    assert event.text == "42"

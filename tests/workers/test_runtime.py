@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -23,9 +24,9 @@ from tests.workers.conftest import (
     write_workflow,
 )
 from workers import runtime as runtime_module
-from workers.errors import HandedBack
+from workers.errors import HandedBack, ResultTooLarge
 from workers.protocol import DeliverEvent, StepEvent, StepFinished, StepStarted
-from workers.runtime import ServiceRuntime
+from workers.runtime import ResultBounds, ServiceRuntime
 
 
 def local_deployment(
@@ -384,3 +385,45 @@ def test_a_task_is_held_from_its_start_until_its_outcome_is_sent(
     # Then heartbeats sent while it ran, up to its outcome's sending, list it; none after
     assert reporter.held == [[step.task_id], [step.task_id]]
     assert runtime.held() == []
+
+
+def test_a_service_is_announced_once_per_version_before_its_first_run(
+    runtime: ServiceRuntime, reporter: RecordingReporter, tmp_path: Path
+) -> None:
+    # Given a runtime that tells the control plane what a workflow is (its declared events)
+    announced: list[tuple[str, str, int, list[str]]] = []
+    runtime.announce = lambda d, s, v, loaded: announced.append(
+        (d, s, v, sorted(cls.__name__ for cls in loaded.workflow.events))
+    )
+    install(runtime, tmp_path, '"done"')
+    # When it runs three steps, the third of a newer version
+    runtime.run(run_step("Dep", "svc"), reporter)
+    runtime.run(run_step("Dep", "svc"), reporter)
+    newer = dataclasses.replace(run_step("Dep", "svc"), version=2)
+    runtime.run(newer, reporter)
+    # Then it announced each version once, before running it
+    assert [a[:3] for a in announced] == [("Dep", "svc", 1), ("Dep", "svc", 2)]
+    assert "StartEvent" in announced[0][3]
+
+
+def test_a_result_over_the_bounds_fails_the_run(
+    reporter: RecordingReporter, tmp_path: Path
+) -> None:
+    runtime = ServiceRuntime(tmp_path / "sources", result_bounds=ResultBounds(100, 3))
+    try:
+        install(runtime, tmp_path, '"x" * 200')
+        too_big = runtime.run(run_step("Dep", "svc"), reporter)
+    finally:
+        runtime.close()
+    assert (too_big.ok, too_big.result) == (False, None)
+    assert too_big.error == {
+        "type": "workers.errors.ResultTooLarge",
+        "message": "the workflow's result is 202 bytes of JSON; results may have at most 100 "
+        "(CELERIAC_MAX_RESULT_BYTES)",
+    }
+
+
+def test_a_result_nested_past_the_bound_fails_the_run(tmp_path: Path) -> None:
+    with pytest.raises(ResultTooLarge, match="nested deeper than 3 levels"):
+        ResultBounds(1_000, 3).check([[[[1]]]])
+    ResultBounds(1_000, 3).check([[[1]]])

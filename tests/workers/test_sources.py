@@ -9,13 +9,28 @@ from pathlib import Path
 
 import pytest
 
-from config.deployment import DeploymentSpec, ServiceSpec, load_deployment
+from config.deployment import (
+    DeploymentSpec,
+    ServiceSpec,
+    SourceLayout,
+    SourceSpec,
+    SourceType,
+    load_deployment,
+)
+from config.sources import SourcePolicy
 from tests.workers.conftest import RecordingReporter, run_step, write_workflow
+from workers import sources
 from workers.errors import WorkflowLoadError
 from workers.runtime import ServiceRuntime
-from workers.sources import sync_source
 
 MARKER = ".celeriac-source.json"
+#: Any folder, and the ``file://`` repositories these tests make.
+ANYWHERE = SourcePolicy(roots=None, git_schemes=frozenset({"file"}))
+
+
+def sync_source(deployment: str, spec: ServiceSpec, base: Path, sources_dir: Path) -> SourceLayout:
+    """Sync a source under the policy that allows the tests' own folders and repositories."""
+    return sources.sync_source(deployment, spec, base, sources_dir, ANYWHERE)
 
 
 def service(source_type: str, location: str) -> ServiceSpec:
@@ -161,7 +176,7 @@ def test_failed_sync_keeps_the_previous_clone(repo: Path, sources_dir: Path) -> 
 
 def test_runtime_runs_a_workflow_from_a_git_source(repo: Path, tmp_path: Path) -> None:
     # Given a runtime serving a deployment whose service lives on branch v2 of a repository
-    runtime = ServiceRuntime(tmp_path / "data" / "sources")
+    runtime = ServiceRuntime(tmp_path / "data" / "sources", source_policy=lambda: ANYWHERE)
     try:
         runtime.install(deployment("git", f"file://{repo}@v2"), tmp_path)
         reporter = RecordingReporter()
@@ -173,3 +188,80 @@ def test_runtime_runs_a_workflow_from_a_git_source(repo: Path, tmp_path: Path) -
     assert outcome.ok is True, outcome.error
     assert outcome.result == "from v2"
     assert (tmp_path / "data" / "sources" / "Dep" / "svc" / "workflow.py").is_file()
+
+
+# -- the worker's own policy (defence in depth) --------------------------------------------------
+
+
+def test_a_local_source_outside_the_workers_roots_is_refused(tmp_path: Path) -> None:
+    # Given a worker whose roots hold only ``allowed``, and a source reached through ``..``
+    (tmp_path / "allowed").mkdir()
+    (tmp_path / "elsewhere" / "src").mkdir(parents=True)
+    only = SourcePolicy(roots=((tmp_path / "allowed").resolve(),), git_schemes=frozenset())
+    spec = service("local", "../elsewhere/src")
+    # When it syncs the source, then it refuses, saying why, and nothing is copied
+    with pytest.raises(WorkflowLoadError) as caught:
+        sources.sync_source("Dep", spec, tmp_path / "allowed", tmp_path / "s", only)
+    assert str(caught.value) == (
+        f"service 'svc': local source '../elsewhere/src' under {tmp_path / 'allowed'} is "
+        "refused by this worker: the folder lies outside the folders this server takes "
+        "sources from (CELERIAC_SOURCE_ROOTS)"
+    )
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(
+    "location", ["git@example.org:o/r.git", "ext::sh -c touch% /tmp/celeriac-pwned", "/srv/r"]
+)
+def test_a_git_source_of_a_scheme_not_allowed_is_refused_before_git_runs(
+    tmp_path: Path, location: str
+) -> None:
+    spec = ServiceSpec(
+        id="svc", name="S", source=SourceSpec(SourceType.GIT, location), import_path="w:wf"
+    )
+    https = SourcePolicy(roots=None, git_schemes=frozenset({"https"}))
+    with pytest.raises(WorkflowLoadError, match=r"is refused by this worker: git URLs of scheme"):
+        sources.sync_source("Dep", spec, tmp_path, tmp_path / "s", https)
+    assert not (tmp_path / "s").exists()
+    assert not Path("/tmp/celeriac-pwned").exists()
+
+
+def test_a_url_that_reads_as_an_option_never_reaches_git(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    spec = ServiceSpec(
+        id="svc",
+        name="S",
+        source=SourceSpec(SourceType.GIT, f"--upload-pack=touch {marker}"),
+        import_path="w:wf",
+    )
+    with pytest.raises(WorkflowLoadError, match="cannot start with '-'"):
+        sources.sync_source("Dep", spec, tmp_path, tmp_path / "s", ANYWHERE)
+    assert not marker.exists()
+
+
+def test_git_itself_refuses_a_url_rewritten_to_a_scheme_not_allowed(
+    repo: Path, sources_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given git's configuration rewrites an https URL to the local repository (file://)
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "1")
+    monkeypatch.setenv("GIT_CONFIG_KEY_0", f"url.file://{repo}.insteadOf")
+    monkeypatch.setenv("GIT_CONFIG_VALUE_0", "https://example.org/r.git")
+    spec = service("git", "https://example.org/r.git")
+    # When only https is allowed, then git refuses the file transport
+    https = SourcePolicy(roots=None, git_schemes=frozenset({"https"}))
+    with pytest.raises(WorkflowLoadError, match="transport 'file' not allowed"):
+        sources.sync_source("Dep", spec, Path("."), sources_dir, https)
+    # And with file allowed too, the same source clones
+    both = SourcePolicy(roots=None, git_schemes=frozenset({"https", "file"}))
+    assert sources.sync_source("Dep", spec, Path("."), sources_dir, both).root / "workflow.py"
+
+
+def test_a_failed_clone_never_shows_the_urls_credentials(tmp_path: Path) -> None:
+    # Given a URL with a password, to a port where nothing listens
+    spec = service("git", "https://alice:s3cret@127.0.0.1:9/r.git")
+    https = SourcePolicy(roots=None, git_schemes=frozenset({"https"}))
+    with pytest.raises(WorkflowLoadError) as caught:
+        sources.sync_source("Dep", spec, Path("."), tmp_path / "s", https)
+    assert "s3cret" not in str(caught.value)
+    assert "alice" not in str(caught.value)
+    assert "https://***@127.0.0.1:9/r.git" in str(caught.value)

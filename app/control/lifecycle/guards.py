@@ -8,6 +8,7 @@ from sqlalchemy import ColumnElement, false, or_
 
 from app.models import Operation, Task, TaskStatus
 from app.models.base import table_of
+from app.models.task import TRANSITIONS
 
 _tasks = table_of(Task)
 
@@ -24,3 +25,8 @@ def status_in(statuses: Iterable[TaskStatus]) -> ColumnElement[bool]:
 def may_move(target: TaskStatus, by: Operation) -> ColumnElement[bool]:
     """True for a task whose status operation ``by`` may move to ``target``."""
     return status_in(target.sources(by))
+
+
+def unfinished() -> ColumnElement[bool]:
+    """True for a task that the table still lets move (it has not ended)."""
+    return status_in(status for status, targets in TRANSITIONS.items() if targets)

@@ -177,15 +177,6 @@ class Lifecycle:
         )
         return session_id
 
-    def fail_unsent(self, task_id: str, error: dict[str, Any]) -> None:
-        """The broker refused the task's first step: it fails, rather than look queued for
-        ever."""
-        with self._db.single() as conn:
-            conn.execute(
-                sql.FAIL_UNSENT,
-                {"task_id": task_id, "p_error": error, "p_finished_at": utcnow()},
-            )
-
     def note_published(self, task_ids: Iterable[str]) -> None:
         """The broker took these tasks' first steps (the outbox's notes)."""
         with self._db.single() as conn:
@@ -223,14 +214,21 @@ class Lifecycle:
                 return conn.execute(sql.RENEW_ALL_OF, {"p_worker": worker, "at": at}).rowcount
             return conn.execute(sql.RENEW, {"ids": sorted(task_ids), "at": at}).rowcount
 
-    def recover(self, lease: dt.timedelta, send: Callable[[RunStep], bool]) -> list[Recovered]:
+    def recover(
+        self,
+        lease: dt.timedelta,
+        send: Callable[[RunStep], bool],
+        *,
+        not_before: dt.datetime | None = None,
+    ) -> list[Recovered]:
         """Queue again each running or waiting task whose lease ran out, once ``send`` took
         its first step again (until it returns False); returns what was recovered.
 
         A lease runs out ``lease`` after its last renewal, by the clock of the heartbeats
         recorded: the newest one's time (never past this process's). While reports wait in
         the broker for a control plane that was down, that clock waits with them, so no task
-        is taken from a worker whose heartbeats are merely not read yet. The tasks stay
+        is taken from a worker whose heartbeats are merely not read yet. No lease runs out
+        before ``not_before`` either: silence before then does not count. The tasks stay
         locked until their move is committed, so a report of theirs waits for it.
         """
         recovered: list[Recovered] = []
@@ -239,6 +237,8 @@ class Lifecycle:
             if newest is None:
                 return recovered
             cutoff = min(newest, utcnow()) - lease
+            if not_before is not None and cutoff < not_before:
+                return recovered
             for row in conn.execute(sql.EXPIRED, {"cutoff": cutoff}).all():
                 if not send(_first_step_again(conn, row)):
                     break

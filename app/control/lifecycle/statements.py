@@ -29,7 +29,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 
 from app.control.lifecycle.attempts import Attempts
-from app.control.lifecycle.guards import may_move
+from app.control.lifecycle.guards import may_move, unfinished
 from app.models import Deployment, Event, EventDirection, Operation, Task, TaskStatus, Worker
 from app.models.base import from_timestamp, table_of
 from workers.protocol import StepEvent
@@ -59,7 +59,10 @@ TASK_EXISTS = select(tasks.c.id).where(tasks.c.id == bindparam("task_id"))
 #: it waits for input, and one recorded after its outcome does not bring it back to life.
 START = (
     tasks.update()
-    .where(tasks.c.id == bindparam("task_id"))
+    # An ended task keeps the start and the worker of its run, unless its end overtook its
+    # start report: another run's start (a redelivery, a recovered task's first message)
+    # must not move them after the end.
+    .where(tasks.c.id == bindparam("task_id"), or_(unfinished(), tasks.c.started_at.is_(None)))
     .values(
         worker=bindparam("p_worker"),
         started_at=bindparam("p_started_at"),
@@ -103,16 +106,6 @@ RESUME = (
     tasks.update()
     .where(tasks.c.id == bindparam("task_id"), may_move(TaskStatus.RUNNING, Operation.RESUME))
     .values(status=TaskStatus.RUNNING.value)
-)
-
-FAIL_UNSENT = (
-    tasks.update()
-    .where(tasks.c.id == bindparam("task_id"), may_move(TaskStatus.FAILED, Operation.FAIL_UNSENT))
-    .values(
-        status=TaskStatus.FAILED.value,
-        error=bindparam("p_error"),
-        finished_at=bindparam("p_finished_at"),
-    )
 )
 
 MARK_PUBLISHED = (
@@ -162,13 +155,16 @@ _HELD_SINCE = func.coalesce(tasks.c.held_at, tasks.c.started_at, tasks.c.created
 #: no longer list a task whose outcome it already sent, while the outcome waits in the broker
 #: (behind a control plane that restarts, or unacknowledged in a consumer that was killed):
 #: taking the task from it would run the task twice. Only a worker that went silent loses
-#: its tasks.
+#: its tasks. The process heard from must be the one that ran the task, started before the
+#: run: a worker started again under the same node name (as a supervisor restarts it) never
+#: ran its dead predecessor's tasks, and does not hold them.
 _WORKER_ALIVE = (
     select(_workers.c.name)
     .where(
         _workers.c.name == tasks.c.worker,
         _workers.c.last_seen >= bindparam("cutoff"),
         _workers.c.stopped_at.is_(None),
+        _workers.c.started_at <= func.coalesce(tasks.c.started_at, tasks.c.created_at),
     )
     .exists()
 )
