@@ -143,6 +143,8 @@ def start_platform(platform: Platform, host: Host, deployment: Path, there_url: 
     """The API server (on every address, so the host reaches it), the control-plane consumer,
     a worker here and one in the host, all ready; the host's worker process."""
     platform.settings["CELERIAC_HOST"] = "0.0.0.0"
+    # Beyond loopback, the server and the workers take sources only from the folders named.
+    platform.settings["CELERIAC_SOURCE_ROOTS"] = str(deployment.parent)
     platform.serve(deployment)
     platform.control_plane()
     platform.service_worker(HERE, deployment="Counted", service="work", concurrency=SLOTS)
