@@ -122,6 +122,19 @@ REDIS_OWNER_TTL = max(3 * REDIS_RESTORE_INTERVAL, 10)
 #: ``REDIS_OWNER_TTL``) is back in its queue at most this many seconds later: its key expires,
 #: then the next look of any live consumer puts the message back (no lock is waited for).
 REDIS_OWNER_BOUND = REDIS_OWNER_TTL + REDIS_RESTORE_INTERVAL
+#: Seconds a Redis command, or a connection attempt, may wait for the broker's answer before
+#: its connection is given up for a new one. Redis answers in milliseconds; a connection that
+#: stays silent this long lost its way (its host was cut off from the network, say).
+REDIS_SOCKET_TIMEOUT = 10.0
+#: Seconds of the AMQP heartbeat a consumer asks RabbitMQ for (the lower of the two sides'
+#: wins: RabbitMQ offers 60, Celery would ask 120). py-amqp drops a connection whose data stays
+#: unacknowledged for a second (``TCP_USER_TIMEOUT``), but a consumer that waits for messages
+#: sends nothing: cut off from the network, it noticed only when its heartbeat was due, and a
+#: connection that lived through a cut then waited for RabbitMQ's next TCP retransmission (46 s
+#: after a 60 s cut). A consumer now sends a heartbeat after this long without traffic, which
+#: ends a dead connection within a second; RabbitMQ closes its side after two silent intervals,
+#: and puts the consumer's unacknowledged messages back in their queues.
+AMQP_HEARTBEAT = 10.0
 
 
 #: How a process tries again to reach a broker that went away: first after this many seconds,
@@ -157,11 +170,13 @@ def transport_options(settings: Settings) -> dict[str, Any]:
 
     ====== ===================================================================================
     memory Event-driven in-process transport (above).
-    amqp   Publisher confirms: ``send_task`` returns once RabbitMQ has the message.
+    amqp   Publisher confirms: ``send_task`` returns once RabbitMQ has the message; a
+           consumer's heartbeat every ``AMQP_HEARTBEAT`` seconds of silence.
     redis  One client per channel, receipt without a window (``redis_transport``);
            ``visibility_timeout``: an unacknowledged message is redelivered after it, within
            ``REDIS_RESTORE_BOUND`` seconds more; ``owner_ttl``: one held by a consumer that
-           died is redelivered within ``REDIS_OWNER_BOUND`` seconds.
+           died is redelivered within ``REDIS_OWNER_BOUND`` seconds; a silent connection is
+           replaced after ``REDIS_SOCKET_TIMEOUT``.
     sqs    ``visibility_timeout`` and ``region``; long polling; queue names with ``-``.
     ====== ===================================================================================
     """
@@ -169,7 +184,10 @@ def transport_options(settings: Settings) -> dict[str, Any]:
     if kind == "memory":
         return {"broker_transport": EMBEDDED_TRANSPORT}
     if kind == "amqp":
-        return {"broker_transport_options": {"confirm_publish": True}}
+        return {
+            "broker_transport_options": {"confirm_publish": True},
+            "broker_heartbeat": AMQP_HEARTBEAT,
+        }
     if kind == "redis":
         return {
             "broker_transport": REDIS_TRANSPORT,
@@ -185,6 +203,14 @@ def transport_options(settings: Settings) -> dict[str, Any]:
                 "unacked_mutex_expire": REDIS_RESTORE_LOCK_EXPIRES,
                 # A message held by a dead consumer comes back within REDIS_OWNER_BOUND.
                 "owner_ttl": REDIS_OWNER_TTL,
+                # Kombu's and redis-py's default is to wait for ever. A worker cut off from
+                # the network then has each connection it was using wait for TCP's next
+                # retransmission, which comes a minute or two after a long cut, one
+                # connection after the other: the worker's loop, its heartbeats and its
+                # reports each stall that long once the link is back. With a timeout, a
+                # silent connection is dropped and the command tried on a new one.
+                "socket_timeout": REDIS_SOCKET_TIMEOUT,
+                "socket_connect_timeout": REDIS_SOCKET_TIMEOUT,
                 "fanout_prefix": True,
                 "fanout_patterns": True,
             },

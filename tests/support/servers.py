@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -57,7 +58,8 @@ class PrivateRedis:
     (``appendonly yes``, ``appendfsync everysec``), so that a restart keeps queued and
     unacknowledged messages. Its files live in the test's folder. ``appendfsync="always"``
     makes it write each command to disk before it answers, so that even a SIGKILL loses
-    nothing it acknowledged.
+    nothing it acknowledged. It listens on ``bind``: this machine's loopback address, and
+    others a test's hosts reach it at (``tests.support.hosts``).
     """
 
     def __init__(
@@ -66,10 +68,13 @@ class PrivateRedis:
         folder: Path,
         appendfsync: str = "everysec",
         port: int | None = None,
+        bind: Sequence[str] = ("127.0.0.1",),
     ) -> None:
         self.processes = processes
         self.folder = folder
         self.appendfsync = appendfsync
+        #: The addresses it listens on; the first is the one :attr:`url` names.
+        self.bind = tuple(bind)
         self.port = free_port() if port is None else port
         self.server: Process | None = None
         #: Seconds each start took, until the server answered.
@@ -79,12 +84,20 @@ class PrivateRedis:
     @property
     def url(self) -> str:
         """The broker URL (database 0 of this server)."""
-        return f"redis://127.0.0.1:{self.port}/0"
+        return self.url_at(self.bind[0])
+
+    def url_at(self, address: str) -> str:
+        """The broker URL by another of the addresses it listens on."""
+        return f"redis://{address}:{self.port}/0"
 
     def start(self) -> None:
         """Start the server and wait until it answers."""
         began = time.monotonic()
-        argv = [self.command(), "--port", str(self.port), "--bind", "127.0.0.1"]
+        argv = [self.command(), "--port", str(self.port), "--bind", *self.bind]
+        if set(self.bind) - {"127.0.0.1", "::1"}:
+            # Redis answers other addresses only with a password or with protected mode off;
+            # those a test binds are on links of its own (private /30s to its hosts).
+            argv += ["--protected-mode", "no"]
         argv += ["--save", "", "--appendonly", "yes", "--appendfsync", self.appendfsync]
         argv += ["--dir", str(self.folder)]
         self.server = self.processes.start("redis", argv, dict(os.environ), cwd=self.folder)
@@ -96,7 +109,7 @@ class PrivateRedis:
                     f"redis-server exited with {server.popen.returncode}:\n{server.output()}"
                 )
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1.0).close()
+                socket.create_connection((self.bind[0], self.port), timeout=1.0).close()
             except OSError:
                 return False
             return True
@@ -112,7 +125,7 @@ class PrivateRedis:
     def client(self) -> Any:
         """A redis-py client of this server."""
         redis = require_module("redis")
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+        return redis.Redis(host=self.bind[0], port=self.port, socket_timeout=5)
 
     @staticmethod
     def command() -> str:
@@ -134,14 +147,19 @@ class PrivateRabbitMQ:
 
     Everything it keeps lives in the test's folder: its database (durable queues and persistent
     messages, kept across a restart), its logs, its configuration and its Erlang cookie (``HOME``
-    is the folder). It listens on 127.0.0.1 only, has no plugins (no management), and lets
-    ``guest`` in from this host, as a fresh RabbitMQ does. Its node name is its own, so it
-    shares the machine's ``epmd`` with any other node there.
+    is the folder). It listens on ``bind`` (127.0.0.1 unless a test's hosts must reach it, see
+    ``tests.support.hosts``), has no plugins (no management), and lets ``guest`` in from this
+    host only, as a fresh RabbitMQ does (from anywhere when it listens beyond loopback). Its
+    node name is its own, so it shares the machine's ``epmd`` with any other node there.
     """
 
-    def __init__(self, processes: Processes, folder: Path) -> None:
+    def __init__(
+        self, processes: Processes, folder: Path, bind: Sequence[str] = ("127.0.0.1",)
+    ) -> None:
         self.processes = processes
         self.folder = folder
+        #: The addresses it listens on; the first is the one :attr:`url` names.
+        self.bind = tuple(bind)
         self.port = free_port()
         self.dist_port = free_port()
         self.node = f"rabbit-e2e-{os.urandom(4).hex()}@localhost"
@@ -149,10 +167,12 @@ class PrivateRabbitMQ:
         #: Seconds each start took, until a client could connect.
         self.start_times: list[float] = []
         folder.mkdir(parents=True, exist_ok=True)
+        listeners = [f"listeners.tcp.{i} = {a}:{self.port}\n" for i, a in enumerate(bind, 1)]
+        beyond_loopback = bool(set(self.bind) - {"127.0.0.1", "::1"})
         (folder / "rabbitmq.conf").write_text(
-            f"listeners.tcp.1 = 127.0.0.1:{self.port}\n"
-            "loopback_users.guest = true\n"
-            "log.console = true\n"
+            "".join(listeners)
+            + ("loopback_users = none\n" if beyond_loopback else "loopback_users.guest = true\n")
+            + "log.console = true\n"
             "log.console.level = info\n"
             "log.file = false\n"
         )
@@ -162,7 +182,11 @@ class PrivateRabbitMQ:
     @property
     def url(self) -> str:
         """The broker URL (the default virtual host)."""
-        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+        return self.url_at(self.bind[0])
+
+    def url_at(self, address: str) -> str:
+        """The broker URL by another of the addresses it listens on."""
+        return f"amqp://guest:guest@{address}:{self.port}//"
 
     def env(self) -> dict[str, str]:
         """The environment of this node's server and of ``rabbitmqctl`` calls on it."""
@@ -175,8 +199,13 @@ class PrivateRabbitMQ:
         return env | {
             "HOME": str(folder),  # the Erlang cookie: the node's and rabbitmqctl's
             "RABBITMQ_NODENAME": self.node,
-            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
-            "RABBITMQ_NODE_PORT": str(self.port),
+            # These name one listener, which replaces the configuration file's: several
+            # addresses are left to the file alone.
+            **(
+                {"RABBITMQ_NODE_IP_ADDRESS": self.bind[0], "RABBITMQ_NODE_PORT": str(self.port)}
+                if len(self.bind) == 1
+                else {}
+            ),
             "RABBITMQ_DIST_PORT": str(self.dist_port),
             "RABBITMQ_CONF_ENV_FILE": str(folder / "rabbitmq-env.conf"),
             "RABBITMQ_CONFIG_FILE": str(folder / "rabbitmq.conf"),
@@ -205,7 +234,7 @@ class PrivateRabbitMQ:
                     f"rabbitmq-server exited with {server.popen.returncode}:\n{server.output()}"
                 )
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1.0).close()
+                socket.create_connection((self.bind[0], self.port), timeout=1.0).close()
                 with Connection(self.url, connect_timeout=2) as conn:
                     conn.connect()
             except (OSError, OperationalError):

@@ -19,10 +19,12 @@ from tests.support.processes import free_port
 from tests.workers.conftest import unique_name
 from workers.celery_app import create_celery
 from workers.transports import (
+    AMQP_HEARTBEAT,
     EMBEDDED_TRANSPORT,
     RECONNECT_INTERVAL_MAX,
     REDIS_OWNER_BOUND,
     REDIS_RESTORE_BOUND,
+    REDIS_SOCKET_TIMEOUT,
     MemoryTransport,
     transport_options,
 )
@@ -165,6 +167,31 @@ def test_redis_looks_for_lost_messages_often_enough_to_keep_the_readmes_bound() 
     # README's 12 s
     assert options["owner_ttl"] >= 3 * options["unacked_restore_interval"]
     assert options["owner_ttl"] + options["unacked_restore_interval"] == REDIS_OWNER_BOUND <= 12
+
+
+def test_a_rabbitmq_consumer_sends_heartbeats_often_enough_to_notice_a_dead_link() -> None:
+    # Given the settings of a RabbitMQ broker
+    settings = Settings(broker_url="amqp://guest:guest@127.0.0.1:5672//")
+    # When Celeriac builds its Celery app
+    celery = create_celery(settings)
+    # Then its consumers ask for AMQP_HEARTBEAT (Celery's 120 s would leave RabbitMQ's 60):
+    # a consumer cut off from the network sends one within that, and py-amqp drops the
+    # connection when it is not acknowledged
+    assert celery.conf.broker_heartbeat == AMQP_HEARTBEAT
+    assert 5 <= AMQP_HEARTBEAT <= 20
+
+
+def test_redis_gives_up_a_silent_connection_for_a_new_one() -> None:
+    # Given the settings of a Redis broker
+    settings = Settings(broker_url="redis://127.0.0.1:6379/0")
+    # When Celeriac builds its transport options
+    options = transport_options(settings)["broker_transport_options"]
+    # Then a command, or a connection attempt, waits REDIS_SOCKET_TIMEOUT for Redis at most
+    # (Kombu and redis-py would wait for ever: a worker cut off from the network and back
+    # would wait for TCP's next retransmission on each connection, a minute or two)
+    assert options["socket_timeout"] == options["socket_connect_timeout"] == REDIS_SOCKET_TIMEOUT
+    # And that is long enough for a busy Redis, short enough to be back soon
+    assert 5 <= REDIS_SOCKET_TIMEOUT <= 15
 
 
 def test_a_process_tries_a_broker_that_went_away_again_every_two_seconds_at_most(
