@@ -142,6 +142,27 @@ def test_a_second_run_shows_the_first_lost(workerless: Server, client: FlaskClie
     assert (second["attempt"], second["outcome"], second["error"]) == (2, "succeeded", None)
 
 
+def test_a_run_whose_start_came_with_its_outcome_shows_its_attempt_after_a_lost_one(
+    workerless: Server, client: FlaskClient
+) -> None:
+    # Given a run that began and was never heard of again (its worker died)
+    task_id = queued_task(client)
+    celery = workerless.plane.celery
+    report(celery, started(task_id, at=STARTED_AT - 60))
+    # When the task runs again, so quickly that its start is reported with its outcome
+    report(celery, finished(task_id, started_reported=False))
+    # Then it shows two attempts: the first lost, the second succeeded on its worker
+    shown = task(client, task_id)
+    assert (shown["status"], shown["attempts"]) == ("succeeded", 2)
+    first, second = shown["attempt_history"]
+    assert (first["attempt"], first["outcome"], first["error"]["type"]) == (
+        1,
+        "lost",
+        "AttemptLost",
+    )
+    assert (second["attempt"], second["worker"], second["outcome"]) == (2, WORKER, "succeeded")
+
+
 @pytest.mark.parametrize(("succeeds", "status"), [(True, "succeeded"), (False, "failed")])
 def test_a_question_reported_after_the_outcome_leaves_the_task_ended(
     workerless: Server, client: FlaskClient, succeeds: bool, status: str

@@ -98,9 +98,15 @@ def running(
     return task_id
 
 
-def beat(recorder: Recorder, worker: str, tasks: list[str] | None, ago: float = 0.0) -> None:
-    """A heartbeat of ``worker`` sent ``ago`` seconds ago, listing ``tasks``."""
-    at = time.time() - ago
+def beat(
+    recorder: Recorder,
+    worker: str,
+    tasks: list[str] | None,
+    ago: float = 0.0,
+    at: float | None = None,
+) -> None:
+    """A heartbeat of ``worker`` sent ``ago`` seconds ago (or at ``at``), listing ``tasks``."""
+    at = time.time() - ago if at is None else at
     recorder.heartbeat(
         Heartbeat(
             worker=worker,
@@ -205,6 +211,25 @@ def test_a_live_workers_tasks_stay_with_it_until_it_falls_silent(
     assert [r.task_id for r in leases.recover()] == [unlisted]
     assert [step["task_id"] for step in sent(celery)] == [unlisted]
     assert row(db, kept).status == TaskStatus.RUNNING.value
+
+
+def test_a_worker_heard_from_exactly_a_lease_ago_still_holds_its_tasks(
+    db: Database, leases: Leases, lifecycle: Lifecycle, recorder: Recorder
+) -> None:
+    # Given a task started long ago by w1, which lists no task: it is held only while w1 is
+    # heard from. w1 was last heard from exactly a lease before the newest heartbeat (w2's),
+    # at whole seconds so that the two times are exact
+    task_id = running(lifecycle, ago=600)
+    newest = float(int(time.time()) - 5)
+    beat(recorder, "w1", [], at=newest - LEASE)
+    beat(recorder, "w2", [], at=newest)
+    # When the leases are swept, then the task stays with w1: a lease runs out after its
+    # length, not at it
+    assert leases.recover() == []
+    assert row(db, task_id).status == TaskStatus.RUNNING.value
+    # But one second later by the heartbeats' clock, it runs again
+    beat(recorder, "w2", [], at=newest + 1)
+    assert [r.task_id for r in leases.recover()] == [task_id]
 
 
 def test_a_worker_that_lists_no_tasks_renews_every_task_it_started(

@@ -18,7 +18,7 @@ import migrations
 from app.control.lifecycle import Lifecycle, NewTask
 from app.db import Database
 from app.errors import Conflict
-from app.models import Deployment, Operation, Task, TaskStatus, Worker
+from app.models import Deployment, Event, Operation, Task, TaskStatus, Worker
 from app.models.base import table_of, utcnow
 from app.models.task import MOVES, TRANSITIONS
 from workers.protocol import StepEvent, StepFinished, StepStarted
@@ -46,6 +46,7 @@ ALLOWED = frozenset(
 )
 
 _tasks = table_of(Task)
+_events = table_of(Event)
 _workers = table_of(Worker)
 _ids = itertools.count()
 #: A worker row, but for its ``last_seen``.
@@ -252,3 +253,47 @@ def test_a_late_start_or_a_late_question_never_brings_an_ended_task_back(
     await_input(lifecycle, task_id, W)
     # Then it keeps the outcome it ended with
     assert row(db, task_id).status == end.value
+
+
+def stored_events(db: Database, task_id: str) -> list[Any]:
+    with db.peek() as conn:
+        query = select(_events).where(_events.c.task_id == task_id).order_by(_events.c.id)
+        return list(conn.execute(query))
+
+
+def test_an_event_of_a_task_that_is_gone_is_dropped_and_said_so(
+    db: Database, lifecycle: Lifecycle
+) -> None:
+    # Given a running task whose row was deleted (with its deployment, say) while it ran
+    task_id = task_in(db, lifecycle, R)
+    with db.connect() as conn:
+        conn.execute(delete(_tasks).where(_tasks.c.id == task_id))
+    # When one of its events arrives
+    event = {"type": "Note", "qualified_name": "x.Note", "data": {}}
+    kept = lifecycle.record_event(StepEvent(task_id=task_id, seq=0, event=event, at=time.time()))
+    # Then nothing is stored, and the caller is told so (no stream is woken for it)
+    assert kept is False
+    assert stored_events(db, task_id) == []
+
+
+def test_event_names_longer_than_their_columns_are_cut_to_the_columns_widths(
+    db: Database, lifecycle: Lifecycle
+) -> None:
+    # Given a running task, and the widths of the events' name columns
+    task_id = task_in(db, lifecycle, R)
+    type_width = _events.c.type.type.length
+    name_width = _events.c.qualified_name.type.length
+    long_type = "T" * (type_width + 50)
+    long_name = "module." * 100 + long_type
+    # When it streams an event, and a client sends one in, both with names too long
+    event = {"type": long_type, "qualified_name": long_name, "data": {"n": 1}}
+    lifecycle.record_event(StepEvent(task_id=task_id, seq=0, event=event, at=time.time()))
+    lifecycle.resume(task_id, {"qualified_name": long_name, "value": {}})
+    # Then both are stored (a database that checks widths would refuse them whole), their
+    # names cut to exactly the columns' widths
+    streamed, sent_in = stored_events(db, task_id)
+    for stored in (streamed, sent_in):
+        assert (stored.type, stored.qualified_name) == (
+            long_type[:type_width],
+            long_name[:name_width],
+        )
