@@ -2,6 +2,7 @@
 
     nice -n 10 .venv/bin/python -m tests.mutation [TARGET ...] [--jobs 2]
     .venv/bin/python -m tests.mutation --report        # the last run's results again
+    nice -n 10 .venv/bin/python -m tests.mutation --survivors  # only the last run's survivors
 
 Targets (the code whose every line decides what a task's record and its stream say):
 
@@ -33,7 +34,11 @@ How a run goes, all under ``.mutation/`` (git-ignored; the tree itself is never 
    are marked skipped; each other one is applied in a copy and its test command
    (``python -m tests.mutation test``) runs, with ``-x``, only the tests that run the
    mutated lines, in the order of the full run. A mutant no test runs survives at once;
-4. the per-target counts and every survivor (file:line, the operator, the line before and
+4. with ``--survivors``, only the mutants the last run did not kill run again, against the
+   tests as they are now: a test added cannot let a killed mutant live, so this is the same
+   result as a whole run, in a fraction of its time (the code under test must not have
+   changed; the run refuses otherwise);
+5. the per-target counts and every survivor (file:line, the operator, the line before and
    after) are printed, and written to ``.mutation/report.txt``.
 
 Left out, and why (each is a mutant that says nothing about the tests):
@@ -67,6 +72,7 @@ import shlex
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -462,6 +468,7 @@ def left_out(mutation: Any, annotations: dict[str, list[Any]]) -> str | None:
 class Outcome:
     """One mutant's result, as this script reports it."""
 
+    job_id: str
     path: str
     line: int
     operator: str
@@ -503,6 +510,7 @@ def outcomes(session: Path) -> list[Outcome]:
             before, after = diff_lines(result.diff)
             found.append(
                 Outcome(
+                    item.job_id,
                     str(mutation.module_path),
                     mutation.start_pos[0],
                     mutation.operator_name.removeprefix("core/"),
@@ -514,8 +522,9 @@ def outcomes(session: Path) -> list[Outcome]:
     return found
 
 
-def mutate(name: str, urls: list[str], timeout: float) -> None:
-    """Make the target's session, leave out what this script leaves out, and run the rest."""
+def mutate(name: str, urls: list[str], timeout: float, *, again: bool = False) -> None:
+    """Make the target's session, leave out what this script leaves out, and run the rest;
+    ``again``: run once more the mutants of the last session that were not killed."""
     import aiohttp
     from cosmic_ray.commands.init import init
     from cosmic_ray.distribution.http import HttpDistributor
@@ -525,15 +534,23 @@ def mutate(name: str, urls: list[str], timeout: float) -> None:
     target = TARGETS[name]
     files = target_files(target, WORK / "pristine")
     session = WORK / f"{name}.sqlite"
-    session.unlink(missing_ok=True)
     annotations = {f: annotations_of((WORK / "pristine" / f).read_text()) for f in files}
     command = shlex.join([sys.executable, "-m", "tests.mutation", "test", name, str(WORK)])
+    if again:
+        alive = [
+            o.job_id for o in outcomes(session) if o.verdict in ("survived", "not run", "error")
+        ]
+        with contextlib.closing(sqlite3.connect(session)) as conn, conn:
+            conn.executemany("DELETE FROM work_results WHERE job_id = ?", [(j,) for j in alive])
+    else:
+        session.unlink(missing_ok=True)
     with use_db(str(session), WorkDB.Mode.create) as db:
-        os.chdir(WORK / "pristine")  # cosmic-ray notes each module's path as given
-        try:
-            init([Path(f) for f in files], db, {})
-        finally:
-            os.chdir(REPO)
+        if not again:
+            os.chdir(WORK / "pristine")  # cosmic-ray notes each module's path as given
+            try:
+                init([Path(f) for f in files], db, {})
+            finally:
+                os.chdir(REPO)
         pending = []
         for item in db.pending_work_items:
             reason = left_out(item.mutations[0], annotations)
@@ -622,13 +639,25 @@ def report(names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def run(names: list[str], jobs: int) -> None:
+def run(names: list[str], jobs: int, *, again: bool = False) -> None:
+    """Run the targets' mutants; ``again``: only those the last run did not kill."""
     began = time.monotonic()
     # Stopped from outside: still stop the workers and remove the copies.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if os.nice(0) < NICENESS:
         os.nice(NICENESS - os.nice(0))
     WORK.mkdir(exist_ok=True)
+    if again:
+        # Tests added since cannot let a killed mutant live: only the code must be the same.
+        for name in names:
+            for file in target_files(TARGETS[name]):
+                if not (WORK / f"{name}.sqlite").exists() or (
+                    (WORK / "pristine" / file).read_bytes() != (REPO / file).read_bytes()
+                ):
+                    raise SystemExit(f"{file} changed since the last run: run them all again")
+        report_file = WORK / "report.txt"
+        if report_file.exists():
+            shutil.copy(report_file, WORK / "report-before.txt")
     shutil.rmtree(WORK / "pristine", ignore_errors=True)
     copy_tree(WORK / "pristine")
     copies = [WORK / f"copy-{n}" for n in range(1, jobs + 1)]
@@ -665,7 +694,7 @@ def run(names: list[str], jobs: int) -> None:
                 print(f"{name}: tests mapped in {seconds:.0f} s", flush=True)
         with workers(copies) as urls:
             for name in names:
-                mutate(name, urls, timeouts[name])
+                mutate(name, urls, timeouts[name], again=again)
     finally:
         for copy in copies:
             shutil.rmtree(copy, ignore_errors=True)
@@ -689,6 +718,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("targets", nargs="*", metavar="TARGET", help=", ".join(TARGETS))
     parser.add_argument("--jobs", type=int, default=MAX_JOBS, help=f"at most {MAX_JOBS}")
     parser.add_argument("--report", action="store_true", help="print the last run's report")
+    parser.add_argument(
+        "--survivors",
+        action="store_true",
+        help="run again only the mutants the last run did not kill (after adding tests; the "
+        "code must be unchanged); its report is kept as report-before.txt",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.targets) - TARGETS.keys()
     if unknown:
@@ -697,7 +732,11 @@ def main(argv: list[str] | None = None) -> int:
         print(report(list(TARGETS)))
         return 0
     os.chdir(REPO)
-    run(list(args.targets) or list(TARGETS), max(1, min(args.jobs, MAX_JOBS)))
+    run(
+        list(args.targets) or list(TARGETS),
+        max(1, min(args.jobs, MAX_JOBS)),
+        again=args.survivors,
+    )
     return 0
 
 
