@@ -163,6 +163,27 @@ def test_a_run_whose_start_came_with_its_outcome_shows_its_attempt_after_a_lost_
     assert (second["attempt"], second["worker"], second["outcome"]) == (2, WORKER, "succeeded")
 
 
+def test_a_run_shown_lost_that_reports_its_end_after_all_shows_its_own_outcome(
+    workerless: Server, client: FlaskClient
+) -> None:
+    # Given a run taken for lost because a later run of its task began
+    task_id = queued_task(client)
+    celery = workerless.plane.celery
+    report(celery, started(task_id, at=STARTED_AT - 60))
+    report(celery, started(task_id))
+    assert task(client, task_id)["attempt_history"][0]["outcome"] == "lost"
+    # When its own end report arrives after all (its worker was only slow)
+    report(celery, finished(task_id, ok=False, started_at=STARTED_AT - 60))
+    # Then the attempt shows what its worker said, not the guess
+    first, second = task(client, task_id)["attempt_history"]
+    assert (first["attempt"], first["outcome"], first["error"]["type"]) == (
+        1,
+        "failed",
+        "ValueError",
+    )
+    assert (second["attempt"], second["worker"]) == (2, WORKER)
+
+
 @pytest.mark.parametrize(("succeeds", "status"), [(True, "succeeded"), (False, "failed")])
 def test_a_question_reported_after_the_outcome_leaves_the_task_ended(
     workerless: Server, client: FlaskClient, succeeds: bool, status: str

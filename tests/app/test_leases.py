@@ -245,6 +245,35 @@ def test_a_worker_that_lists_no_tasks_renews_every_task_it_started(
     assert row(db, mine).status == TaskStatus.RUNNING.value
 
 
+def test_a_stopping_worker_that_lists_no_tasks_holds_them_for_one_more_lease(
+    db: Database, leases: Leases, lifecycle: Lifecycle, recorder: Recorder
+) -> None:
+    # Given a task started long ago by a worker older than leases (no task list)
+    task_id = running(lifecycle, ago=600, worker="old")
+    # When its last heartbeat says that it stops (the outcomes it sent may still be in the
+    # broker)
+    at = time.time() - LEASE - 10
+    recorder.heartbeat(
+        Heartbeat(
+            worker="old",
+            host="h",
+            pid=1,
+            queues=[],
+            deployments=["D"],
+            started_at=at - 700,
+            at=at,
+            gone=True,
+            tasks=None,
+        )
+    )
+    # Then the task stays with it for a lease from that heartbeat, though it stopped
+    assert leases.recover() == []
+    assert row(db, task_id).status == TaskStatus.RUNNING.value
+    # And once a lease has passed by the heartbeats' clock, it runs again
+    beat(recorder, "w2", [])
+    assert [r.task_id for r in leases.recover()] == [task_id]
+
+
 def test_leases_run_by_the_heartbeats_read_so_a_control_plane_catching_up_takes_nothing(
     db: Database, leases: Leases, lifecycle: Lifecycle, recorder: Recorder
 ) -> None:

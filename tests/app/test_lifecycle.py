@@ -297,3 +297,22 @@ def test_event_names_longer_than_their_columns_are_cut_to_the_columns_widths(
             long_type[:type_width],
             long_name[:name_width],
         )
+
+
+def test_each_event_sent_into_a_task_gets_the_next_number(
+    db: Database, lifecycle: Lifecycle
+) -> None:
+    # Given a task waiting for input
+    task_id = task_in(db, lifecycle, W)
+    # When a client sends it three events in turn
+    numbers = [
+        lifecycle.resume(task_id, {"qualified_name": "x.HumanResponseEvent", "value": n})[0]
+        for n in range(3)
+    ]
+    # Then they are numbered 0, 1, 2 among its inputs, and stored in that order
+    assert numbers == [0, 1, 2]
+    assert [(e.seq, e.data["value"]) for e in stored_events(db, task_id)] == [
+        (0, 0),
+        (1, 1),
+        (2, 2),
+    ]
