@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
+from app.control.dispatch import Dispatcher
+from app.control.events import EventLog, StreamedEvent
 from app.server import Server
-from tests.app.conftest import deployed, ok
+from tests.app.conftest import DEADLINE, deployed, ok
 from tests.conftest import QUICKSTART
 from tests.support.reports import STARTED_AT, WORKER, finished, report, started, streamed
 
@@ -256,3 +260,26 @@ def test_a_stream_of_an_ended_task_waits_for_its_late_events(
     assert [f.get("id") for f in rest] == ["1", "2", None]
     assert rest[-1]["event"] == "end"
     assert rest[-1]["data"]["status"] == "succeeded"
+
+
+def test_a_stream_is_woken_by_each_event_stored_not_by_its_next_poll(
+    workerless: Server, client: FlaskClient
+) -> None:
+    # Given a running task, and a follower of its stream that re-reads the database only
+    # once a minute, waiting at the stream's end
+    task_id = queued_task(client)
+    plane = workerless.plane
+    report(plane.celery, started(task_id))
+    log = EventLog(
+        plane.db, plane.lifecycle, plane.tasks, plane.waiter, Dispatcher(plane.celery), poll=60.0
+    )
+    follower = log.follow(task_id)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(next, follower)
+        time.sleep(SETTLE)
+        # When the task streams an event
+        report(plane.celery, streamed(task_id, 0))
+        # Then the follower has it at once: storing the event woke it
+        item = first.result(timeout=DEADLINE)
+    follower.close()
+    assert isinstance(item, StreamedEvent) and item.seq == 0

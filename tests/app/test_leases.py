@@ -84,16 +84,20 @@ def sent(celery: CeleriacCelery) -> list[dict[str, Any]]:
 
 
 def running(
-    lifecycle: Lifecycle, ago: float, worker: str = "w1", session: str | None = None
+    lifecycle: Lifecycle,
+    ago: float,
+    worker: str = "w1",
+    session: str | None = None,
+    at: float | None = None,
 ) -> str:
-    """A task whose start ``worker`` reported ``ago`` seconds ago; its id."""
+    """A task whose start ``worker`` reported ``ago`` seconds ago (or at ``at``); its id."""
     task_id = f"t-{next(_ids)}"
     new = NewTask(
         id=task_id, deployment_id=1, version=1, service="svc", input={"n": 1}, session_id=session
     )
     assert lifecycle.insert(new, single_use_session=session is None) is not None
     lifecycle.note_published([task_id])
-    at = time.time() - ago
+    at = time.time() - ago if at is None else at
     lifecycle.start(StepStarted(task_id=task_id, worker=worker, at=at, inbox=f"in-{worker}"))
     return task_id
 
@@ -243,6 +247,23 @@ def test_a_worker_that_lists_no_tasks_renews_every_task_it_started(
     # Then its task is held, and only the other's runs again
     assert [r.task_id for r in leases.recover()] == [theirs]
     assert row(db, mine).status == TaskStatus.RUNNING.value
+
+
+def test_a_task_held_until_exactly_a_lease_ago_is_not_taken_yet(
+    db: Database, leases: Leases, lifecycle: Lifecycle, recorder: Recorder
+) -> None:
+    # Given a task whose worker, silent ever since, started it exactly a lease before the
+    # newest heartbeat (another worker's), at whole seconds so that the times are exact
+    newest = float(int(time.time()) - 5)
+    task_id = running(lifecycle, ago=0, worker="silent", at=newest - LEASE)
+    beat(recorder, "w2", [], at=newest)
+    # When the leases are swept, then the task is left alone: its lease runs out after its
+    # length, not at it
+    assert leases.recover() == []
+    assert row(db, task_id).status == TaskStatus.RUNNING.value
+    # But one second later by the heartbeats' clock, it runs again
+    beat(recorder, "w2", [], at=newest + 1)
+    assert [r.task_id for r in leases.recover()] == [task_id]
 
 
 def test_a_stopping_worker_that_lists_no_tasks_holds_them_for_one_more_lease(

@@ -316,3 +316,37 @@ def test_each_event_sent_into_a_task_gets_the_next_number(
         (1, 1),
         (2, 2),
     ]
+
+
+@pytest.mark.parametrize("fate", ["ended", "deleted"])
+def test_a_session_held_by_a_task_that_is_over_is_taken_by_the_next_one(
+    db: Database, lifecycle: Lifecycle, fate: str
+) -> None:
+    # Given a session whose turn a task holds, and that task over without having passed the
+    # turn on: ended, or deleted
+    session_id = lifecycle.open_session("D").id
+    first, second = (
+        NewTask(
+            id=f"t-{next(_ids)}",
+            deployment_id=1,
+            version=1,
+            service="svc",
+            input={},
+            session_id=session_id,
+        )
+        for _ in range(2)
+    )
+    inserted = lifecycle.insert(first)
+    assert inserted is not None and inserted[1].run_now
+    with db.connect() as conn:
+        if fate == "ended":
+            conn.execute(update(_tasks).where(_tasks.c.id == first.id).values(status=S.value))
+        else:
+            conn.execute(delete(_tasks).where(_tasks.c.id == first.id))
+    # When the session's next task arrives
+    stored = lifecycle.insert(second)
+    # Then it takes the turn and runs now, instead of waiting for ever
+    assert stored is not None
+    task, turn = stored
+    assert turn.run_now
+    assert task.dispatched_at is not None
