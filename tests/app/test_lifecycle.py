@@ -350,3 +350,46 @@ def test_a_session_held_by_a_task_that_is_over_is_taken_by_the_next_one(
     task, turn = stored
     assert turn.run_now
     assert task.dispatched_at is not None
+
+
+def test_an_outcome_of_a_session_task_delivered_twice_is_recorded_once(
+    db: Database, lifecycle: Lifecycle
+) -> None:
+    # Given a session's task that ran, and the next task waiting for its turn
+    session_id = lifecycle.open_session("D").id
+    first, waiting = (
+        NewTask(
+            id=f"t-{next(_ids)}",
+            deployment_id=1,
+            version=1,
+            service="svc",
+            input={},
+            session_id=session_id,
+        )
+        for _ in range(2)
+    )
+    assert lifecycle.insert(first) is not None
+    assert lifecycle.insert(waiting) is not None
+    now = time.time()
+    outcome = StepFinished(
+        task_id=first.id,
+        ok=True,
+        result="done",
+        error=None,
+        event_count=0,
+        events=[],
+        worker="w-1",
+        started_at=now,
+        started_reported=False,
+        at=now,
+        context={"count": 1},
+        keep_context=True,
+    )
+    # When its outcome is delivered twice (at least once delivery)
+    once = lifecycle.finish(outcome)
+    again = lifecycle.finish(outcome)
+    # Then the first delivery records it and hands the turn on; the second changes nothing
+    assert once.status is S and once.following is not None
+    assert once.following.task_id == waiting.id
+    assert (again.status, again.following) == (None, None)
+    assert row(db, first.id).status == S.value
