@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
+from app.control import events
 from app.control.dispatch import Dispatcher
 from app.control.events import EventLog, StreamedEvent
 from app.server import Server
@@ -283,3 +284,103 @@ def test_a_stream_is_woken_by_each_event_stored_not_by_its_next_poll(
         item = first.result(timeout=DEADLINE)
     follower.close()
     assert isinstance(item, StreamedEvent) and item.seq == 0
+
+
+def chunks(client: FlaskClient, url: str, **headers: str) -> Iterator[str]:
+    """A streamed response's pieces as the server yields them."""
+    response = client.get(url, headers=headers, buffered=False)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    for chunk in response.response:
+        yield chunk.decode() if isinstance(chunk, bytes) else chunk
+
+
+@pytest.mark.parametrize(
+    ("route", "accept", "keep_alive"),
+    [
+        ("tasks", "text/event-stream", ": keep-alive\n\n"),
+        ("tasks", "application/x-ndjson", "\n"),
+        ("handlers", "sse=true", ": keep-alive\n\n"),
+        ("handlers", "sse=false", "\n"),
+    ],
+)
+def test_a_quiet_stream_sends_keep_alives_then_ends_with_its_task(
+    workerless: Server,
+    client: FlaskClient,
+    monkeypatch: pytest.MonkeyPatch,
+    route: str,
+    accept: str,
+    keep_alive: str,
+) -> None:
+    # Given a running task that streams nothing for a while, and streams that send a
+    # keep-alive after 0.1 s of silence (so that a client, or a proxy, knows it is alive)
+    monkeypatch.setattr(events, "KEEP_ALIVE", 0.1)
+    task_id = queued_task(client)
+    celery = workerless.plane.celery
+    report(celery, started(task_id))
+    if route == "tasks":
+        stream = chunks(client, f"{TASKS}/{task_id}/events", Accept=accept)
+    else:
+        stream = chunks(client, f"/deployments/QuickStart/events/{task_id}?{accept}")
+    # When a client follows its stream
+    # Then keep-alives come while the task is quiet, and nothing else
+    quiet = [next(stream) for _ in range(3)]
+    if quiet[0] == "retry: 1000\n\n":  # a task's SSE stream opens with a reconnect delay
+        quiet = [*quiet[1:], next(stream)]
+    assert quiet == [keep_alive] * 3
+    # And once the task streams an event and ends, the stream gives it and ends too
+    report(celery, streamed(task_id, 0))
+    report(celery, finished(task_id, event_count=1))
+    rest = [c for c in stream if c != keep_alive]
+    assert '"n": 0' in rest[0]
+    # (a task's SSE stream closes with an end event that carries the task's status)
+    if accept == "text/event-stream":
+        assert rest[1:] == [f"event: end\ndata: {json.dumps(ended(task_id))}\n\n"]
+    else:
+        assert rest[1:] == []
+
+
+def ended(task_id: str) -> dict[str, str]:
+    return {"task_id": task_id, "status": "succeeded"}
+
+
+def test_a_stream_of_an_ended_task_ends_after_a_grace_if_an_event_never_comes(
+    workerless: Server, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a task that ended after streaming 3 events, of which event 1 never arrives (its
+    # report was lost), and streams that wait 0.5 s for late events
+    monkeypatch.setattr(events, "STRAGGLER_GRACE", 0.5)
+    task_id = queued_task(client)
+    celery = workerless.plane.celery
+    report(celery, started(task_id))
+    report(celery, streamed(task_id, 0))
+    report(celery, streamed(task_id, 2))
+    report(celery, finished(task_id, event_count=3))
+    # When a client follows its stream
+    began = time.monotonic()
+    frames = list(sse_frames(client, task_id))
+    # Then it gets the events up to the gap, waits the grace, and ends with the task's status
+    assert [f.get("id") for f in frames] == ["0", None]
+    assert frames[-1]["data"]["status"] == "succeeded"
+    assert time.monotonic() - began >= 0.5
+
+
+def test_a_negative_last_event_id_resumes_from_the_first_event(
+    workerless: Server, client: FlaskClient
+) -> None:
+    # Given an ended task that streamed two events
+    task_id = queued_task(client)
+    celery = workerless.plane.celery
+    report(celery, started(task_id))
+    report(celery, streamed(task_id, 0))
+    report(celery, streamed(task_id, 1))
+    report(celery, finished(task_id, event_count=2))
+    # When a client resumes its stream after an event number below the first
+    response = client.get(
+        f"{TASKS}/{task_id}/events",
+        headers={"Accept": "text/event-stream", "Last-Event-ID": "-5"},
+    )
+    # Then it gets every event, then the end
+    text = response.get_data(as_text=True)
+    ids = [line.split(": ", 1)[1] for line in text.splitlines() if line.startswith("id: ")]
+    assert ids == ["0", "1"]
+    assert "event: end" in text
