@@ -266,6 +266,19 @@ def test_a_task_held_until_exactly_a_lease_ago_is_not_taken_yet(
     assert [r.task_id for r in leases.recover()] == [task_id]
 
 
+def test_a_renewal_says_how_many_leases_it_renewed(db: Database, lifecycle: Lifecycle) -> None:
+    # Given two tasks that w1 runs, and one it ran that has ended
+    first, second, done = (running(lifecycle, ago=60) for _ in range(3))
+    with db.connect() as conn:
+        conn.execute(_tasks.update().where(_tasks.c.id == done).values(status="succeeded"))
+    now = dt.datetime.now(dt.timezone.utc)
+    # When w1's heartbeats renew their leases, then each says how many it renewed: none for
+    # an empty list, the held ones of a list, and every held one of a worker that lists none
+    assert lifecycle.renew("w1", [], now) == 0
+    assert lifecycle.renew("w1", [first, second, done], now) == 2
+    assert lifecycle.renew("w1", None, now + dt.timedelta(seconds=1)) == 2
+
+
 def test_a_stopping_worker_that_lists_no_tasks_holds_them_for_one_more_lease(
     db: Database, leases: Leases, lifecycle: Lifecycle, recorder: Recorder
 ) -> None:

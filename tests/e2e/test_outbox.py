@@ -123,6 +123,21 @@ def test_only_a_task_dispatched_long_ago_and_never_published_is_sent_again(
     assert len(caplog.messages) == 1
 
 
+def test_a_task_dispatched_exactly_at_the_cutoff_is_not_sent_yet(
+    db: Database, outbox: Outbox, celery: CeleriacCelery
+) -> None:
+    # Given a task dispatched long ago by a sender that died before publishing it
+    dispatched(db, LOST, LONG_AGO)
+    with db.peek() as conn:
+        at = conn.scalar(select(_tasks.c.dispatched_at).where(_tasks.c.id == LOST))
+    # When the outbox is swept with its cutoff at that very time, then it is not sent yet:
+    # only a task dispatched before the cutoff is overdue
+    assert outbox.sweep(cutoff=at) == []
+    # But a microsecond later it is
+    assert outbox.sweep(cutoff=at + dt.timedelta(microseconds=1)) == [LOST]
+    assert sent_task_ids(drain(celery)) == [LOST]
+
+
 @pytest.mark.parametrize(
     "status", [s.value for s in TaskStatus if s is not TaskStatus.QUEUED], ids=str
 )
