@@ -18,7 +18,7 @@ import migrations
 from app.control.lifecycle import Lifecycle, NewTask
 from app.db import Database
 from app.errors import Conflict
-from app.models import Deployment, Event, Operation, Task, TaskStatus, Worker
+from app.models import Deployment, Event, Operation, Session, Task, TaskStatus, Worker
 from app.models.base import table_of, utcnow
 from app.models.task import MOVES, TRANSITIONS
 from workers.protocol import StepEvent, StepFinished, StepStarted
@@ -393,3 +393,26 @@ def test_an_outcome_of_a_session_task_delivered_twice_is_recorded_once(
     assert once.following.task_id == waiting.id
     assert (again.status, again.following) == (None, None)
     assert row(db, first.id).status == S.value
+
+
+def test_a_task_without_a_session_gets_one_of_its_own_unless_it_is_single_use(
+    db: Database, lifecycle: Lifecycle
+) -> None:
+    # Given two tasks sent without a session
+    kept, single = (
+        NewTask(id=f"t-{next(_ids)}", deployment_id=1, version=1, service="svc", input={})
+        for _ in range(2)
+    )
+    # When one is stored as is, and the other as single use (as tasks/run stores its task)
+    stored = lifecycle.insert(kept)
+    once = lifecycle.insert(single, single_use_session=True)
+    # Then the first has a new session, whose turn it holds; the second has none
+    assert stored is not None and once is not None
+    session_id = stored[0].session_id
+    assert session_id is not None and once[0].session_id is None
+    with db.peek() as conn:
+        holder = conn.scalar(
+            select(table_of(Session).c.active_task_id).where(table_of(Session).c.id == session_id)
+        )
+    assert holder == kept.id
+    assert (row(db, kept.id).session_id, row(db, single.id).session_id) == (session_id, None)
