@@ -416,3 +416,15 @@ def test_a_task_without_a_session_gets_one_of_its_own_unless_it_is_single_use(
         )
     assert holder == kept.id
     assert (row(db, kept.id).session_id, row(db, single.id).session_id) == (session_id, None)
+
+
+def test_an_event_sent_in_under_a_bare_name_is_stored_under_it(
+    db: Database, lifecycle: Lifecycle
+) -> None:
+    # Given a task waiting for input
+    task_id = task_in(db, lifecycle, W)
+    # When a client sends an event whose qualified name has no module part
+    lifecycle.resume(task_id, {"qualified_name": "Answer", "value": 42})
+    # Then it is stored, its type the name itself
+    [stored] = stored_events(db, task_id)
+    assert (stored.type, stored.qualified_name, stored.data["value"]) == ("Answer", "Answer", 42)
