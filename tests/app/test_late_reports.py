@@ -7,6 +7,7 @@ arrives exactly when the test wants it; the control plane is real, read through 
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -312,8 +313,8 @@ def test_a_quiet_stream_sends_keep_alives_then_ends_with_its_task(
     keep_alive: str,
 ) -> None:
     # Given a running task that streams nothing for a while, and streams that send a
-    # keep-alive after 0.1 s of silence (so that a client, or a proxy, knows it is alive)
-    monkeypatch.setattr(events, "KEEP_ALIVE", 0.1)
+    # keep-alive after 1.2 s of silence (so that a client, or a proxy, knows it is alive)
+    monkeypatch.setattr(events, "KEEP_ALIVE", 1.2)
     task_id = queued_task(client)
     celery = workerless.plane.celery
     report(celery, started(task_id))
@@ -325,12 +326,18 @@ def test_a_quiet_stream_sends_keep_alives_then_ends_with_its_task(
     # DEADLINE, and its stream with it)
     timer = threading.Timer(DEADLINE, lambda: report(celery, finished(task_id)))
     timer.start()
-    read = [next(stream, None) for _ in range(4)]
+    opened = time.monotonic()
+    quiet: list[tuple[str | None, float]] = []
+    while len(quiet) < 3:
+        chunk = next(stream, None)
+        if chunk != "retry: 1000\n\n":  # how a task's SSE stream opens
+            quiet.append((chunk, time.monotonic()))
     timer.cancel()
-    # Then keep-alives come while the task is quiet, and nothing else (a task's SSE stream
-    # opens with a reconnect delay)
-    quiet = [c for c in read if c != "retry: 1000\n\n"][:3]
-    assert quiet == [keep_alive] * 3
+    # Then keep-alives come while the task is quiet, and nothing else, each after at least
+    # 1.2 s of silence
+    assert [c for c, _ in quiet] == [keep_alive] * 3
+    times = [opened, *(at for _, at in quiet)]
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 1.2
     # And once the task streams an event and ends, the stream gives it and ends too
     report(celery, streamed(task_id, 0))
     report(celery, finished(task_id, event_count=1))
