@@ -21,6 +21,7 @@ from flask.testing import FlaskClient
 from app.control import events
 from app.control.dispatch import Dispatcher
 from app.control.events import EventLog, StreamedEvent
+from app.control.waiter import TaskWaiter
 from app.server import Server
 from tests.app.conftest import DEADLINE, deployed, ok
 from tests.conftest import QUICKSTART
@@ -282,6 +283,29 @@ def test_a_stream_is_woken_by_each_event_stored_not_by_its_next_poll(
         # When the task streams an event
         report(plane.celery, streamed(task_id, 0))
         # Then the follower has it at once: storing the event woke it
+        item = first.result(timeout=DEADLINE)
+    follower.close()
+    assert isinstance(item, StreamedEvent) and item.seq == 0
+
+
+def test_a_stream_on_relayed_notifications_still_rereads_the_database_now_and_then(
+    workerless: Server, client: FlaskClient
+) -> None:
+    # Given a running task, and a follower of its stream whose own poll is a minute, woken by
+    # notifications relayed from other processes (PostgreSQL's, in production)
+    task_id = queued_task(client)
+    plane = workerless.plane
+    report(plane.celery, started(task_id))
+    waiter = TaskWaiter()
+    waiter.set_relayed(True)
+    log = EventLog(plane.db, plane.lifecycle, plane.tasks, waiter, Dispatcher(plane.celery), 60.0)
+    follower = log.follow(task_id)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(next, follower)
+        time.sleep(SETTLE)
+        # When an event is stored and its notification never reaches this waiter
+        plane.lifecycle.record_event(streamed(task_id, 0))
+        # Then the follower still has it, from its safety-net re-read of the database
         item = first.result(timeout=DEADLINE)
     follower.close()
     assert isinstance(item, StreamedEvent) and item.seq == 0
