@@ -7,16 +7,24 @@ arrives exactly when the test wants it; the control plane is real, read through 
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
+from app.control import events
+from app.control.dispatch import Dispatcher
+from app.control.events import EventLog, StreamedEvent
+from app.control.sendable import SendableEvents
+from app.control.waiter import TaskWaiter
 from app.server import Server
-from tests.app.conftest import deployed, ok
+from tests.app.conftest import DEADLINE, deployed, ok
 from tests.conftest import QUICKSTART
 from tests.support.reports import STARTED_AT, WORKER, finished, report, started, streamed
 
@@ -165,6 +173,48 @@ def test_a_second_run_that_ends_before_asking_again_still_ends_its_stream_with_t
     ]
 
 
+def test_a_run_whose_start_came_with_its_outcome_shows_its_attempt_after_a_lost_one(
+    workerless: Server, client: FlaskClient
+) -> None:
+    # Given a run that began and was never heard of again (its worker died)
+    task_id = queued_task(client)
+    celery = workerless.plane.celery
+    report(celery, started(task_id, at=STARTED_AT - 60))
+    # When the task runs again, so quickly that its start is reported with its outcome
+    report(celery, finished(task_id, started_reported=False))
+    # Then it shows two attempts: the first lost, the second succeeded on its worker
+    shown = task(client, task_id)
+    assert (shown["status"], shown["attempts"]) == ("succeeded", 2)
+    first, second = shown["attempt_history"]
+    assert (first["attempt"], first["outcome"], first["error"]["type"]) == (
+        1,
+        "lost",
+        "AttemptLost",
+    )
+    assert (second["attempt"], second["worker"], second["outcome"]) == (2, WORKER, "succeeded")
+
+
+def test_a_run_shown_lost_that_reports_its_end_after_all_shows_its_own_outcome(
+    workerless: Server, client: FlaskClient
+) -> None:
+    # Given a run taken for lost because a later run of its task began
+    task_id = queued_task(client)
+    celery = workerless.plane.celery
+    report(celery, started(task_id, at=STARTED_AT - 60))
+    report(celery, started(task_id))
+    assert task(client, task_id)["attempt_history"][0]["outcome"] == "lost"
+    # When its own end report arrives after all (its worker was only slow)
+    report(celery, finished(task_id, ok=False, started_at=STARTED_AT - 60))
+    # Then the attempt shows what its worker said, not the guess
+    first, second = task(client, task_id)["attempt_history"]
+    assert (first["attempt"], first["outcome"], first["error"]["type"]) == (
+        1,
+        "failed",
+        "ValueError",
+    )
+    assert (second["attempt"], second["worker"]) == (2, WORKER)
+
+
 @pytest.mark.parametrize(("succeeds", "status"), [(True, "succeeded"), (False, "failed")])
 def test_a_question_reported_after_the_outcome_leaves_the_task_ended(
     workerless: Server, client: FlaskClient, succeeds: bool, status: str
@@ -237,3 +287,165 @@ def test_a_stream_of_an_ended_task_waits_for_its_late_events(
     assert [f.get("id") for f in rest] == ["1", "2", None]
     assert rest[-1]["event"] == "end"
     assert rest[-1]["data"]["status"] == "succeeded"
+
+
+def test_a_stream_is_woken_by_each_event_stored_not_by_its_next_poll(
+    workerless: Server, client: FlaskClient
+) -> None:
+    # Given a running task, and a follower of its stream that re-reads the database only
+    # once a minute, waiting at the stream's end
+    task_id = queued_task(client)
+    plane = workerless.plane
+    report(plane.celery, started(task_id))
+    log = EventLog(
+        plane.db,
+        plane.lifecycle,
+        plane.tasks,
+        plane.waiter,
+        Dispatcher(plane.celery),
+        SendableEvents(plane.descriptions),
+        poll=60.0,
+    )
+    follower = log.follow(task_id)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(next, follower)
+        time.sleep(SETTLE)
+        # When the task streams an event
+        report(plane.celery, streamed(task_id, 0))
+        # Then the follower has it at once: storing the event woke it
+        item = first.result(timeout=DEADLINE)
+    follower.close()
+    assert isinstance(item, StreamedEvent) and item.seq == 0
+
+
+def test_a_stream_on_relayed_notifications_still_rereads_the_database_now_and_then(
+    workerless: Server, client: FlaskClient
+) -> None:
+    # Given a running task, and a follower of its stream whose own poll is a minute, woken by
+    # notifications relayed from other processes (PostgreSQL's, in production)
+    task_id = queued_task(client)
+    plane = workerless.plane
+    report(plane.celery, started(task_id))
+    waiter = TaskWaiter()
+    waiter.set_relayed(True)
+    log = EventLog(plane.db, plane.lifecycle, plane.tasks, waiter, Dispatcher(plane.celery), 60.0)
+    follower = log.follow(task_id)
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(next, follower)
+        time.sleep(SETTLE)
+        # When an event is stored and its notification never reaches this waiter
+        plane.lifecycle.record_event(streamed(task_id, 0))
+        # Then the follower still has it, from its safety-net re-read of the database
+        item = first.result(timeout=DEADLINE)
+    follower.close()
+    assert isinstance(item, StreamedEvent) and item.seq == 0
+
+
+def chunks(client: FlaskClient, url: str, **headers: str) -> Iterator[str]:
+    """A streamed response's pieces as the server yields them."""
+    response = client.get(url, headers=headers, buffered=False)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    for chunk in response.response:
+        yield chunk.decode() if isinstance(chunk, bytes) else chunk
+
+
+@pytest.mark.parametrize(
+    ("route", "accept", "keep_alive"),
+    [
+        ("tasks", "text/event-stream", ": keep-alive\n\n"),
+        ("tasks", "application/x-ndjson", "\n"),
+        ("handlers", "sse=true", ": keep-alive\n\n"),
+        ("handlers", "sse=false", "\n"),
+    ],
+)
+def test_a_quiet_stream_sends_keep_alives_then_ends_with_its_task(
+    workerless: Server,
+    client: FlaskClient,
+    monkeypatch: pytest.MonkeyPatch,
+    route: str,
+    accept: str,
+    keep_alive: str,
+) -> None:
+    # Given a running task that streams nothing for a while, and streams that send a
+    # keep-alive after 1.2 s of silence (so that a client, or a proxy, knows it is alive)
+    monkeypatch.setattr(events, "KEEP_ALIVE", 1.2)
+    task_id = queued_task(client)
+    celery = workerless.plane.celery
+    report(celery, started(task_id))
+    if route == "tasks":
+        stream = chunks(client, f"{TASKS}/{task_id}/events", Accept=accept)
+    else:
+        stream = chunks(client, f"/deployments/QuickStart/events/{task_id}?{accept}")
+    # When a client follows its stream (were no keep-alive to come, the task would end after
+    # DEADLINE, and its stream with it)
+    timer = threading.Timer(DEADLINE, lambda: report(celery, finished(task_id)))
+    timer.start()
+    opened = time.monotonic()
+    quiet: list[tuple[str | None, float]] = []
+    while len(quiet) < 3:
+        chunk = next(stream, None)
+        if chunk != "retry: 1000\n\n":  # how a task's SSE stream opens
+            quiet.append((chunk, time.monotonic()))
+    timer.cancel()
+    # Then keep-alives come while the task is quiet, and nothing else, each after at least
+    # 1.2 s of silence
+    assert [c for c, _ in quiet] == [keep_alive] * 3
+    times = [opened, *(at for _, at in quiet)]
+    assert min(b - a for a, b in itertools.pairwise(times)) >= 1.2
+    # And once the task streams an event and ends, the stream gives it and ends too
+    report(celery, streamed(task_id, 0))
+    report(celery, finished(task_id, event_count=1))
+    rest = [c for c in stream if c != keep_alive]
+    assert '"n": 0' in rest[0]
+    # (a task's SSE stream closes with an end event that carries the task's status)
+    if accept == "text/event-stream":
+        assert rest[1:] == [f"event: end\ndata: {json.dumps(ended(task_id))}\n\n"]
+    else:
+        assert rest[1:] == []
+
+
+def ended(task_id: str) -> dict[str, str]:
+    return {"task_id": task_id, "status": "succeeded"}
+
+
+def test_a_stream_of_an_ended_task_ends_after_a_grace_if_an_event_never_comes(
+    workerless: Server, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a task that ended after streaming 3 events, of which event 1 never arrives (its
+    # report was lost), and streams that wait 0.5 s for late events
+    monkeypatch.setattr(events, "STRAGGLER_GRACE", 0.5)
+    task_id = queued_task(client)
+    celery = workerless.plane.celery
+    report(celery, started(task_id))
+    report(celery, streamed(task_id, 0))
+    report(celery, streamed(task_id, 2))
+    report(celery, finished(task_id, event_count=3))
+    # When a client follows its stream
+    began = time.monotonic()
+    frames = list(sse_frames(client, task_id))
+    # Then it gets the events up to the gap, waits the grace, and ends with the task's status
+    assert [f.get("id") for f in frames] == ["0", None]
+    assert frames[-1]["data"]["status"] == "succeeded"
+    assert time.monotonic() - began >= 0.5
+
+
+def test_last_event_id_minus_one_resumes_from_the_first_event(
+    workerless: Server, client: FlaskClient
+) -> None:
+    # Given an ended task that streamed two events
+    task_id = queued_task(client)
+    celery = workerless.plane.celery
+    report(celery, started(task_id))
+    report(celery, streamed(task_id, 0))
+    report(celery, streamed(task_id, 1))
+    report(celery, finished(task_id, event_count=2))
+    # When a client resumes its stream after the event number before the first
+    response = client.get(
+        f"{TASKS}/{task_id}/events",
+        headers={"Accept": "text/event-stream", "Last-Event-ID": "-1"},
+    )
+    # Then it gets every event, then the end
+    text = response.get_data(as_text=True)
+    ids = [line.split(": ", 1)[1] for line in text.splitlines() if line.startswith("id: ")]
+    assert ids == ["0", "1"]
+    assert "event: end" in text

@@ -85,16 +85,20 @@ def sent(celery: CeleriacCelery) -> list[dict[str, Any]]:
 
 
 def running(
-    lifecycle: Lifecycle, ago: float, worker: str = "w1", session: str | None = None
+    lifecycle: Lifecycle,
+    ago: float,
+    worker: str = "w1",
+    session: str | None = None,
+    at: float | None = None,
 ) -> str:
-    """A task whose start ``worker`` reported ``ago`` seconds ago; its id."""
+    """A task whose start ``worker`` reported ``ago`` seconds ago (or at ``at``); its id."""
     task_id = f"t-{next(_ids)}"
     new = NewTask(
         id=task_id, deployment_id=1, version=1, service="svc", input={"n": 1}, session_id=session
     )
     assert lifecycle.insert(new, single_use_session=session is None) is not None
     lifecycle.note_published([task_id])
-    at = time.time() - ago
+    at = time.time() - ago if at is None else at
     lifecycle.start(StepStarted(task_id=task_id, worker=worker, at=at, inbox=f"in-{worker}"))
     return task_id
 
@@ -105,10 +109,12 @@ def beat(
     tasks: list[str] | None,
     ago: float = 0.0,
     started_ago: float = 3600.0,
+    at: float | None = None,
 ) -> None:
-    """A heartbeat of ``worker`` sent ``ago`` seconds ago, listing ``tasks``, from a process
-    started ``started_ago`` seconds ago (by default before any task of these tests)."""
-    at = time.time() - ago
+    """A heartbeat of ``worker`` sent ``ago`` seconds ago (or at ``at``), listing ``tasks``,
+    from a process started ``started_ago`` seconds ago (by default before any task of these
+    tests)."""
+    at = time.time() - ago if at is None else at
     recorder.heartbeat(
         Heartbeat(
             worker=worker,
@@ -236,6 +242,25 @@ def test_a_worker_started_again_under_its_name_holds_none_of_its_dead_predecesso
     assert row(db, new).status == TaskStatus.RUNNING.value
 
 
+def test_a_worker_heard_from_exactly_a_lease_ago_still_holds_its_tasks(
+    db: Database, leases: Leases, lifecycle: Lifecycle, recorder: Recorder
+) -> None:
+    # Given a task started long ago by w1, which lists no task: it is held only while w1 is
+    # heard from. w1 was last heard from exactly a lease before the newest heartbeat (w2's),
+    # at whole seconds so that the two times are exact
+    task_id = running(lifecycle, ago=600)
+    newest = float(int(time.time()) - 5)
+    beat(recorder, "w1", [], at=newest - LEASE)
+    beat(recorder, "w2", [], at=newest)
+    # When the leases are swept, then the task stays with w1: a lease runs out after its
+    # length, not at it
+    assert leases.recover() == []
+    assert row(db, task_id).status == TaskStatus.RUNNING.value
+    # But one second later by the heartbeats' clock, it runs again
+    beat(recorder, "w2", [], at=newest + 1)
+    assert [r.task_id for r in leases.recover()] == [task_id]
+
+
 def test_a_worker_that_lists_no_tasks_renews_every_task_it_started(
     db: Database, leases: Leases, lifecycle: Lifecycle, recorder: Recorder
 ) -> None:
@@ -247,6 +272,65 @@ def test_a_worker_that_lists_no_tasks_renews_every_task_it_started(
     # Then its task is held, and only the other's runs again
     assert [r.task_id for r in leases.recover()] == [theirs]
     assert row(db, mine).status == TaskStatus.RUNNING.value
+
+
+def test_a_task_held_until_exactly_a_lease_ago_is_not_taken_yet(
+    db: Database, leases: Leases, lifecycle: Lifecycle, recorder: Recorder
+) -> None:
+    # Given a task whose worker, silent ever since, started it exactly a lease before the
+    # newest heartbeat (another worker's), at whole seconds so that the times are exact
+    newest = float(int(time.time()) - 5)
+    task_id = running(lifecycle, ago=0, worker="silent", at=newest - LEASE)
+    beat(recorder, "w2", [], at=newest)
+    # When the leases are swept, then the task is left alone: its lease runs out after its
+    # length, not at it
+    assert leases.recover() == []
+    assert row(db, task_id).status == TaskStatus.RUNNING.value
+    # But one second later by the heartbeats' clock, it runs again
+    beat(recorder, "w2", [], at=newest + 1)
+    assert [r.task_id for r in leases.recover()] == [task_id]
+
+
+def test_a_renewal_says_how_many_leases_it_renewed(db: Database, lifecycle: Lifecycle) -> None:
+    # Given two tasks that w1 runs, and one it ran that has ended
+    first, second, done = (running(lifecycle, ago=60) for _ in range(3))
+    with db.connect() as conn:
+        conn.execute(_tasks.update().where(_tasks.c.id == done).values(status="succeeded"))
+    now = dt.datetime.now(dt.timezone.utc)
+    # When w1's heartbeats renew their leases, then each says how many it renewed: none for
+    # an empty list, the held ones of a list, and every held one of a worker that lists none
+    assert lifecycle.renew("w1", [], now) == 0
+    assert lifecycle.renew("w1", [first, second, done], now) == 2
+    assert lifecycle.renew("w1", None, now + dt.timedelta(seconds=1)) == 2
+
+
+def test_a_stopping_worker_that_lists_no_tasks_holds_them_for_one_more_lease(
+    db: Database, leases: Leases, lifecycle: Lifecycle, recorder: Recorder
+) -> None:
+    # Given a task started long ago by a worker older than leases (no task list)
+    task_id = running(lifecycle, ago=600, worker="old")
+    # When its last heartbeat says that it stops (the outcomes it sent may still be in the
+    # broker)
+    at = time.time() - LEASE - 10
+    recorder.heartbeat(
+        Heartbeat(
+            worker="old",
+            host="h",
+            pid=1,
+            queues=[],
+            deployments=["D"],
+            started_at=at - 700,
+            at=at,
+            gone=True,
+            tasks=None,
+        )
+    )
+    # Then the task stays with it for a lease from that heartbeat, though it stopped
+    assert leases.recover() == []
+    assert row(db, task_id).status == TaskStatus.RUNNING.value
+    # And once a lease has passed by the heartbeats' clock, it runs again
+    beat(recorder, "w2", [])
+    assert [r.task_id for r in leases.recover()] == [task_id]
 
 
 def test_leases_run_by_the_heartbeats_read_so_a_control_plane_catching_up_takes_nothing(

@@ -18,7 +18,7 @@ import migrations
 from app.control.lifecycle import Lifecycle, NewTask
 from app.db import Database
 from app.errors import Conflict
-from app.models import Deployment, Operation, Task, TaskStatus, Worker
+from app.models import Deployment, Event, Operation, Session, Task, TaskStatus, Worker
 from app.models.base import table_of, utcnow
 from app.models.task import MOVES, TRANSITIONS
 from workers.protocol import StepEvent, StepFinished, StepStarted
@@ -45,6 +45,7 @@ ALLOWED = frozenset(
 )
 
 _tasks = table_of(Task)
+_events = table_of(Event)
 _workers = table_of(Worker)
 _ids = itertools.count()
 #: A worker row, but for its ``last_seen``.
@@ -272,3 +273,178 @@ def test_a_late_start_or_a_late_question_never_brings_an_ended_task_back(
     await_input(lifecycle, task_id, W)
     # Then it keeps the outcome it ended with
     assert row(db, task_id).status == end.value
+
+
+def stored_events(db: Database, task_id: str) -> list[Any]:
+    with db.peek() as conn:
+        query = select(_events).where(_events.c.task_id == task_id).order_by(_events.c.id)
+        return list(conn.execute(query))
+
+
+def test_an_event_of_a_task_that_is_gone_is_dropped_and_said_so(
+    db: Database, lifecycle: Lifecycle
+) -> None:
+    # Given a running task whose row was deleted (with its deployment, say) while it ran
+    task_id = task_in(db, lifecycle, R)
+    with db.connect() as conn:
+        conn.execute(delete(_tasks).where(_tasks.c.id == task_id))
+    # When one of its events arrives
+    event = {"type": "Note", "qualified_name": "x.Note", "data": {}}
+    kept = lifecycle.record_event(StepEvent(task_id=task_id, seq=0, event=event, at=time.time()))
+    # Then nothing is stored, and the caller is told so (no stream is woken for it)
+    assert kept is False
+    assert stored_events(db, task_id) == []
+
+
+def test_event_names_longer_than_their_columns_are_cut_to_the_columns_widths(
+    db: Database, lifecycle: Lifecycle
+) -> None:
+    # Given a running task, and the widths of the events' name columns
+    task_id = task_in(db, lifecycle, R)
+    type_width = _events.c.type.type.length
+    name_width = _events.c.qualified_name.type.length
+    long_type = "T" * (type_width + 50)
+    long_name = "module." * 100 + long_type
+    # When it streams an event, and a client sends one in, both with names too long
+    event = {"type": long_type, "qualified_name": long_name, "data": {"n": 1}}
+    lifecycle.record_event(StepEvent(task_id=task_id, seq=0, event=event, at=time.time()))
+    lifecycle.resume(task_id, {"qualified_name": long_name, "value": {}})
+    # Then both are stored (a database that checks widths would refuse them whole), their
+    # names cut to exactly the columns' widths
+    streamed, sent_in = stored_events(db, task_id)
+    for stored in (streamed, sent_in):
+        assert (stored.type, stored.qualified_name) == (
+            long_type[:type_width],
+            long_name[:name_width],
+        )
+
+
+def test_each_event_sent_into_a_task_gets_the_next_number(
+    db: Database, lifecycle: Lifecycle
+) -> None:
+    # Given a task waiting for input
+    task_id = task_in(db, lifecycle, W)
+    # When a client sends it three events in turn
+    numbers = [
+        lifecycle.resume(task_id, {"qualified_name": "x.HumanResponseEvent", "value": n})[0]
+        for n in range(3)
+    ]
+    # Then they are numbered 0, 1, 2 among its inputs, and stored in that order
+    assert numbers == [0, 1, 2]
+    assert [(e.seq, e.data["value"]) for e in stored_events(db, task_id)] == [
+        (0, 0),
+        (1, 1),
+        (2, 2),
+    ]
+
+
+@pytest.mark.parametrize("fate", ["ended", "deleted"])
+def test_a_session_held_by_a_task_that_is_over_is_taken_by_the_next_one(
+    db: Database, lifecycle: Lifecycle, fate: str
+) -> None:
+    # Given a session whose turn a task holds, and that task over without having passed the
+    # turn on: ended, or deleted
+    session_id = lifecycle.open_session("D").id
+    first, second = (
+        NewTask(
+            id=f"t-{next(_ids)}",
+            deployment_id=1,
+            version=1,
+            service="svc",
+            input={},
+            session_id=session_id,
+        )
+        for _ in range(2)
+    )
+    inserted = lifecycle.insert(first)
+    assert inserted is not None and inserted[1].run_now
+    with db.connect() as conn:
+        if fate == "ended":
+            conn.execute(update(_tasks).where(_tasks.c.id == first.id).values(status=S.value))
+        else:
+            conn.execute(delete(_tasks).where(_tasks.c.id == first.id))
+    # When the session's next task arrives
+    stored = lifecycle.insert(second)
+    # Then it takes the turn and runs now, instead of waiting for ever
+    assert stored is not None
+    task, turn = stored
+    assert turn.run_now
+    assert task.dispatched_at is not None
+
+
+def test_an_outcome_of_a_session_task_delivered_twice_is_recorded_once(
+    db: Database, lifecycle: Lifecycle
+) -> None:
+    # Given a session's task that ran, and the next task waiting for its turn
+    session_id = lifecycle.open_session("D").id
+    first, waiting = (
+        NewTask(
+            id=f"t-{next(_ids)}",
+            deployment_id=1,
+            version=1,
+            service="svc",
+            input={},
+            session_id=session_id,
+        )
+        for _ in range(2)
+    )
+    assert lifecycle.insert(first) is not None
+    assert lifecycle.insert(waiting) is not None
+    now = time.time()
+    outcome = StepFinished(
+        task_id=first.id,
+        ok=True,
+        result="done",
+        error=None,
+        event_count=0,
+        events=[],
+        worker="w-1",
+        started_at=now,
+        started_reported=False,
+        at=now,
+        context={"count": 1},
+        keep_context=True,
+    )
+    # When its outcome is delivered twice (at least once delivery)
+    once = lifecycle.finish(outcome)
+    again = lifecycle.finish(outcome)
+    # Then the first delivery records it and hands the turn on; the second changes nothing
+    assert once.status is S and once.following is not None
+    assert once.following.task_id == waiting.id
+    assert (again.status, again.following) == (None, None)
+    assert row(db, first.id).status == S.value
+
+
+def test_a_task_without_a_session_gets_one_of_its_own_unless_it_is_single_use(
+    db: Database, lifecycle: Lifecycle
+) -> None:
+    # Given two tasks sent without a session
+    kept, single = (
+        NewTask(id=f"t-{next(_ids)}", deployment_id=1, version=1, service="svc", input={})
+        for _ in range(2)
+    )
+    # When one is stored as is, and the other as single use (as tasks/run stores its task)
+    stored = lifecycle.insert(kept)
+    once = lifecycle.insert(single, single_use_session=True)
+    # Then the first has a new session, whose turn it holds; the second has none
+    assert stored is not None and once is not None
+    session_id = stored[0].session_id
+    assert session_id is not None and once[0].session_id is None
+    with db.peek() as conn:
+        holder = conn.scalar(
+            select(table_of(Session).c.active_task_id).where(table_of(Session).c.id == session_id)
+        )
+    assert holder == kept.id
+    assert (row(db, kept.id).session_id, row(db, single.id).session_id) == (session_id, None)
+
+
+def test_an_event_sent_in_under_a_bare_name_is_stored_under_it(
+    db: Database, lifecycle: Lifecycle
+) -> None:
+    # Given a task waiting for input
+    task_id = task_in(db, lifecycle, W)
+    # When a client sends an event whose qualified name has no module part
+    lifecycle.resume(task_id, {"qualified_name": "Answer", "value": 42})
+    # Then it is stored, its type the name itself
+    [stored] = stored_events(db, task_id)
+    assert (stored.type, stored.qualified_name, stored.data["value"]) == ("Answer", "Answer", 42)

@@ -4,6 +4,7 @@ is sent again by the sweep, once; published, recent and waiting tasks are left a
 from __future__ import annotations
 
 import datetime as dt
+import socket
 from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
@@ -65,6 +66,14 @@ def drain(celery: CeleriacCelery) -> list[dict[str, Any]]:
     return queues.drain(celery, "D", "svc")
 
 
+def refusing_celery() -> CeleriacCelery:
+    """A Celery app whose broker (Redis, on a port where nothing listens) refuses at once."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return create_celery(Settings(broker_url=f"redis://127.0.0.1:{port}/0"))
+
+
 def dispatched(db: Database, task_id: str, ago: dt.timedelta) -> None:
     with db.connect() as conn:
         conn.execute(
@@ -89,7 +98,7 @@ def sent_task_ids(messages: list[dict[str, Any]]) -> list[str]:
 
 
 def test_only_a_task_dispatched_long_ago_and_never_published_is_sent_again(
-    db: Database, outbox: Outbox, celery: CeleriacCelery
+    db: Database, outbox: Outbox, celery: CeleriacCelery, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given a task published long ago, one dispatched long ago by a sender that died before
     # publishing, one dispatched a moment ago, and one waiting for its session's turn
@@ -106,9 +115,27 @@ def test_only_a_task_dispatched_long_ago_and_never_published_is_sent_again(
     assert sent_task_ids(drain(celery)) == [LOST]
     assert published_at(db, LOST) is not None
     assert published_at(db, RECENT) is None and published_at(db, WAITING) is None
-    # And a second sweep sends nothing more
+    # And the operator is told how many steps no sender had published
+    assert caplog.messages == ["sent again 1 task(s) that no sender had published"]
+    # And a second sweep sends nothing more, and says nothing
     assert outbox.sweep() == []
     assert drain(celery) == []
+    assert len(caplog.messages) == 1
+
+
+def test_a_task_dispatched_exactly_at_the_cutoff_is_not_sent_yet(
+    db: Database, outbox: Outbox, celery: CeleriacCelery
+) -> None:
+    # Given a task dispatched long ago by a sender that died before publishing it
+    dispatched(db, LOST, LONG_AGO)
+    with db.peek() as conn:
+        at = conn.scalar(select(_tasks.c.dispatched_at).where(_tasks.c.id == LOST))
+    # When the outbox is swept with its cutoff at that very time, then it is not sent yet:
+    # only a task dispatched before the cutoff is overdue
+    assert outbox.sweep(cutoff=at) == []
+    # But a microsecond later it is
+    assert outbox.sweep(cutoff=at + dt.timedelta(microseconds=1)) == [LOST]
+    assert sent_task_ids(drain(celery)) == [LOST]
 
 
 @pytest.mark.parametrize(
@@ -128,6 +155,25 @@ def test_a_task_that_left_its_queue_is_never_sent_again(
     # Then only the queued one is sent again: the other's step reached a worker already
     assert swept == [LOST]
     assert sent_task_ids(drain(celery)) == [LOST]
+
+
+def test_a_sweep_the_broker_refuses_sends_nothing_and_the_next_sweep_sends_all(
+    db: Database, outbox: Outbox, celery: CeleriacCelery, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given two tasks dispatched long ago by a sender that died before publishing them
+    dispatched(db, LOST, LONG_AGO)
+    dispatched(db, SENT, LONG_AGO)
+    # When the outbox is swept while the broker refuses every message (nothing listens)
+    refused = Outbox(Lifecycle(db), Dispatcher(refusing_celery()), redispatch_after=30.0)
+    assert refused.sweep() == []
+    refused.close()
+    # Then the sweep stops at the refusal, the operator is told, and no task is noted as
+    # published: none is lost for the next sweep
+    assert "the broker refused a step sent again" in caplog.text
+    assert published_at(db, LOST) is None and published_at(db, SENT) is None
+    # And once the broker takes messages again, the next sweep sends both, once
+    assert sorted(outbox.sweep()) == [LOST, SENT]
+    assert sorted(sent_task_ids(drain(celery))) == [LOST, SENT]
 
 
 def test_notes_that_could_not_be_written_are_written_once_the_database_is_back(
