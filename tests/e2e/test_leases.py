@@ -82,10 +82,9 @@ def recovered_within_bound(platform: Platform, task_id: str, since: float) -> fl
 def test_a_task_whose_worker_is_killed_runs_again_within_the_bound_and_is_recorded_once(
     platform: Platform, counted: Path, tmp_path: Path
 ) -> None:
-    """SIGKILL of the worker mid-run; the broker would redeliver only after 12 hours."""
-    # Given a long task running on w1 (Redis redelivers unacknowledged messages only after
-    # the default visibility timeout, 12 h: only the lease can bring the task back), and
-    # an idle worker w2
+    """SIGKILL of the worker mid-run: the lease (5 s here) runs out before Redis puts the dead
+    worker's step back (12 s, once its owner key expired), which may run it once more."""
+    # Given a long task running on w1, and an idle worker w2
     runs = tmp_path / "runs.txt"
     first, _second, task_id = started_on_first_worker(platform, counted, runs)
 
@@ -95,12 +94,14 @@ def test_a_task_whose_worker_is_killed_runs_again_within_the_bound_and_is_record
 
     # Then the control plane sends the task again within the bound, and w2 runs it
     recovered_within_bound(platform, task_id, killed_at)
-    # And it ends once, on w2, after two runs: one per worker
+    # And it ends once, on w2, after w1's run, the lease's, and at most the broker's put-back
     [task] = platform.wait_for_tasks("Counted", [task_id], timeout=NAP + 30.0).values()
-    assert (task["status"], task["result"], task["attempts"]) == ("succeeded", "done 0", 2)
+    assert (task["status"], task["result"]) == ("succeeded", "done 0")
+    assert task["attempts"] in (2, 3)
     assert platform.workers_by_task([task_id]) == {node("w2"): 1}
     assert platform.stop_events([task_id]) == {task_id: 1}
-    assert len(runs.read_text().splitlines()) == 2
+    pids = [int(line.split()[2]) for line in runs.read_text().splitlines()]
+    assert 2 <= len(pids) <= 3 and pids[0] == first.pid and first.pid not in pids[1:], pids
 
 
 def sent_again_within_bound(platform: Platform, task_id: str, since: float) -> float:
@@ -123,7 +124,8 @@ def test_a_killed_worker_started_again_under_its_name_gives_up_its_old_task_with
 ) -> None:
     """SIGKILL of the worker mid-run, then the same command started again at once, as a
     supervisor does: the new process's heartbeats, under the same node name, do not hold the
-    task the dead process ran (Redis would redeliver it only after 12 hours)."""
+    task the dead process ran (the lease, 5 s here, runs out before Redis puts the dead
+    process's step back, 12 s, which may run it once more)."""
     # Given a long task running on w1, and an idle worker w2
     runs = tmp_path / "runs.txt"
     first, _second, task_id = started_on_first_worker(platform, counted, runs)
@@ -135,12 +137,13 @@ def test_a_killed_worker_started_again_under_its_name_gives_up_its_old_task_with
 
     # Then the control plane sends the task again within the bound
     sent_again_within_bound(platform, task_id, killed_at)
-    # And it ends once, after two runs, the second on a live worker
+    # And it ends once, the later runs on live workers
     [task] = platform.wait_for_tasks("Counted", [task_id], timeout=NAP + 30.0).values()
-    assert (task["status"], task["result"], task["attempts"]) == ("succeeded", "done 0", 2)
+    assert (task["status"], task["result"]) == ("succeeded", "done 0")
+    assert task["attempts"] in (2, 3)
     assert platform.stop_events([task_id]) == {task_id: 1}
     pids = [int(line.split()[2]) for line in runs.read_text().splitlines()]
-    assert len(pids) == 2 and pids[0] == first.pid and pids[1] != first.pid, pids
+    assert 2 <= len(pids) <= 3 and pids[0] == first.pid and first.pid not in pids[1:], pids
     assert again.alive()
 
 
