@@ -82,6 +82,8 @@ def serve(
     env |= github_mirror | {"CELERIAC_DATA_DIR": str(tmp_path / "data"), "PYTHONUNBUFFERED": "1"}
     # git rewrites GitHub's https URL to the file:// mirror: the server must allow both.
     env["CELERIAC_GIT_SCHEMES"] = "https,file"
+    # A server with a token is not open: it takes local sources only from the folders named.
+    env["CELERIAC_SOURCE_ROOTS"] = str(FIXTURES)
     process = processes.start(
         "serve", [script("celeriac"), "serve", "--port", str(port)], env, cwd=tmp_path
     )
