@@ -21,6 +21,7 @@ from flask.testing import FlaskClient
 from app.control import events
 from app.control.dispatch import Dispatcher
 from app.control.events import EventLog, StreamedEvent
+from app.control.plane import ControlPlane
 from app.control.sendable import SendableEvents
 from app.control.waiter import TaskWaiter
 from app.server import Server
@@ -289,6 +290,19 @@ def test_a_stream_of_an_ended_task_waits_for_its_late_events(
     assert rest[-1]["data"]["status"] == "succeeded"
 
 
+def rarely_polled_log(plane: ControlPlane, waiter: TaskWaiter) -> EventLog:
+    """The control plane's event log, but re-reading the database only once a minute."""
+    return EventLog(
+        plane.db,
+        plane.lifecycle,
+        plane.tasks,
+        waiter,
+        Dispatcher(plane.celery),
+        SendableEvents(plane.descriptions),
+        poll=60.0,
+    )
+
+
 def test_a_stream_is_woken_by_each_event_stored_not_by_its_next_poll(
     workerless: Server, client: FlaskClient
 ) -> None:
@@ -297,15 +311,7 @@ def test_a_stream_is_woken_by_each_event_stored_not_by_its_next_poll(
     task_id = queued_task(client)
     plane = workerless.plane
     report(plane.celery, started(task_id))
-    log = EventLog(
-        plane.db,
-        plane.lifecycle,
-        plane.tasks,
-        plane.waiter,
-        Dispatcher(plane.celery),
-        SendableEvents(plane.descriptions),
-        poll=60.0,
-    )
+    log = rarely_polled_log(plane, plane.waiter)
     follower = log.follow(task_id)
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(next, follower)
@@ -328,7 +334,7 @@ def test_a_stream_on_relayed_notifications_still_rereads_the_database_now_and_th
     report(plane.celery, started(task_id))
     waiter = TaskWaiter()
     waiter.set_relayed(True)
-    log = EventLog(plane.db, plane.lifecycle, plane.tasks, waiter, Dispatcher(plane.celery), 60.0)
+    log = rarely_polled_log(plane, waiter)
     follower = log.follow(task_id)
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(next, follower)
