@@ -38,6 +38,8 @@ def test_a_worker_fetches_its_spec_with_a_worker_token_and_other_scopes_see_env_
     platform = make_platform(redis_url)
     tokens = {scope: make_token(platform, scope) for scope in ("admin", "run", "read", "worker")}
     platform.http.headers.update(bearer(tokens["admin"]))
+    # A server with tokens is not open: it takes local sources only from the folders named.
+    platform.settings["CELERIAC_SOURCE_ROOTS"] = str(ENVIRON.parent)
     platform.serve(ENVIRON)
     platform.control_plane()
     # When a service worker starts with a read token, it stops and says which token it needs
