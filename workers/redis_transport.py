@@ -113,6 +113,8 @@ class _Owner:
         self._id = ""
         self._channels: weakref.WeakSet[_RedisChannel] = weakref.WeakSet()
         self._thread: threading.Thread | None = None
+        #: Set when a channel joins: the renewals' period may have become shorter.
+        self._joined = threading.Event()
 
     @property
     def id(self) -> str:
@@ -139,6 +141,7 @@ class _Owner:
                     target=self._renew, name="celeriac-owner", daemon=True
                 )
                 self._thread.start()
+        self._joined.set()
 
     def discard(self, channel: _RedisChannel) -> None:
         """Stop renewing through ``channel`` (it closes)."""
@@ -153,7 +156,8 @@ class _Owner:
             for channel in channels:
                 channel.renew_owner()
                 period = min(period, channel.owner_ttl / RENEWALS_PER_TTL)
-            time.sleep(period)
+            self._joined.wait(period)
+            self._joined.clear()
 
 
 #: The process-wide owner.

@@ -410,7 +410,8 @@ class Platform:
                     f"{process.name} exited with {process.popen.returncode}:\n{process.output()}"
                 )
             try:
-                return httpx.get(f"{server}/status/", timeout=2.0).status_code == 200
+                # (with the platform's headers: a server with tokens wants one everywhere)
+                return self.http.get(f"{server}/status/", timeout=2.0).status_code == 200
             except httpx.TransportError:
                 return False
 

@@ -8,6 +8,7 @@ import collections
 import json
 import threading
 import time
+import uuid
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from kombu import Connection, Exchange, Queue
 from kombu.message import Message
 from kombu.utils.encoding import bytes_to_str
 
-from workers.redis_transport import OWNER, RedisTransport
+from workers.redis_transport import OWNER_KEY_PREFIX, RedisTransport
 from workers.transports import REDIS_TRANSPORT
 
 MESSAGES = 200
@@ -87,9 +88,10 @@ def test_two_sweepers_racing_acks_put_back_each_message_of_a_dead_owner_once(
     """Restoring a dead owner's message is one transaction: sweepers looking at once, and
     acknowledgements racing them, never put a message back twice, nor leave one noted."""
     # Given 200 messages taken by an owner whose liveness key is gone (never set), 10 taken
-    # by this live process, and four sweepers that have renewed their own keys for a while
+    # by a live one (its key set for the test's length: a 1 s key renewed by a thread would
+    # lapse on a loaded machine), and four sweepers that have renewed their own keys a while
     queue = Queue("celeriac-owners-test", Exchange("celeriac-owners-test"), "o")
-    options = {"owner_ttl": 1.0, "visibility_timeout": 3600}
+    options = {"owner_ttl": 2.0, "visibility_timeout": 3600}
     connections = [
         Connection(redis_url, transport=REDIS_TRANSPORT, transport_options=options)
         for _ in range(5)
@@ -99,12 +101,15 @@ def test_two_sweepers_racing_acks_put_back_each_message_of_a_dead_owner_once(
         producer = connections[0].Producer()
         for n in range(DEAD + LIVE):
             producer.publish({"n": n}, exchange=queue.exchange, routing_key="o", declare=[queue])
+        client = redis.Redis.from_url(redis_url)
+        live_owner = f"alive.{uuid.uuid4().hex[:8]}"
+        client.set(OWNER_KEY_PREFIX + live_owner, "1", ex=120)
         claimer = channels[0]
         keys = [claimer._q_for_pri(queue.name, pri) for pri in claimer.priority_steps]
         keys += [claimer.unacked_index_key, claimer.unacked_key, claimer.unacked_owner_key]
         tags: dict[int, str] = {}
         for n in range(DEAD + LIVE):
-            owner = "gone.1.dead" if n < DEAD else OWNER.id
+            owner = "gone.1.dead" if n < DEAD else live_owner
             _, item = claimer._claim_script(keys=keys, args=[time.time(), owner])
             payload = json.loads(item)
             tags[number(item)] = payload["properties"]["delivery_tag"]
@@ -112,7 +117,7 @@ def test_two_sweepers_racing_acks_put_back_each_message_of_a_dead_owner_once(
         consumers = [conn.Consumer(idle, callbacks=[]) for conn in connections[1:]]
         for consumer in consumers:
             consumer.consume()
-        time.sleep(1.5)  # each sweeper's renewals steady for its owner_ttl
+        time.sleep(2.5)  # each sweeper's renewals steady for its owner_ttl
 
         # When four sweepers look at once while the even messages are acknowledged
         start = threading.Barrier(5)
@@ -136,7 +141,6 @@ def test_two_sweepers_racing_acks_put_back_each_message_of_a_dead_owner_once(
 
         # Then each odd message of the dead owner is back in its queue once, an even one at
         # most once (put back before its acknowledgement came), and the live owner's stay held
-        client = redis.Redis.from_url(redis_url)
         back = [number(item) for item in client.lrange(queue.name, 0, -1)]
         counts = collections.Counter(back)
         assert all(count == 1 for count in counts.values()), counts
