@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -100,6 +101,16 @@ class Settings:
         return f"sqlite:///{(self.data_dir / 'celeriac.db').resolve()}"
 
     @property
+    def shown_database_url(self) -> str:
+        """:attr:`sqlalchemy_url` as printed: its password replaced by ``***``."""
+        return without_password(self.sqlalchemy_url)
+
+    @property
+    def shown_broker_url(self) -> str:
+        """The broker URL as printed: its password replaced by ``***``."""
+        return without_password(self.broker_url)
+
+    @property
     def max_request_bytes(self) -> int:
         """The largest request body read at all (413 past it): twice the largest payload
         limit, since JSON sent inside a JSON string is escaped, plus room for the envelope."""
@@ -139,6 +150,15 @@ class Settings:
                 continue
             values[f.name] = _coerce(f.name, raw, getattr(defaults, f.name))
         return cls(**values)  # type: ignore[arg-type]
+
+
+#: The password of a URL's user part: ``scheme://user:PASSWORD@``.
+_PASSWORD = re.compile(r"(?<=://)([^/@:\s]*):[^/\s]*@")
+
+
+def without_password(url: str) -> str:
+    """``url`` with the password of its user part, if any, replaced by ``***``."""
+    return _PASSWORD.sub(r"\1:***@", url, count=1)
 
 
 def is_loopback(host: str) -> bool:

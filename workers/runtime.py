@@ -7,6 +7,7 @@ import concurrent.futures
 import contextlib
 import functools
 import json
+import logging
 import os
 import threading
 import time
@@ -47,6 +48,8 @@ from workers.protocol import (
     service_queue,
 )
 from workers.sources import sync_source
+
+logger = logging.getLogger(__name__)
 
 
 class Reporter(Protocol):
@@ -101,16 +104,33 @@ class ResultBounds:
 
     def check(self, result: Any) -> None:
         """ResultTooLarge if the (JSON-safe) result is over either bound."""
-        if nesting_depth(result, self.max_depth) > self.max_depth:
-            raise ResultTooLarge(
-                f"the workflow's result is {NestedTooDeeply(self.max_depth)} (CELERIAC_MAX_NESTING)"
-            )
-        size = json_size(result)
+        problem = self.problem(result, "the workflow's result", "results")
+        if problem is not None:
+            raise ResultTooLarge(problem)
+
+    def problem(self, value: Any, what: str, kind: str) -> str | None:
+        """Why the JSON-safe ``value`` (``what``, one of ``kind``) is over a bound; None if
+        it is within both."""
+        if nesting_depth(value, self.max_depth) > self.max_depth:
+            return f"{what} is {NestedTooDeeply(self.max_depth)} (CELERIAC_MAX_NESTING)"
+        size = json_size(value)
         if size > self.max_bytes:
-            raise ResultTooLarge(
-                f"the workflow's result is {size:,} bytes of JSON; results may have at most "
+            return (
+                f"{what} is {size:,} bytes of JSON; {kind} may have at most "
                 f"{self.max_bytes:,} (CELERIAC_MAX_RESULT_BYTES)"
             )
+        return None
+
+    def bounded_event(self, described: dict[str, Any]) -> dict[str, Any]:
+        """A streamed event (:func:`describe_event`) as it may be stored and sent on: one
+        over the bounds keeps its type, its data replaced by ``{"celeriac_omitted": why}``
+        (a stream reader learns what it missed; the run goes on)."""
+        what = f"the data of streamed event {described['type']}"
+        problem = self.problem(described["data"], what, "streamed events")
+        if problem is None:
+            return described
+        logger.warning("%s; sent without it", problem)
+        return {**described, "data": {"celeriac_omitted": problem}}
 
 
 #: Tells the control plane what a service's workflow is, the first time this process runs it
@@ -252,7 +272,9 @@ class ServiceRuntime:
                 self._held.pop(task_id, None)
 
     def _run(self, step: RunStep, reporter: Reporter) -> StepFinished:
-        run = _Run(step, self.worker_name or "celeriac", self.inbox_queue, reporter)
+        run = _Run(
+            step, self.worker_name or "celeriac", self.inbox_queue, reporter, self.result_bounds
+        )
         try:
             service = self.load(step.deployment, step.service, step.version)
             self._announce(step, service)
@@ -371,7 +393,9 @@ STARTED_GRACE = 0.25
 class _Run:
     """What one run has reported so far."""
 
-    def __init__(self, step: RunStep, worker: str, inbox: str, reporter: Reporter) -> None:
+    def __init__(
+        self, step: RunStep, worker: str, inbox: str, reporter: Reporter, bounds: ResultBounds
+    ) -> None:
         self.step = step
         self.worker = worker
         self.inbox = inbox
@@ -381,6 +405,8 @@ class _Run:
         self.started_reported = False
         self.count = 0
         self.held: list[StepEvent] = []
+        #: What a streamed event may hold.
+        self.bounds = bounds
         #: It streamed an ``InputRequiredEvent`` and no event was delivered to it since.
         self.asking = False
         #: Stopped by ``ServiceRuntime.hand_back``, to run again elsewhere.
@@ -404,7 +430,10 @@ class _Run:
         (an ``InputRequiredEvent``, say) can already reach this worker.
         """
         message = StepEvent(
-            task_id=self.step.task_id, seq=self.count, event=describe_event(event), at=time.time()
+            task_id=self.step.task_id,
+            seq=self.count,
+            event=self.bounds.bounded_event(describe_event(event)),
+            at=time.time(),
         )
         self.count += 1
         if isinstance(event, StopEvent):

@@ -7,7 +7,7 @@ from typing import Any
 from flask.views import MethodView
 
 from app.api import plane
-from app.api.auth import caller
+from app.api.auth import caller, may_see_internals
 from app.api.bodies import Blueprint, too_large
 from app.api.schemas import (
     CreateDeploymentArgs,
@@ -17,6 +17,7 @@ from app.api.schemas import (
     LiveServiceSchema,
 )
 from app.errors import InvalidInput
+from config.sources import without_credentials
 
 blp = Blueprint("deployments", __name__, url_prefix="/deployments", description="Deployments.")
 
@@ -68,13 +69,14 @@ class DeploymentSpecItem(MethodView):
     @blp.response(200, DeploymentSpecSchema)
     def get(self, deployment_name: str) -> Any:
         """The deployment's parsed spec, version and base path (what workers fetch); the
-        services' ``env`` values only for a worker token (or on an open server)."""
+        services' ``env`` values, and the credentials in their git URLs, only for a worker
+        token (or on an open server); the base path for a worker or an admin token."""
         deployment = plane().deployments.get(deployment_name)
         secrets = caller().sees_secrets
         return {
             "name": deployment.name,
             "version": deployment.version,
-            "base_path": deployment.base_path,
+            "base_path": deployment.base_path if secrets or may_see_internals() else None,
             "spec": deployment.spec if secrets else _redacted(deployment.spec),
             "env_redacted": not secrets,
         }
@@ -100,9 +102,27 @@ REDACTED = "<redacted>"
 
 
 def _redacted(spec: dict[str, Any]) -> dict[str, Any]:
-    """The spec with each service's ``env`` values replaced (their names stay)."""
+    """The spec with each service's ``env`` values replaced (their names stay), and the
+    user and password of its source's URL."""
     services = {
-        name: {**service, "env": dict.fromkeys(service.get("env") or {}, REDACTED)}
+        name: {
+            **service,
+            "env": dict.fromkeys(service.get("env") or {}, REDACTED),
+            **_source_without_credentials(service.get("source")),
+        }
         for name, service in (spec.get("services") or {}).items()
     }
     return {**spec, "services": services}
+
+
+def _source_without_credentials(source: Any) -> dict[str, Any]:
+    """``{"source": ...}`` with the credentials in its ``name`` or ``location`` (the file's
+    two words for it) replaced; empty for a service without a source."""
+    if not isinstance(source, dict):
+        return {}
+    hidden = {
+        key: without_credentials(value)
+        for key, value in source.items()
+        if key in ("name", "location") and isinstance(value, str)
+    }
+    return {"source": source | hidden}

@@ -94,11 +94,18 @@ class DeploymentSpecSchema(Schema):
 
     name = fields.String()
     version = fields.Integer()
-    base_path = fields.String()
+    base_path = fields.String(
+        allow_none=True,
+        metadata={
+            "description": "The folder local sources are relative to; null but for a worker "
+            "or an admin token (or on an open server)."
+        },
+    )
     spec = fields.Dict(
         metadata={
             "description": "The deployment file, parsed and completed; each service's `env` "
-            "values are shown to worker tokens only (and on an open server)."
+            "values, and the user and password in its source's URL, are shown to worker "
+            "tokens only (and on an open server)."
         }
     )
     env_redacted = fields.Boolean(

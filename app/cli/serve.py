@@ -71,9 +71,10 @@ def serve(
         mode = (
             "embedded (memory:// broker, in-process workers)"
             if settings.embedded
-            else (f"broker {settings.broker_url}")
+            else f"broker {settings.shown_broker_url}"
         )
-        click.echo(f"Celeriac API server on {url}  [{mode}; database {settings.sqlalchemy_url}]")
+        database = settings.shown_database_url
+        click.echo(f"Celeriac API server on {url}  [{mode}; database {database}]")
         click.echo(f"API docs: {url}/docs    Stop with Ctrl-C.")
 
     server.serve(on_ready=ready)
@@ -125,4 +126,4 @@ def upgrade(revision: str) -> None:
     settings = load_settings()
     private_folder(settings.data_dir)
     migrations.upgrade(settings.sqlalchemy_url, revision)
-    click.echo(f"Database {settings.sqlalchemy_url} is at {revision}.")
+    click.echo(f"Database {settings.shown_database_url} is at {revision}.")

@@ -247,6 +247,37 @@ def test_refusals_never_echo_a_urls_credentials(
     assert "s3cret" not in caplog.text
 
 
+def test_a_specs_url_credentials_and_base_path_are_for_workers_and_admins_only(
+    server: Server, client: FlaskClient, tmp_path: Path
+) -> None:
+    # Given a deployment from a git URL with credentials, on a server that then gets tokens
+    location = "https://alice:s3cret@example.org/r.git"
+    ok(post_yaml(client, GIT_YAML.format(location=location), tmp_path))
+    scopes = ("admin", "run", "read", "worker")
+    tokens = {scope: server.plane.tokens.create(scope, None).token for scope in scopes}
+
+    def spec_as(scope: str) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {tokens[scope]}"}
+        spec: dict[str, Any] = ok(client.get("/deployments/FromGit/spec", headers=headers))
+        return spec
+
+    # When each scope reads its spec, then only a worker token sees the URL's credentials
+    shown = {scope: spec_as(scope) for scope in scopes}
+    for scope, spec in shown.items():
+        source = spec["spec"]["services"]["echo"]["source"]
+        expected = location if scope == "worker" else "https://***@example.org/r.git"
+        assert source["name"] == expected, scope
+        if scope != "worker":
+            assert "s3cret" not in json.dumps(spec), scope
+    # And only a worker or an admin token the server's folder the deployment came from
+    assert {scope: spec["base_path"] for scope, spec in shown.items()} == {
+        "admin": str(tmp_path.resolve()),
+        "run": None,
+        "read": None,
+        "worker": str(tmp_path.resolve()),
+    }
+
+
 def test_the_worker_refuses_a_stored_deployment_outside_its_roots(
     settings: Settings, tmp_path: Path
 ) -> None:

@@ -168,6 +168,14 @@ def test_a_result_over_its_bound_fails_the_task_with_the_reason(small: FlaskClie
         "message": "the workflow's result is 920 bytes of JSON; results may have at most "
         "500 (CELERIAC_MAX_RESULT_BYTES)",
     }
+    # And its streamed StopEvent, which would carry the result, carries why it does not
+    events = small.get(f"/deployments/QuickStart/tasks/{done['task_id']}/events")
+    assert [json.loads(line) for line in events.get_data(as_text=True).splitlines()] == [
+        {
+            "celeriac_omitted": "the data of streamed event StopEvent is 931 bytes of JSON; "
+            "streamed events may have at most 500 (CELERIAC_MAX_RESULT_BYTES)"
+        }
+    ]
 
 
 # -- integers ----------------------------------------------------------------------------------

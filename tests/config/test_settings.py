@@ -93,3 +93,21 @@ def test_the_security_settings_are_read_and_the_token_never_shown() -> None:
 )
 def test_loopback_is_an_address_of_this_host_only(host: str, loopback: bool) -> None:
     assert Settings(host=host).loopback is loopback
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql+psycopg://bob:s3cret@db:5432/x", "postgresql+psycopg://bob:***@db:5432/x"),
+        ("amqp://guest:guest@rabbit:5672//", "amqp://guest:***@rabbit:5672//"),
+        ("redis://:s3cret@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("postgresql://bob:p@ss@db/x", "postgresql://bob:***@db/x"),
+        ("postgresql://bob@db/x", "postgresql://bob@db/x"),
+        ("redis://cache:6379/0", "redis://cache:6379/0"),
+        ("sqlite:////srv/celeriac.db", "sqlite:////srv/celeriac.db"),
+    ],
+)
+def test_urls_are_shown_without_their_password(url: str, shown: str) -> None:
+    settings = Settings(database_url=url, broker_url=url)
+    assert settings.shown_database_url == shown
+    assert settings.shown_broker_url == shown

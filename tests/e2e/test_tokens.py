@@ -74,3 +74,35 @@ def test_a_worker_fetches_its_spec_with_a_worker_token_and_other_scopes_see_env_
     # And a request without a token is refused
     anonymous = httpx.get(f"{platform.server}/deployments/Environ/spec", timeout=10)
     assert anonymous.status_code == 401
+
+
+@pytest.mark.e2e
+def test_the_database_and_broker_passwords_are_never_printed(
+    amqp_url: str, make_platform: Callable[[str], Platform]
+) -> None:
+    # Given a platform whose database URL carries a password (the machine's PostgreSQL
+    # trusts its local users, so any password is let in) and whose broker URL does too
+    platform = make_platform(amqp_url)
+    assert platform.database_url.startswith("postgresql+psycopg://postgres@")
+    platform.database_url = platform.database_url.replace("postgres@", "postgres:hunter2@", 1)
+    # When an operator upgrades the database, makes a token and starts the API server
+    done = subprocess.run(
+        [script("celeriac"), "db", "upgrade"],
+        env=platform.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    token = make_token(platform, "admin")
+    platform.http.headers.update(bearer(token))
+    platform.settings["CELERIAC_SOURCE_ROOTS"] = str(ENVIRON.parent)
+    api = platform.serve()
+    # Then each says which database and broker it uses, with the passwords hidden
+    assert done.returncode == 0, done.stderr
+    assert "Database postgresql+psycopg://postgres:***@127.0.0.1" in done.stdout
+    banner = api.output()
+    assert "broker amqp://guest:***@127.0.0.1" in banner
+    assert "database postgresql+psycopg://postgres:***@127.0.0.1" in banner
+    for output in (done.stdout + done.stderr, banner):
+        assert "hunter2" not in output
+        assert "guest:guest" not in output

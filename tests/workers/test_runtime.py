@@ -421,6 +421,36 @@ def test_a_result_over_the_bounds_fails_the_run(
         "message": "the workflow's result is 202 bytes of JSON; results may have at most 100 "
         "(CELERIAC_MAX_RESULT_BYTES)",
     }
+    # And its StopEvent, which would carry the result to the stream, says why it does not
+    [stop] = too_big.events
+    assert stop["event"]["type"] == "StopEvent"
+    assert stop["event"]["data"] == {
+        "celeriac_omitted": "the data of streamed event StopEvent is 213 bytes of JSON; "
+        "streamed events may have at most 100 (CELERIAC_MAX_RESULT_BYTES)"
+    }
+
+
+def test_streamed_events_over_the_bounds_are_sent_without_their_data_and_the_run_goes_on(
+    reporter: RecordingReporter, tmp_path: Path, quick: None
+) -> None:
+    # Given a runtime where 6 bytes of JSON is the most a result or a streamed event holds
+    runtime = ServiceRuntime(tmp_path / "sources", result_bounds=ResultBounds(6, 3))
+    try:
+        # When a run streams two events of 7 bytes ({"n":0}) and answers 4 bytes ("ok")
+        install(runtime, tmp_path, '"ok"')
+        outcome = runtime.run(run_step("Dep", "svc", events=2), reporter)
+    finally:
+        runtime.close()
+    # Then it succeeds, and each event went on with its type and why its data did not
+    assert (outcome.ok, outcome.result) == (True, "ok")
+    why = (
+        "the data of streamed event Progress is 7 bytes of JSON; streamed events may have at "
+        "most 6 (CELERIAC_MAX_RESULT_BYTES)"
+    )
+    assert [(e.seq, e.event["type"], e.event["data"]) for e in reporter.events] == [
+        (0, "Progress", {"celeriac_omitted": why}),
+        (1, "Progress", {"celeriac_omitted": why}),
+    ]
 
 
 def test_a_result_nested_past_the_bound_fails_the_run(tmp_path: Path) -> None:
