@@ -129,6 +129,10 @@ def _http_error(app: Flask, exc: HTTPException) -> Any:
     else:
         message = exc.description or HTTPStatus(code).phrase
     response, status = _payload(app, code, message, errors)
+    # Werkzeug's own headers of the error (a 405's ``Allow``), then webargs'.
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
     for name, value in (data.get("headers") or {}).items():
         response.headers[name] = value
     return response, status

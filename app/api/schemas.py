@@ -34,6 +34,23 @@ class ServerPath(fields.String):
 LARGEST_INT = 2**31 - 1
 
 
+def run_timeout(description: str) -> fields.Float:
+    """A run's ``timeout`` query argument: seconds, above 0 and at most a day."""
+    return fields.Float(
+        load_default=None,
+        validate=validate.Range(min=0, min_inclusive=False, max=86400),
+        # (apispec documents the range's minimum as inclusive)
+        metadata={"description": description, "exclusiveMinimum": 0},
+    )
+
+
+class RootSchema(Schema):
+    """The API's entry points (LlamaDeploy's ``GET /``)."""
+
+    swagger_docs = fields.Url(metadata={"description": "The interactive API documentation."})
+    status = fields.Url(metadata={"description": "The server's status."})
+
+
 class StatusSchema(Schema):
     """Health of the API server (LlamaDeploy's ``Status``)."""
 
@@ -164,11 +181,7 @@ class RunArgs(Schema):
         unknown = EXCLUDE
 
     session_id = fields.String(load_default=None)
-    timeout = fields.Float(
-        load_default=None,
-        validate=validate.Range(min=0, min_inclusive=False, max=86400),
-        metadata={"description": "Seconds ``tasks/run`` waits before answering 504."},
-    )
+    timeout = run_timeout("Seconds ``tasks/run`` waits before answering 504.")
     multitask_strategy = fields.Enum(
         MultitaskStrategy,
         by_value=True,
@@ -244,7 +257,9 @@ class TaskSchema(Schema):
     """A task: LlamaDeploy's ``TaskDefinition`` fields, then status, outcome and timestamps."""
 
     task_id = fields.String(attribute="id")
-    session_id = fields.String()
+    session_id = fields.String(
+        allow_none=True, metadata={"description": "Null for a task created outside a session."}
+    )
     service_id = fields.String(attribute="service")
     input = fields.Method("dump_input", metadata={"description": "JSON-encoded run kwargs."})
     status = fields.String(validate=validate.OneOf([s.value for s in TaskStatus]))

@@ -9,7 +9,7 @@ from flask.views import MethodView
 
 from app.api import plane
 from app.api.bodies import Blueprint
-from app.api.schemas import StatusSchema
+from app.api.schemas import RootSchema, StatusSchema
 
 blp = Blueprint("status", __name__, description="Server health.")
 
@@ -18,7 +18,7 @@ blp = Blueprint("status", __name__, description="Server health.")
 class Root(MethodView):
     """Entry points of the API."""
 
-    @blp.doc(summary="Links to the API documentation and the status")
+    @blp.response(200, RootSchema)
     def get(self) -> dict[str, Any]:
         """Links to the API documentation and the status."""
         return {

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate
 
 from app.api.internals import shown
-from app.api.schemas import LARGEST_INT
+from app.api.schemas import LARGEST_INT, run_timeout
 from app.control.handlers import HANDLER_STATUSES, handler_status
 from app.models import Task, TaskStatus
 
@@ -122,7 +123,8 @@ class HandlerFilterArgs(Schema):
         unknown = EXCLUDE
 
     status = fields.List(
-        fields.String(),
+        # (blank: no filter)
+        fields.String(validate=validate.OneOf([*HANDLER_STATUSES, ""])),
         load_default=None,
         metadata={
             "description": f"Keep handlers in these statuses: {', '.join(HANDLER_STATUSES)}."
@@ -134,15 +136,10 @@ class HandlerFilterArgs(Schema):
 
     @post_load
     def drop_blanks(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
-        """Blank values filter nothing; unknown statuses are refused."""
+        """Blank values filter nothing."""
         for name in ("status", "workflow_name"):
             values = [v.strip() for v in data.get(name) or [] if v.strip()]
             data[name] = values or None
-        unknown = sorted(set(data["status"] or ()) - set(HANDLER_STATUSES))
-        if unknown:
-            raise ValidationError(
-                {"status": [f"unknown {', '.join(unknown)}; one of {', '.join(HANDLER_STATUSES)}"]}
-            )
         return data
 
 
@@ -169,7 +166,8 @@ class RunBodySchema(Schema):
         metadata={
             "description": "The start event: its fields (bare) or an envelope with `value`. "
             "Its fields become the run's keyword arguments.",
-            "type": ["object", "null"],
+            # (apispec adds "null": the field may be null)
+            "type": "object",
         },
     )
     kwargs = fields.Dict(
@@ -180,7 +178,10 @@ class RunBodySchema(Schema):
         data_key="context",
         load_default=None,
         allow_none=True,
-        metadata={"description": "Must be empty: Celeriac keeps a Context in sessions."},
+        metadata={
+            "description": "Must be empty: Celeriac keeps a Context in sessions.",
+            "maxProperties": 0,
+        },
     )
     handler_id = fields.String(
         load_default=None,
@@ -196,24 +197,24 @@ class RunArgs(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    timeout = fields.Float(
-        load_default=None,
-        validate=validate.Range(min=0, min_inclusive=False, max=86400),
-        metadata={"description": "Seconds to wait before answering 504 (the run goes on)."},
-    )
+    timeout = run_timeout("Seconds to wait before answering 504 (the run goes on).")
+
+
+#: A decimal integer, as a query gives one (``10.0`` is one too, as in JSON Schema).
+_INTEGER = re.compile(r"(-?[0-9]+)(?:\.0*)?")
 
 
 class AfterSequence(fields.Field):
     """An event sequence number, or ``now``."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int | None:
-        text = str(value).strip().lower()
+        text = str(value)
         if text == "now":
             return None
-        try:
-            number = int(text)
-        except ValueError as exc:
-            raise ValidationError("an event's sequence number (-1 for the first) or 'now'") from exc
+        integer = _INTEGER.fullmatch(text)
+        if integer is None:
+            raise ValidationError("an event's sequence number (-1 for the first) or 'now'")
+        number = int(integer.group(1))
         if not -1 <= number <= LARGEST_INT:
             raise ValidationError(f"must be from -1 to {LARGEST_INT}, or 'now'")
         return number
@@ -233,7 +234,10 @@ class StreamArgs(Schema):
         metadata={
             "description": "Stream after this sequence number: -1 from the first event, `now` "
             "(default) only new ones. With SSE the Last-Event-ID header wins.",
-            "type": ["integer", "string"],
+            "anyOf": [
+                {"type": "integer", "minimum": -1, "maximum": LARGEST_INT},
+                {"const": "now"},
+            ],
         },
     )
     include_qualified_name = fields.Boolean(
