@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from app.cli.context import CliState, echo_json, pass_state, reporting_errors
-from app.sdk import Deployment, LiveService
+from app.sdk import Conflict, Deployment, LiveService
 
 
 def _describe(deployment: Deployment, live: list[LiveService]) -> dict[str, object]:
@@ -44,7 +44,10 @@ def _describe(deployment: Deployment, live: list[LiveService]) -> dict[str, obje
 @pass_state
 def deploy(state: CliState, deployment_file: Path, reload: bool, base_path: Path | None) -> None:
     """Deploy a YAML file."""
-    with reporting_errors(), state.client() as client:
+    with (
+        reporting_errors({Conflict: "celeriac deploy --reload replaces it"}),
+        state.client() as client,
+    ):
         created = client.deployments.create(
             deployment_file, base_path=base_path.resolve() if base_path else None, reload=reload
         )

@@ -73,17 +73,23 @@ def current_profile() -> None:
     click.echo(load_profiles(profiles_path())["current_profile"])
 
 
+#: ``--token`` given without a value: ask for it.
+_ASK = "\0ask"
+
+
 @config_group.command("set-profile")
 @click.argument("name")
 @click.option("--server", help="API server URL.")
 @click.option("--timeout", type=float, help="HTTP timeout in seconds.")
 @click.option(
     "--token",
-    "read_token",
-    is_flag=True,
-    help="Ask for an API token (not echoed) and keep it in the profile; '-' removes it.",
+    is_flag=False,
+    flag_value=_ASK,
+    default=None,
+    help="Keep this API token in the profile; '-' removes it. Given without a value, it is "
+    "asked for (not echoed), which keeps it out of the shell's history.",
 )
-def set_profile(name: str, server: str | None, timeout: float | None, read_token: bool) -> None:
+def set_profile(name: str, server: str | None, timeout: float | None, token: str | None) -> None:
     """Create or change a profile."""
     path = profiles_path()
     data = load_profiles(path)
@@ -92,8 +98,10 @@ def set_profile(name: str, server: str | None, timeout: float | None, read_token
         profile["server"] = server
     if timeout is not None:
         profile["timeout"] = timeout
-    if read_token:
-        token = click.prompt("API token", hide_input=True).strip()
+    if token == _ASK:
+        token = click.prompt("API token", hide_input=True)
+    if token is not None:
+        token = token.strip()
         if token == "-":
             profile.pop("token", None)
         else:

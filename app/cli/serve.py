@@ -4,12 +4,36 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
 from config.errors import ConfigError
-from config.settings import Settings
+from config.settings import Settings, without_password
+
+
+@contextmanager
+def database_errors(settings: Settings) -> Iterator[None]:
+    """Turn a missing database driver, or a database out of reach, into a message and exit
+    code 1 instead of a traceback (the URL shown without its password)."""
+    from sqlalchemy.exc import DBAPIError
+
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        scheme = settings.sqlalchemy_url.split(":", 1)[0]
+        extra = " (Celeriac's postgres extra: pip install -e '.[postgres]')"
+        raise click.ClickException(
+            f"the database URL ({scheme}) needs the driver {exc.name}, which is not installed"
+            f"{extra if scheme.startswith('postgresql') else ''}"
+        ) from exc
+    except DBAPIError as exc:
+        raise click.ClickException(
+            f"could not use the database {settings.shown_database_url}: "
+            f"{without_password(str(exc.orig)).strip()}"
+        ) from exc
 
 
 def load_settings(**overrides: object) -> Settings:
@@ -53,10 +77,11 @@ def serve(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    try:
-        server = Server(settings)
-    except ConfigError as exc:
-        raise click.ClickException(str(exc)) from exc
+    with database_errors(settings):
+        try:
+            server = Server(settings)
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from exc
     server.start_workers()
     if deployment_file is not None:
         try:
@@ -125,5 +150,6 @@ def upgrade(revision: str) -> None:
 
     settings = load_settings()
     private_folder(settings.data_dir)
-    migrations.upgrade(settings.sqlalchemy_url, revision)
+    with database_errors(settings):
+        migrations.upgrade(settings.sqlalchemy_url, revision)
     click.echo(f"Database {settings.shown_database_url} is at {revision}.")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from app.cli.serve import load_settings
+from app.cli.serve import database_errors, load_settings
 
 if TYPE_CHECKING:
     from app.control.tokens import Tokens
@@ -34,7 +34,8 @@ def _tokens() -> Iterator[Tokens]:
 
     settings = load_settings()
     private_folder(settings.data_dir)
-    migrations.upgrade(settings.sqlalchemy_url)
+    with database_errors(settings):
+        migrations.upgrade(settings.sqlalchemy_url)
     db = Database(settings.sqlalchemy_url, pool_size=1)
     try:
         yield Tokens(db)

@@ -138,6 +138,7 @@ def test_deploying_twice_fails_unless_reload(live_server: str) -> None:
     # Then it fails with a message that says why and how to fix it
     assert again.exit_code != 0
     assert "already exists" in again.output
+    assert again.output.endswith("(celeriac deploy --reload replaces it)\n")
     assert "reload" in again.output
     # And with --reload it succeeds and bumps the version
     reloaded = on(live_server, "deploy", "--reload", str(QUICKSTART))
@@ -575,3 +576,33 @@ def test_version_and_help() -> None:
     assert helped.exit_code == 0
     for command in ("deploy", "run", "status", "deployments", "sessions", "tasks", "config"):
         assert command in helped.output
+
+
+# --- commands on the server's database ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [["db", "upgrade"], ["tokens", "list"], ["serve"]])
+def test_a_database_out_of_reach_is_named_without_its_password_and_no_traceback(
+    command: list[str], closed_port_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed = closed_port_url.replace("http://", "postgresql+psycopg://bob:hunter2@") + "/db"
+    monkeypatch.setenv("CELERIAC_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CELERIAC_DATABASE_URL", closed)
+    result = celeriac(*command)
+    assert result.exit_code == 1
+    shown = closed.replace("hunter2", "***")
+    assert result.output.startswith(f"Error: could not use the database {shown}: "), result.output
+    assert "Connection refused" in result.output
+    assert "hunter2" not in result.output and "Traceback" not in result.output
+
+
+def test_a_database_driver_not_installed_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CELERIAC_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CELERIAC_DATABASE_URL", "mysql+pymysql://bob:hunter2@127.0.0.1/db")
+    result = celeriac("db", "upgrade")
+    assert result.exit_code == 1
+    assert result.output == (
+        "Error: the database URL (mysql+pymysql) needs the driver pymysql, which is not installed\n"
+    )

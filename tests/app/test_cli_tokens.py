@@ -137,6 +137,10 @@ def test_without_a_token_the_cli_says_what_is_missing(protected: tuple[str, str]
     result = celeriac("-s", url, "run", "-d", "QuickStart", "-a", "message", "hi")
     assert result.exit_code == 1
     assert "this server needs a live API token" in result.stderr
+    assert result.stderr.endswith(
+        "(give the CLI a token: --token, CELERIAC_TOKEN, or a profile's "
+        "(celeriac config set-profile NAME --token))\n"
+    )
 
 
 def test_the_token_comes_from_the_option_the_variable_or_the_profile(
@@ -171,6 +175,14 @@ def test_the_token_comes_from_the_option_the_variable_or_the_profile(
     profiles = tmp_path / "config" / "profiles.yml"
     assert stat.S_IMODE(profiles.stat().st_mode) == 0o600
     assert yaml.safe_load(profiles.read_text())["profiles"]["lab"]["token"] == token
+    # The token given as the option's value instead, and '-' that removes it
+    given = celeriac("config", "set-profile", "lab2", "--token", token, "--server", url)
+    assert given.exit_code == 0, given.output
+    outputs.append(given.output)
+    assert yaml.safe_load(profiles.read_text())["profiles"]["lab2"]["token"] == token
+    removed = celeriac("config", "set-profile", "lab2", "--token", "-")
+    assert removed.exit_code == 0, removed.output
+    assert "token" not in yaml.safe_load(profiles.read_text())["profiles"]["lab2"]
     # And no command printed the token
     assert all(token not in output for output in outputs)
 
