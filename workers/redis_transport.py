@@ -16,7 +16,10 @@ Receipt without a window
     a message but moves nothing (a documented no-op: Redis 6.2 or later), then takes the
     message and notes it as unacknowledged in one script, atomically (:data:`_CLAIM`). A
     consumer killed at any moment leaves each message either in its queue or noted, and a
-    noted one is put back after the visibility timeout by any live consumer's sweep.
+    noted one is put back after the visibility timeout by any live consumer's sweep. While
+    the queue has messages (the last claim took one), the channel sends the claim itself as
+    its poll, without the wait: one round trip per message under load, as ``BRPOP``; an
+    empty claim goes back to waiting.
     Channels that consume several queues at once, or run under a ``global_keyprefix``, keep
     Kombu's ``BRPOP``: Celeriac's workers consume one queue per channel (a service worker's
     task queue of a one-service deployment, the control plane's queue; the inbox has a
@@ -68,6 +71,7 @@ from typing import Any
 from kombu.transport import redis, virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
+from redis.exceptions import ResponseError
 
 logger = logging.getLogger(__name__)
 
@@ -254,8 +258,12 @@ class _RedisChannel(redis.Channel):
         self._steady_since: float | None = None
         self._renewed_at = 0.0
         self._owning = False
-        #: The queue whose ``BLMOVE`` wait is in flight, if the wait is ours (not ``BRPOP``).
+        #: The queue whose ``BLMOVE`` wait (or claim) is in flight, if the poll is ours (not
+        #: ``BRPOP``), and whether the poll is the claim itself.
         self._waiting_on: str | None = None
+        self._claiming = False
+        #: The last claim took a message: the queue may hold more, so poll with the claim.
+        self._busy = False
         #: The delivery tag of the message being delivered, noted by :data:`_CLAIM`.
         self.claimed: str | None = None
 
@@ -316,7 +324,18 @@ class _RedisChannel(redis.Channel):
         # Kombu's own attributes, as its ``_brpop_start`` sets them (its defaults are None).
         self._brpop_sent_at = time.monotonic()  # type: ignore[assignment]
         self._waiting_on = queue
-        connection.send_command("BLMOVE", queue, queue, "RIGHT", "RIGHT", timeout or 0)
+        self._claiming = self._busy
+        if self._claiming:
+            keys = self._claim_keys(queue)
+            script = self._claim_script
+            connection.send_command("EVALSHA", script.sha, len(keys), *keys, time.time(), OWNER.id)
+        else:
+            connection.send_command("BLMOVE", queue, queue, "RIGHT", "RIGHT", timeout or 0)
+
+    def _claim_keys(self, queue: str) -> list[str]:
+        """The keys of :data:`_CLAIM` for ``queue``."""
+        lists = [self._q_for_pri(queue, pri) for pri in self.priority_steps]
+        return [*lists, self.unacked_index_key, self.unacked_key, self.unacked_owner_key]
 
     def _brpop_read(self, **options: Any) -> bool:
         queue = self._waiting_on
@@ -324,19 +343,8 @@ class _RedisChannel(redis.Channel):
             return bool(super()._brpop_read(**options))
         self._waiting_on = None
         try:
-            try:
-                self.client.parse_response(self.client.connection, "BLMOVE", **options)
-            except self.connection_errors:
-                self.client.connection.disconnect()
-                raise
-            # Whether the wait saw a message or timed out (the priority lists are not
-            # waited on), the claim takes whatever is there, or finds another consumer was
-            # quicker.
-            keys = [self._q_for_pri(queue, pri) for pri in self.priority_steps]
-            claimed = self._claim_script(
-                keys=[*keys, self.unacked_index_key, self.unacked_key, self.unacked_owner_key],
-                args=[time.time(), OWNER.id],
-            )
+            claimed = self._claim_or_wait(queue, **options)
+            self._busy = bool(claimed)
             if not claimed:
                 raise Empty()
             payload = loads(claimed[1])
@@ -349,6 +357,26 @@ class _RedisChannel(redis.Channel):
         finally:
             self._in_poll = None  # type: ignore[assignment]  # as Kombu's ``_brpop_read``
             self._flush_brpop_reauth()
+
+    def _claim_or_wait(self, queue: str, **options: Any) -> Any:
+        """Read the poll's answer: the claim's (a message, or none), or the wait's, after
+        which the claim takes whatever is there (or finds another consumer was quicker; the
+        priority lists are not waited on, so a wait that timed out is followed by a claim)."""
+        connection = self.client.connection
+        command = "EVALSHA" if self._claiming else "BLMOVE"
+        try:
+            answer = self.client.parse_response(connection, command, **options)
+        except self.connection_errors:
+            connection.disconnect()
+            raise
+        except ResponseError:
+            # The script is gone (Redis restarted): the claim below loads it again.
+            if not self._claiming:
+                raise
+        else:
+            if self._claiming:
+                return answer
+        return self._claim_script(keys=self._claim_keys(queue), args=[time.time(), OWNER.id])
 
 
 class RedisTransport(redis.Transport):

@@ -17,6 +17,7 @@ from kombu import Connection, Exchange, Queue
 from kombu.message import Message
 from kombu.utils.encoding import bytes_to_str
 
+from tests.support.servers import PrivateRedis
 from workers.redis_transport import OWNER_KEY_PREFIX, RedisTransport
 from workers.transports import REDIS_TRANSPORT
 
@@ -71,6 +72,48 @@ def test_messages_published_from_threads_arrive_once_and_acks_leave_nothing_unac
         assert sorted(received) == list(range(-1, MESSAGES))
         assert built == []
         assert redis.Redis.from_url(redis_url).hlen("unacked") == 0
+
+
+@pytest.mark.e2e
+def test_a_busy_queue_is_polled_with_the_claim_and_a_flushed_script_is_loaded_again(
+    private_redis: PrivateRedis,
+) -> None:
+    # Given a queue holding messages on a Redis of the test's own (whose command counts are
+    # this test's alone), consumed through Celeriac's transport
+    queue = Queue("celeriac-busy-test", Exchange("celeriac-busy-test"), "b")
+    client = redis.Redis.from_url(private_redis.url)
+    with Connection(private_redis.url, transport=REDIS_TRANSPORT) as conn:
+        producer = conn.Producer()
+        for n in range(MESSAGES):
+            producer.publish({"n": n}, exchange=queue.exchange, routing_key="b", declare=[queue])
+        received: list[int] = []
+
+        def on_message(body: dict[str, int], message: Message) -> None:
+            received.append(body["n"])
+            message.ack()
+            if len(received) == MESSAGES // 2:
+                # (as after a restart of Redis: its scripts are gone)
+                client.script_flush()
+
+        # When a consumer takes them all, the claim script flushed halfway
+        commands_before = client.info("commandstats")
+        with conn.Consumer(queue, callbacks=[on_message], accept=["json"]):
+            while len(received) < MESSAGES:
+                conn.drain_events(timeout=10)
+        stats = client.info("commandstats")
+
+    # Then each arrived once, in order, and none is left unacknowledged
+    assert received == list(range(MESSAGES))
+    assert client.hlen("unacked") == 0 and client.hlen("unacked_owner") == 0
+
+    # And while the queue held messages the consumer polled with the claim, not the wait:
+    # about one round trip per message (Redis counts its commands)
+    def calls(name: str) -> int:
+        before = commands_before.get(f"cmdstat_{name}", {}).get("calls", 0)
+        return int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) - int(before)
+
+    assert calls("blmove") <= 3, stats
+    assert calls("evalsha") + calls("eval") >= MESSAGES
 
 
 def number(item: bytes) -> int:
