@@ -77,14 +77,13 @@ def script(name: str) -> str:
 # -- processes ------------------------------------------------------------------------------------
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_itemcollected(item: pytest.Item) -> None:
     """Run the tests of this folder one at a time, on one pytest-xdist worker: they measure
     bounds in seconds on a shared machine, and share its brokers and database. The other
-    tests run beside them, on the other workers."""
-    here = Path(__file__).parent
-    for item in items:
-        if item.path.is_relative_to(here):
-            item.add_marker(pytest.mark.xdist_group("e2e"))
+    tests run beside them, on the other workers. (Marked as each is collected: pytest-xdist
+    reads the groups in its own ``pytest_collection_modifyitems``.)"""
+    if item.path.is_relative_to(Path(__file__).parent):
+        item.add_marker(pytest.mark.xdist_group("e2e"))
 
 
 @pytest.hookimpl(hookwrapper=True)
