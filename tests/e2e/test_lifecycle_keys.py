@@ -1,12 +1,17 @@
-"""The task lifecycle's idempotency keys on a migrated SQLite database: a key is claimed with
+"""The task lifecycle's idempotency keys, on SQLite and on PostgreSQL: a key is claimed with
 its task in one transaction, names that task for the same request while it lives, refuses
-another request, and is free again once it expired."""
+another request, and is free again once it expired (the claim's upsert takes its row over,
+in each database's dialect).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +24,7 @@ from app.db import Database
 from app.errors import Conflict
 from app.models import Deployment, IdempotencyKey, Session, Task
 from app.models.base import table_of, utcnow
+from tests.e2e.conftest import fresh_postgres_database
 
 _tasks = table_of(Task)
 _sessions = table_of(Session)
@@ -29,28 +35,34 @@ KEY = RequestKey("order-42", "a" * 64)
 OTHER_REQUEST = RequestKey("order-42", "b" * 64)
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    """A migrated SQLite database holding deployments ``D`` (id 1) and ``E`` (id 2)."""
-    url = f"sqlite:///{tmp_path / 'keys.db'}"
-    migrations.upgrade(url)
-    database = Database(url)
-    with database.connect() as conn:
-        for number, name in ((1, "D"), (2, "E")):
-            conn.execute(
-                _deployments.insert().values(
-                    id=number,
-                    name=name,
-                    spec={},
-                    source_yaml="",
-                    base_path="",
-                    version=1,
-                    created_at=utcnow(),
-                    updated_at=utcnow(),
-                )
-            )
-    yield database
-    database.dispose()
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A migrated database holding deployments ``D`` (id 1) and ``E`` (id 2)."""
+    with (
+        fresh_postgres_database("celeriac_keys")
+        if request.param == "postgresql"
+        else nullcontext(f"sqlite:///{tmp_path / 'keys.db'}")
+    ) as url:
+        migrations.upgrade(url)
+        database = Database(url)
+        try:
+            with database.connect() as conn:
+                for number, name in ((1, "D"), (2, "E")):
+                    conn.execute(
+                        _deployments.insert().values(
+                            id=number,
+                            name=name,
+                            spec={},
+                            source_yaml="",
+                            base_path="",
+                            version=1,
+                            created_at=utcnow(),
+                            updated_at=utcnow(),
+                        )
+                    )
+            yield database
+        finally:
+            database.dispose()
 
 
 @pytest.fixture
@@ -146,6 +158,28 @@ def test_a_replay_of_a_session_task_is_not_refused_for_the_busy_session(
     # While a request without a key is refused for the busy session
     with pytest.raises(Conflict, match="busy"):
         lifecycle.insert(new("t3", session_id="s1"), strategy=MultitaskStrategy.REJECT)
+
+
+def test_eight_inserts_under_one_key_at_once_store_one_task(
+    db: Database, lifecycle: Lifecycle
+) -> None:
+    # When eight threads store a task each (their own ids, sessions for each) under one key
+    start = threading.Barrier(8)
+
+    def insert(n: int) -> Any:
+        start.wait(timeout=10)
+        return lifecycle.insert(new(f"t{n}"), key=KEY)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(insert, range(8)))
+    # Then one stored its task, and the seven others got it as their replay
+    [winner] = [r[0].id for r in results if isinstance(r, tuple)]
+    assert sorted(results, key=lambda r: isinstance(r, tuple))[:7] == [Replay(winner)] * 7
+    assert stored(db) == {
+        "tasks": [winner],
+        "sessions": 1,
+        "keys": [(1, KEY.key, KEY.request_hash, winner)],
+    }
 
 
 def test_a_task_refused_stores_no_key(db: Database, lifecycle: Lifecycle) -> None:
