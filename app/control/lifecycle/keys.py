@@ -10,13 +10,14 @@ row over, in the same single statement.
 A request is known by its hash (see ``app.control.tasks``): the same one again is a replay
 of the task the key names; another one is refused (409), and nothing changes.
 
-The functions that take a connection run inside the lifecycle's transactions: only the
+The methods that take a connection run on the lifecycle's connections: only the
 lifecycle (``app.control.lifecycle.operations``) writes keys.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,67 +57,81 @@ class Replay:
     task_id: str
 
 
-def claim_statement(dialect: str) -> Insert:
-    """The INSERT of a key (``deployment_id``, ``key``, ``request_hash``, ``task_id``,
-    ``created_at``) that takes over the row of an expired one (older than ``cutoff``);
-    it returns the task id when the key is the caller's now, and no row when it is taken."""
-    insert = (postgresql if dialect == "postgresql" else sqlite).insert(keys)
-    return insert.on_conflict_do_update(
-        index_elements=[keys.c.deployment_id, keys.c.key],
-        set_={
-            "request_hash": insert.excluded.request_hash,
-            "task_id": insert.excluded.task_id,
-            "created_at": insert.excluded.created_at,
-        },
-        where=keys.c.created_at < bindparam("cutoff"),
-    ).returning(keys.c.task_id)
+class Keys:
+    """The key statements of one database, and how long a key lives (``lifetime`` s)."""
 
-
-def claim(
-    conn: Connection,
-    statement: Insert,
-    deployment_id: int,
-    key: RequestKey,
-    task_id: str,
-    now: dt.datetime,
-    cutoff: dt.datetime,
-) -> bool:
-    """Claim ``key`` for ``task_id`` (stored in this transaction); False if it is taken."""
-    params: dict[str, Any] = {
-        "deployment_id": deployment_id,
-        "key": key.key,
-        "request_hash": key.request_hash,
-        "task_id": task_id,
-        "created_at": now,
-        "cutoff": cutoff,
-    }
-    return conn.execute(statement, params).first() is not None
-
-
-def earlier(
-    conn: Connection, deployment_id: int, key: RequestKey, cutoff: dt.datetime, lifetime: float
-) -> Replay | None:
-    """The task the live ``key`` names, if it was claimed by the same request; None if
-    nobody holds the key; :class:`Conflict` if another request does."""
-    found = conn.execute(
-        _LIVE, {"deployment_id": deployment_id, "key": key.key, "cutoff": cutoff}
-    ).first()
-    if found is None:
-        return None
-    if found.request_hash != key.request_hash:
-        raise Conflict(
-            f"Idempotency-Key {key.key!r} was used with a different request in the last "
-            f"{lifetime:g} s; nothing was stored. Send a new request under a new key",
-            errors={
-                "Idempotency-Key": [
-                    "used with a different request (route, input, service_id, task_id or "
-                    "session_id)"
-                ]
+    def __init__(self, dialect: str, lifetime: float) -> None:
+        self.lifetime = lifetime
+        insert = (postgresql if dialect == "postgresql" else sqlite).insert(keys)
+        # INSERT the key, or take over the row of an expired one; RETURNING the task id when
+        # the key is the caller's now, no row when it is taken.
+        self._claim: Insert = insert.on_conflict_do_update(
+            index_elements=[keys.c.deployment_id, keys.c.key],
+            set_={
+                "request_hash": insert.excluded.request_hash,
+                "task_id": insert.excluded.task_id,
+                "created_at": insert.excluded.created_at,
             },
-        )
-    return Replay(found.task_id)
+            where=keys.c.created_at < bindparam("cutoff"),
+        ).returning(keys.c.task_id)
+        #: When this process may purge expired keys next (``time.monotonic``).
+        self._next_purge = 0.0
 
+    def cutoff(self, now: dt.datetime) -> dt.datetime:
+        """Keys claimed before this, ``now``, have expired."""
+        return now - dt.timedelta(seconds=self.lifetime)
 
-def purge(conn: Connection, cutoff: dt.datetime) -> int:
-    """Delete the keys of every deployment that expired before ``cutoff``; how many."""
-    return conn.execute(_PURGE, {"cutoff": cutoff}).rowcount
+    def claim(
+        self,
+        conn: Connection,
+        deployment_id: int,
+        key: RequestKey,
+        task_id: str,
+        now: dt.datetime,
+    ) -> bool:
+        """Claim ``key`` for ``task_id`` (stored in this transaction); False if it is taken."""
+        params: dict[str, Any] = {
+            "deployment_id": deployment_id,
+            "key": key.key,
+            "request_hash": key.request_hash,
+            "task_id": task_id,
+            "created_at": now,
+            "cutoff": self.cutoff(now),
+        }
+        return conn.execute(self._claim, params).first() is not None
+
+    def earlier(
+        self, conn: Connection, deployment_id: int, key: RequestKey, now: dt.datetime
+    ) -> Replay | None:
+        """The task the live ``key`` names, if it was claimed by the same request; None if
+        nobody holds the key; :class:`Conflict` if another request does."""
+        params = {"deployment_id": deployment_id, "key": key.key, "cutoff": self.cutoff(now)}
+        found = conn.execute(_LIVE, params).first()
+        if found is None:
+            return None
+        if found.request_hash != key.request_hash:
+            raise Conflict(
+                f"Idempotency-Key {key.key!r} was used with a different request in the last "
+                f"{self.lifetime:g} s; nothing was stored. Send a new request under a new key",
+                errors={
+                    "Idempotency-Key": [
+                        "used with a different request (route, input, service_id, task_id or "
+                        "session_id)"
+                    ]
+                },
+            )
+        return Replay(found.task_id)
+
+    def purge_due(self) -> bool:
+        """Whether to purge expired keys now: once a minute at most (or once a lifetime, if
+        shorter). A key's own expired row is taken over when it is used again, so purging
+        only keeps the table small; the requests that carry a key pay for it."""
+        moment = time.monotonic()
+        if moment < self._next_purge:
+            return False
+        self._next_purge = moment + min(PURGE_EVERY, self.lifetime)
+        return True
+
+    def purge(self, conn: Connection, now: dt.datetime) -> int:
+        """Delete the expired keys of every deployment; how many."""
+        return conn.execute(_PURGE, {"cutoff": self.cutoff(now)}).rowcount

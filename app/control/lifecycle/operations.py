@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -11,7 +10,6 @@ from typing import Any
 from sqlalchemy import Connection, Insert, Row, Select, Update, bindparam, select
 
 from app.control.deployments import find as find_deployment
-from app.control.lifecycle import keys
 from app.control.lifecycle import statements as sql
 from app.control.lifecycle.attempts import (
     LEASE_EXPIRED,
@@ -23,7 +21,7 @@ from app.control.lifecycle.attempts import (
     Run,
     lost_params,
 )
-from app.control.lifecycle.keys import Replay, RequestKey
+from app.control.lifecycle.keys import Keys, Replay, RequestKey
 from app.control.lifecycle.turns import (
     MultitaskStrategy,
     Turn,
@@ -92,10 +90,7 @@ class Lifecycle:
 
     def __init__(self, db: Database, *, key_lifetime: float = Settings.idempotency_ttl) -> None:
         self._db = db
-        self._key_lifetime = key_lifetime
-        self._claim_key = keys.claim_statement(db.engine.dialect.name)
-        #: When this process may purge expired keys next (``time.monotonic``).
-        self._next_purge = 0.0
+        self._keys = Keys(db.engine.dialect.name, key_lifetime)
         self._insert_event = db.insert_ignoring_duplicates(sql.events)
         # INSERT INTO tasks SELECT <the new task> FROM deployments WHERE id and version match,
         # skipping a task id already used: one statement, one round trip.
@@ -148,17 +143,16 @@ class Lifecycle:
         # Twice at most: a key found taken may expire before it is read, and is free then.
         for _ in range(2):
             now = utcnow()
-            cutoff = now - dt.timedelta(seconds=self._key_lifetime)
             try:
-                stored = self._store(task, strategy, single_use_session, key, now, cutoff)
+                stored = self._store(task, strategy, single_use_session, key, now)
             except _Refused:
                 if key is None:
                     return None
                 # The id may be the one an earlier request under the key gave its task.
-                return self._earlier(task.deployment_id, key, cutoff)
+                return self._earlier(task.deployment_id, key, now)
             except _KeyTaken:
                 assert key is not None
-                replay = self._earlier(task.deployment_id, key, cutoff)
+                replay = self._earlier(task.deployment_id, key, now)
                 if replay is None:
                     continue
                 return replay
@@ -166,12 +160,13 @@ class Lifecycle:
                 if key is None:
                     raise
                 # A session busy with the task that an earlier request under the key stored.
-                replay = self._earlier(task.deployment_id, key, cutoff)
+                replay = self._earlier(task.deployment_id, key, now)
                 if replay is None:
                     raise
                 return replay
-            if key is not None:
-                self._purge_expired_keys(cutoff)
+            if key is not None and self._keys.purge_due():
+                with self._db.single() as conn:
+                    self._keys.purge(conn, now)
             return stored
         return None
 
@@ -182,7 +177,6 @@ class Lifecycle:
         single_use_session: bool,
         key: RequestKey | None,
         now: dt.datetime,
-        cutoff: dt.datetime,
     ) -> tuple[Task, Turn]:
         """:meth:`insert`'s transaction; :class:`_Refused` or :class:`_KeyTaken` when it
         rolled back."""
@@ -211,28 +205,17 @@ class Lifecycle:
                 elif not alone:
                     row["session_id"] = self._open_for(conn, task, now)
                 self._insert(conn, row)  # refused: the session's changes roll back
-                if key is not None and not keys.claim(
-                    conn, self._claim_key, task.deployment_id, key, task.id, now, cutoff
+                if key is not None and not self._keys.claim(
+                    conn, task.deployment_id, key, task.id, now
                 ):
                     raise _KeyTaken  # the task and the session's changes roll back
         del row["version"]
         return Task(**row), turn
 
-    def _earlier(self, deployment_id: int, key: RequestKey, cutoff: dt.datetime) -> Replay | None:
-        """The task of the same request under the live ``key``, if any (see ``keys.earlier``)."""
+    def _earlier(self, deployment_id: int, key: RequestKey, now: dt.datetime) -> Replay | None:
+        """The task of the same request under the live ``key``, if any (``Keys.earlier``)."""
         with self._db.peek() as conn:
-            return keys.earlier(conn, deployment_id, key, cutoff, self._key_lifetime)
-
-    def _purge_expired_keys(self, cutoff: dt.datetime) -> None:
-        """Delete expired keys, once a minute at most (or once a key's lifetime, if shorter):
-        a key's own expired row is taken over when it is used again, so this only keeps the
-        table small, and costs the requests that carry a key only."""
-        moment = time.monotonic()
-        if moment < self._next_purge:
-            return
-        self._next_purge = moment + min(keys.PURGE_EVERY, self._key_lifetime)
-        with self._db.single() as conn:
-            keys.purge(conn, cutoff)
+            return self._keys.earlier(conn, deployment_id, key, now)
 
     def _insert(self, conn: Connection, row: dict[str, Any]) -> None:
         if conn.execute(self._insert_task, row).first() is None:
