@@ -72,6 +72,9 @@ class Settings:
     max_result_bytes: int = 1_048_576
     #: Deepest nesting of arrays and objects in JSON and YAML that clients and workflows send.
     max_nesting: int = 100
+    #: Seconds an ``Idempotency-Key`` of ``tasks/create`` and ``tasks/run`` names its task;
+    #: past them, the key is free for a new request.
+    idempotency_ttl: float = 86400.0
     #: The API token that clients and service workers send (``CELERIAC_TOKEN``); never shown.
     token: str = field(default="", repr=False)
     #: Serve an address other than loopback with no API token: anyone who reaches the port

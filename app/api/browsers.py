@@ -29,10 +29,10 @@ from config.settings import Settings, is_loopback
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 _DEFAULT_PORTS = {"http": "80", "https": "443"}
 #: Request headers a listed origin's page may send.
-_ALLOWED_HEADERS = "Authorization, Content-Type, Last-Event-ID"
+_ALLOWED_HEADERS = "Authorization, Content-Type, Idempotency-Key, Last-Event-ID"
 _ALLOWED_METHODS = "GET, HEAD, POST, DELETE"
 #: Response headers such a page may read besides the simple ones.
-_EXPOSED_HEADERS = "Retry-After, WWW-Authenticate"
+_EXPOSED_HEADERS = "Idempotent-Replayed, Retry-After, WWW-Authenticate"
 
 
 def host_name(host: str) -> str:

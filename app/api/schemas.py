@@ -193,6 +193,39 @@ class RunArgs(Schema):
     )
 
 
+#: A printable ASCII character (space included), and one that is not a space either.
+_PRINTABLE = r"[ -~]"
+_VISIBLE = r"[!-~]"
+IDEMPOTENCY_KEY = "Idempotency-Key"
+#: The header an answer replayed under an idempotency key carries.
+REPLAYED = "Idempotent-Replayed"
+
+
+class IdempotencyArgs(Schema):
+    """The ``Idempotency-Key`` header of ``tasks/run`` and ``tasks/create``."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    idempotency_key = fields.String(
+        data_key=IDEMPOTENCY_KEY,
+        validate=[
+            validate.Length(min=1, max=255, error="must be {min} to {max} characters long"),
+            # HTTP drops spaces at either end of a header value: none may be in a key.
+            validate.Regexp(
+                rf"^{_VISIBLE}({_PRINTABLE}*{_VISIBLE})?$",
+                error="must be printable ASCII characters, with no space at either end",
+            ),
+        ],
+        metadata={
+            "description": "Send the task at most once: the same request again under this "
+            "key, on this deployment, gets the same task (with `Idempotent-Replayed: true`) "
+            "for `CELERIAC_IDEMPOTENCY_TTL` seconds (a day); another request under it gets "
+            "409. 1 to 255 printable ASCII characters."
+        },
+    )
+
+
 class EventsArgs(Schema):
     """Query arguments of the event stream."""
 

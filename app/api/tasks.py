@@ -6,13 +6,16 @@ from typing import Any
 
 from flask import Response, current_app, request
 from flask.views import MethodView
+from flask_smorest.error_handler import ErrorSchema
 
 from app.api import plane
 from app.api.bodies import Blueprint, too_large
 from app.api.schemas import (
+    REPLAYED,
     AttemptSchema,
     EventDefinitionSchema,
     EventsArgs,
+    IdempotencyArgs,
     PageArgs,
     RunArgs,
     SessionArgs,
@@ -47,15 +50,34 @@ _STREAM = {
     }
 }
 
+#: The header of an answer replayed under an ``Idempotency-Key``, as documented.
+_REPLAYED_HEADER = {
+    REPLAYED: {
+        "description": "`true` when an earlier request, the same under the same "
+        "`Idempotency-Key`, stored the task: nothing was stored now.",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
+
 _RAW_RESULT = {
     200: {
         "description": "The task's result, as the JSON value the workflow returned.",
         "content": {"application/json": {"schema": {}}},
+        "headers": _REPLAYED_HEADER,
     }
 }
 
+#: What a 409 of ``tasks/run`` and ``tasks/create`` means.
+_CONFLICT = {
+    "schema": ErrorSchema,
+    "description": "The task id is taken, the session is busy (`multitask_strategy=reject`), "
+    "or the `Idempotency-Key` was used with a different request; nothing changed.",
+}
 
-def _submission(deployment: str, body: dict[str, Any], args: dict[str, Any]) -> Submission:
+
+def _submission(
+    deployment: str, body: dict[str, Any], args: dict[str, Any], headers: dict[str, Any]
+) -> Submission:
     return Submission(
         deployment=deployment,
         input=parse_input(body.get("input"), plane().settings.max_nesting),
@@ -64,7 +86,13 @@ def _submission(deployment: str, body: dict[str, Any], args: dict[str, Any]) -> 
         session_id=args.get("session_id") or body.get("session_id"),
         task_id=body.get("task_id"),
         multitask_strategy=args["multitask_strategy"],
+        idempotency_key=headers.get("idempotency_key"),
     )
+
+
+def _replayed(replayed: bool) -> dict[str, str]:
+    """The headers of an answer, replayed or not."""
+    return {REPLAYED: "true"} if replayed else {}
 
 
 @blp.route("/run")
@@ -72,15 +100,25 @@ class TaskRun(MethodView):
     """Run a task and wait for its result."""
 
     @blp.arguments(RunArgs(), location="query")
+    @blp.arguments(IdempotencyArgs(), location="headers")
     @blp.arguments(TaskDefinitionSchema())
     @blp.doc(responses=_RAW_RESULT)
+    @blp.alt_response(409, **_CONFLICT)
     @blp.alt_response(413, **too_large("The task input"))
-    def post(self, args: dict[str, Any], body: dict[str, Any], deployment_name: str) -> Any:
+    def post(
+        self,
+        args: dict[str, Any],
+        headers: dict[str, Any],
+        body: dict[str, Any],
+        deployment_name: str,
+    ) -> Any:
         """Run a task and return its result when it ends (502 if it fails, 504 on timeout)."""
-        result = plane().tasks.run(
-            _submission(deployment_name, body, args), args["timeout"], client_gone()
+        ran = plane().tasks.run(
+            _submission(deployment_name, body, args, headers), args["timeout"], client_gone()
         )
-        return current_app.json.response(result)
+        response = current_app.json.response(ran.result)
+        response.headers.update(_replayed(ran.replayed))
+        return response
 
 
 @blp.route("/create")
@@ -88,12 +126,21 @@ class TaskCreate(MethodView):
     """Queue a task without waiting."""
 
     @blp.arguments(RunArgs(), location="query")
+    @blp.arguments(IdempotencyArgs(), location="headers")
     @blp.arguments(TaskDefinitionSchema())
-    @blp.response(200, TaskSchema)
+    @blp.response(200, TaskSchema, headers=_REPLAYED_HEADER)
+    @blp.alt_response(409, **_CONFLICT)
     @blp.alt_response(413, **too_large("The task input"))
-    def post(self, args: dict[str, Any], body: dict[str, Any], deployment_name: str) -> Any:
+    def post(
+        self,
+        args: dict[str, Any],
+        headers: dict[str, Any],
+        body: dict[str, Any],
+        deployment_name: str,
+    ) -> Any:
         """Queue a task and return it with its ``task_id`` and ``session_id``."""
-        return plane().tasks.submit(_submission(deployment_name, body, args))
+        submitted = plane().tasks.submit(_submission(deployment_name, body, args, headers))
+        return submitted.task, _replayed(submitted.replayed)
 
 
 @blp.route("")

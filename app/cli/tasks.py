@@ -40,6 +40,12 @@ deployment_option = click.option("-d", "--deployment", required=True, help="Depl
     "--stream", is_flag=True, help="Print each event as it arrives (type, JSON), then the result."
 )
 @click.option("--timeout", type=float, help="Seconds to wait for the result.")
+@click.option(
+    "--idempotency-key",
+    metavar="KEY",
+    help="Run the task at most once under KEY: the same run again under it (after a lost "
+    "answer) gets the first run's task and result.",
+)
 @pass_state
 def run(
     state: CliState,
@@ -50,6 +56,7 @@ def run(
     multitask_strategy: MultitaskStrategy | None,
     stream: bool,
     timeout: float | None,
+    idempotency_key: str | None,
 ) -> None:
     """Run a task and print its result."""
     with reporting_errors(), state.client() as client:
@@ -61,6 +68,7 @@ def run(
                 session_id=session_id,
                 multitask_strategy=multitask_strategy,
                 timeout=timeout,
+                idempotency_key=idempotency_key,
             )
             echo_json(result)
             return
@@ -70,6 +78,7 @@ def run(
             service=service,
             session_id=session_id,
             multitask_strategy=multitask_strategy,
+            idempotency_key=idempotency_key,
         )
         task = _follow(client, deployment, task.task_id, timeout=timeout)
     _report(task)

@@ -91,7 +91,7 @@ class Handlers:
         """Queue a run of ``service``; the handler id (if given) becomes the task id."""
         return self._tasks.submit(
             self._submission(deployment, service, run_input, handler_id), single_use_session=True
-        )
+        ).task
 
     def run(
         self,

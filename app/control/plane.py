@@ -36,7 +36,7 @@ class ControlPlane:
         # unless a Listener relays the recorder's notifications (``TaskWaiter.set_relayed``).
         self.waiter = TaskWaiter(first_poll=0.5) if settings.embedded else TaskWaiter()
         dispatcher = Dispatcher(celery)
-        self.lifecycle = Lifecycle(db)
+        self.lifecycle = Lifecycle(db, key_lifetime=settings.idempotency_ttl)
         self.outbox = Outbox(
             self.lifecycle, dispatcher, settings.redispatch_after, swept=not settings.embedded
         )

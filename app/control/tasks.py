@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import selectinload
 
 from app.control.deployments import find as find_deployment
-from app.control.lifecycle import Lifecycle, MultitaskStrategy, NewTask
+from app.control.lifecycle import Lifecycle, MultitaskStrategy, NewTask, Replay, RequestKey
 from app.control.outbox import Outbox
 from app.control.routing import first_step, route
 from app.control.waiter import Abandoned, Outcome, TaskWaiter
@@ -49,6 +50,45 @@ class Submission:
     session_id: str | None = None
     task_id: str | None = None
     multitask_strategy: MultitaskStrategy = MultitaskStrategy.ENQUEUE
+    #: The client's ``Idempotency-Key``: the same request again under it gets the same task.
+    idempotency_key: str | None = None
+
+
+#: The routes a request under an idempotency key may come by: a key used on one and then on
+#: the other names two different requests.
+Route = Literal["create", "run"]
+
+
+def request_hash(route: Route, request: Submission) -> str:
+    """What makes two requests under one key the same: the route, and what the task is asked
+    to be (its input as a JSON object, whatever its keys' order or its sending as a string,
+    the service, the task id and the session as sent); hex SHA-256. The ``timeout`` and
+    ``multitask_strategy`` say how to wait or queue, not what to run: they are left out."""
+    asked = {
+        "route": route,
+        "input": request.input,
+        "service_id": request.service_id,
+        "task_id": request.task_id,
+        "session_id": request.session_id,
+    }
+    canonical = json.dumps(asked, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class Submitted(NamedTuple):
+    """A task submitted: the one stored, or the one an earlier request, the same under the
+    same idempotency key, stored (``replayed``)."""
+
+    task: Task
+    replayed: bool = False
+
+
+class Ran(NamedTuple):
+    """What ``tasks/run`` answers: the task's result, and whether an earlier request, the
+    same under the same idempotency key, ran the task (``replayed``)."""
+
+    result: Any
+    replayed: bool = False
 
 
 def parse_input(raw: Any, max_depth: int = DEFAULT_NESTING) -> dict[str, Any]:
@@ -159,16 +199,23 @@ class Tasks:
         # has this id and version, so a stale entry can refuse a task but never misroute it.
         self._targets: dict[str, _Target] = {}
 
-    def submit(self, request: Submission, *, single_use_session: bool = False) -> Task:
+    def submit(
+        self, request: Submission, *, single_use_session: bool = False, route: Route = "create"
+    ) -> Submitted:
         """Store the task as queued, commit, then send its first step to its service's queue.
 
         Without a session id the task gets a new session, unless ``single_use_session``
         (``tasks/run``): then, as no later task could use that session, it has none.
+        With an idempotency key, a request the same as an earlier one under the key (by
+        ``route`` too) gets the earlier one's task, replayed, and stores nothing.
         """
         check_input(request.input, self._max_input_bytes, self._max_nesting)
+        key = None
+        if request.idempotency_key is not None:
+            key = RequestKey(request.idempotency_key, request_hash(route, request))
         target = self._target(request.deployment)
         try:
-            return self._submit(request, target, single_use_session)
+            return self._submit(request, key, target, single_use_session)
         except _Refused:
             pass
         # Tell a used task id from a deployment changed since it was read.
@@ -177,7 +224,7 @@ class Tasks:
         if fresh == target:
             raise Conflict(f"task id {request.task_id!r} is already used")
         try:
-            return self._submit(request, fresh, single_use_session)
+            return self._submit(request, key, fresh, single_use_session)
         except _Refused:
             raise Conflict(
                 f"task id {request.task_id!r} is already used, or deployment "
@@ -200,7 +247,13 @@ class Tasks:
             target = self._targets[name] = _Target(*found)
         return target
 
-    def _submit(self, request: Submission, target: _Target, single_use_session: bool) -> Task:
+    def _submit(
+        self,
+        request: Submission,
+        key: RequestKey | None,
+        target: _Target,
+        single_use_session: bool,
+    ) -> Submitted:
         new = NewTask(
             id=request.task_id or new_id(),
             deployment_id=target.id,
@@ -211,22 +264,32 @@ class Tasks:
         )
         try:
             inserted = self._lifecycle.insert(
-                new, strategy=request.multitask_strategy, single_use_session=single_use_session
+                new,
+                strategy=request.multitask_strategy,
+                single_use_session=single_use_session,
+                key=key,
             )
         except DBAPIError as exc:
             if not (is_outage(exc) and exc.connection_invalidated):
                 raise
             # Lost with the insert on its way (or its commit): the database may have stored
             # the task all the same, and then the control plane sends it. The client must
-            # know which task to look for, or to send again under the same id.
+            # know which task to look for, or to send again under the same id (or key).
+            again = (
+                f"with task_id {new.id!r} (409 if it was stored)"
+                if key is None
+                else "under the same Idempotency-Key (the stored task, if it was stored)"
+            )
             raise Unavailable(
                 f"the database was lost while task {new.id} was stored: it may be stored, and "
-                f"then it runs. Send it again with task_id {new.id!r} (409 if it was stored), "
+                f"then it runs. Send it again {again}, "
                 f"or read it later from /deployments/{request.deployment}/tasks/{new.id}",
                 errors={"task_id": new.id, "status": "unknown", "published": False},
             ) from exc
         if inserted is None:
             raise _Refused
+        if isinstance(inserted, Replay):
+            return Submitted(self.get(request.deployment, inserted.task_id), replayed=True)
         task, turn = inserted
         if turn.run_now:
             self.dispatch(
@@ -238,7 +301,7 @@ class Tasks:
                     keep_context=task.session_id is not None,
                 )
             )
-        return task
+        return Submitted(task)
 
     def dispatch(self, step: RunStep) -> None:
         """Send a step; if the broker does not take it, the task stays queued for the sweep.
@@ -264,14 +327,19 @@ class Tasks:
         request: Submission,
         timeout: float | None = None,
         abandoned: Callable[[], bool] | None = None,
-    ) -> Any:
+    ) -> Ran:
         """Submit and wait for the end; returns the task's result, or raises
         :class:`TaskFailed` if it failed and :class:`TaskTimeout` if it runs too long or
-        ``abandoned`` says the client left (the task runs on either way)."""
-        task_id = self.submit(request, single_use_session=True).id
+        ``abandoned`` says the client left (the task runs on either way). A replay waits
+        for the earlier request's task as for its own."""
+        submitted = self.submit(request, single_use_session=True, route="run")
+        task_id = submitted.task.id
         limit = self._run_timeout if timeout is None else timeout
         try:
-            return self._wait(request, task_id, limit, abandoned)
+            result = self._wait(
+                request, task_id, limit, abandoned, just_queued=not submitted.replayed
+            )
+            return Ran(result, submitted.replayed)
         except Abandoned:
             log.info("task %s: its client disconnected; it runs on, unwatched", task_id)
             raise TaskTimeout(
@@ -295,6 +363,8 @@ class Tasks:
         task_id: str,
         limit: float,
         abandoned: Callable[[], bool] | None,
+        *,
+        just_queued: bool,
     ) -> Any:
         """Wait for a sent task's end, as :meth:`run` answers it."""
 
@@ -306,9 +376,11 @@ class Tasks:
                 raise NotFound(f"task {task_id!r} not found in deployment {request.deployment!r}")
             return Outcome(*row) if TaskStatus(row.status).terminal else None
 
-        # The task was only just queued: wait before the first look (the recorder may pass
-        # the outcome on, and then nothing needs reading).
-        outcome = self._waiter.wait(task_id, limit, ended, check_first=False, abandoned=abandoned)
+        # A task only just queued: wait before the first look (the recorder may pass the
+        # outcome on, and then nothing needs reading). A replayed one may have ended.
+        outcome = self._waiter.wait(
+            task_id, limit, ended, check_first=not just_queued, abandoned=abandoned
+        )
         if outcome is None:
             status = self.get(request.deployment, task_id).status
             raise TaskTimeout(

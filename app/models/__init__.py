@@ -4,6 +4,7 @@ from app.models.attempt import AttemptOutcome, TaskAttempt
 from app.models.base import Base
 from app.models.deployment import Deployment, Service
 from app.models.event import Event, EventDirection
+from app.models.idempotency import IdempotencyKey
 from app.models.session import Session
 from app.models.task import Operation, Task, TaskStatus
 from app.models.token import ApiToken, Scope
@@ -16,6 +17,7 @@ __all__ = [
     "Deployment",
     "Event",
     "EventDirection",
+    "IdempotencyKey",
     "Operation",
     "Scope",
     "Service",

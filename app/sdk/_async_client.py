@@ -99,6 +99,7 @@ class AsyncClient:
                 params=call.params,
                 json=call.json,
                 files=call.files,
+                headers=call.headers or None,
                 timeout=call.timeout if call.timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
         except httpx.TransportError as exc:
@@ -219,9 +220,12 @@ class AsyncTasks:
         session_id: str | None = None,
         multitask_strategy: MultitaskStrategy | None = None,
         timeout: float | None = None,
+        idempotency_key: str | None = None,
     ) -> Any:
         """Run a task and return its result; :class:`TaskFailed` if the workflow fails,
-        :class:`TaskTimeout` after ``timeout`` seconds (default: the client's timeout)."""
+        :class:`TaskTimeout` after ``timeout`` seconds (default: the client's timeout).
+        With ``idempotency_key``, running the same task again under the key (after a lost
+        answer, say) returns the first run's result instead of running it again."""
         return await self._c._send(
             calls.run_task(
                 deployment,
@@ -231,6 +235,7 @@ class AsyncTasks:
                 multitask_strategy=multitask_strategy,
                 timeout=timeout,
                 client_timeout=self._c.timeout,
+                idempotency_key=idempotency_key,
             )
         )
 
@@ -243,9 +248,12 @@ class AsyncTasks:
         session_id: str | None = None,
         multitask_strategy: MultitaskStrategy | None = None,
         task_id: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Task:
         """Queue a task and return it without waiting (:class:`SessionBusy` if the session
-        is busy and ``multitask_strategy="reject"``)."""
+        is busy and ``multitask_strategy="reject"``). With ``idempotency_key``, queueing
+        the same task again under the key returns the first one instead of another
+        (:class:`IdempotencyKeyReused` for a different task under the key)."""
         return await self._c._send(
             calls.create_task(
                 deployment,
@@ -254,6 +262,7 @@ class AsyncTasks:
                 session_id=session_id,
                 multitask_strategy=multitask_strategy,
                 task_id=task_id,
+                idempotency_key=idempotency_key,
             )
         )
 

@@ -45,6 +45,8 @@ RUN_MARGIN = 5.0
 
 #: Where a client finds its API token when it is given none.
 TOKEN_VARIABLE = "CELERIAC_TOKEN"
+#: The header that makes sending a task twice safe (``idempotency_key=``).
+IDEMPOTENCY_KEY = "Idempotency-Key"
 
 
 def auth_headers(token: str | None) -> dict[str, str]:
@@ -66,6 +68,8 @@ class Call(Generic[T]):
     params: dict[str, str] = field(default_factory=dict)
     json: Any = None
     files: dict[str, tuple[str, bytes, str]] | None = None
+    #: Headers of this request besides the client's own.
+    headers: dict[str, str] = field(default_factory=dict)
     #: None: the client's timeout.
     timeout: httpx.Timeout | None = None
     #: What a 409 of this call means.
@@ -179,6 +183,7 @@ def run_task(
     multitask_strategy: MultitaskStrategy | None,
     timeout: float | None,
     client_timeout: float | None,
+    idempotency_key: str | None = None,
 ) -> Call[Any]:
     """``POST tasks/run``: the server waits ``timeout`` s (default: the client's timeout)
     and the HTTP read waits a little longer, so that a slow task ends in a 504, not a drop."""
@@ -195,6 +200,7 @@ def run_task(
         identity,
         params=params,
         json=_definition(input, service, None),
+        headers=_key_header(idempotency_key),
         timeout=http_timeout,
     )
 
@@ -207,6 +213,7 @@ def create_task(
     session_id: str | None,
     multitask_strategy: MultitaskStrategy | None,
     task_id: str | None,
+    idempotency_key: str | None = None,
 ) -> Call[Task]:
     """``POST tasks/create``."""
     return Call(
@@ -215,6 +222,7 @@ def create_task(
         Task.from_json,
         params=_submit_params(session_id, multitask_strategy),
         json=_definition(input, service, task_id),
+        headers=_key_header(idempotency_key),
     )
 
 
@@ -289,6 +297,11 @@ def _submit_params(
     if multitask_strategy:
         params["multitask_strategy"] = multitask_strategy
     return params
+
+
+def _key_header(idempotency_key: str | None) -> dict[str, str]:
+    """The ``Idempotency-Key`` header, if there is a key."""
+    return {} if idempotency_key is None else {IDEMPOTENCY_KEY: idempotency_key}
 
 
 def _definition(

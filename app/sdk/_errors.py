@@ -11,7 +11,9 @@ CeleriacError
     ├── NotFound (404)        unknown deployment, service, session or task
     ├── Conflict (409)        the name or id is taken, or the state forbids the change
     │   ├── SessionBusy       ``multitask_strategy="reject"`` and the session runs a task
-    │   └── TaskEnded         an event sent to a task that has ended
+    │   ├── TaskEnded         an event sent to a task that has ended
+    │   └── IdempotencyKeyReused
+    │                         the ``idempotency_key`` was used with a different request
     ├── InvalidInput (422)    some fields have wrong values; ``errors`` says which and why
     ├── TaskFailed (502)      the task ran and its workflow raised
     ├── TaskTimeout (504)     the task did not end in time (server's ``tasks/run`` or the
@@ -82,6 +84,11 @@ class TaskEnded(Conflict):
     """409: the task has ended, so it takes no more events."""
 
 
+class IdempotencyKeyReused(Conflict):
+    """409: the ``idempotency_key`` was used with a different request (another route,
+    input, service, task id or session) while it lives; nothing was stored."""
+
+
 class InvalidInput(APIError):
     """422: some fields have wrong values; ``errors`` says which and why."""
 
@@ -112,7 +119,8 @@ _BY_STATUS: dict[int, type[APIError]] = {
 
 def error_for(status_code: int, body: Any, conflict: type[Conflict] = Conflict) -> APIError:
     """The exception for an error response; ``conflict`` is the class a 409 of this call
-    means (a busy session is recognised from the body whatever the call)."""
+    means (a busy session and a reused idempotency key are recognised from the body
+    whatever the call)."""
     message = f"HTTP {status_code}"
     errors: dict[str, Any] = {}
     if isinstance(body, dict):
@@ -121,7 +129,12 @@ def error_for(status_code: int, body: Any, conflict: type[Conflict] = Conflict) 
         errors = raw_errors if isinstance(raw_errors, dict) else {}
     cls = _BY_STATUS.get(status_code, ServerError if status_code >= 500 else APIError)
     if status_code == 409:
-        cls = SessionBusy if "active_task_id" in errors else conflict
+        if "active_task_id" in errors:
+            cls = SessionBusy
+        elif "Idempotency-Key" in errors:
+            cls = IdempotencyKeyReused
+        else:
+            cls = conflict
     return cls(status_code, message, errors)
 
 

@@ -150,7 +150,7 @@ def test_a_listed_origin_gets_its_preflight_and_its_answers(
     assert preflight.status_code == 204
     assert preflight.headers["Access-Control-Allow-Methods"] == "GET, HEAD, POST, DELETE"
     assert preflight.headers["Access-Control-Allow-Headers"] == (
-        "Authorization, Content-Type, Last-Event-ID"
+        "Authorization, Content-Type, Idempotency-Key, Last-Event-ID"
     )
     # Its request, with a token, is served, and the page may read the answer
     headers = {"Origin": "https://app.example", "Authorization": f"Bearer {run}"}

@@ -257,6 +257,28 @@ def test_run_in_a_session(live_server: str) -> None:
     assert task_ids(live_server, "QuickStart", "-i", session_id) == session["task_ids"]
 
 
+def test_run_with_an_idempotency_key_runs_the_task_once(live_server: str) -> None:
+    """``run --idempotency-key KEY`` sent again prints the first run's result and stores no
+    other task; ``--stream`` queues under the key too; another run under it is refused."""
+    deploy_quickstart(live_server)
+    keyed = ("run", "-d", "QuickStart", "-a", "message", "once", "--idempotency-key", "k-1")
+    runs = [on(live_server, *keyed) for _ in range(2)]
+    assert [(r.exit_code, r.stdout) for r in runs] == [(0, "Message received: once\n")] * 2
+    assert len(task_ids(live_server, "QuickStart")) == 1
+    streamed = [on(live_server, *keyed[:-1], "k-stream", "--stream") for _ in range(2)]
+    assert [(r.exit_code, r.stdout) for r in streamed] == [(0, "Message received: once\n")] * 2
+    assert len(task_ids(live_server, "QuickStart")) == 2
+    other = on(
+        live_server, "run", "-d", "QuickStart", "-a", "message", "x", "--idempotency-key", "k-1"
+    )
+    assert other.exit_code != 0
+    assert "Idempotency-Key 'k-1' was used with a different request" in other.output
+    bad = on(live_server, *keyed[:-1], "")
+    assert bad.exit_code != 0
+    assert "Idempotency-Key: must be 1 to 255 characters long" in bad.output
+    assert len(task_ids(live_server, "QuickStart")) == 2
+
+
 def test_run_on_an_unknown_deployment_fails(live_server: str) -> None:
     """``run`` on a deployment that does not exist exits non-zero with "not found"."""
     result = on(live_server, "run", "-d", "Nowhere", "-a", "message", "hello")

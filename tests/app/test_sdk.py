@@ -24,6 +24,7 @@ from app.sdk import (
     Conflict,
     ConnectionFailed,
     EventItem,
+    IdempotencyKeyReused,
     InvalidInput,
     NotFound,
     SessionBusy,
@@ -106,6 +107,7 @@ def test_the_error_tree_is_one_tree() -> None:
     errors = [v for v in vars(app.sdk).values() if isinstance(v, type) and issubclass(v, Exception)]
     assert all(issubclass(e, app.sdk.CeleriacError) for e in errors)
     assert issubclass(SessionBusy, Conflict) and issubclass(TaskEnded, Conflict)
+    assert issubclass(IdempotencyKeyReused, Conflict)
     assert issubclass(app.sdk.RequestTimeout, ConnectionFailed)
 
 
@@ -486,6 +488,84 @@ def test_reject_on_a_busy_session_raises_session_busy_async(live_server: str) ->
             assert (await sdk.tasks.wait("HumanInTheLoop", busy.task_id)).result == "42"
 
     asyncio.run(scenario())
+
+
+# --- idempotency keys ---------------------------------------------------------------------------
+
+
+def test_an_idempotency_key_makes_a_task_sent_twice_one_task(sdk: Client) -> None:
+    """``idempotency_key=``: the same create or run again is the first task; another
+    request under the key raises IdempotencyKeyReused and stores nothing."""
+    sdk.deployments.create(QUICKSTART)
+    first = sdk.tasks.create("QuickStart", {"message": "hi"}, idempotency_key="create-1")
+    again = sdk.tasks.create("QuickStart", {"message": "hi"}, idempotency_key="create-1")
+    assert again.task_id == first.task_id
+    with pytest.raises(IdempotencyKeyReused) as reused:
+        sdk.tasks.create("QuickStart", {"message": "bye"}, idempotency_key="create-1")
+    assert reused.value.status_code == 409
+    assert list(reused.value.errors) == ["Idempotency-Key"]
+    ran = [sdk.tasks.run("QuickStart", {"message": "r"}, idempotency_key="run-1") for _ in "ab"]
+    assert ran == ["Message received: r"] * 2
+    with pytest.raises(IdempotencyKeyReused):
+        sdk.tasks.run("QuickStart", {"message": "hi"}, idempotency_key="create-1")
+    assert len(sdk.tasks.list("QuickStart")) == 2
+
+
+def test_an_idempotency_key_makes_a_task_sent_twice_one_task_async(live_server: str) -> None:
+    async def scenario() -> None:
+        async with AsyncClient(live_server, timeout=DEADLINE) as sdk:
+            await sdk.deployments.create(QUICKSTART)
+            tasks = [
+                await sdk.tasks.create("QuickStart", {"message": "hi"}, idempotency_key="c")
+                for _ in "ab"
+            ]
+            assert tasks[0].task_id == tasks[1].task_id
+            ran = [
+                await sdk.tasks.run("QuickStart", {"message": "r"}, idempotency_key="r")
+                for _ in "ab"
+            ]
+            assert ran == ["Message received: r"] * 2
+            with pytest.raises(IdempotencyKeyReused):
+                await sdk.tasks.run("QuickStart", {"message": "other"}, idempotency_key="r")
+            assert len(await sdk.tasks.list("QuickStart")) == 2
+
+    asyncio.run(scenario())
+
+
+def test_the_idempotency_key_travels_in_its_header_only() -> None:
+    """Both clients send ``Idempotency-Key`` on create and run when given one, else none."""
+    seen: list[tuple[str, str | None, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        route = request.url.path.rsplit("/", 1)[-1]
+        seen.append((route, request.headers.get("Idempotency-Key"), json.loads(request.content)))
+        if route == "run":
+            return httpx.Response(200, json="done")
+        task = {"task_id": "t", "session_id": None, "service_id": "s", "status": "queued"}
+        return httpx.Response(200, json=task)
+
+    with Client("http://celeriac.test", transport=httpx.MockTransport(handler)) as sdk:
+        sdk.tasks.create("D", {"a": 1}, idempotency_key="k1")
+        sdk.tasks.run("D", {"a": 1}, idempotency_key="k2")
+        sdk.tasks.create("D", {"a": 1})
+        sdk.tasks.run("D", {"a": 1})
+
+    async def scenario() -> None:
+        transport = httpx.MockTransport(handler)
+        async with AsyncClient("http://celeriac.test", transport=transport) as sdk:
+            await sdk.tasks.create("D", {"a": 1}, idempotency_key="k3")
+            await sdk.tasks.run("D", {"a": 1}, idempotency_key="k4")
+
+    asyncio.run(scenario())
+    body = {"input": '{"a": 1}'}
+    assert seen == [
+        ("create", "k1", body),
+        ("run", "k2", body),
+        ("create", None, body),
+        ("run", None, body),
+        ("create", "k3", body),
+        ("run", "k4", body),
+    ]
 
 
 # --- errors and timeouts ------------------------------------------------------------------------

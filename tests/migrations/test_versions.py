@@ -171,3 +171,39 @@ def test_0011_adds_api_tokens_whose_live_names_are_unique(tmp_path: Path) -> Non
     command.downgrade(alembic_config(url), "0010")
     assert "api_tokens" not in _tables(url)
     assert _execute(url, "SELECT name FROM deployments") == [("D",)]
+
+
+def test_0012_adds_idempotency_keys_unique_per_deployment_and_gone_with_their_task(
+    tmp_path: Path,
+) -> None:
+    # Given a database at 0011 holding two deployments and a task of the first
+    url = f"sqlite:///{tmp_path / 'celeriac.db'}"
+    migrations.upgrade(url, "0011")
+    _execute(
+        url,
+        "INSERT INTO deployments (name, spec, source_yaml, base_path, version, created_at, "
+        f"updated_at) VALUES ('D', '{{}}', '', '.', 1, '{NOW}', '{NOW}'), "
+        f"('E', '{{}}', '', '.', 1, '{NOW}', '{NOW}')",
+        "INSERT INTO tasks (id, deployment_id, service, input, status, attempts, created_at) "
+        f"VALUES ('t1', 1, 'echo', '{{}}', 'queued', 0, '{NOW}')",
+    )
+    # When it is upgraded, it has no key
+    migrations.upgrade(url)
+    assert _execute(url, "SELECT count(*) FROM idempotency_keys") == [(0,)]
+    # And a key is unique within its deployment only, and names a task that exists
+    columns = "INSERT INTO idempotency_keys (deployment_id, key, request_hash, task_id, created_at)"
+    _execute(url, f"{columns} VALUES (1, 'k', 'h', 't1', '{NOW}')")
+    _execute(url, f"{columns} VALUES (2, 'k', 'h', 't1', '{NOW}')")
+    with pytest.raises(IntegrityError):
+        _execute(url, f"{columns} VALUES (1, 'k', 'other', 't1', '{NOW}')")
+    with pytest.raises(IntegrityError):
+        _execute(
+            url, "PRAGMA foreign_keys=ON", f"{columns} VALUES (1, 'k2', 'h', 'nothing', '{NOW}')"
+        )
+    # And a key goes with its deployment, and with its task (E's key names D's task)
+    _execute(url, "PRAGMA foreign_keys=ON", "DELETE FROM deployments WHERE name = 'D'")
+    assert _execute(url, "SELECT count(*) FROM idempotency_keys") == [(0,)]
+    # And going back drops the table only
+    command.downgrade(alembic_config(url), "0011")
+    assert "idempotency_keys" not in _tables(url)
+    assert _execute(url, "SELECT name FROM deployments") == [("E",)]

@@ -1,6 +1,16 @@
 """The task lifecycle: the only code that changes tasks, sessions and events (see operations)."""
 
+from app.control.lifecycle.keys import Replay, RequestKey
 from app.control.lifecycle.operations import Finished, Lifecycle, NewTask, Recovered
 from app.control.lifecycle.turns import MultitaskStrategy, Turn
 
-__all__ = ["Finished", "Lifecycle", "MultitaskStrategy", "NewTask", "Recovered", "Turn"]
+__all__ = [
+    "Finished",
+    "Lifecycle",
+    "MultitaskStrategy",
+    "NewTask",
+    "Recovered",
+    "Replay",
+    "RequestKey",
+    "Turn",
+]

@@ -21,6 +21,7 @@ from app.control.lifecycle.attempts import (
     Run,
     lost_params,
 )
+from app.control.lifecycle.keys import Keys, Replay, RequestKey
 from app.control.lifecycle.turns import (
     MultitaskStrategy,
     Turn,
@@ -34,6 +35,7 @@ from app.db import Database
 from app.errors import Conflict
 from app.models import Deployment, EventDirection, Session, Task, TaskStatus
 from app.models.base import from_timestamp, new_id, table_of, utcnow
+from config.settings import Settings
 from workers.protocol import RunStep, StepEvent, StepFinished, StepStarted
 
 _sessions = table_of(Session)
@@ -75,12 +77,20 @@ class _Refused(Exception):
     """The task row was not inserted; the transaction around it must roll back."""
 
 
+class _KeyTaken(Exception):
+    """Another request holds the task's idempotency key; the transaction must roll back."""
+
+
 class Lifecycle:
     """Moves tasks along the transition table, and owns every write to tasks, sessions and
-    events; each operation chooses its own connection, as short and as few as it can."""
+    events; each operation chooses its own connection, as short and as few as it can.
 
-    def __init__(self, db: Database) -> None:
+    An idempotency key lives ``key_lifetime`` seconds (see ``app.control.lifecycle.keys``).
+    """
+
+    def __init__(self, db: Database, *, key_lifetime: float = Settings.idempotency_ttl) -> None:
         self._db = db
+        self._keys = Keys(db.engine.dialect.name, key_lifetime)
         self._insert_event = db.insert_ignoring_duplicates(sql.events)
         # INSERT INTO tasks SELECT <the new task> FROM deployments WHERE id and version match,
         # skipping a task id already used: one statement, one round trip.
@@ -116,16 +126,60 @@ class Lifecycle:
         *,
         strategy: MultitaskStrategy = MultitaskStrategy.ENQUEUE,
         single_use_session: bool = False,
-    ) -> tuple[Task, Turn] | None:
+        key: RequestKey | None = None,
+    ) -> tuple[Task, Turn] | Replay | None:
         """Store ``task`` as queued and say whether it may run now (with its session's
         Context); None if it was not stored (a used id, or a deployment changed since its
         version was read), and then nothing changed.
 
         A task without a session gets a new one, unless ``single_use_session``: then, as no
         later task could use that session, it has none, and storing it is a single INSERT
-        with no transaction around it (the path of every ``tasks/run``).
+        with no transaction around it (the path of every ``tasks/run`` without a key).
+
+        With an idempotency ``key``, the key is claimed for the task in the same transaction.
+        If a live key names a task that the same request stored, nothing is stored and that
+        task is returned as a :class:`Replay`; if another request holds it, :class:`Conflict`.
         """
-        now = utcnow()
+        # Twice at most: a key found taken may expire before it is read, and is free then.
+        for _ in range(2):
+            now = utcnow()
+            try:
+                stored = self._store(task, strategy, single_use_session, key, now)
+            except _Refused:
+                if key is None:
+                    return None
+                # The id may be the one an earlier request under the key gave its task.
+                return self._earlier(task.deployment_id, key, now)
+            except _KeyTaken:
+                assert key is not None
+                replay = self._earlier(task.deployment_id, key, now)
+                if replay is None:
+                    continue
+                return replay
+            except Conflict:
+                if key is None:
+                    raise
+                # A session busy with the task that an earlier request under the key stored.
+                replay = self._earlier(task.deployment_id, key, now)
+                if replay is None:
+                    raise
+                return replay
+            if key is not None and self._keys.purge_due():
+                with self._db.single() as conn:
+                    self._keys.purge(conn, now)
+            return stored
+        return None
+
+    def _store(
+        self,
+        task: NewTask,
+        strategy: MultitaskStrategy,
+        single_use_session: bool,
+        key: RequestKey | None,
+        now: dt.datetime,
+    ) -> tuple[Task, Turn]:
+        """:meth:`insert`'s transaction; :class:`_Refused` or :class:`_KeyTaken` when it
+        rolled back."""
         row: dict[str, Any] = {
             "id": task.id,
             "deployment_id": task.deployment_id,
@@ -139,24 +193,29 @@ class Lifecycle:
             "dispatched_at": now,
         }
         turn = Turn(run_now=True, context=None)
-        try:
-            if task.session_id is None and single_use_session:
-                with self._db.single() as conn:
-                    self._insert(conn, row)
-            else:
-                with self._db.connect() as conn:
-                    if task.session_id:
-                        turn = take_turn(
-                            conn, task.session_id, task.deployment_id, task.id, strategy
-                        )
-                        row["dispatched_at"] = now if turn.run_now else None
-                    else:
-                        row["session_id"] = self._open_for(conn, task, now)
-                    self._insert(conn, row)  # refused: the session's changes roll back
-        except _Refused:
-            return None
+        alone = task.session_id is None and single_use_session
+        if alone and key is None:
+            with self._db.single() as conn:
+                self._insert(conn, row)
+        else:
+            with self._db.connect() as conn:
+                if task.session_id:
+                    turn = take_turn(conn, task.session_id, task.deployment_id, task.id, strategy)
+                    row["dispatched_at"] = now if turn.run_now else None
+                elif not alone:
+                    row["session_id"] = self._open_for(conn, task, now)
+                self._insert(conn, row)  # refused: the session's changes roll back
+                if key is not None and not self._keys.claim(
+                    conn, task.deployment_id, key, task.id, now
+                ):
+                    raise _KeyTaken  # the task and the session's changes roll back
         del row["version"]
         return Task(**row), turn
+
+    def _earlier(self, deployment_id: int, key: RequestKey, now: dt.datetime) -> Replay | None:
+        """The task of the same request under the live ``key``, if any (``Keys.earlier``)."""
+        with self._db.peek() as conn:
+            return self._keys.earlier(conn, deployment_id, key, now)
 
     def _insert(self, conn: Connection, row: dict[str, Any]) -> None:
         if conn.execute(self._insert_task, row).first() is None:
