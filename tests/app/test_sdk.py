@@ -532,42 +532,6 @@ def test_an_idempotency_key_makes_a_task_sent_twice_one_task_async(live_server: 
     asyncio.run(scenario())
 
 
-def test_the_idempotency_key_travels_in_its_header_only() -> None:
-    """Both clients send ``Idempotency-Key`` on create and run when given one, else none."""
-    seen: list[tuple[str, str | None, Any]] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        route = request.url.path.rsplit("/", 1)[-1]
-        seen.append((route, request.headers.get("Idempotency-Key"), json.loads(request.content)))
-        if route == "run":
-            return httpx.Response(200, json="done")
-        task = {"task_id": "t", "session_id": None, "service_id": "s", "status": "queued"}
-        return httpx.Response(200, json=task)
-
-    with Client("http://celeriac.test", transport=httpx.MockTransport(handler)) as sdk:
-        sdk.tasks.create("D", {"a": 1}, idempotency_key="k1")
-        sdk.tasks.run("D", {"a": 1}, idempotency_key="k2")
-        sdk.tasks.create("D", {"a": 1})
-        sdk.tasks.run("D", {"a": 1})
-
-    async def scenario() -> None:
-        transport = httpx.MockTransport(handler)
-        async with AsyncClient("http://celeriac.test", transport=transport) as sdk:
-            await sdk.tasks.create("D", {"a": 1}, idempotency_key="k3")
-            await sdk.tasks.run("D", {"a": 1}, idempotency_key="k4")
-
-    asyncio.run(scenario())
-    body = {"input": '{"a": 1}'}
-    assert seen == [
-        ("create", "k1", body),
-        ("run", "k2", body),
-        ("create", None, body),
-        ("run", None, body),
-        ("create", "k3", body),
-        ("run", "k4", body),
-    ]
-
-
 # --- errors and timeouts ------------------------------------------------------------------------
 
 
