@@ -190,7 +190,10 @@ def test_the_retried_run_numbers_its_events_after_the_failed_runs_and_a_reader_w
     report(celery, streamed(task_id, 0))
     report(celery, finished(task_id, ok=False, stop_seq=1))
     # When it is retried
-    assert ok(played.post(f"{QUICK_TASKS}/{task_id}/retry"))["status"] == "queued"
+    retried = ok(played.post(f"{QUICK_TASKS}/{task_id}/retry"))
+    assert retried["status"] == "queued"
+    assert [retried[k] for k in ("result", "error", "started_at", "finished_at")] == [None] * 4
+    assert retried["attempts"] == 1
     row = task_row(workerless, task_id)
     assert (row["first_seq"], row["event_count"], row["worker"], row["inbox"]) == (
         2,
@@ -237,6 +240,19 @@ def test_a_task_of_a_busy_session_waits_its_turn(workerless: Server, played: Fla
     done = finished(later["task_id"])
     report(celery, type(done)(**{**done.encode(), "keep_context": True}))
     assert task_row(workerless, failed_id)["dispatched_at"] is not None
+
+
+def test_a_task_of_a_closed_session_is_not_retried(workerless: Server, played: FlaskClient) -> None:
+    # Given a failed task whose session was closed
+    task_id = played_task(workerless, played, "failed")
+    session = ok(played.get(f"{QUICK_TASKS}/{task_id}"))["session_id"]
+    assert played.delete(f"/deployments/QuickStart/sessions/{session}").status_code == 204
+    before = task_row(workerless, task_id)
+    # When it is retried, then 409 naming the session, and nothing changed
+    body = assert_error(played.post(f"{QUICK_TASKS}/{task_id}/retry"), 409)
+    assert body["errors"] == {"task_id": task_id, "session_id": session}
+    assert "closed" in body["message"]
+    assert task_row(workerless, task_id) == before
 
 
 # -- scopes, SDK and CLI ----------------------------------------------------------------------
