@@ -152,6 +152,9 @@ class RunStep(Message):
     context: dict[str, Any] | None = None
     #: Whether to send the Context back at the end (not for single-use sessions).
     keep_context: bool = False
+    #: The number of the run's first streamed event: 0, or after a retry the count of the
+    #: events that the task's earlier runs streamed.
+    first_seq: int = 0
 
 
 @dataclass(frozen=True)

@@ -403,7 +403,8 @@ class _Run:
         self.context: dict[str, Any] | None = None
         self.started_at = time.time()
         self.started_reported = False
-        self.count = 0
+        #: The next event's number: a retried task's run goes on after its earlier runs.
+        self.count = step.first_seq
         self.held: list[StepEvent] = []
         #: What a streamed event may hold.
         self.bounds = bounds

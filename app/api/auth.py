@@ -77,6 +77,7 @@ ROUTES: dict[str, dict[str, Need]] = {
     "tasks.TaskItem": {"GET": R},
     "tasks.TaskAttempts": {"GET": R},
     "tasks.TaskResults": {"GET": R},
+    "tasks.TaskRetry": {"POST": U},
     "tasks.TaskEvents": {"GET": R, "POST": U},
     "sessions.SessionList": {"GET": R},
     "sessions.SessionCreate": {"POST": U},

@@ -179,6 +179,25 @@ class TaskAttempts(MethodView):
         ).attempt_history
 
 
+@blp.route("/<string:task_id>/retry")
+class TaskRetry(MethodView):
+    """Run a task that failed again."""
+
+    @blp.response(200, TaskSchema)
+    @blp.alt_response(
+        409,
+        schema=ErrorSchema,
+        description="The task did not fail and was not cancelled (its status is in "
+        "`errors`), or its session is closed; nothing changed.",
+    )
+    def post(self, deployment_name: str, task_id: str) -> Any:
+        """Queue a task that failed (or was cancelled) again, as a new attempt with the same
+        ``task_id``, input and service; its result, error and end are cleared, its earlier
+        runs stay in its attempts, and its events go on after theirs. A task of a session
+        waits for its session's turn."""
+        return plane().tasks.retry(deployment_name, task_id)
+
+
 @blp.route("/<string:task_id>/results")
 class TaskResults(MethodView):
     """A task's result in LlamaDeploy's shape."""

@@ -86,7 +86,7 @@ def run(
 
 @click.group("tasks")
 def tasks_group() -> None:
-    """List, read and follow tasks, and send events into them."""
+    """List, read, follow and retry tasks, and send events into them."""
 
 
 @tasks_group.command("list")
@@ -113,6 +113,16 @@ def get(state: CliState, deployment: str, task_id: str) -> None:
     """Show a task: status, result or error, timestamps, and each run (JSON)."""
     with reporting_errors(), state.client() as client:
         echo_json(dataclasses.asdict(client.tasks.get(deployment, task_id)))
+
+
+@tasks_group.command("retry")
+@deployment_option
+@click.argument("task_id")
+@pass_state
+def retry(state: CliState, deployment: str, task_id: str) -> None:
+    """Run a task that failed again, as a new attempt with the same id (JSON of the task)."""
+    with reporting_errors(), state.client() as client:
+        echo_json(dataclasses.asdict(client.tasks.retry(deployment, task_id)))
 
 
 @tasks_group.command("attempts")

@@ -38,7 +38,8 @@ def first_step(
     keep_context: bool = False,
 ) -> RunStep:
     """The message that starts a task (a ``Task`` or a row of ``tasks``): today a task is one
-    workflow run on its service, in its session's Context."""
+    workflow run on its service, in its session's Context, numbering its events from the
+    task's ``first_seq``."""
     return RunStep(
         id=task.id,  # one first step per task: its id names the message in Flower too
         task_id=task.id,
@@ -49,4 +50,6 @@ def first_step(
         version=version,
         context=context,
         keep_context=keep_context,
+        # A task just inserted has no first_seq yet: its run is its first
+        first_seq=task.first_seq or 0,
     )

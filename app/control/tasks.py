@@ -303,6 +303,22 @@ class Tasks:
             )
         return Submitted(task)
 
+    def retry(self, deployment: str, task_id: str) -> Task:
+        """Run again a task that failed (or was cancelled): queued as a new attempt under the
+        same id, then its first step is sent as a new task's is (or when its session's turn
+        comes). Returns the task as queued; :class:`Conflict` for any other status."""
+        with self._db.peek() as conn:
+            found = conn.execute(_DEPLOYMENT, {"name": deployment}).first()
+        if found is None:
+            raise NotFound(f"deployment {deployment!r} not found")
+        try:
+            step = self._lifecycle.retry(found.id, task_id)
+        except NotFound:
+            raise NotFound(f"task {task_id!r} not found in deployment {deployment!r}") from None
+        if step is not None:
+            self.dispatch(step)
+        return self.get(deployment, task_id)
+
     def dispatch(self, step: RunStep) -> None:
         """Send a step; if the broker does not take it, the task stays queued for the sweep.
 

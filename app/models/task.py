@@ -25,7 +25,7 @@ class TaskStatus(str, enum.Enum):
 
     @property
     def terminal(self) -> bool:
-        """True once the task can change no more."""
+        """True once the task's run ended: no report moves it any more (only a retry)."""
         return self in TERMINAL
 
     def sources(self, by: Operation | None = None) -> frozenset[TaskStatus]:
@@ -52,6 +52,8 @@ class Operation(str, enum.Enum):
     REQUEUE = "requeue"
     #: No live worker holds the task any more (its lease ran out): it is sent again.
     RECOVER = "recover"
+    #: A client asked to run a task that ended without success again (a new attempt).
+    RETRY = "retry"
 
 
 TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
@@ -67,7 +69,8 @@ TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCEL
 #: again when the broker lost its step with the embedded server's process (a queued one stays
 #: queued, and is sent again). A running task, or one waiting for input, whose lease ran out
 #: (no live worker listed it in its heartbeats for a while) is recovered: queued and sent
-#: again. Cancelling is allowed, but no operation cancels yet.
+#: again. Cancelling is allowed, but no operation cancels yet. A task that failed, or was
+#: cancelled, is queued again when a client retries it; no report moves an ended task.
 MOVES: dict[TaskStatus, dict[TaskStatus, frozenset[Operation]]] = {
     TaskStatus.QUEUED: {
         TaskStatus.QUEUED: frozenset({Operation.REQUEUE}),
@@ -93,8 +96,8 @@ MOVES: dict[TaskStatus, dict[TaskStatus, frozenset[Operation]]] = {
         TaskStatus.CANCELLED: frozenset(),
     },
     TaskStatus.SUCCEEDED: {},
-    TaskStatus.FAILED: {},
-    TaskStatus.CANCELLED: {},
+    TaskStatus.FAILED: {TaskStatus.QUEUED: frozenset({Operation.RETRY})},
+    TaskStatus.CANCELLED: {TaskStatus.QUEUED: frozenset({Operation.RETRY})},
 }
 
 #: status -> statuses it may move to, by any operation.
@@ -124,6 +127,9 @@ class Task(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     #: How many events the run streamed, known once it ends.
     event_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: The number of the run's first event: 0, or after a retry the count of the events
+    #: that earlier runs stored, so that the task's stream goes on where they stopped.
+    first_seq: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     worker: Mapped[str | None] = mapped_column(String(200), nullable=True)
     #: When a worker last said it holds the running task (its start report, then each of
     #: its heartbeats that lists the task): the task's lease, see ``app.control.leases``.

@@ -270,6 +270,11 @@ class AsyncTasks:
         """A task's status and outcome."""
         return await self._c._send(calls.get_task(deployment, task_id))
 
+    async def retry(self, deployment: str, task_id: str) -> Task:
+        """Queue a task that failed (or was cancelled) again, as a new attempt with the same
+        id; the task as queued. :class:`Conflict` for a task in any other status."""
+        return await self._c._send(calls.retry_task(deployment, task_id))
+
     async def attempts(self, deployment: str, task_id: str) -> list[Attempt]:
         """Each run of a task, first first: worker, start, end, outcome and error."""
         return await self._c._send(calls.task_attempts(deployment, task_id))

@@ -231,6 +231,11 @@ def get_task(deployment: str, task_id: str) -> Call[Task]:
     return Call("GET", tasks_path(deployment, task_id), Task.from_json)
 
 
+def retry_task(deployment: str, task_id: str) -> Call[Task]:
+    """``POST tasks/{id}/retry``."""
+    return Call("POST", tasks_path(deployment, task_id, "retry"), Task.from_json)
+
+
 def task_attempts(deployment: str, task_id: str) -> Call[list[Attempt]]:
     """``GET tasks/{id}/attempts``, first first."""
     return Call(

@@ -268,6 +268,11 @@ class Tasks:
         """A task's status and outcome."""
         return self._c._send(calls.get_task(deployment, task_id))
 
+    def retry(self, deployment: str, task_id: str) -> Task:
+        """Queue a task that failed (or was cancelled) again, as a new attempt with the same
+        id; the task as queued. :class:`Conflict` for a task in any other status."""
+        return self._c._send(calls.retry_task(deployment, task_id))
+
     def attempts(self, deployment: str, task_id: str) -> list[Attempt]:
         """Each run of a task, first first: worker, start, end, outcome and error."""
         return self._c._send(calls.task_attempts(deployment, task_id))

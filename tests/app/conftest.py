@@ -23,6 +23,7 @@ from tests.conftest import deploy
 
 WORKFLOWS = Path(__file__).resolve().parent / "workflows"
 FAILING = WORKFLOWS / "failing" / "deployment.yml"
+FLAKY = WORKFLOWS / "flaky" / "deployment.yml"
 SLEEPY = WORKFLOWS / "sleepy" / "deployment.yml"
 STRUCTURED = WORKFLOWS / "structured" / "deployment.yml"
 ENVIRON = WORKFLOWS / "environ" / "deployment.yml"

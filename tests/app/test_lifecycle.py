@@ -41,6 +41,8 @@ ALLOWED = frozenset(
         (W, Q, Operation.REQUEUE),
         (R, Q, Operation.RECOVER),
         (W, Q, Operation.RECOVER),
+        (F, Q, Operation.RETRY),
+        (C, Q, Operation.RETRY),
     }
 )
 
@@ -139,6 +141,12 @@ def finish(lifecycle: Lifecycle, task_id: str, end: TaskStatus, *, with_start: b
     )
 
 
+def retry(lifecycle: Lifecycle, task_id: str, _: TaskStatus) -> None:
+    # A task that did not fail (nor was cancelled) is not retried: the Conflict is the refusal
+    with contextlib.suppress(Conflict):
+        lifecycle.retry(1, task_id)
+
+
 def requeue(lifecycle: Lifecycle, _task_id: str, _: TaskStatus) -> None:
     lifecycle.requeue_lost()
 
@@ -162,7 +170,7 @@ Apply = Callable[[Lifecycle, str, TaskStatus], None]
 #: How each operation is asked for, by the status it aims at (finish twice: with and
 #: without the run's start, two statements).
 AIMED: dict[TaskStatus, list[tuple[Operation, Apply]]] = {
-    Q: [(Operation.REQUEUE, requeue), (Operation.RECOVER, recover)],
+    Q: [(Operation.REQUEUE, requeue), (Operation.RECOVER, recover), (Operation.RETRY, retry)],
     R: [(Operation.START, start), (Operation.RESUME, resume)],
     W: [(Operation.AWAIT_INPUT, await_input)],
     S: [
@@ -187,7 +195,12 @@ def test_the_table_holds_exactly_the_moves_written_out_here() -> None:
     assert in_table == ALLOWED
     # Cancelling is allowed from any unfinished status, though no operation cancels yet
     assert {s for s in TaskStatus if C in TRANSITIONS[s]} == {Q, R, W}
-    assert all(not TRANSITIONS[s] for s in TaskStatus if s.terminal)
+    # An ended task moves only when a client retries it, and a success is never retried
+    assert {s for s in TaskStatus if s.terminal} == {S, F, C}
+    assert {s: TRANSITIONS[s] for s in (S, F, C)} == {S: set(), F: {Q}, C: {Q}}
+    assert {s for s in TaskStatus if Q in TRANSITIONS[s] and s.terminal} == Q.sources(
+        Operation.RETRY
+    )
 
 
 @pytest.mark.parametrize("target", TaskStatus, ids=lambda s: s.value)
@@ -211,6 +224,10 @@ def test_an_operation_moves_a_task_only_where_the_table_lets_it(
         if operation is Operation.RECOVER:
             # Likewise: a recovered task's lease is gone, a refused one's is still there
             assert (after.held_at is None) is allowed
+        if operation is Operation.RETRY:
+            # Likewise: a retried task is dispatched anew and unpublished, a refused one is
+            # still noted as published
+            assert (after.published_at is None) is allowed
         with db.connect() as conn:
             conn.execute(update(_tasks).where(_tasks.c.id == task_id).values(status=S.value))
     if not AIMED[target]:

@@ -8,7 +8,7 @@ from sqlalchemy import ColumnElement, false, or_
 
 from app.models import Operation, Task, TaskStatus
 from app.models.base import table_of
-from app.models.task import TRANSITIONS
+from app.models.task import MOVES
 
 _tasks = table_of(Task)
 
@@ -28,5 +28,10 @@ def may_move(target: TaskStatus, by: Operation) -> ColumnElement[bool]:
 
 
 def unfinished() -> ColumnElement[bool]:
-    """True for a task that the table still lets move (it has not ended)."""
-    return status_in(status for status, targets in TRANSITIONS.items() if targets)
+    """True for a task that the table still lets a run move (it has not ended): an ended
+    task moves only when a client retries it."""
+    return status_in(
+        status
+        for status, targets in MOVES.items()
+        if any(operations - {Operation.RETRY} for operations in targets.values())
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import Connection, Insert, Row, Select, Update, bindparam, select
@@ -32,8 +32,8 @@ from app.control.lifecycle.turns import (
 )
 from app.control.routing import first_step
 from app.db import Database
-from app.errors import Conflict
-from app.models import Deployment, EventDirection, Session, Task, TaskStatus
+from app.errors import Conflict, NotFound
+from app.models import Deployment, EventDirection, Operation, Session, Task, TaskStatus
 from app.models.base import from_timestamp, new_id, table_of, utcnow
 from config.settings import Settings
 from workers.protocol import RunStep, StepEvent, StepFinished, StepStarted
@@ -308,6 +308,53 @@ class Lifecycle:
                     )
                     recovered.append(Recovered(row.id, TaskStatus(row.status), row.worker))
         return recovered
+
+    def retry(self, deployment_id: int, task_id: str) -> RunStep | None:
+        """Queue again a task of the deployment that failed (or was cancelled), as a new
+        attempt with the same id, input and service; returns its first step to send, or
+        None while it waits for its session's turn (it takes it like a new task).
+
+        :class:`NotFound` for an unknown task; :class:`Conflict`, with nothing changed, for a
+        task the table does not let a retry move, or whose session was closed.
+        """
+        with self._db.connect() as conn:
+            row = conn.execute(
+                sql.TO_RETRY, {"task_id": task_id, "deployment_id": deployment_id}
+            ).first()
+            if row is None:
+                raise NotFound(f"task {task_id!r} not found")
+            if TaskStatus(row.status) not in TaskStatus.QUEUED.sources(Operation.RETRY):
+                raise Conflict(
+                    f"task {task_id} is {row.status}; only a task that failed or was "
+                    "cancelled can be retried",
+                    errors={"task_id": task_id, "status": row.status},
+                )
+            turn = Turn(run_now=True, context=None)
+            if row.session_id:
+                try:
+                    turn = take_turn(
+                        conn, row.session_id, deployment_id, task_id, MultitaskStrategy.ENQUEUE
+                    )
+                except NotFound:
+                    raise Conflict(
+                        f"task {task_id}'s session {row.session_id} is closed; its tasks "
+                        "cannot run again",
+                        errors={"task_id": task_id, "session_id": row.session_id},
+                    ) from None
+            params = {"task_id": task_id, "p_dispatched_at": utcnow() if turn.run_now else None}
+            first_seq = conn.execute(sql.RETRY, params).scalar_one()
+            # Close any run still open (a lost one): the retry begins the next
+            conn.execute(LOSE_RECOVERED, {"p_task_id": task_id, **lost_params(REQUEUED)})
+        if not turn.run_now:
+            return None
+        step = first_step(
+            row,
+            row.deployment_name,
+            row.version,
+            context=turn.context,
+            keep_context=bool(row.session_id),
+        )
+        return replace(step, first_seq=first_seq)
 
     def start(self, message: StepStarted) -> list[tuple[int, Any]]:
         """A worker took the task: record the attempt, note its inbox, and mark the task

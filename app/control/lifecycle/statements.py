@@ -137,6 +137,7 @@ OVERDUE = (
         tasks.c.session_id,
         tasks.c.service,
         tasks.c.input,
+        tasks.c.first_seq,
         _deployments.c.name.label("deployment_name"),
         _deployments.c.version,
     )
@@ -218,6 +219,7 @@ EXPIRED = (
         tasks.c.session_id,
         tasks.c.service,
         tasks.c.input,
+        tasks.c.first_seq,
         tasks.c.status,
         tasks.c.worker,
         _deployments.c.name.label("deployment_name"),
@@ -243,6 +245,48 @@ RECOVER = (
         dispatched_at=bindparam("now"),
         published_at=bindparam("now"),
     )
+)
+
+
+#: The task to retry, locked, with what its first step needs (but its new ``first_seq``).
+TO_RETRY = (
+    select(
+        tasks.c.id,
+        tasks.c.status,
+        tasks.c.session_id,
+        tasks.c.service,
+        tasks.c.input,
+        tasks.c.first_seq,
+        _deployments.c.name.label("deployment_name"),
+        _deployments.c.version,
+    )
+    .join(_deployments, _deployments.c.id == tasks.c.deployment_id)
+    .where(tasks.c.id == bindparam("task_id"), tasks.c.deployment_id == bindparam("deployment_id"))
+    .with_for_update(of=tasks)
+)
+
+#: A task that ended without success is queued again as a new attempt: what its last run
+#: left (outcome, worker, lease) is cleared, its earlier runs stay in ``task_attempts``, and
+#: its next run numbers its events after those stored. ``dispatched_at`` is empty while the
+#: task waits for its session's turn.
+RETRY = (
+    tasks.update()
+    .where(tasks.c.id == bindparam("task_id"), may_move(TaskStatus.QUEUED, Operation.RETRY))
+    .values(
+        status=TaskStatus.QUEUED.value,
+        result=None,
+        error=None,
+        event_count=None,
+        first_seq=NEXT_OUTPUT_SEQ.scalar_subquery(),
+        worker=None,
+        held_at=None,
+        inbox=None,
+        started_at=None,
+        finished_at=None,
+        dispatched_at=bindparam("p_dispatched_at"),
+        published_at=None,
+    )
+    .returning(tasks.c.first_seq)
 )
 
 
