@@ -77,13 +77,19 @@ def script(name: str) -> str:
 # -- processes ------------------------------------------------------------------------------------
 
 
+#: Test modules of this folder that run one at a time beside the others (see below).
+APART = {"test_network_faults.py": "e2e-network"}
+
+
 def pytest_itemcollected(item: pytest.Item) -> None:
     """Run the tests of this folder one at a time, on one pytest-xdist worker: they measure
-    bounds in seconds on a shared machine, and share its brokers and database. The other
-    tests run beside them, on the other workers. (Marked as each is collected: pytest-xdist
-    reads the groups in its own ``pytest_collection_modifyitems``.)"""
+    bounds in seconds on a shared machine, and share its brokers and database. The network
+    fault tests (each mostly waits out a cut of its own host's link, with brokers of its
+    own) run one at a time beside them, on another worker, with the in-process tests.
+    (Marked as each is collected: pytest-xdist reads the groups in its own
+    ``pytest_collection_modifyitems``.)"""
     if item.path.is_relative_to(Path(__file__).parent):
-        item.add_marker(pytest.mark.xdist_group("e2e"))
+        item.add_marker(pytest.mark.xdist_group(APART.get(item.path.name, "e2e")))
 
 
 @pytest.hookimpl(hookwrapper=True)
