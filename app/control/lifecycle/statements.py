@@ -131,8 +131,11 @@ MARK_PUBLISHED = (
 #: Tasks sent again per sweep, at most; the next sweep takes the rest.
 SWEEP_BATCH = 200
 
-OVERDUE = (
-    select(
+
+def _with_first_step(*more: Any) -> Select[Any]:
+    """Tasks with what their first step needs (see ``_first_step_again`` in
+    ``operations``), and the columns ``more``."""
+    return select(
         tasks.c.id,
         tasks.c.session_id,
         tasks.c.service,
@@ -140,8 +143,12 @@ OVERDUE = (
         tasks.c.first_seq,
         _deployments.c.name.label("deployment_name"),
         _deployments.c.version,
-    )
-    .join(_deployments, _deployments.c.id == tasks.c.deployment_id)
+        *more,
+    ).join(_deployments, _deployments.c.id == tasks.c.deployment_id)
+
+
+OVERDUE = (
+    _with_first_step()
     .where(
         tasks.c.status == TaskStatus.QUEUED.value,
         tasks.c.published_at.is_(None),
@@ -214,18 +221,7 @@ NEWEST_HEARTBEAT = select(func.max(_workers.c.last_seen))
 #: Held tasks whose lease ran out before ``cutoff``, oldest first, with what their first
 #: step needs.
 EXPIRED = (
-    select(
-        tasks.c.id,
-        tasks.c.session_id,
-        tasks.c.service,
-        tasks.c.input,
-        tasks.c.first_seq,
-        tasks.c.status,
-        tasks.c.worker,
-        _deployments.c.name.label("deployment_name"),
-        _deployments.c.version,
-    )
-    .join(_deployments, _deployments.c.id == tasks.c.deployment_id)
+    _with_first_step(tasks.c.status, tasks.c.worker)
     .where(_LEASE_RAN_OUT)
     .order_by(_HELD_SINCE)
     .limit(SWEEP_BATCH)
@@ -250,17 +246,7 @@ RECOVER = (
 
 #: The task to retry, locked, with what its first step needs (but its new ``first_seq``).
 TO_RETRY = (
-    select(
-        tasks.c.id,
-        tasks.c.status,
-        tasks.c.session_id,
-        tasks.c.service,
-        tasks.c.input,
-        tasks.c.first_seq,
-        _deployments.c.name.label("deployment_name"),
-        _deployments.c.version,
-    )
-    .join(_deployments, _deployments.c.id == tasks.c.deployment_id)
+    _with_first_step(tasks.c.status)
     .where(tasks.c.id == bindparam("task_id"), tasks.c.deployment_id == bindparam("deployment_id"))
     .with_for_update(of=tasks)
 )
