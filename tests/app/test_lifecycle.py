@@ -103,6 +103,18 @@ def task_in(db: Database, lifecycle: Lifecycle, status: TaskStatus) -> str:
     return task_id
 
 
+def new_task(session_id: str | None = None) -> NewTask:
+    """A new task of service ``svc`` of deployment 1, with a fresh id."""
+    return NewTask(
+        id=f"t-{next(_ids)}",
+        deployment_id=1,
+        version=1,
+        service="svc",
+        input={},
+        session_id=session_id,
+    )
+
+
 def row(db: Database, task_id: str) -> Any:
     with db.peek() as conn:
         return conn.execute(select(_tasks).where(_tasks.c.id == task_id)).one()
@@ -362,17 +374,7 @@ def test_a_session_held_by_a_task_that_is_over_is_taken_by_the_next_one(
     # Given a session whose turn a task holds, and that task over without having passed the
     # turn on: ended, or deleted
     session_id = lifecycle.open_session("D").id
-    first, second = (
-        NewTask(
-            id=f"t-{next(_ids)}",
-            deployment_id=1,
-            version=1,
-            service="svc",
-            input={},
-            session_id=session_id,
-        )
-        for _ in range(2)
-    )
+    first, second = (new_task(session_id) for _ in range(2))
     inserted = lifecycle.insert(first)
     assert inserted is not None and inserted[1].run_now
     with db.connect() as conn:
@@ -394,17 +396,7 @@ def test_an_outcome_of_a_session_task_delivered_twice_is_recorded_once(
 ) -> None:
     # Given a session's task that ran, and the next task waiting for its turn
     session_id = lifecycle.open_session("D").id
-    first, waiting = (
-        NewTask(
-            id=f"t-{next(_ids)}",
-            deployment_id=1,
-            version=1,
-            service="svc",
-            input={},
-            session_id=session_id,
-        )
-        for _ in range(2)
-    )
+    first, waiting = (new_task(session_id) for _ in range(2))
     assert lifecycle.insert(first) is not None
     assert lifecycle.insert(waiting) is not None
     now = time.time()
@@ -436,10 +428,7 @@ def test_a_task_without_a_session_gets_one_of_its_own_unless_it_is_single_use(
     db: Database, lifecycle: Lifecycle
 ) -> None:
     # Given two tasks sent without a session
-    kept, single = (
-        NewTask(id=f"t-{next(_ids)}", deployment_id=1, version=1, service="svc", input={})
-        for _ in range(2)
-    )
+    kept, single = (new_task() for _ in range(2))
     # When one is stored as is, and the other as single use (as tasks/run stores its task)
     stored = lifecycle.insert(kept)
     once = lifecycle.insert(single, single_use_session=True)
