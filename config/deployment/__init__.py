@@ -9,10 +9,15 @@ with the field and the reason:
 - a service with a source but no ``path``/``import-path`` (LlamaDeploy failed at deploy time);
 - unknown keys, so that a typo does not silently fall back to a default.
 
-The parts: ``spec`` (the dataclasses), ``rules`` (checks of single fields), ``schema`` (the
-marshmallow schemas that build the spec) and ``loading`` (YAML in, errors by field path out).
+A service may also carry a ``celeriac`` block of task controls (time limit, queue timeout,
+retries, concurrency cap), which LlamaDeploy does not have; see ``controls``.
+
+The parts: ``spec`` (the dataclasses), ``controls`` (a service's task controls), ``rules``
+(checks of single fields), ``schema`` (the marshmallow schemas that build the spec) and
+``loading`` (YAML in, errors by field path out).
 """
 
+from config.deployment.controls import ConcurrencyLimit, RetryPolicy, ServiceControls
 from config.deployment.layout import SourceLayout
 from config.deployment.loading import (
     load_deployment,
@@ -36,9 +41,12 @@ __all__ = [
     "MESSAGE_QUEUE_TYPES",
     "SYNC_POLICIES",
     "UI_SERVICE_ID",
+    "ConcurrencyLimit",
     "ControlPlaneSpec",
     "DeploymentSpec",
     "MessageQueueSpec",
+    "RetryPolicy",
+    "ServiceControls",
     "ServiceSpec",
     "SourceLayout",
     "SourceSpec",

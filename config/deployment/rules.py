@@ -30,6 +30,17 @@ def check_safe_name(value: str) -> None:
         raise ValidationError(f"Invalid name {value!r}: it cannot name a folder.")
 
 
+def check_error_name(value: str) -> None:
+    """Accept an exception class name: ``Name`` or dotted ``module.Name`` (never imported)."""
+    if not value:
+        raise ValidationError("Must not be empty.")
+    if not all(part.isidentifier() for part in value.split(".")):
+        raise ValidationError(
+            f"Invalid error type {value!r}: expected a class name, bare or with its module "
+            "(e.g. 'ConnectionError', 'httpx.HTTPError')."
+        )
+
+
 def check_source_type(value: str) -> None:
     """Accept the source types Celeriac can deploy."""
     if value == SourceType.DOCKER.value:

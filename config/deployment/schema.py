@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, post_load, validate, validates_schema
+from marshmallow import (
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    pre_load,
+    validate,
+    validates_schema,
+)
 
+from config.deployment.controls import (
+    MAX_ATTEMPTS,
+    MAX_SECONDS,
+    ConcurrencyLimit,
+    RetryPolicy,
+    ServiceControls,
+)
 from config.deployment.rules import (
     PORT_RANGE,
     check_alias,
+    check_error_name,
     check_git_location,
     check_import_path,
     check_local_location,
@@ -103,6 +120,146 @@ class _SourceSchema(Schema):
         return SourceSpec(SourceType(data["type"]), location, data.get("sync_policy"))
 
 
+class _Number(fields.Field):
+    """A number as YAML reads it: a boolean or a quoted number is refused, not converted."""
+
+    def __init__(self, *, whole: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.whole = whole
+
+    def _deserialize(
+        self, value: Any, attr: str | None, data: Mapping[str, Any] | None, **kwargs: Any
+    ) -> int | float:
+        expected = "a whole number" if self.whole else "a number"
+        # bool is an int to Python; to a YAML author "true" is no number.
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValidationError(f"Must be {expected}, not {kind(value)}.")
+        if self.whole and not isinstance(value, int):
+            raise ValidationError(f"Must be {expected}, not {value!r}.")
+        if not math.isfinite(value):
+            raise ValidationError(f"Must be a finite number, not {value!r}.")
+        return value if self.whole else float(value)
+
+
+_SECONDS = validate.Range(
+    min=0,
+    min_inclusive=False,
+    max=MAX_SECONDS,
+    error="Must be more than 0 and at most {max} seconds (30 days), not {input}.",
+)
+_DELAY = validate.Range(
+    min=0, max=MAX_SECONDS, error="Must be from {min} to {max} seconds (30 days), not {input}."
+)
+
+
+def _error_names(**kwargs: Any) -> fields.List:
+    """A list of exception class names, matched by name only (never imported)."""
+    return fields.List(fields.String(validate=check_error_name), **kwargs)
+
+
+class _RetrySchema(Schema):
+    """The ``retry`` mapping of a service's ``celeriac`` block."""
+
+    attempts = _Number(
+        whole=True,
+        required=True,
+        validate=validate.Range(
+            min=1,
+            max=MAX_ATTEMPTS,
+            error="Must be from {min} to {max} (runs in all, the first included), not {input}.",
+        ),
+    )
+    backoff = _Number(validate=_DELAY)
+    multiplier = _Number(
+        validate=validate.Range(min=1, error="Must be at least {min}, not {input}.")
+    )
+    max_backoff = _Number(data_key="max-backoff", validate=_DELAY)
+    jitter = _Number(
+        validate=validate.Range(min=0, max=1, error="Must be from 0 to 1, not {input}.")
+    )
+    on = _error_names()
+    not_on = _error_names(data_key="not-on")
+
+    @pre_load
+    def _on_as_written(self, data: Any, **kwargs: Any) -> Any:
+        # YAML 1.1, which PyYAML reads, takes a bare ``on`` key for the boolean true.
+        if not isinstance(data, Mapping) or not any(key is True for key in data):
+            return data
+        if "on" in data:
+            raise ValidationError("Given twice, as 'on' and as a bare on (true).", "on")
+        return {("on" if key is True else key): value for key, value in data.items()}
+
+    @validates_schema(skip_on_field_errors=True)
+    def _check_backoff_below_cap(self, data: dict[str, Any], **kwargs: Any) -> None:
+        backoff = data.get("backoff", RetryPolicy.backoff)
+        max_backoff = data.get("max_backoff", RetryPolicy.max_backoff)
+        if backoff <= max_backoff:
+            return
+        if "max_backoff" in data:
+            raise ValidationError(
+                f"Must be at least backoff ({backoff:g}), not {max_backoff:g}.", "max-backoff"
+            )
+        raise ValidationError(
+            f"Must be at most max-backoff ({max_backoff:g}, its default), not {backoff:g}; "
+            "give a larger max-backoff.",
+            "backoff",
+        )
+
+    @post_load
+    def _build(self, data: dict[str, Any], **kwargs: Any) -> RetryPolicy:
+        for key in ("on", "not_on"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return RetryPolicy(**data)
+
+
+class _ConcurrencySchema(Schema):
+    """The ``concurrency`` mapping of a service's ``celeriac`` block."""
+
+    limit = _Number(
+        whole=True, required=True, validate=validate.Range(min=1, error="Must be at least 1.")
+    )
+    key = fields.String(validate=validate.Length(min=1, error="Must not be empty."))
+    per_key = _Number(
+        whole=True, data_key="per-key", validate=validate.Range(min=1, error="Must be at least 1.")
+    )
+
+    @validates_schema(skip_on_field_errors=True)
+    def _check_per_key(self, data: dict[str, Any], **kwargs: Any) -> None:
+        key, per_key = data.get("key"), data.get("per_key")
+        if per_key is not None and key is None:
+            raise ValidationError(
+                "Needs key: the field of the task input whose values per-key counts by.",
+                "per-key",
+            )
+        if key is not None and per_key is None:
+            raise ValidationError(
+                "Needs per-key: how many tasks may run at once per value of key.", "key"
+            )
+        if per_key is not None and per_key > data["limit"]:
+            raise ValidationError(
+                f"Must be at most limit ({data['limit']}), which caps every key together.",
+                "per-key",
+            )
+
+    @post_load
+    def _build(self, data: dict[str, Any], **kwargs: Any) -> ConcurrencyLimit:
+        return ConcurrencyLimit(**data)
+
+
+class _ControlsSchema(Schema):
+    """A service's ``celeriac`` block: Celeriac's task controls (not in LlamaDeploy)."""
+
+    time_limit = _Number(data_key="time-limit", validate=_SECONDS)
+    queue_timeout = _Number(data_key="queue-timeout", validate=_SECONDS)
+    retry = fields.Nested(_RetrySchema)
+    concurrency = fields.Nested(_ConcurrencySchema)
+
+    @post_load
+    def _build(self, data: dict[str, Any], **kwargs: Any) -> ServiceControls:
+        return ServiceControls(**data)
+
+
 class _ServiceSchema(Schema):
     """One ``services`` entry (without its id, which is the entry's key)."""
 
@@ -118,6 +275,7 @@ class _ServiceSchema(Schema):
         fields.String(), data_key="python-dependencies", allow_none=True
     )
     ts_dependencies = _StringMap(data_key="ts-dependencies", allow_none=True)
+    controls = fields.Nested(_ControlsSchema, data_key="celeriac", allow_none=True)
 
     #: Whether the entry is a workflow, which needs a source and a path to import.
     is_workflow = True
@@ -154,6 +312,16 @@ class _UiSchema(_ServiceSchema):
     import_path = fields.String(data_key="import-path", allow_none=True, validate=check_ui_path)
 
     is_workflow = False
+
+    @validates_schema(pass_original=True)
+    def _check_no_controls(
+        self, data: dict[str, Any], original: Mapping[str, Any], **kwargs: Any
+    ) -> None:
+        if "celeriac" in original:
+            raise ValidationError(
+                "The ui runs no tasks, so it takes no task controls; give them to a service.",
+                "celeriac",
+            )
 
 
 class _ServiceMap(fields.Field):

@@ -11,6 +11,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from config.deployment.controls import ServiceControls
+
 SYNC_POLICIES = ("replace", "merge", "skip", "fail")
 UI_SERVICE_ID = "ui"
 
@@ -64,6 +66,8 @@ class ServiceSpec:
     host: str | None = None
     port: int | None = None
     ts_dependencies: dict[str, str] = field(default_factory=dict)
+    #: Celeriac's task controls, from the service's ``celeriac`` block (None: none given).
+    controls: ServiceControls | None = None
 
     @property
     def module_dir(self) -> str:
@@ -97,6 +101,7 @@ class ServiceSpec:
             "env-files": list(self.env_files),
             "python-dependencies": list(self.python_dependencies),
             "ts-dependencies": dict(self.ts_dependencies),
+            "celeriac": None if self.controls is None else self.controls.to_dict(),
         }
         return _without_nones(document)
 
