@@ -120,6 +120,9 @@ class _SourceSchema(Schema):
         return SourceSpec(SourceType(data["type"]), location, data.get("sync_policy"))
 
 
+_LARGEST_EXACT = 2**53
+
+
 class _Number(fields.Field):
     """A number as YAML reads it: a boolean or a quoted number is refused, not converted."""
 
@@ -134,11 +137,16 @@ class _Number(fields.Field):
         # bool is an int to Python; to a YAML author "true" is no number.
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValidationError(f"Must be {expected}, not {kind(value)}.")
-        if self.whole and not isinstance(value, int):
+        if isinstance(value, int):
+            if self.whole or abs(value) <= _LARGEST_EXACT:
+                return value if self.whole else float(value)
+            # Past 2**53 a float is no longer the number written; far past, float() overflows.
+            raise ValidationError(f"Must be at most {_LARGEST_EXACT}, not {value}.")
+        if self.whole:
             raise ValidationError(f"Must be {expected}, not {value!r}.")
         if not math.isfinite(value):
             raise ValidationError(f"Must be a finite number, not {value!r}.")
-        return value if self.whole else float(value)
+        return value
 
 
 _SECONDS = validate.Range(
