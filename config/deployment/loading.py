@@ -52,6 +52,10 @@ def _parse_yaml(text: str | bytes, limits: YamlLimits) -> Mapping[str, Any]:
         raise DeploymentSpecError({"yaml": [_describe_yaml_error(exc)]}) from exc
     except yaml.YAMLError as exc:
         raise DeploymentSpecError({"yaml": [f"Not valid YAML: {exc}"]}) from exc
+    except ValueError as exc:
+        # PyYAML builds some scalars with Python's own constructors, which refuse values the
+        # YAML grammar allows: a date like 2024-13-40, an integer of more than 4,300 digits.
+        raise DeploymentSpecError({"yaml": [f"A value cannot be read: {exc}."]}) from exc
     if document is None:
         reason = "The document is empty; expected a mapping with name, control-plane and services."
         raise DeploymentSpecError({"yaml": [reason]})

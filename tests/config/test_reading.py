@@ -111,3 +111,20 @@ services:
     data = read_yaml(text, LIMITS)
     assert data["services"]["one"]["env"] == {"API_URL": "https://example.org", "RETRIES": 3}
     assert data["services"]["two"]["env"] == {"API_URL": "https://example.org", "RETRIES": 5}
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [("2024-13-40", "month must be in 1..12"), ("9" * 5000, "4300 digits")],
+    ids=["impossible-date", "huge-integer"],
+)
+def test_a_scalar_python_cannot_build_is_refused_as_yaml(value: str, reason: str) -> None:
+    # Given a value the YAML grammar reads as a date or an integer that Python refuses
+    text = f"name: X\ncontrol-plane: {{port: {value}}}\nservices: {{}}\n"
+    # When it is loaded
+    with pytest.raises(DeploymentSpecError) as caught:
+        load_deployment(text)
+    # Then the file is refused, not crashed on
+    [message] = caught.value.errors["yaml"]
+    assert message.startswith("A value cannot be read: ")
+    assert reason in message
