@@ -17,10 +17,12 @@ from typing import Any
 from celery import Celery, bootsteps
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
+from app.control.deadlines import Deadlines
 from app.control.descriptions import Descriptions
 from app.control.leases import Leases
 from app.control.outbox import Outbox
 from app.control.recorder import Recorder
+from app.control.stops import Stops
 from workers.heartbeat import own_queues
 from workers.protocol import (
     CONTROL_QUEUE,
@@ -29,11 +31,13 @@ from workers.protocol import (
     STEP_EVENT,
     STEP_FINISHED,
     STEP_STARTED,
+    STOPS_WANTED,
     Heartbeat,
     ServiceDescribed,
     StepEvent,
     StepFinished,
     StepStarted,
+    StopsWanted,
 )
 
 log = logging.getLogger(__name__)
@@ -57,11 +61,15 @@ def register_control_tasks(
     outbox: Outbox,
     leases: Leases,
     descriptions: Descriptions,
+    stops: Stops,
+    deadlines: Deadlines,
 ) -> None:
     """Register the control-plane tasks that record reports from service workers, and the
-    sweep of the outbox and the leases in the workers that consume the control queue."""
+    sweeps (of the outbox and the leases, and of the deadlines) in the workers that consume
+    the control queue."""
     if outbox.swept:
         celery.steps["worker"].add(_sweep_step(outbox, leases))
+    celery.steps["worker"].add(_deadlines_step(deadlines))
 
     @celery.task(name=STEP_STARTED, **_RETRY)
     def step_started(**payload: Any) -> None:
@@ -88,6 +96,10 @@ def register_control_tasks(
     @celery.task(name=SERVICE_DESCRIBED, **_RETRY)
     def service_described(**payload: Any) -> None:
         descriptions.record(ServiceDescribed.decode(payload))
+
+    @celery.task(name=STOPS_WANTED, **_RETRY)
+    def stops_wanted(**payload: Any) -> None:
+        stops.answer(StopsWanted.decode(payload))
 
 
 def sweep_period(outbox: Outbox, leases: Leases) -> float:
@@ -150,3 +162,49 @@ def _sweep_step(outbox: Outbox, leases: Leases) -> type[bootsteps.StartStopStep]
                     return
 
     return SweepStep
+
+
+def _deadlines_step(deadlines: Deadlines) -> type[bootsteps.StartStopStep]:
+    """A worker bootstep that keeps ``deadlines`` while the worker consumes the control
+    queue (the embedded server's too: retries and time limits need no broker sweep)."""
+
+    class DeadlinesStep(bootsteps.StartStopStep):
+        """Sweeps the deadlines at start, then as :meth:`Deadlines.wait` says."""
+
+        def __init__(self, worker: Any, **kwargs: Any) -> None:
+            super().__init__(worker, **kwargs)
+            self._stop = threading.Event()
+            self._thread: threading.Thread | None = None
+
+        def start(self, worker: Any) -> None:
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._sweep_until_stopped,
+                args=(worker,),
+                name=f"deadlines-{worker.hostname}",
+                daemon=True,
+            )
+            self._thread.start()
+
+        def stop(self, worker: Any) -> None:
+            self._stop.set()
+            deadlines.interrupt()
+            if self._thread is not None:
+                self._thread.join(timeout=10)
+                self._thread = None
+
+        def _sweep_until_stopped(self, worker: Any) -> None:
+            while (queues := own_queues(worker)) is None:
+                if self._stop.wait(0.05):
+                    return
+            if CONTROL_QUEUE not in queues:
+                return
+            while not self._stop.is_set():
+                try:
+                    deadlines.sweep()
+                except SQLAlchemyError:
+                    log.warning("the deadlines' sweep failed; trying again", exc_info=True)
+                    self._stop.wait(1.0)
+                deadlines.wait(self._stop)
+
+    return DeadlinesStep

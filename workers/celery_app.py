@@ -36,8 +36,10 @@ from workers.protocol import (
     StepEvent,
     StepFinished,
     StepStarted,
+    StopRuns,
 )
 from workers.runtime import Fetch, LoadedService, ResultBounds, ServiceRuntime
+from workers.stops import stops_exchange
 from workers.transports import BrokerConnection, transport_options
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,8 @@ def create_celery(
         source_policy=policy,
         result_bounds=ResultBounds(settings.max_result_bytes, settings.max_nesting),
     )
+    # Runs wait for the control plane's list of stopped runs (see ``InboxStep``).
+    celery.runtime.stops.unknown()
     celery.conf.update(celery_config(settings))
     celery.steps["worker"].add(ThreadsPoolOnly)
     celery.steps["worker"].add(HeartbeatStep)
@@ -248,7 +252,7 @@ def register_service_tasks(celery: CeleriacCelery) -> None:
         send(celery, SERVICE_DESCRIBED, answer, CONTROL_QUEUE)
 
 
-def send_to_inbox(celery: Celery, inbox: str, message: DeliverEvent) -> None:
+def send_to_inbox(celery: Celery, inbox: str, message: DeliverEvent | StopRuns) -> None:
     """Publish an event for a task to the inbox of the worker that runs it (a plain Kombu
     message: the worker handles it in its consumer thread, see ``InboxStep``).
 
@@ -257,4 +261,19 @@ def send_to_inbox(celery: Celery, inbox: str, message: DeliverEvent) -> None:
     with celery.producer_or_acquire() as producer:
         producer.publish(
             message.encode(), exchange="", routing_key=inbox, serializer="json", retry=True
+        )
+
+
+def broadcast_stops(celery: Celery, message: StopRuns) -> None:
+    """Publish stopped runs to every service worker's inbox, through the stops exchange
+    (declared here too: on RabbitMQ a publish to an exchange never declared is an error)."""
+    exchange = stops_exchange()
+    with celery.producer_or_acquire() as producer:
+        producer.publish(
+            message.encode(),
+            exchange=exchange,
+            routing_key="stops",
+            declare=[exchange],
+            serializer="json",
+            retry=True,
         )

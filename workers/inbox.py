@@ -22,14 +22,24 @@ import threading
 from typing import Any
 
 from celery import bootsteps
-from kombu import Consumer, Queue
+from kombu import Consumer, Queue, binding
 from kombu.common import ignore_errors
 from workflows import Context, Workflow
 from workflows.context.serializers import JsonSerializer
 from workflows.events import HumanResponseEvent
 
 from workers import loader
-from workers.protocol import INBOX_PREFIX, SERVICE_QUEUE_PREFIX, DeliverEvent, event_names
+from workers.protocol import (
+    CONTROL_QUEUE,
+    INBOX_PREFIX,
+    SERVICE_QUEUE_PREFIX,
+    STOPS_WANTED,
+    DeliverEvent,
+    StopRuns,
+    StopsWanted,
+    event_names,
+)
+from workers.stops import stops_exchange
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +158,11 @@ class InboxStep(bootsteps.ConsumerStep):
 
     Events for a task must get through even when every pool thread runs a task that waits
     for one (a worker full of workflows waiting for humans): so they are plain Kombu
-    messages, handled as they arrive, never queued behind tasks. The control-plane worker
-    (which consumes no service queue) has no inbox.
+    messages, handled as they arrive, never queued behind tasks. The same holds for the
+    control plane's word to stop a run (``StopRuns``): the inbox is also bound to the stops
+    exchange, and on each (re)connection the worker asks for the whole list of stopped runs
+    (see ``workers.stops``). The control-plane worker (which consumes no service queue) has
+    no inbox.
     """
 
     requires = {"celery.worker.consumer.tasks:Tasks"}
@@ -169,9 +182,22 @@ class InboxStep(bootsteps.ConsumerStep):
         return [Consumer(channel, queues=[queue], callbacks=[self._on_message], accept=["json"])]
 
     def start(self, c: Any) -> None:
-        """Remember the worker's consumer, then start consuming."""
+        """Remember the worker's consumer, start consuming, then ask for the stopped runs:
+        broadcasts sent while the worker was not bound may have been missed."""
         self.consumer = c
+        runtime = c.app.runtime
+        runtime.stops.unknown()
         super().start(c)
+        if not self.consumers:
+            runtime.stops.note((), "", complete=True)  # no inbox: it runs no steps
+            return
+        c.app.send_task(
+            STOPS_WANTED,
+            kwargs=StopsWanted(inbox=runtime.inbox_queue).encode(),
+            queue=CONTROL_QUEUE,
+            argsrepr="()",
+            kwargsrepr=f"inbox={runtime.inbox_queue!r}",
+        )
 
     def shutdown(self, c: Any) -> None:
         """The worker stops for good (not a reconnection): delete its inbox, then close.
@@ -189,9 +215,14 @@ class InboxStep(bootsteps.ConsumerStep):
     def _on_message(self, body: Any, message: Any) -> None:
         runtime = self.consumer.app.runtime
         try:
-            runtime.deliver(DeliverEvent.decode(body))
+            if isinstance(body, dict) and "runs" in body:
+                stopped = runtime.stop_runs(StopRuns.decode(body))
+                if stopped:
+                    log.warning("stopping %d run(s): their tasks were %s", stopped, body["reason"])
+            else:
+                runtime.deliver(DeliverEvent.decode(body))
         except Exception:
-            log.exception("could not deliver an event to its task")
+            log.exception("could not handle a message of the inbox")
         finally:
             message.ack()
 
@@ -222,5 +253,11 @@ def _delete(queue: Queue, connection: Any) -> None:
 
 def inbox_entity(name: str) -> Queue:
     """The Kombu queue of a worker's inbox, on the default exchange (senders publish to it by
-    name, without declaring anything), expiring once its worker is gone."""
-    return Queue(name, routing_key=name, expires=INBOX_EXPIRES)
+    name, without declaring anything) and bound to the stops exchange, expiring once its
+    worker is gone."""
+    return Queue(
+        name,
+        routing_key=name,
+        expires=INBOX_EXPIRES,
+        bindings=[binding(stops_exchange(), routing_key=name)],
+    )

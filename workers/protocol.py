@@ -35,6 +35,12 @@ STEP_FINISHED = "celeriac.control.step_finished"
 HEARTBEAT = "celeriac.control.heartbeat"
 DESCRIBE = "celeriac.service.describe"
 SERVICE_DESCRIBED = "celeriac.control.service_described"
+STOPS_WANTED = "celeriac.control.stops_wanted"
+
+#: The fanout exchange through which the control plane tells every service worker of the
+#: runs it stopped (cancelled, timed out, or of a deleted deployment); each worker binds its
+#: inbox to it.
+STOPS_EXCHANGE = "celeriac.stops"
 
 
 SERVICE_QUEUE_PREFIX = "celeriac."
@@ -155,6 +161,17 @@ class RunStep(Message):
     #: The number of the run's first streamed event: 0, or after a retry the count of the
     #: events that the task's earlier runs streamed.
     first_seq: int = 0
+    #: The task's run (1, then one more per retry); every report of the run repeats it.
+    #: 0 in a message from before runs were numbered.
+    run: int = 0
+    #: Seconds the run may take; past them it is stopped and the task times out.
+    time_limit: float | None = None
+    #: When (a UNIX time, by the control plane's clock) the step expires: a worker that takes
+    #: it later does not run it, and the task times out.
+    expires_at: float | None = None
+    #: The service's retry policy (``config.deployment.controls.RetryPolicy``, in the YAML's
+    #: spelling): a failed run says whether, and when, it is tried again.
+    retry: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -166,6 +183,8 @@ class StepStarted(Message):
     at: float
     #: Where events for this task must be sent (the worker's inbox queue).
     inbox: str = ""
+    #: The run it began (``RunStep.run``).
+    run: int = 0
 
 
 @dataclass(frozen=True)
@@ -176,6 +195,8 @@ class StepEvent(Message):
     seq: int
     event: dict[str, Any]
     at: float
+    #: The run that streamed it (``RunStep.run``).
+    run: int = 0
 
 
 @dataclass(frozen=True)
@@ -204,6 +225,14 @@ class StepFinished(Message):
     inbox: str = ""
     #: The task belongs to a session that lives on: the control plane hands it on.
     keep_context: bool = False
+    #: The run that ended (``RunStep.run``).
+    run: int = 0
+    #: Why the worker stopped the run before its end, if it did: ``cancelled`` or
+    #: ``timed_out`` (its time limit, or a step that expired before it began).
+    stopped: str | None = None
+    #: Seconds until the failed run is tried again, by the service's retry policy; None if
+    #: it is not.
+    retry_in: float | None = None
 
 
 @dataclass(frozen=True)
@@ -225,6 +254,26 @@ class Heartbeat(Message):
     at: float
     gone: bool = False
     tasks: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class StopRuns(Message):
+    """Control plane to every service worker (the stops exchange), or to one worker's inbox:
+    never start these runs, and stop them if they run.
+
+    ``runs`` holds ``[task_id, run]`` pairs. ``complete`` marks the answer to a worker's
+    :class:`StopsWanted`: every run stopped that the control plane still remembers."""
+
+    runs: list[list[Any]]
+    reason: str
+    complete: bool = False
+
+
+@dataclass(frozen=True)
+class StopsWanted(Message):
+    """Service worker to control plane: I (re)connected; send the stopped runs to ``inbox``."""
+
+    inbox: str
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import functools
 import json
 import logging
 import os
+import random
 import threading
 import time
 import traceback
@@ -24,6 +25,7 @@ from workflows.context.serializers import JsonSerializer
 from workflows.events import InputRequiredEvent, StopEvent
 
 from config.deployment import DeploymentSpec
+from config.deployment.controls import RetryPolicy
 from config.errors import NestedTooDeeply
 from config.limits import json_size, nesting_depth
 from config.sources import SourcePolicy
@@ -44,10 +46,12 @@ from workers.protocol import (
     StepEvent,
     StepFinished,
     StepStarted,
+    StopRuns,
     inbox_queue,
     service_queue,
 )
 from workers.sources import sync_source
+from workers.stops import Stops
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +175,8 @@ class ServiceRuntime:
         self._announced: set[tuple[str, str, int]] = set()
         self.loop = LoopThread()
         self.inbox = Inbox()
+        #: The runs the control plane stopped (see ``workers.stops``).
+        self.stops = Stops()
         self._installed: dict[str, _Installed] = {}
         self._lock = threading.RLock()
         # The runs in progress, by task id, with the futures their threads wait on.
@@ -249,13 +255,19 @@ class ServiceRuntime:
         with self._held_lock:
             return sorted(self._held)
 
-    def run(self, step: RunStep, reporter: Reporter) -> StepFinished:
-        """Run one step to its end, reporting its start, every event and the outcome.
+    def run(self, step: RunStep, reporter: Reporter) -> StepFinished | None:
+        """Run one step to its end, reporting its start, every event and the outcome; None
+        for a run the control plane stopped before it began (nothing is reported).
 
         The task is held (listed in heartbeats) from before its run's start time until its
         outcome is in the broker: a heartbeat sent after the start report either lists it or
         follows the outcome, so the control plane never takes a task that is still being run
         for a lost one."""
+        self.stops.wait_known()
+        stopped = self.stops.reason(step.task_id, step.run)
+        if stopped is not None:
+            logger.info("task %s (run %d) was %s: not started", step.task_id, step.run, stopped)
+            return None
         self._hold(step.task_id, +1)
         try:
             return self._run(step, reporter)
@@ -275,18 +287,25 @@ class ServiceRuntime:
         run = _Run(
             step, self.worker_name or "celeriac", self.inbox_queue, reporter, self.result_bounds
         )
+        if step.expires_at is not None and run.started_at > step.expires_at:
+            late = run.started_at - step.expires_at
+            outcome = run.outcome(
+                error=_stopped_error(
+                    "QueueTimeout",
+                    f"the task waited in the queue past its queue-timeout ({late:.1f} s too "
+                    "long): it was not started",
+                ),
+                stopped=TIMED_OUT,
+            )
+            reporter.finished(outcome)
+            return outcome
         try:
             service = self.load(step.deployment, step.service, step.version)
             self._announce(step, service)
             future = self.loop.submit(self._execute(service, step, run))
             self._runs[step.task_id] = (run, future)
             try:
-                # Wait with ``wait``, not ``result(timeout)``: the workflow's own TimeoutError
-                # is the same class as the future's, and must not read as "still running".
-                done, _ = concurrent.futures.wait([future], timeout=STARTED_GRACE)
-                if not done:
-                    run.report_started()
-                result = future.result()
+                result = self._await(run, future)
             except concurrent.futures.CancelledError:
                 if not run.handed_back:
                     raise  # the workflow's own cancellation: an error, as any other
@@ -295,14 +314,61 @@ class ServiceRuntime:
                 self._runs.pop(step.task_id, None)
         except (ControlPlaneUnreachable, HandedBack):
             raise  # not the task's fault: the step is tried again, not failed
+        except RunStopped as exc:
+            outcome = run.outcome(error=exc.error, stopped=exc.reason)
         except WorkerError as exc:
-            outcome = run.outcome(error=_error(exc, with_traceback=False))
+            outcome = run.failed(exc, with_traceback=False)
         except Exception as exc:
-            outcome = run.outcome(error=_error(exc, with_traceback=True))
+            outcome = run.failed(exc, with_traceback=True)
         else:
             outcome = self._outcome_of(run, result)
         reporter.finished(outcome)
         return outcome
+
+    def _await(self, run: _Run, future: concurrent.futures.Future[Any]) -> Any:
+        """The run's result, once its workflow ends; :class:`RunStopped` if it is stopped
+        first (its time limit, or the control plane's word), after the workflow was asked to
+        stop and given :data:`STOP_GRACE` seconds to do so.
+
+        Waits with ``wait``, not ``result(timeout)``: the workflow's own TimeoutError is the
+        same class as the future's, and must not read as "still running"."""
+        done, _ = concurrent.futures.wait([future], timeout=STARTED_GRACE)
+        if not done:
+            run.report_started()
+        limit = run.step.time_limit
+        deadline = None if limit is None else run.started_at + limit
+        while not future.done():
+            left = None if deadline is None else max(deadline - time.time(), 0.0)
+            concurrent.futures.wait(
+                [future, run.stop_asked],
+                timeout=left,
+                return_when=concurrent.futures.FIRST_COMPLETED,
+            )
+            if future.done():
+                break
+            if not run.stop_asked.done():
+                if deadline is None or time.time() < deadline:
+                    continue
+                run.stop_asked.set_result(TIMED_OUT)
+            raise run.stop(future)
+        return future.result()
+
+    def stop_runs(self, message: StopRuns) -> int:
+        """Note the runs the control plane stopped, and stop those that run here; returns
+        how many were running."""
+        self.stops.note(message.runs, message.reason, complete=message.complete)
+        stopped = 0
+        for task_id, number in message.runs:
+            in_progress = self._runs.get(task_id)
+            if in_progress is None:
+                continue
+            run = in_progress[0]
+            if number and run.step.run and run.step.run > number:
+                continue  # a later run of the task, queued after the stop
+            if not run.stop_asked.done():
+                run.stop_asked.set_result(message.reason)
+                stopped += 1
+        return stopped
 
     def _announce(self, step: RunStep, service: LoadedService) -> None:
         key = (step.deployment, step.service, step.version)
@@ -356,12 +422,13 @@ class ServiceRuntime:
                 async for event in handler.stream_events():
                     run.event(event)
                 result = await handler
-            except asyncio.CancelledError:  # handed back: end the workflow's run too
+            except asyncio.CancelledError:  # handed back or stopped: end the workflow's run
                 with contextlib.suppress(Exception):
-                    await handler.cancel_run(timeout=1.0)
+                    await handler.cancel_run(timeout=STOP_GRACE)
                 raise
             finally:
                 self.inbox.detach(step.task_id)
+                run.ended.set()
             if step.keep_context and handler.ctx is not None:
                 run.context = _context_json(handler.ctx)
             return result
@@ -389,6 +456,15 @@ def _context_json(ctx: Context) -> dict[str, Any]:
 #: streams an event reports its start before the event, whatever the grace.
 STARTED_GRACE = 0.25
 
+#: Seconds a workflow asked to stop (cancelled, or past its time limit) has to end its run
+#: (``handler.cancel_run``: its steps get ``CancelledError`` at their next ``await``) before
+#: the worker stops waiting for it, reports it stopped and frees the slot. A step that
+#: blocks the event loop without awaiting cannot be interrupted inside the process.
+STOP_GRACE = 5.0
+
+#: ``StepFinished.stopped`` of a run stopped at its time limit, or of a step that expired.
+TIMED_OUT = "timed_out"
+
 
 class _Run:
     """What one run has reported so far."""
@@ -412,6 +488,33 @@ class _Run:
         self.asking = False
         #: Stopped by ``ServiceRuntime.hand_back``, to run again elsewhere.
         self.handed_back = False
+        #: Resolved with the reason (``cancelled``, ``timed_out``) when the run must stop.
+        self.stop_asked: concurrent.futures.Future[str] = concurrent.futures.Future()
+        #: Set once the workflow's coroutine has ended, whatever the way.
+        self.ended = threading.Event()
+
+    def stop(self, future: concurrent.futures.Future[Any]) -> RunStopped:
+        """Ask the workflow to stop (``stop_asked`` holds why), wait up to
+        :data:`STOP_GRACE` seconds for it to end, and say how it stopped. From here on the
+        run reports no more events: its task has ended."""
+        reason = self.stop_asked.result()
+        future.cancel()  # the workflow's task gets CancelledError, then ``cancel_run``
+        politely = self.ended.wait(STOP_GRACE)
+        how = (
+            "it stopped when asked"
+            if politely
+            else (f"it did not stop within {STOP_GRACE:g} s of being asked, and was left behind")
+        )
+        if reason == TIMED_OUT:
+            return RunStopped(
+                reason,
+                _stopped_error(
+                    "TimeLimitExceeded",
+                    f"the run took longer than its time-limit of {self.step.time_limit:g} s; "
+                    + how,
+                ),
+            )
+        return RunStopped(reason, _stopped_error("Cancelled", f"the task was {reason}; {how}"))
 
     def report_started(self) -> None:
         """Tell the control plane the task is running (for runs past the grace period)."""
@@ -420,7 +523,11 @@ class _Run:
         self.started_reported = True
         self.reporter.started(
             StepStarted(
-                task_id=self.step.task_id, worker=self.worker, at=self.started_at, inbox=self.inbox
+                task_id=self.step.task_id,
+                worker=self.worker,
+                at=self.started_at,
+                inbox=self.inbox,
+                run=self.step.run,
             )
         )
 
@@ -435,8 +542,11 @@ class _Run:
             seq=self.count,
             event=self.bounds.bounded_event(describe_event(event)),
             at=time.time(),
+            run=self.step.run,
         )
         self.count += 1
+        if self.stop_asked.done():
+            return  # stopped: its task has ended
         if isinstance(event, StopEvent):
             self.held.append(message)
         else:
@@ -444,7 +554,25 @@ class _Run:
             self.reporter.event(message)
             self.asking = self.asking or isinstance(event, InputRequiredEvent)
 
-    def outcome(self, result: Any = None, error: dict[str, Any] | None = None) -> StepFinished:
+    def failed(self, exc: BaseException, *, with_traceback: bool) -> StepFinished:
+        """The final report of a run that raised ``exc``: retried later if the service's
+        retry policy says so."""
+        retry_in = None
+        policy = None if self.step.retry is None else RetryPolicy.from_dict(self.step.retry)
+        if policy is not None and 0 < self.step.run < policy.attempts:
+            names = [f"{cls.__module__}.{cls.__qualname__}" for cls in type(exc).__mro__]
+            if policy.retries(names):
+                retry_in = policy.delay(self.step.run, random.random())
+        return self.outcome(error=_error(exc, with_traceback=with_traceback), retry_in=retry_in)
+
+    def outcome(
+        self,
+        result: Any = None,
+        error: dict[str, Any] | None = None,
+        *,
+        stopped: str | None = None,
+        retry_in: float | None = None,
+    ) -> StepFinished:
         """The final report."""
         return StepFinished(
             task_id=self.step.task_id,
@@ -460,6 +588,9 @@ class _Run:
             context=self.context,
             inbox=self.inbox,
             keep_context=self.step.keep_context,
+            run=self.step.run,
+            stopped=stopped,
+            retry_in=retry_in,
         )
 
 
@@ -482,6 +613,22 @@ def describe_event(event: Any) -> dict[str, Any]:
 def jsonable(value: Any) -> Any:
     """A JSON-safe form of a workflow's value (pydantic models dumped, the rest ``str()``)."""
     return to_jsonable_python(value, fallback=str)
+
+
+class RunStopped(Exception):
+    """A run the worker stopped before its end: ``reason`` (``StepFinished.stopped``), and
+    the error to record."""
+
+    def __init__(self, reason: str, error: dict[str, Any]) -> None:
+        super().__init__(error["message"])
+        self.reason = reason
+        self.error = error
+
+
+def _stopped_error(kind: str, message: str) -> dict[str, Any]:
+    """The error of a run Celeriac stopped (``celeriac.Cancelled``, ``celeriac.TimeLimitExceeded``,
+    ``celeriac.QueueTimeout``)."""
+    return {"type": f"celeriac.{kind}", "message": message}
 
 
 def _error(exc: BaseException, *, with_traceback: bool) -> dict[str, Any]:

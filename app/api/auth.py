@@ -78,6 +78,7 @@ ROUTES: dict[str, dict[str, Need]] = {
     "tasks.TaskAttempts": {"GET": R},
     "tasks.TaskResults": {"GET": R},
     "tasks.TaskRetry": {"POST": U},
+    "tasks.TaskCancel": {"POST": U},
     "tasks.TaskEvents": {"GET": R, "POST": U},
     "sessions.SessionList": {"GET": R},
     "sessions.SessionCreate": {"POST": U},

@@ -12,6 +12,7 @@ from app.api.auth import may_see_internals
 from app.api.internals import shown
 from app.control.lifecycle import MultitaskStrategy
 from app.models import AttemptOutcome, Task, TaskStatus
+from config.deployment.controls import MAX_SECONDS
 
 
 class PublicError(fields.Dict):
@@ -40,6 +41,17 @@ def run_timeout(description: str) -> fields.Float:
         load_default=None,
         validate=validate.Range(min=0, min_inclusive=False, max=86400),
         # (apispec documents the range's minimum as inclusive)
+        metadata={"description": description, "exclusiveMinimum": 0},
+    )
+
+
+def _seconds(description: str) -> fields.Float:
+    """A task's own time control: seconds, above 0 and at most 30 days, or null."""
+    return fields.Float(
+        allow_none=True,
+        load_default=None,
+        allow_nan=False,
+        validate=validate.Range(min=0, min_inclusive=False, max=MAX_SECONDS),
         metadata={"description": description, "exclusiveMinimum": 0},
     )
 
@@ -172,6 +184,14 @@ class TaskDefinitionSchema(Schema):
     )
     session_id = fields.String(allow_none=True, load_default=None)
     service_id = fields.String(allow_none=True, load_default=None)
+    time_limit = _seconds(
+        "Celeriac: seconds the task's run may take, in place of its service's `time-limit`; "
+        "past them the run is stopped and the task ends `timed_out`."
+    )
+    queue_timeout = _seconds(
+        "Celeriac: seconds the task may wait in the queue before it starts, in place of its "
+        "service's `queue-timeout`; past them it ends `timed_out` without starting."
+    )
 
 
 class RunArgs(Schema):
@@ -297,8 +317,31 @@ class TaskSchema(Schema):
     input = fields.Method("dump_input", metadata={"description": "JSON-encoded run kwargs."})
     status = fields.String(validate=validate.OneOf([s.value for s in TaskStatus]))
     result = fields.Raw(allow_none=True)
-    error = PublicError(allow_none=True)
-    attempts = fields.Integer()
+    error = PublicError(
+        allow_none=True,
+        metadata={
+            "description": "Why the task failed, timed out or was cancelled (or, while it is "
+            "`retrying`, why its last run failed): `type` and `message`."
+        },
+    )
+    attempts = fields.Integer(metadata={"description": "Runs of the task recorded so far."})
+    run = fields.Integer(
+        metadata={"description": "The task's run: 1, then one more per retry (by hand or policy)."}
+    )
+    controls = fields.Dict(
+        allow_none=True,
+        metadata={
+            "description": "The task's controls: `time-limit`, `queue-timeout` and `retry`, "
+            "from its service's `celeriac` block and the task's own settings."
+        },
+    )
+    retry_at = fields.DateTime(
+        allow_none=True, metadata={"description": "When a `retrying` task runs again."}
+    )
+    expires_at = fields.DateTime(
+        allow_none=True,
+        metadata={"description": "When a task still queued then ends `timed_out` instead."},
+    )
     created_at = fields.DateTime()
     started_at = fields.DateTime(allow_none=True)
     finished_at = fields.DateTime(allow_none=True)
@@ -321,8 +364,9 @@ class AttemptSchema(Schema):
         allow_none=True,
         validate=validate.OneOf([o.value for o in AttemptOutcome]),
         metadata={
-            "description": "succeeded, failed, or lost (it never reported its end: a later run "
-            "began, or the task was queued again); empty while the run goes on."
+            "description": "succeeded, failed, cancelled, timed_out, or lost (it never "
+            "reported its end: a later run began, or the task was queued again); empty while "
+            "the run goes on."
         },
     )
     error = PublicError(allow_none=True, metadata={"description": "The run's error, if any."})

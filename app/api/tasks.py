@@ -87,6 +87,8 @@ def _submission(
         task_id=body.get("task_id"),
         multitask_strategy=args["multitask_strategy"],
         idempotency_key=headers.get("idempotency_key"),
+        time_limit=body.get("time_limit"),
+        queue_timeout=body.get("queue_timeout"),
     )
 
 
@@ -187,15 +189,34 @@ class TaskRetry(MethodView):
     @blp.alt_response(
         409,
         schema=ErrorSchema,
-        description="The task did not fail and was not cancelled (its status is in "
+        description="The task did not fail, time out or get cancelled (its status is in "
         "`errors`), or its session is closed; nothing changed.",
     )
     def post(self, deployment_name: str, task_id: str) -> Any:
-        """Queue a task that failed (or was cancelled) again, as a new attempt with the same
-        ``task_id``, input and service; its result, error and end are cleared, its earlier
-        runs stay in its attempts, and its events go on after theirs. A task of a session
-        waits for its session's turn."""
+        """Queue a task that failed, timed out or was cancelled again, as a new run with
+        the same ``task_id``, input and service; its result, error and end are cleared, its
+        earlier runs stay in its attempts, and its events go on after theirs. A task of a
+        session waits for its session's turn."""
         return plane().tasks.retry(deployment_name, task_id)
+
+
+@blp.route("/<string:task_id>/cancel")
+class TaskCancel(MethodView):
+    """Cancel a task."""
+
+    @blp.response(200, TaskSchema)
+    @blp.alt_response(
+        409,
+        schema=ErrorSchema,
+        description="The task has ended (its status is in `errors`); nothing changed.",
+    )
+    def post(self, deployment_name: str, task_id: str) -> Any:
+        """Cancel a task that has not ended: it is ``cancelled`` at once. A queued (or
+        retrying) task never starts, even if every process restarts; a running or waiting
+        one is asked to stop (its workflow gets ``CancelledError`` at its next ``await``),
+        then left behind after a grace period, and its worker slot is free; its session's
+        next task takes its turn. Retry it to run it again."""
+        return plane().tasks.cancel(deployment_name, task_id)
 
 
 @blp.route("/<string:task_id>/results")

@@ -286,7 +286,7 @@ class CancelArgs(Schema):
 
 
 class CancelledSchema(Schema):
-    """What ``cancel`` would answer (Celeriac answers 501 today)."""
+    """What ``cancel`` answers: ``cancelled``, or ``deleted`` with ``purge``."""
 
     status = fields.String(validate=validate.OneOf(["deleted", "cancelled"]))
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from flask import Response
 from flask.views import MethodView
+from flask_smorest.error_handler import ErrorSchema
 
 from app.api import plane
 from app.api.bodies import Blueprint, too_large
@@ -39,7 +40,7 @@ from app.api.workflow_schemas import (
     WorkflowSchemaSchema,
 )
 from app.control.handlers import event_obj_str, start_input
-from app.errors import InvalidInput, Unsupported, WorkflowNotDescribed
+from app.errors import InvalidInput, WorkflowNotDescribed
 
 blp = Blueprint(
     "workflow_server",
@@ -187,19 +188,24 @@ class Handler(MethodView):
 
 @blp.route("/handlers/<string:handler_id>/cancel")
 class HandlerCancel(MethodView):
-    """Cancel a handler (not supported yet)."""
+    """Cancel a handler."""
 
     @blp.arguments(CancelArgs(), location="query")
     @blp.response(200, CancelledSchema)
-    @blp.alt_response(501, description="Celeriac cannot cancel tasks yet; nothing changed.")
+    @blp.alt_response(
+        409,
+        schema=ErrorSchema,
+        description="The handler has ended, and `purge` was not asked for; nothing changed.",
+    )
     def post(self, args: dict[str, Any], deployment_name: str, handler_id: str) -> Any:
-        """Answers 501 today: Celeriac has no task cancellation yet (404 for an unknown one)."""
-        task = plane().tasks.get(deployment_name, handler_id)
-        raise Unsupported(
-            f"Celeriac cannot cancel tasks yet; handler {handler_id} is left as it is "
-            f"({task.status})",
-            errors={"handler_id": handler_id, "status": task.status},
-        )
+        """Cancel a running handler (its task ends ``cancelled``: see the tasks' ``cancel``);
+        with ``purge=true`` also delete it, with its events, whether it ran or ended."""
+        tasks = plane().tasks
+        if not args["purge"]:
+            tasks.cancel(deployment_name, handler_id)
+            return {"status": "cancelled"}
+        tasks.purge(deployment_name, handler_id)
+        return {"status": "deleted"}
 
 
 @blp.route("/events/<string:handler_id>")

@@ -46,6 +46,18 @@ deployment_option = click.option("-d", "--deployment", required=True, help="Depl
     help="Run the task at most once under KEY: the same run again under it (after a lost "
     "answer) gets the first run's task and result.",
 )
+@click.option(
+    "--time-limit",
+    type=click.FloatRange(0, min_open=True),
+    metavar="SECONDS",
+    help="Stop the task's run after SECONDS (it ends timed_out) [default: the service's].",
+)
+@click.option(
+    "--queue-timeout",
+    type=click.FloatRange(0, min_open=True),
+    metavar="SECONDS",
+    help="End the task timed_out if it has not started within SECONDS [default: the service's].",
+)
 @pass_state
 def run(
     state: CliState,
@@ -57,6 +69,8 @@ def run(
     stream: bool,
     timeout: float | None,
     idempotency_key: str | None,
+    time_limit: float | None,
+    queue_timeout: float | None,
 ) -> None:
     """Run a task and print its result."""
     with reporting_errors(), state.client() as client:
@@ -69,6 +83,8 @@ def run(
                 multitask_strategy=multitask_strategy,
                 timeout=timeout,
                 idempotency_key=idempotency_key,
+                time_limit=time_limit,
+                queue_timeout=queue_timeout,
             )
             echo_json(result)
             return
@@ -79,6 +95,8 @@ def run(
             session_id=session_id,
             multitask_strategy=multitask_strategy,
             idempotency_key=idempotency_key,
+            time_limit=time_limit,
+            queue_timeout=queue_timeout,
         )
         task = _follow(client, deployment, task.task_id, timeout=timeout)
     _report(task)
@@ -86,7 +104,7 @@ def run(
 
 @click.group("tasks")
 def tasks_group() -> None:
-    """List, read, follow and retry tasks, and send events into them."""
+    """List, read, follow, cancel and retry tasks, and send events into them."""
 
 
 @tasks_group.command("list")
@@ -120,9 +138,21 @@ def get(state: CliState, deployment: str, task_id: str) -> None:
 @click.argument("task_id")
 @pass_state
 def retry(state: CliState, deployment: str, task_id: str) -> None:
-    """Run a task that failed again, as a new attempt with the same id (JSON of the task)."""
+    """Run a task that failed, timed out or was cancelled again, as a new run with the same
+    id (JSON of the task)."""
     with reporting_errors(), state.client() as client:
         echo_json(dataclasses.asdict(client.tasks.retry(deployment, task_id)))
+
+
+@tasks_group.command("cancel")
+@deployment_option
+@click.argument("task_id")
+@pass_state
+def cancel(state: CliState, deployment: str, task_id: str) -> None:
+    """Cancel a task that has not ended: a queued one never starts, a running one is
+    stopped (JSON of the task)."""
+    with reporting_errors(), state.client() as client:
+        echo_json(dataclasses.asdict(client.tasks.cancel(deployment, task_id)))
 
 
 @tasks_group.command("attempts")

@@ -52,6 +52,10 @@ class Deployments:
         self._database = settings.sqlalchemy_url
         self.on_deployed: list[DeployedHook] = []
         self.on_removed: list[RemovedHook] = []
+        #: Called with a deployment's id before it is deleted (its unfinished tasks are
+        #: cancelled, so that none of their steps runs later, under a deployment of the same
+        #: name made again).
+        self.before_delete: list[Callable[[int], None]] = []
 
     def create(self, config: bytes | str, base_path: str, *, reload: bool = False) -> Deployment:
         """Validate ``config`` and store it; with ``reload`` replace an existing deployment."""
@@ -124,7 +128,12 @@ class Deployments:
             return find(session, name, with_services=True)
 
     def delete(self, name: str) -> None:
-        """Delete a deployment with its sessions, tasks and events."""
+        """Delete a deployment with its sessions, tasks and events; its unfinished tasks are
+        cancelled first."""
+        with self._db.read() as session:
+            deployment_id = find(session, name).id
+        for before in self.before_delete:
+            before(deployment_id)
         with self._db.begin() as session:
             session.delete(find(session, name))
         for hook in self.on_removed:

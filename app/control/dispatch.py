@@ -6,8 +6,16 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from app.errors import Unavailable
-from workers.celery_app import send, send_to_inbox
-from workers.protocol import DESCRIBE, RUN_STEP, DeliverEvent, Describe, RunStep, service_queue
+from workers.celery_app import broadcast_stops, send, send_to_inbox
+from workers.protocol import (
+    DESCRIBE,
+    RUN_STEP,
+    DeliverEvent,
+    Describe,
+    RunStep,
+    StopRuns,
+    service_queue,
+)
 
 
 class Dispatcher:
@@ -23,8 +31,18 @@ class Dispatcher:
         except (OperationalError, OSError) as exc:
             raise Unavailable(f"the broker did not accept the task: {exc}") from exc
 
-    def deliver(self, inbox: str, message: DeliverEvent) -> None:
-        """Send an event to the worker that runs its task."""
+    def stop(self, message: StopRuns) -> None:
+        """Tell every service worker to stop these runs (never start them, stop them if
+        they run); the runs are recorded as stopped before, so a worker that misses this
+        reads them when it connects."""
+        try:
+            broadcast_stops(self._celery, message)
+        except (OperationalError, OSError) as exc:
+            raise Unavailable(f"the broker did not accept the stop: {exc}") from exc
+
+    def deliver(self, inbox: str, message: DeliverEvent | StopRuns) -> None:
+        """Send a message to one worker's inbox: an event for the task it runs, or the
+        stopped runs it asked for."""
         try:
             send_to_inbox(self._celery, inbox, message)
         except (OperationalError, OSError) as exc:

@@ -21,9 +21,11 @@ HANDLER_STATUS: dict[TaskStatus, str] = {
     TaskStatus.QUEUED: "running",
     TaskStatus.RUNNING: "running",
     TaskStatus.WAITING_INPUT: "running",
+    TaskStatus.RETRYING: "running",
     TaskStatus.SUCCEEDED: "completed",
     TaskStatus.FAILED: "failed",
     TaskStatus.CANCELLED: "cancelled",
+    TaskStatus.TIMED_OUT: "failed",
 }
 HANDLER_STATUSES = ("running", "completed", "failed", "cancelled")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from app.control.deadlines import Deadlines
 from app.control.deployments import Deployments
 from app.control.descriptions import Descriptions
 from app.control.dispatch import Dispatcher
@@ -14,6 +15,7 @@ from app.control.recorder import Recorder
 from app.control.registry import Registry
 from app.control.sendable import SendableEvents
 from app.control.sessions import Sessions
+from app.control.stops import Stops
 from app.control.tasks import Tasks
 from app.control.tokens import Tokens
 from app.control.waiter import TaskWaiter
@@ -40,7 +42,11 @@ class ControlPlane:
         self.outbox = Outbox(
             self.lifecycle, dispatcher, settings.redispatch_after, swept=not settings.embedded
         )
-        self.recorder = Recorder(db, self.lifecycle, self.waiter, dispatcher, self.outbox)
+        self.stops = Stops(self.lifecycle, dispatcher, self.outbox, self.waiter)
+        self.deadlines = Deadlines(self.lifecycle, self.outbox, self.stops)
+        self.recorder = Recorder(
+            db, self.lifecycle, self.waiter, dispatcher, self.outbox, self.deadlines
+        )
         self.leases = Leases(self.lifecycle, dispatcher, settings.heartbeat_interval)
         self.tokens = Tokens(db)
         self.deployments = Deployments(db, settings, lambda: open_mode(settings, self.tokens))
@@ -53,12 +59,18 @@ class ControlPlane:
             self.lifecycle,
             self.outbox,
             self.waiter,
+            self.stops,
             settings.run_timeout,
             max_input_bytes=settings.max_input_bytes,
             max_nesting=settings.max_nesting,
         )
         self.deployments.on_deployed.append(lambda spec, _base: self.tasks.forget(spec.name))
         self.deployments.on_removed.append(self.tasks.forget)
+        self.deployments.before_delete.append(
+            lambda deployment_id: self.stops.broadcast(
+                self.lifecycle.cancel_all(deployment_id), "cancelled"
+            )
+        )
         # Streams wake on the recorder's notifications when it runs in this process; else
         # they re-read the database this often.
         poll = 1.0 if settings.embedded else 0.1
@@ -76,7 +88,15 @@ class ControlPlane:
             max_nesting=settings.max_nesting,
         )
         self.handlers = Handlers(db, self.tasks)
-        register_control_tasks(celery, self.recorder, self.outbox, self.leases, self.descriptions)
+        register_control_tasks(
+            celery,
+            self.recorder,
+            self.outbox,
+            self.leases,
+            self.descriptions,
+            self.stops,
+            self.deadlines,
+        )
 
     def close(self) -> None:
         """Write the last notes of published tasks, then release connections."""

@@ -8,6 +8,7 @@ import logging
 from sqlalchemy import Connection
 from sqlalchemy.dialects import postgresql, sqlite
 
+from app.control.deadlines import Deadlines
 from app.control.dispatch import Dispatcher
 from app.control.lifecycle import Lifecycle
 from app.control.outbox import Outbox
@@ -39,8 +40,10 @@ class Recorder:
         waiter: TaskWaiter,
         dispatcher: Dispatcher,
         outbox: Outbox,
+        deadlines: Deadlines | None = None,
     ) -> None:
         self._db = db
+        self._deadlines = deadlines
         self._lifecycle = lifecycle
         self._waiter = waiter
         self._dispatcher = dispatcher
@@ -67,9 +70,12 @@ class Recorder:
         finished = self._lifecycle.finish(message)
         # Waiters in this process (the embedded mode) take the outcome as it was stored.
         outcome = None
-        if finished.status is not None:
+        if finished.status is not None and finished.status.terminal:
             outcome = Outcome(finished.status.value, message.result, message.error)
         self._waiter.notify(message.task_id, outcome)
+        if finished.retry_at is not None and self._deadlines is not None:
+            # The deadlines' sweep would find it; this wakes it at the right time.
+            self._deadlines.due_at(finished.retry_at)
         if finished.following is not None:
             self._start(finished.following)
 

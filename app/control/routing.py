@@ -39,7 +39,8 @@ def first_step(
 ) -> RunStep:
     """The message that starts a task (a ``Task`` or a row of ``tasks``): today a task is one
     workflow run on its service, in its session's Context, numbering its events from the
-    task's ``first_seq``."""
+    task's ``first_seq``, under the task's controls (time limit, expiry, retry policy)."""
+    controls = task.controls or {}
     return RunStep(
         id=task.id,  # one first step per task: its id names the message in Flower too
         task_id=task.id,
@@ -52,4 +53,8 @@ def first_step(
         keep_context=keep_context,
         # A task just inserted has no first_seq yet: its run is its first
         first_seq=task.first_seq or 0,
+        run=task.run or 1,
+        time_limit=controls.get("time-limit"),
+        expires_at=None if task.expires_at is None else task.expires_at.timestamp(),
+        retry=controls.get("retry"),
     )

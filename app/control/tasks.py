@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -17,6 +18,7 @@ from app.control.deployments import find as find_deployment
 from app.control.lifecycle import Lifecycle, MultitaskStrategy, NewTask, Replay, RequestKey
 from app.control.outbox import Outbox
 from app.control.routing import first_step, route
+from app.control.stops import Stops
 from app.control.waiter import Abandoned, Outcome, TaskWaiter
 from app.db import Database, is_outage
 from app.errors import (
@@ -52,6 +54,10 @@ class Submission:
     multitask_strategy: MultitaskStrategy = MultitaskStrategy.ENQUEUE
     #: The client's ``Idempotency-Key``: the same request again under it gets the same task.
     idempotency_key: str | None = None
+    #: Seconds the task's run may take, and may wait in the queue; each replaces its
+    #: service's ``time-limit`` and ``queue-timeout`` for this task.
+    time_limit: float | None = None
+    queue_timeout: float | None = None
 
 
 #: The routes a request under an idempotency key may come by: a key used on one and then on
@@ -70,9 +76,23 @@ def request_hash(route: Route, request: Submission) -> str:
         "service_id": request.service_id,
         "task_id": request.task_id,
         "session_id": request.session_id,
+        "time_limit": request.time_limit,
+        "queue_timeout": request.queue_timeout,
     }
     canonical = json.dumps(asked, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def task_controls(spec: dict[str, Any], service: str, request: Submission) -> dict[str, Any] | None:
+    """A task's controls: its service's (the ``celeriac`` block of its entry in the
+    deployment file), with the time limit and queue wait the client set for it."""
+    controls = dict(spec.get("services", {}).get(service, {}).get("celeriac") or {})
+    controls.pop("concurrency", None)  # kept by the control plane, not by the task's run
+    if request.time_limit is not None:
+        controls["time-limit"] = request.time_limit
+    if request.queue_timeout is not None:
+        controls["queue-timeout"] = request.queue_timeout
+    return controls or None
 
 
 class Submitted(NamedTuple):
@@ -183,6 +203,7 @@ class Tasks:
         lifecycle: Lifecycle,
         outbox: Outbox,
         waiter: TaskWaiter,
+        stops: Stops,
         run_timeout: float,
         *,
         max_input_bytes: int = 1_048_576,
@@ -194,6 +215,7 @@ class Tasks:
         self._lifecycle = lifecycle
         self._outbox = outbox
         self._waiter = waiter
+        self._stops = stops
         self._run_timeout = run_timeout
         # Deployments by name, as last read. Every insert checks that the deployment still
         # has this id and version, so a stale entry can refuse a task but never misroute it.
@@ -254,13 +276,15 @@ class Tasks:
         target: _Target,
         single_use_session: bool,
     ) -> Submitted:
+        service = route(request.deployment, target.spec, request.service_id)
         new = NewTask(
             id=request.task_id or new_id(),
             deployment_id=target.id,
             version=target.version,
-            service=route(request.deployment, target.spec, request.service_id),
+            service=service,
             input=request.input,
             session_id=request.session_id,
+            controls=task_controls(target.spec, service, request),
         )
         try:
             inserted = self._lifecycle.insert(
@@ -318,6 +342,31 @@ class Tasks:
         if step is not None:
             self.dispatch(step)
         return self.get(deployment, task_id)
+
+    def cancel(self, deployment: str, task_id: str) -> Task:
+        """Cancel a task that has not ended: it is ``cancelled`` at once, a queued one never
+        starts and a running one is stopped (see ``app.control.stops``), and its session's
+        next task takes its turn. Returns the task; :class:`Conflict` if it had ended."""
+        with self._db.peek() as conn:
+            found = conn.execute(_DEPLOYMENT, {"name": deployment}).first()
+        if found is None:
+            raise NotFound(f"deployment {deployment!r} not found")
+        try:
+            ended = self._lifecycle.cancel(found.id, task_id)
+        except NotFound:
+            raise NotFound(f"task {task_id!r} not found in deployment {deployment!r}") from None
+        self._stops.ended(ended, "cancelled")
+        return self.get(deployment, task_id)
+
+    def purge(self, deployment: str, task_id: str) -> None:
+        """Delete a task with its events and runs, cancelling it first if it has not
+        ended (the workflow server's ``cancel`` with ``purge``)."""
+        with contextlib.suppress(Conflict):  # it had ended
+            self.cancel(deployment, task_id)
+        with self._db.peek() as conn:
+            found = conn.execute(_DEPLOYMENT, {"name": deployment}).first()
+        if found is None or not self._lifecycle.delete(found.id, task_id):
+            raise NotFound(f"task {task_id!r} not found in deployment {deployment!r}")
 
     def dispatch(self, step: RunStep) -> None:
         """Send a step; if the broker does not take it, the task stays queued for the sweep.

@@ -6,6 +6,7 @@ from app.models.deployment import Deployment, Service
 from app.models.event import Event, EventDirection
 from app.models.idempotency import IdempotencyKey
 from app.models.session import Session
+from app.models.stopped import StoppedStep
 from app.models.task import Operation, Task, TaskStatus
 from app.models.token import ApiToken, Scope
 from app.models.worker import Worker
@@ -22,6 +23,7 @@ __all__ = [
     "Scope",
     "Service",
     "Session",
+    "StoppedStep",
     "Task",
     "TaskAttempt",
     "TaskStatus",

@@ -17,6 +17,10 @@ class AttemptOutcome(str, enum.Enum):
 
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    #: Stopped because the task was cancelled.
+    CANCELLED = "cancelled"
+    #: Stopped at its time limit (or never begun: the task waited past its allowed wait).
+    TIMED_OUT = "timed_out"
     #: The control plane stopped waiting for the run's end: a later run of the task began,
     #: or the run was queued again. A late end report from the run replaces it.
     LOST = "lost"

@@ -19,9 +19,13 @@ class TaskStatus(str, enum.Enum):
     QUEUED = "queued"
     RUNNING = "running"
     WAITING_INPUT = "waiting_input"
+    #: A run failed and its service's retry policy runs it again at ``retry_at``.
+    RETRYING = "retrying"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    #: A run went past its time limit, or the task waited in the queue past its allowed wait.
+    TIMED_OUT = "timed_out"
 
     @property
     def terminal(self) -> bool:
@@ -54,50 +58,69 @@ class Operation(str, enum.Enum):
     RECOVER = "recover"
     #: A client asked to run a task that ended without success again (a new attempt).
     RETRY = "retry"
+    #: A retrying task's backoff ran out: it is queued and sent again (a new attempt).
+    RETRY_DUE = "retry_due"
+    #: A client cancelled the task (or deleted its deployment).
+    CANCEL = "cancel"
+    #: A run went past its time limit, or the task waited to start past its allowed wait.
+    TIME_OUT = "time_out"
 
 
-TERMINAL = frozenset({TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+TERMINAL = frozenset(
+    {TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.TIMED_OUT}
+)
 
 #: status -> statuses it may move to -> the operations that may move it there; the task
 #: lifecycle builds the guard of each of its statements from this table, and nothing else.
 #:
 #: ``running -> running`` is a redelivery to another worker (at-least-once delivery);
-#: ``queued -> succeeded/failed/waiting_input`` happens when the outcome, or the workflow's
-#: question, overtakes the start report. ``waiting_input`` moves back to ``running`` when an
-#: answer is sent in, never because of a late start report. A task that ended moves no more:
-#: a late start report or a late question leaves it as it is. Any unfinished task is queued
-#: again when the broker lost its step with the embedded server's process (a queued one stays
-#: queued, and is sent again). A running task, or one waiting for input, whose lease ran out
-#: (no live worker listed it in its heartbeats for a while) is recovered: queued and sent
-#: again. Cancelling is allowed, but no operation cancels yet. A task that failed, or was
-#: cancelled, is queued again when a client retries it; no report moves an ended task.
+#: ``queued -> succeeded/failed/retrying/waiting_input`` happens when the outcome, or the
+#: workflow's question, overtakes the start report. ``waiting_input`` moves back to
+#: ``running`` when an answer is sent in, never because of a late start report. A task that
+#: ended moves no more: a late start report or a late question leaves it as it is. Any
+#: unfinished task is queued again when the broker lost its step with the embedded server's
+#: process (a queued one stays queued, and is sent again). A running task, or one waiting for
+#: input, whose lease ran out (no live worker listed it in its heartbeats for a while) is
+#: recovered: queued and sent again. A run that failed with an error its service's retry
+#: policy retries makes the task ``retrying`` (it keeps its session's turn), and queued again
+#: once the backoff ran out. Any task that has not ended can be cancelled; one that has not
+#: ended can time out (its run past its time limit, or its wait in the queue past the allowed
+#: one). A task that failed, was cancelled or timed out is queued again when a client retries
+#: it; no report moves an ended task.
+_UNFINISHED_ENDS: dict[TaskStatus, frozenset[Operation]] = {
+    TaskStatus.SUCCEEDED: frozenset({Operation.FINISH}),
+    TaskStatus.FAILED: frozenset({Operation.FINISH}),
+    TaskStatus.RETRYING: frozenset({Operation.FINISH}),
+    TaskStatus.CANCELLED: frozenset({Operation.CANCEL}),
+    TaskStatus.TIMED_OUT: frozenset({Operation.TIME_OUT}),
+}
+_ENDED_AGAIN = {TaskStatus.QUEUED: frozenset({Operation.RETRY})}
 MOVES: dict[TaskStatus, dict[TaskStatus, frozenset[Operation]]] = {
     TaskStatus.QUEUED: {
         TaskStatus.QUEUED: frozenset({Operation.REQUEUE}),
         TaskStatus.RUNNING: frozenset({Operation.START}),
         TaskStatus.WAITING_INPUT: frozenset({Operation.AWAIT_INPUT}),
-        TaskStatus.SUCCEEDED: frozenset({Operation.FINISH}),
-        TaskStatus.FAILED: frozenset({Operation.FINISH}),
-        TaskStatus.CANCELLED: frozenset(),
+        **_UNFINISHED_ENDS,
     },
     TaskStatus.RUNNING: {
         TaskStatus.QUEUED: frozenset({Operation.REQUEUE, Operation.RECOVER}),
         TaskStatus.RUNNING: frozenset({Operation.START}),
         TaskStatus.WAITING_INPUT: frozenset({Operation.AWAIT_INPUT}),
-        TaskStatus.SUCCEEDED: frozenset({Operation.FINISH}),
-        TaskStatus.FAILED: frozenset({Operation.FINISH}),
-        TaskStatus.CANCELLED: frozenset(),
+        **_UNFINISHED_ENDS,
     },
     TaskStatus.WAITING_INPUT: {
         TaskStatus.QUEUED: frozenset({Operation.REQUEUE, Operation.RECOVER}),
         TaskStatus.RUNNING: frozenset({Operation.RESUME}),
-        TaskStatus.SUCCEEDED: frozenset({Operation.FINISH}),
-        TaskStatus.FAILED: frozenset({Operation.FINISH}),
-        TaskStatus.CANCELLED: frozenset(),
+        **_UNFINISHED_ENDS,
+    },
+    TaskStatus.RETRYING: {
+        TaskStatus.QUEUED: frozenset({Operation.RETRY_DUE}),
+        TaskStatus.CANCELLED: frozenset({Operation.CANCEL}),
     },
     TaskStatus.SUCCEEDED: {},
-    TaskStatus.FAILED: {TaskStatus.QUEUED: frozenset({Operation.RETRY})},
-    TaskStatus.CANCELLED: {TaskStatus.QUEUED: frozenset({Operation.RETRY})},
+    TaskStatus.FAILED: _ENDED_AGAIN,
+    TaskStatus.CANCELLED: _ENDED_AGAIN,
+    TaskStatus.TIMED_OUT: _ENDED_AGAIN,
 }
 
 #: status -> statuses it may move to, by any operation.
@@ -125,6 +148,17 @@ class Task(Base):
     result: Mapped[Any] = mapped_column(JSON, nullable=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: The task's run: 1, then one more each time it is queued again by a retry (by hand or
+    #: by its retry policy). A worker's reports name the run they are about, so that a late
+    #: report of an earlier run never touches the current one.
+    run: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    #: The task's controls (``config.deployment.controls``, in the YAML's spelling): its
+    #: service's, with what the client set for this task; empty when none applies.
+    controls: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
+    #: When a queued task that has not started expires (``queue-timeout``).
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: When a retrying task is queued and sent again.
+    retry_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     #: How many events the run streamed, known once it ends.
     event_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
     #: The number of the run's first event: 0, or after a retry the count of the events

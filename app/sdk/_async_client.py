@@ -221,11 +221,14 @@ class AsyncTasks:
         multitask_strategy: MultitaskStrategy | None = None,
         timeout: float | None = None,
         idempotency_key: str | None = None,
+        time_limit: float | None = None,
+        queue_timeout: float | None = None,
     ) -> Any:
         """Run a task and return its result; :class:`TaskFailed` if the workflow fails,
         :class:`TaskTimeout` after ``timeout`` seconds (default: the client's timeout).
         With ``idempotency_key``, running the same task again under the key (after a lost
-        answer, say) returns the first run's result instead of running it again."""
+        answer, say) returns the first run's result instead of running it again. ``time_limit``
+        and ``queue_timeout`` (seconds) replace the service's for this task."""
         return await self._c._send(
             calls.run_task(
                 deployment,
@@ -236,6 +239,7 @@ class AsyncTasks:
                 timeout=timeout,
                 client_timeout=self._c.timeout,
                 idempotency_key=idempotency_key,
+                limits=calls.TimeLimits(time_limit, queue_timeout),
             )
         )
 
@@ -249,11 +253,14 @@ class AsyncTasks:
         multitask_strategy: MultitaskStrategy | None = None,
         task_id: str | None = None,
         idempotency_key: str | None = None,
+        time_limit: float | None = None,
+        queue_timeout: float | None = None,
     ) -> Task:
         """Queue a task and return it without waiting (:class:`SessionBusy` if the session
         is busy and ``multitask_strategy="reject"``). With ``idempotency_key``, queueing
         the same task again under the key returns the first one instead of another
-        (:class:`IdempotencyKeyReused` for a different task under the key)."""
+        (:class:`IdempotencyKeyReused` for a different task under the key). ``time_limit``
+        and ``queue_timeout`` (seconds) replace the service's for this task."""
         return await self._c._send(
             calls.create_task(
                 deployment,
@@ -263,6 +270,7 @@ class AsyncTasks:
                 multitask_strategy=multitask_strategy,
                 task_id=task_id,
                 idempotency_key=idempotency_key,
+                limits=calls.TimeLimits(time_limit, queue_timeout),
             )
         )
 
@@ -271,9 +279,14 @@ class AsyncTasks:
         return await self._c._send(calls.get_task(deployment, task_id))
 
     async def retry(self, deployment: str, task_id: str) -> Task:
-        """Queue a task that failed (or was cancelled) again, as a new attempt with the same
-        id; the task as queued. :class:`Conflict` for a task in any other status."""
+        """Queue a task that failed, timed out or was cancelled again, as a new run with the
+        same id; the task as queued. :class:`Conflict` for a task in any other status."""
         return await self._c._send(calls.retry_task(deployment, task_id))
+
+    async def cancel(self, deployment: str, task_id: str) -> Task:
+        """Cancel a task that has not ended: a queued one never starts, a running one is
+        stopped; the task as cancelled. :class:`Conflict` for a task that has ended."""
+        return await self._c._send(calls.cancel_task(deployment, task_id))
 
     async def attempts(self, deployment: str, task_id: str) -> list[Attempt]:
         """Each run of a task, first first: worker, start, end, outcome and error."""

@@ -184,6 +184,7 @@ def run_task(
     timeout: float | None,
     client_timeout: float | None,
     idempotency_key: str | None = None,
+    limits: TimeLimits | None = None,
 ) -> Call[Any]:
     """``POST tasks/run``: the server waits ``timeout`` s (default: the client's timeout)
     and the HTTP read waits a little longer, so that a slow task ends in a 504, not a drop."""
@@ -199,7 +200,7 @@ def run_task(
         tasks_path(deployment, "run"),
         identity,
         params=params,
-        json=_definition(input, service, None),
+        json=_definition(input, service, None, limits),
         headers=_key_header(idempotency_key),
         timeout=http_timeout,
     )
@@ -214,6 +215,7 @@ def create_task(
     multitask_strategy: MultitaskStrategy | None,
     task_id: str | None,
     idempotency_key: str | None = None,
+    limits: TimeLimits | None = None,
 ) -> Call[Task]:
     """``POST tasks/create``."""
     return Call(
@@ -221,7 +223,7 @@ def create_task(
         tasks_path(deployment, "create"),
         Task.from_json,
         params=_submit_params(session_id, multitask_strategy),
-        json=_definition(input, service, task_id),
+        json=_definition(input, service, task_id, limits),
         headers=_key_header(idempotency_key),
     )
 
@@ -234,6 +236,11 @@ def get_task(deployment: str, task_id: str) -> Call[Task]:
 def retry_task(deployment: str, task_id: str) -> Call[Task]:
     """``POST tasks/{id}/retry``."""
     return Call("POST", tasks_path(deployment, task_id, "retry"), Task.from_json)
+
+
+def cancel_task(deployment: str, task_id: str) -> Call[Task]:
+    """``POST tasks/{id}/cancel``."""
+    return Call("POST", tasks_path(deployment, task_id, "cancel"), Task.from_json)
 
 
 def task_attempts(deployment: str, task_id: str) -> Call[list[Attempt]]:
@@ -310,15 +317,35 @@ def _key_header(idempotency_key: str | None) -> dict[str, str]:
 
 
 def _definition(
-    input: dict[str, Any] | None, service: str | None, task_id: str | None
+    input: dict[str, Any] | None,
+    service: str | None,
+    task_id: str | None,
+    limits: TimeLimits | None = None,
 ) -> dict[str, Any]:
-    """LlamaDeploy's ``TaskDefinition`` body."""
+    """LlamaDeploy's ``TaskDefinition`` body, with Celeriac's time controls if set."""
     body: dict[str, Any] = {"input": json.dumps(input or {})}
     if service:
         body["service_id"] = service
     if task_id:
         body["task_id"] = task_id
+    if limits is not None:
+        body.update(limits.body())
     return body
+
+
+@dataclass(frozen=True)
+class TimeLimits:
+    """A task's own time controls (each replaces its service's for this task)."""
+
+    #: Seconds the task's run may take; then it is stopped and ends ``timed_out``.
+    time_limit: float | None = None
+    #: Seconds it may wait in the queue; then it ends ``timed_out`` without starting.
+    queue_timeout: float | None = None
+
+    def body(self) -> dict[str, float]:
+        """The fields of a ``TaskDefinition`` that carry them."""
+        fields = {"time_limit": self.time_limit, "queue_timeout": self.queue_timeout}
+        return {name: value for name, value in fields.items() if value is not None}
 
 
 # --- sessions -----------------------------------------------------------------------------------

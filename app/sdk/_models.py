@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Statuses after which a task changes no more.
-TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+TERMINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
 
 
 def _time(value: str | None) -> dt.datetime | None:
@@ -160,6 +160,13 @@ class Task:
     created_at: dt.datetime | None = None
     started_at: dt.datetime | None = None
     finished_at: dt.datetime | None = None
+    #: The task's run: 1, then one more per retry (by hand or by its retry policy).
+    run: int = 1
+    #: Its time limit, allowed queue wait and retry policy (the deployment file's spelling).
+    controls: dict[str, Any] | None = None
+    #: When a ``retrying`` task runs again; when a task still queued times out instead.
+    retry_at: dt.datetime | None = None
+    expires_at: dt.datetime | None = None
     #: Each run, first first (read one task to have them: lists leave them out).
     attempt_history: list[Attempt] = field(default_factory=list)
 
@@ -184,6 +191,10 @@ class Task:
             created_at=_time(data.get("created_at")),
             started_at=_time(data.get("started_at")),
             finished_at=_time(data.get("finished_at")),
+            run=data.get("run", 1),
+            controls=data.get("controls"),
+            retry_at=_time(data.get("retry_at")),
+            expires_at=_time(data.get("expires_at")),
             attempt_history=[Attempt.from_json(a) for a in data.get("attempt_history") or []],
         )
 

@@ -15,7 +15,7 @@ from kombu.transport import memory
 from sqlalchemy import select
 from werkzeug.test import TestResponse
 
-from app.models import Event
+from app.models import Event, TaskStatus
 from app.models.base import table_of
 from app.server import Server
 from config.settings import Settings
@@ -31,7 +31,7 @@ ENVIRON_TOO = WORKFLOWS / "environ" / "other.yml"
 TWIN_ONE = WORKFLOWS / "twins" / "one" / "deployment.yml"
 TWIN_TWO = WORKFLOWS / "twins" / "two" / "deployment.yml"
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+TERMINAL = frozenset(status.value for status in TaskStatus if status.terminal)
 #: Where flask-smorest files request-parsing errors under ``errors``.
 LOCATIONS = frozenset({"query", "json", "files", "form", "headers", "cookies", "path"})
 _EVENTS = table_of(Event)

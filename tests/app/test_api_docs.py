@@ -125,7 +125,14 @@ def test_a_task_read_alone_has_its_attempts(openapi: dict[str, Any]) -> None:
         "outcome",
         "error",
     }
-    assert set(attempt["properties"]["outcome"]["enum"]) == {"succeeded", "failed", "lost", None}
+    assert set(attempt["properties"]["outcome"]["enum"]) == {
+        "succeeded",
+        "failed",
+        "cancelled",
+        "timed_out",
+        "lost",
+        None,
+    }
 
 
 def test_task_definition_is_the_body_of_run_and_create(openapi: dict[str, Any]) -> None:
@@ -170,7 +177,10 @@ def test_handler_schema_has_the_clients_fields(openapi: dict[str, Any]) -> None:
         "cancelled",
     ]
     cancel = openapi["paths"][f"{D}/handlers/{{handler_id}}/cancel"]["post"]["responses"]
-    assert "501" in cancel
+    assert {"200", "409"} <= set(cancel)
+    tasks = f"{D}/tasks/{{task_id}}"
+    for control in ("cancel", "retry"):
+        assert {"200", "409"} <= set(openapi["paths"][f"{tasks}/{control}"]["post"]["responses"])
 
 
 def test_create_deployment_takes_a_multipart_file(openapi: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ from workers.protocol import StepEvent, StepFinished, StepStarted
 
 Q, R, W = TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.WAITING_INPUT
 S, F, C = TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED
+Y, T = TaskStatus.RETRYING, TaskStatus.TIMED_OUT
 
 #: Every move the lifecycle may make, (from, to, by), written out on its own so that a change
 #: to the table shows here.
@@ -35,7 +36,10 @@ ALLOWED = frozenset(
         (Q, W, Operation.AWAIT_INPUT),
         (R, W, Operation.AWAIT_INPUT),
         (W, R, Operation.RESUME),
-        *((source, end, Operation.FINISH) for source in (Q, R, W) for end in (S, F)),
+        *((source, end, Operation.FINISH) for source in (Q, R, W) for end in (S, F, Y)),
+        *((source, C, Operation.CANCEL) for source in (Q, R, W, Y)),
+        *((source, T, Operation.TIME_OUT) for source in (Q, R, W)),
+        (Y, Q, Operation.RETRY_DUE),
         (Q, Q, Operation.REQUEUE),
         (R, Q, Operation.REQUEUE),
         (W, Q, Operation.REQUEUE),
@@ -43,6 +47,7 @@ ALLOWED = frozenset(
         (W, Q, Operation.RECOVER),
         (F, Q, Operation.RETRY),
         (C, Q, Operation.RETRY),
+        (T, Q, Operation.RETRY),
     }
 )
 
@@ -136,7 +141,10 @@ def resume(lifecycle: Lifecycle, task_id: str, _: TaskStatus) -> None:
 
 
 def finish(lifecycle: Lifecycle, task_id: str, end: TaskStatus, *, with_start: bool) -> None:
+    """A worker's end report that gives the task ``end`` (a retry in a second for
+    ``retrying``, a stop for ``timed_out`` and ``cancelled``)."""
     now = time.time()
+    stopped = {T: "timed_out", C: "cancelled"}.get(end)
     lifecycle.finish(
         StepFinished(
             task_id=task_id,
@@ -149,8 +157,49 @@ def finish(lifecycle: Lifecycle, task_id: str, end: TaskStatus, *, with_start: b
             started_at=now,
             started_reported=not with_start,
             at=now,
+            stopped=stopped,
+            retry_in=1.0 if end is Y else None,
         )
     )
+
+
+def cancel(lifecycle: Lifecycle, task_id: str, _: TaskStatus) -> None:
+    # An ended task is not cancelled: the Conflict is the refusal
+    with contextlib.suppress(Conflict):
+        lifecycle.cancel(1, task_id)
+
+
+def send_due(lifecycle: Lifecycle, task_id: str, _: TaskStatus) -> None:
+    # Its backoff ran out a second ago (a task of another status has none to run out)
+    with lifecycle._db.connect() as conn:
+        conn.execute(
+            update(_tasks)
+            .where(_tasks.c.id == task_id)
+            .values(retry_at=utcnow() - dt.timedelta(seconds=1))
+        )
+    lifecycle.send_due(utcnow(), lambda _step: True)
+
+
+def expire(lifecycle: Lifecycle, task_id: str, _: TaskStatus) -> None:
+    # Its allowed wait in the queue ran out a second ago
+    with lifecycle._db.connect() as conn:
+        conn.execute(
+            update(_tasks)
+            .where(_tasks.c.id == task_id)
+            .values(expires_at=utcnow() - dt.timedelta(seconds=1))
+        )
+    lifecycle.time_out_waiting(utcnow())
+
+
+def overrun(lifecycle: Lifecycle, task_id: str, _: TaskStatus) -> None:
+    # It started an hour ago, with a time limit of a minute
+    with lifecycle._db.connect() as conn:
+        conn.execute(
+            update(_tasks)
+            .where(_tasks.c.id == task_id)
+            .values(started_at=utcnow() - dt.timedelta(hours=1), controls={"time-limit": 60})
+        )
+    lifecycle.time_out_overrun(utcnow(), grace=30)
 
 
 def retry(lifecycle: Lifecycle, task_id: str, _: TaskStatus) -> None:
@@ -179,21 +228,44 @@ def recover(lifecycle: Lifecycle, task_id: str, _: TaskStatus) -> None:
 
 Apply = Callable[[Lifecycle, str, TaskStatus], None]
 
+
 #: How each operation is asked for, by the status it aims at (finish twice: with and
 #: without the run's start, two statements).
+def _reported(by: Operation) -> list[tuple[Operation, Apply]]:
+    """A worker's end report, with and without the run's start (two statements)."""
+    return [
+        (by, lambda lc, t, end: finish(lc, t, end, with_start=False)),
+        (by, lambda lc, t, end: finish(lc, t, end, with_start=True)),
+    ]
+
+
 AIMED: dict[TaskStatus, list[tuple[Operation, Apply]]] = {
-    Q: [(Operation.REQUEUE, requeue), (Operation.RECOVER, recover), (Operation.RETRY, retry)],
+    Q: [
+        (Operation.REQUEUE, requeue),
+        (Operation.RECOVER, recover),
+        (Operation.RETRY, retry),
+        (Operation.RETRY_DUE, send_due),
+    ],
     R: [(Operation.START, start), (Operation.RESUME, resume)],
     W: [(Operation.AWAIT_INPUT, await_input)],
-    S: [
-        (Operation.FINISH, lambda lc, t, end: finish(lc, t, end, with_start=False)),
-        (Operation.FINISH, lambda lc, t, end: finish(lc, t, end, with_start=True)),
+    Y: _reported(Operation.FINISH),
+    S: _reported(Operation.FINISH),
+    F: _reported(Operation.FINISH),
+    C: [(Operation.CANCEL, cancel), *_reported(Operation.CANCEL)],
+    T: [
+        (Operation.TIME_OUT, expire),
+        (Operation.TIME_OUT, overrun),
+        *_reported(Operation.TIME_OUT),
     ],
-    F: [
-        (Operation.FINISH, lambda lc, t, end: finish(lc, t, end, with_start=False)),
-        (Operation.FINISH, lambda lc, t, end: finish(lc, t, end, with_start=True)),
-    ],
-    C: [],
+}
+
+
+#: Sweeps that pick tasks by more than their status: the statuses they can move.
+REACHES: dict[Apply, set[TaskStatus]] = {
+    # A task waits in the queue only while it is queued
+    expire: {Q},
+    # Only a run in progress can overrun; a task queued again keeps its last run's start
+    overrun: {R, W},
 }
 
 
@@ -205,11 +277,13 @@ def test_the_table_holds_exactly_the_moves_written_out_here() -> None:
         for operation in operations
     }
     assert in_table == ALLOWED
-    # Cancelling is allowed from any unfinished status, though no operation cancels yet
-    assert {s for s in TaskStatus if C in TRANSITIONS[s]} == {Q, R, W}
+    # Any task that has not ended can be cancelled; one that has not started, or runs, can
+    # time out; a retrying one waits for its backoff, not for a worker
+    assert {s for s in TaskStatus if C in TRANSITIONS[s]} == {Q, R, W, Y}
+    assert {s for s in TaskStatus if T in TRANSITIONS[s]} == {Q, R, W}
     # An ended task moves only when a client retries it, and a success is never retried
-    assert {s for s in TaskStatus if s.terminal} == {S, F, C}
-    assert {s: TRANSITIONS[s] for s in (S, F, C)} == {S: set(), F: {Q}, C: {Q}}
+    assert {s for s in TaskStatus if s.terminal} == {S, F, C, T}
+    assert {s: TRANSITIONS[s] for s in (S, F, C, T)} == {S: set(), F: {Q}, C: {Q}, T: {Q}}
     assert {s for s in TaskStatus if Q in TRANSITIONS[s] and s.terminal} == Q.sources(
         Operation.RETRY
     )
@@ -227,7 +301,9 @@ def test_an_operation_moves_a_task_only_where_the_table_lets_it(
         apply(lifecycle, task_id, target)
         # Then the task moved there if the table allows this move by this operation, and
         # else stayed where it was
-        allowed = (source, target, operation) in ALLOWED
+        allowed = (source, target, operation) in ALLOWED and source in REACHES.get(
+            apply, set(TaskStatus)
+        )
         after = row(db, task_id)
         assert after.status == (target if allowed else source).value, (operation, allowed)
         if operation is Operation.REQUEUE:

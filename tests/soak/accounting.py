@@ -14,12 +14,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from app.models import TaskStatus
 from tests.soak.console import Console
 from tests.soak.faults import Fault
 from tests.soak.load import Ledger, Planned
 from tests.soak.workflow import PLANNED_FAILURE, expected_result
 
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+TERMINAL = frozenset(status.value for status in TaskStatus if status.terminal)
 #: A task that takes longer than this from submission to its end is listed as late: far past
 #: the lease's bound (5 s here), a slow task's run, and the API's or a process's restart.
 LATE = 30.0

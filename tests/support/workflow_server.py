@@ -172,15 +172,22 @@ async def handlers(client: WorkflowClient, completed: set[str], failed: set[str]
 
 
 async def cancel(client: WorkflowClient, handler_id: str) -> None:
-    """Cancel answers 501 Not Implemented in Celeriac's error shape and changes nothing; an
-    unknown handler is 404."""
+    """The client cancels a handler that waits for a person: it ends ``cancelled``. A
+    completed handler is not cancelled (409 in Celeriac's error shape, nothing changed), but
+    ``purge`` deletes it; an unknown handler is 404."""
+    waiting = await client.run_workflow_nowait("ask", start_event=StartEvent(question="who?"))
+    await collect_until(client, waiting.handler_id, "InputRequiredEvent")
+    cancelled = await client.cancel_handler(waiting.handler_id)
+    assert cancelled.status == "cancelled"
+    assert (await client.get_handler(waiting.handler_id)).status == "cancelled"
     before = await client.get_handler(handler_id)
     response = await http_error(client.cancel_handler(handler_id))
-    assert response.status_code == 501
+    assert response.status_code == 409
     body = response.json()
-    assert body["code"] == 501 and body["status"] == "Not Implemented"
-    assert "cannot cancel" in body["message"]
+    assert body["code"] == 409 and body["errors"] == {"task_id": handler_id, "status": "succeeded"}
     assert (await client.get_handler(handler_id)).status == before.status
+    assert (await client.cancel_handler(handler_id, purge=True)).status == "deleted"
+    assert (await http_error(client.get_handler(handler_id))).status_code == 404
     assert (await http_error(client.cancel_handler("no-such-handler"))).status_code == 404
 
 

@@ -102,7 +102,7 @@ class Run:
             message.worker,
             from_timestamp(message.started_at),
             from_timestamp(message.at),
-            AttemptOutcome.SUCCEEDED if message.ok else AttemptOutcome.FAILED,
+            _outcome(message),
             message.error,
         )
 
@@ -266,3 +266,13 @@ def lost_params(reason: dict[str, Any]) -> dict[str, Any]:
     """The parameters that mark runs lost now, for ``reason`` (:data:`SUPERSEDED` or
     :data:`REQUEUED`)."""
     return {"p_lost_at": utcnow(), "p_lost_error": reason}
+
+
+def _outcome(message: StepFinished) -> AttemptOutcome:
+    """How a run ended, by its end report: as it went, or stopped (cancelled, timed out)."""
+    if message.stopped is not None:
+        try:
+            return AttemptOutcome(message.stopped)
+        except ValueError:
+            return AttemptOutcome.FAILED
+    return AttemptOutcome.SUCCEEDED if message.ok else AttemptOutcome.FAILED

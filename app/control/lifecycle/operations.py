@@ -41,6 +41,19 @@ from workers.protocol import RunStep, StepEvent, StepFinished, StepStarted
 _sessions = table_of(Session)
 _deployments = table_of(Deployment)
 
+#: A run's end as a worker reports it: the status it gives the task, and by which operation.
+_ENDS = {
+    TaskStatus.SUCCEEDED: Operation.FINISH,
+    TaskStatus.FAILED: Operation.FINISH,
+    TaskStatus.RETRYING: Operation.FINISH,
+    TaskStatus.TIMED_OUT: Operation.TIME_OUT,
+    TaskStatus.CANCELLED: Operation.CANCEL,
+}
+#: The status of a run a worker stopped, by ``StepFinished.stopped``.
+_STOPPED = {"timed_out": TaskStatus.TIMED_OUT, "cancelled": TaskStatus.CANCELLED}
+#: The error of a task a client cancelled.
+CANCELLED_ERROR = {"type": "celeriac.Cancelled", "message": "the task was cancelled"}
+
 
 @dataclass(frozen=True)
 class NewTask:
@@ -52,6 +65,8 @@ class NewTask:
     service: str
     input: dict[str, Any]
     session_id: str | None = None
+    #: Its controls (``tasks.controls``): time limit, allowed queue wait, retry policy.
+    controls: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -61,6 +76,17 @@ class Finished:
 
     status: TaskStatus | None
     following: RunStep | None = None
+    #: When a retrying task is sent again.
+    retry_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class Ended:
+    """Tasks ended early (cancelled, timed out): their runs, for workers to stop, and the
+    first steps of the session tasks whose turn it now is."""
+
+    runs: list[tuple[str, int]]
+    following: list[RunStep]
 
 
 @dataclass(frozen=True)
@@ -92,6 +118,7 @@ class Lifecycle:
         self._db = db
         self._keys = Keys(db.engine.dialect.name, key_lifetime)
         self._insert_event = db.insert_ignoring_duplicates(sql.events)
+        self._insert_stopped = db.insert_ignoring_duplicates(sql.stopped_steps)
         # INSERT INTO tasks SELECT <the new task> FROM deployments WHERE id and version match,
         # skipping a task id already used: one statement, one round trip.
         values = [bindparam(name, type_=sql.tasks.c[name].type) for name in sql.NEW_TASK]
@@ -111,9 +138,9 @@ class Lifecycle:
         self._at_once = db.engine.dialect.name == "postgresql"
         # By outcome, and by whether the start is recorded with it.
         self._finish: dict[tuple[TaskStatus, bool], Update | Select[Any]] = {}
-        for status in (TaskStatus.SUCCEEDED, TaskStatus.FAILED):
+        for status, by in _ENDS.items():
             for with_start in (False, True):
-                finish = sql.finish(status, with_start=with_start)
+                finish = sql.finish(status, with_start=with_start, by=by)
                 self._finish[status, with_start] = (
                     sql.finish_at_once(finish, self._attempts if with_start else None)
                     if self._at_once
@@ -191,6 +218,8 @@ class Lifecycle:
             "attempts": 0,
             "created_at": now,
             "dispatched_at": now,
+            "controls": task.controls,
+            "expires_at": expiry(task.controls, now),
         }
         turn = Turn(run_now=True, context=None)
         alone = task.session_id is None and single_use_session
@@ -210,7 +239,7 @@ class Lifecycle:
                 ):
                     raise _KeyTaken  # the task and the session's changes roll back
         del row["version"]
-        return Task(**row), turn
+        return Task(**row, run=1), turn
 
     def _earlier(self, deployment_id: int, key: RequestKey, now: dt.datetime) -> Replay | None:
         """The task of the same request under the live ``key``, if any (``Keys.earlier``)."""
@@ -341,8 +370,14 @@ class Lifecycle:
                         "cannot run again",
                         errors={"task_id": task_id, "session_id": row.session_id},
                     ) from None
-            params = {"task_id": task_id, "p_dispatched_at": utcnow() if turn.run_now else None}
-            first_seq = conn.execute(sql.RETRY, params).scalar_one()
+            now = utcnow()
+            expires_at = expiry(row.controls, now)
+            params = {
+                "task_id": task_id,
+                "p_dispatched_at": now if turn.run_now else None,
+                "p_expires_at": expires_at,
+            }
+            first_seq, run = conn.execute(sql.RETRY, params).one()
             # Close any run still open (a lost one): the retry begins the next
             conn.execute(LOSE_RECOVERED, {"p_task_id": task_id, **lost_params(REQUEUED)})
         if not turn.run_now:
@@ -354,7 +389,156 @@ class Lifecycle:
             context=turn.context,
             keep_context=bool(row.session_id),
         )
-        return replace(step, first_seq=first_seq)
+        return replace(step, first_seq=first_seq, run=run, expires_at=_timestamp(expires_at))
+
+    def send_due(self, now: dt.datetime, send: Callable[[RunStep], bool]) -> list[str]:
+        """Queue again each retrying task whose backoff ran out by ``now``, as a new run,
+        and give ``send`` its first step, until it returns False (the last one stays queued,
+        dispatched and unpublished, for the outbox's sweep); returns the ids sent. A
+        retrying task keeps its session's turn: its step goes at once."""
+        sent: list[str] = []
+        with self._db.connect() as conn:
+            for row in conn.execute(sql.DUE, {"now": now}).all():
+                params = {
+                    "task_id": row.id,
+                    "now": now,
+                    "p_dispatched_at": now,
+                    "p_expires_at": expiry(row.controls, now),
+                }
+                moved = conn.execute(sql.RETRY_DUE, params).first()
+                if moved is None:
+                    continue
+                conn.execute(LOSE_RECOVERED, {"p_task_id": row.id, **lost_params(REQUEUED)})
+                step = _first_step_again(conn, row)
+                step = replace(
+                    step,
+                    first_seq=moved.first_seq,
+                    run=moved.run,
+                    expires_at=_timestamp(params["p_expires_at"]),
+                )
+                if not send(step):
+                    break  # queued and not published: the outbox's sweep sends it
+                sent.append(row.id)
+        return sent
+
+    def next_due(self) -> dt.datetime | None:
+        """When the next retrying task is due, if any."""
+        with self._db.peek() as conn:
+            return conn.scalar(sql.NEXT_DUE)
+
+    def cancel(self, deployment_id: int, task_id: str) -> Ended:
+        """Cancel a task of the deployment that has not ended: it ends ``cancelled`` at
+        once, its run is recorded as stopped (workers never start it, and stop it if it
+        runs), and its session's next task takes its turn.
+
+        :class:`NotFound` for an unknown task; :class:`Conflict`, with nothing changed, for
+        one that has ended."""
+        with self._db.connect() as conn:
+            row = conn.execute(
+                sql.TO_CANCEL, {"task_id": task_id, "deployment_id": deployment_id}
+            ).first()
+            if row is None:
+                raise NotFound(f"task {task_id!r} not found")
+            if TaskStatus(row.status) not in TaskStatus.CANCELLED.sources(Operation.CANCEL):
+                raise Conflict(
+                    f"task {task_id} has ended ({row.status}); only a task that has not "
+                    "ended can be cancelled",
+                    errors={"task_id": task_id, "status": row.status},
+                )
+            return self._end_early(conn, [row], sql.CANCEL, CANCELLED_ERROR, utcnow())
+
+    def cancel_all(self, deployment_id: int) -> list[tuple[str, int]]:
+        """Cancel every task of the deployment that has not ended (it is being deleted);
+        returns their runs, recorded as stopped, for workers to stop."""
+        with self._db.connect() as conn:
+            rows = conn.execute(sql.UNFINISHED_OF, {"deployment_id": deployment_id}).all()
+            error = {**CANCELLED_ERROR, "message": "the task's deployment was deleted"}
+            now = utcnow()
+            params = [{"task_id": r.id, "p_run": r.run, "p_error": error, "now": now} for r in rows]
+            if params:
+                conn.execute(sql.CANCEL, params)
+                self._note_stopped(conn, [(r.id, r.run) for r in rows], now)
+        return [(r.id, r.run) for r in rows]
+
+    def time_out_waiting(self, now: dt.datetime) -> Ended:
+        """End ``timed_out`` every task still queued past its allowed wait."""
+        with self._db.connect() as conn:
+            rows = conn.execute(sql.EXPIRED_IN_QUEUE, {"now": now}).all()
+            error = {
+                "type": "celeriac.QueueTimeout",
+                "message": "the task waited in the queue past its queue-timeout: it was "
+                "not started",
+            }
+            return self._end_early(conn, rows, sql.TIME_OUT, error, now)
+
+    def time_out_overrun(self, now: dt.datetime, grace: float) -> Ended:
+        """End ``timed_out`` every run past its time limit by more than ``grace`` seconds
+        (its worker stops a run at the limit, and reports it; this catches a worker that
+        could not)."""
+        with self._db.connect() as conn:
+            rows = [
+                row
+                for row in conn.execute(sql.RUNNING_WITH_LIMITS).all()
+                if (limit := (row.controls or {}).get("time-limit")) is not None
+                and row.started_at + dt.timedelta(seconds=limit + grace) < now
+            ]
+            error = {
+                "type": "celeriac.TimeLimitExceeded",
+                "message": "the run went past its time-limit and its worker did not stop it",
+            }
+            return self._end_early(conn, rows, sql.TIME_OUT, error, now)
+
+    def _end_early(
+        self,
+        conn: Connection,
+        rows: Iterable[Any],
+        statement: Update,
+        error: dict[str, Any],
+        now: dt.datetime,
+    ) -> Ended:
+        """End each task of ``rows`` (``id``, ``run``, ``session_id``) by ``statement``,
+        note its run stopped, and pass its session's turn on."""
+        runs: list[tuple[str, int]] = []
+        following: list[RunStep] = []
+        for row in rows:
+            params = {"task_id": row.id, "p_run": row.run, "p_error": error, "now": now}
+            if not conn.execute(statement, params).rowcount:
+                continue
+            runs.append((row.id, row.run))
+            if row.session_id:
+                step = self._pass_turn_of(conn, row.session_id, row.id, None)
+                if step is not None:
+                    following.append(step)
+        self._note_stopped(conn, runs, now)
+        return Ended(runs, following)
+
+    def _note_stopped(
+        self, conn: Connection, runs: list[tuple[str, int]], now: dt.datetime
+    ) -> None:
+        if runs:
+            conn.execute(
+                self._insert_stopped,
+                [{"task_id": task_id, "run": run, "stopped_at": now} for task_id, run in runs],
+            )
+
+    def delete(self, deployment_id: int, task_id: str) -> bool:
+        """Delete an ended task of the deployment with its events and runs (a session it
+        belonged to stays); False if there is no such ended task."""
+        with self._db.connect() as conn:
+            return bool(
+                conn.execute(
+                    sql.DELETE_ENDED, {"task_id": task_id, "deployment_id": deployment_id}
+                ).rowcount
+            )
+
+    def stopped_runs(self, kept: dt.timedelta, limit: int) -> list[tuple[str, int]]:
+        """The runs stopped within ``kept`` (newest first, ``limit`` at most), which workers
+        must never start; older ones are purged."""
+        cutoff = utcnow() - kept
+        with self._db.connect() as conn:
+            conn.execute(sql.PURGE_STOPPED, {"cutoff": cutoff})
+            rows = conn.execute(sql.STOPPED_SINCE, {"cutoff": cutoff, "limit": limit}).all()
+        return [(row.task_id, row.run) for row in rows]
 
     def start(self, message: StepStarted) -> list[tuple[int, Any]]:
         """A worker took the task: record the attempt, note its inbox, and mark the task
@@ -371,6 +555,7 @@ class Lifecycle:
                     "p_worker": message.worker,
                     "p_started_at": from_timestamp(message.at),
                     "p_inbox": message.inbox,
+                    "p_run": message.run,
                 },
             )
             inputs = conn.execute(sql.INPUTS, {"task_id": message.task_id})
@@ -378,10 +563,12 @@ class Lifecycle:
 
     def record_event(self, message: StepEvent) -> bool:
         """Store one streamed event, once whatever the deliveries; an ``InputRequiredEvent``
-        makes the task await input. False if the task is gone."""
+        makes the task await input. False if the task is gone, or the event is of a run
+        that is not the task's current one."""
         with self._db.connect() as conn:
-            if conn.scalar(sql.TASK_EXISTS, {"task_id": message.task_id}) is None:
-                return False
+            run = conn.scalar(sql.TASK_RUN, {"task_id": message.task_id})
+            if run is None or (message.run and message.run != run):
+                return False  # gone, or an event of an earlier run
             conn.execute(self._insert_event, sql.event_row(message))
             if message.event.get("input_required"):
                 conn.execute(sql.AWAIT_INPUT, {"task_id": message.task_id})
@@ -419,9 +606,14 @@ class Lifecycle:
     def finish(self, message: StepFinished) -> Finished:
         """Record the outcome with the run's last events, unless the task already ended (a
         redelivery) or is gone; a session's task then passes the session's turn on."""
-        status = TaskStatus.SUCCEEDED if message.ok else TaskStatus.FAILED
+        status = _status_of(message)
+        retry_at = None
+        if status is TaskStatus.RETRYING:
+            retry_at = utcnow() + dt.timedelta(seconds=message.retry_in or 0.0)
         params: dict[str, Any] = {
             "p_task_id": message.task_id,
+            "p_run": message.run,
+            "p_retry_at": retry_at,
             "p_result": message.result,
             "p_error": message.error,
             "p_event_count": message.event_count,
@@ -435,28 +627,32 @@ class Lifecycle:
         # On PostgreSQL that statement also records a quick run's attempt, if it changed
         # the task; other attempts are recorded in the transaction, or after it.
         in_statement = self._at_once and with_start
-        if in_statement:
-            params.update(p_outcome=status.value, **lost_params(SUPERSEDED))
         run = Run.finished(message)
+        if in_statement:
+            assert run is not None and run.outcome is not None  # a quick run has a worker
+            params.update(p_outcome=run.outcome.value, **lost_params(SUPERSEDED))
         finish = self._finish[status, with_start]
         events = [sql.event_row(StepEvent.decode(event)) for event in message.events]
         following = None
         # A session's next task is handed on in the same transaction; a quick run's
         # outcome on its own needs none on PostgreSQL, where it is a single statement.
-        alone = in_statement and not message.keep_context
+        passes_turn = message.keep_context and status.terminal
+        alone = in_statement and not passes_turn
         with self._db.single() if alone else self._db.connect() as conn:
             changed = self._store_outcome(conn, finish, params, events)
             if changed is not None and changed.attempts > 1 and events:
                 self._keep_last_event(conn, events[-1])
             pending = self._note_run(conn, run, changed, with_start, transaction=not alone)
-            if changed is not None and message.keep_context:
+            if changed is not None and passes_turn:
                 following = self._pass_turn(conn, changed.session_id, message)
         if pending is not None:
             # A redelivery, or a second run (the task had ended): rare enough for a
             # transaction of its own.
             with self._db.connect() as conn:
                 self._attempts.record(conn, pending)
-        return Finished(status if changed is not None else None, following)
+        if changed is None:
+            return Finished(None, following)
+        return Finished(status, following, retry_at)
 
     def _note_run(
         self,
@@ -522,7 +718,14 @@ class Lifecycle:
     ) -> RunStep | None:
         """Free the session (keeping the Context of a successful run) for its next task."""
         context = message.context if message.ok else None
-        row = pass_turn(conn, session_id, message.task_id, context)
+        return self._pass_turn_of(conn, session_id, message.task_id, context)
+
+    def _pass_turn_of(
+        self, conn: Connection, session_id: str, task_id: str, context: dict[str, Any] | None
+    ) -> RunStep | None:
+        """Free the session of ``task_id`` (keeping ``context``, if any) for its next task;
+        the next task's first step, if one waits."""
+        row = pass_turn(conn, session_id, task_id, context)
         if row is None:
             return None
         return first_step(
@@ -545,6 +748,25 @@ class Lifecycle:
         with self._db.begin() as db:
             found = find_session(db, find_deployment(db, deployment).id, session_id)
             found.deleted_at = utcnow()
+
+
+def _status_of(message: StepFinished) -> TaskStatus:
+    """The status a run's end report gives its task."""
+    if message.stopped is not None:
+        return _STOPPED.get(message.stopped, TaskStatus.FAILED)
+    if message.ok:
+        return TaskStatus.SUCCEEDED
+    return TaskStatus.FAILED if message.retry_in is None else TaskStatus.RETRYING
+
+
+def expiry(controls: dict[str, Any] | None, queued_at: dt.datetime) -> dt.datetime | None:
+    """When a task queued at ``queued_at`` expires, by its ``queue-timeout`` (None: never)."""
+    wait = (controls or {}).get("queue-timeout")
+    return None if wait is None else queued_at + dt.timedelta(seconds=wait)
+
+
+def _timestamp(at: dt.datetime | None) -> float | None:
+    return None if at is None else at.timestamp()
 
 
 def _first_step_again(conn: Connection, row: Any) -> RunStep:

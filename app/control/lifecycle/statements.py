@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    ColumnElement,
     DateTime,
     Integer,
     Select,
@@ -30,12 +31,22 @@ from sqlalchemy.dialects import postgresql
 
 from app.control.lifecycle.attempts import Attempts
 from app.control.lifecycle.guards import may_move, unfinished
-from app.models import Deployment, Event, EventDirection, Operation, Task, TaskStatus, Worker
+from app.models import (
+    Deployment,
+    Event,
+    EventDirection,
+    Operation,
+    StoppedStep,
+    Task,
+    TaskStatus,
+    Worker,
+)
 from app.models.base import from_timestamp, table_of
 from workers.protocol import StepEvent
 
 tasks = table_of(Task)
 events = table_of(Event)
+stopped_steps = table_of(StoppedStep)
 _deployments = table_of(Deployment)
 _workers = table_of(Worker)
 
@@ -49,9 +60,20 @@ NEW_TASK = (
     "attempts",
     "created_at",
     "dispatched_at",
+    "controls",
+    "expires_at",
 )
 
-TASK_EXISTS = select(tasks.c.id).where(tasks.c.id == bindparam("task_id"))
+#: The task's current run, if the task exists.
+TASK_RUN = select(tasks.c.run).where(tasks.c.id == bindparam("task_id"))
+
+
+def same_run() -> ColumnElement[bool]:
+    """True for a task whose current run is the one a report names (``p_run``); a report
+    from before runs were numbered (run 0) names whichever is current."""
+    run = bindparam("p_run", type_=Integer)
+    return or_(run == 0, tasks.c.run == run)
+
 
 #: A worker took the task: where to send it events (its attempt is counted with its row in
 #: ``task_attempts``). Reports may arrive in any order, so the status moves only where the
@@ -62,7 +84,11 @@ START = (
     # An ended task keeps the start and the worker of its run, unless its end overtook its
     # start report: another run's start (a redelivery, a recovered task's first message)
     # must not move them after the end.
-    .where(tasks.c.id == bindparam("task_id"), or_(unfinished(), tasks.c.started_at.is_(None)))
+    .where(
+        tasks.c.id == bindparam("task_id"),
+        same_run(),
+        or_(unfinished(), tasks.c.started_at.is_(None)),
+    )
     .values(
         worker=bindparam("p_worker"),
         started_at=bindparam("p_started_at"),
@@ -141,6 +167,9 @@ def _with_first_step(*more: Any) -> Select[Any]:
         tasks.c.service,
         tasks.c.input,
         tasks.c.first_seq,
+        tasks.c.run,
+        tasks.c.controls,
+        tasks.c.expires_at,
         _deployments.c.name.label("deployment_name"),
         _deployments.c.version,
         *more,
@@ -251,15 +280,20 @@ TO_RETRY = (
     .with_for_update(of=tasks)
 )
 
-#: A task that ended without success is queued again as a new attempt: what its last run
-#: left (outcome, worker, lease) is cleared, its earlier runs stay in ``task_attempts``, and
-#: its next run numbers its events after those stored. ``dispatched_at`` is empty while the
-#: task waits for its session's turn.
-RETRY = (
-    tasks.update()
-    .where(tasks.c.id == bindparam("task_id"), may_move(TaskStatus.QUEUED, Operation.RETRY))
-    .values(
+
+def requeue_for_retry(by: Operation) -> Update:
+    """A task queued again as a new run (``by`` a client's retry, or the end of a retrying
+    task's backoff): what its last run left (outcome, worker, lease) is cleared, its earlier
+    runs stay in ``task_attempts``, and its next run numbers its events after those stored.
+    ``dispatched_at`` is empty while the task waits for its session's turn."""
+    statement = tasks.update().where(
+        tasks.c.id == bindparam("task_id"), may_move(TaskStatus.QUEUED, by)
+    )
+    if by is Operation.RETRY_DUE:
+        statement = statement.where(tasks.c.retry_at <= bindparam("now"))
+    return statement.values(
         status=TaskStatus.QUEUED.value,
+        run=tasks.c.run + 1,
         result=None,
         error=None,
         event_count=None,
@@ -269,19 +303,103 @@ RETRY = (
         inbox=None,
         started_at=None,
         finished_at=None,
+        retry_at=None,
+        expires_at=bindparam("p_expires_at"),
         dispatched_at=bindparam("p_dispatched_at"),
         published_at=None,
-    )
-    .returning(tasks.c.first_seq)
+    ).returning(tasks.c.first_seq, tasks.c.run)
+
+
+RETRY = requeue_for_retry(Operation.RETRY)
+RETRY_DUE = requeue_for_retry(Operation.RETRY_DUE)
+
+#: Retrying tasks whose backoff ran out by ``now``, locked, with what their first step needs.
+DUE = (
+    _with_first_step(tasks.c.status, tasks.c.session_id)
+    .where(tasks.c.status == TaskStatus.RETRYING.value, tasks.c.retry_at <= bindparam("now"))
+    .order_by(tasks.c.retry_at)
+    .limit(SWEEP_BATCH)
+    .with_for_update(of=tasks, skip_locked=True)
+)
+#: When the next retrying task is due, if any.
+NEXT_DUE = select(func.min(tasks.c.retry_at)).where(tasks.c.status == TaskStatus.RETRYING.value)
+
+#: The task to cancel, locked: its status, session and run.
+TO_CANCEL = (
+    select(tasks.c.id, tasks.c.status, tasks.c.session_id, tasks.c.run)
+    .where(tasks.c.id == bindparam("task_id"), tasks.c.deployment_id == bindparam("deployment_id"))
+    .with_for_update()
+)
+#: A deployment's tasks that have not ended, locked (its deletion cancels them).
+UNFINISHED_OF = (
+    select(tasks.c.id, tasks.c.run)
+    .where(tasks.c.deployment_id == bindparam("deployment_id"), unfinished())
+    .with_for_update()
 )
 
 
-def finish(status: TaskStatus, *, with_start: bool) -> Update:
-    """The outcome ``status`` of a task that has not ended, with its start if ``with_start``
-    (a quick run, whose start is reported with its end)."""
+def end_early(status: TaskStatus, by: Operation) -> Update:
+    """The task ends ``status`` (``by`` a cancel or a time-out) before its run reported its
+    end, with the error ``p_error``; only its current run (``p_run``) is ended."""
+    return (
+        tasks.update()
+        .where(tasks.c.id == bindparam("task_id"), same_run(), may_move(status, by))
+        .values(
+            status=status.value,
+            error=bindparam("p_error"),
+            finished_at=bindparam("now"),
+            retry_at=None,
+        )
+    )
+
+
+CANCEL = end_early(TaskStatus.CANCELLED, Operation.CANCEL)
+TIME_OUT = end_early(TaskStatus.TIMED_OUT, Operation.TIME_OUT)
+
+#: Tasks still queued past their allowed wait, locked: they time out.
+EXPIRED_IN_QUEUE = (
+    select(tasks.c.id, tasks.c.session_id, tasks.c.run, tasks.c.expires_at)
+    .where(tasks.c.status == TaskStatus.QUEUED.value, tasks.c.expires_at < bindparam("now"))
+    .order_by(tasks.c.expires_at)
+    .limit(SWEEP_BATCH)
+    .with_for_update(of=tasks, skip_locked=True)
+)
+#: Tasks a worker holds, with controls: those past their time limit time out (checked in
+#: Python: the limit is in ``controls``). Few rows: only tasks that run now. (A task queued
+#: again keeps its last run's start, and is not running.)
+RUNNING_WITH_LIMITS = select(
+    tasks.c.id, tasks.c.session_id, tasks.c.run, tasks.c.started_at, tasks.c.controls
+).where(
+    _HELD,
+    may_move(TaskStatus.TIMED_OUT, Operation.TIME_OUT),
+    tasks.c.controls.is_not(None),
+    tasks.c.started_at.is_not(None),
+)
+
+#: An ended task, deleted (its events and runs go with it).
+DELETE_ENDED = tasks.delete().where(
+    tasks.c.id == bindparam("task_id"),
+    tasks.c.deployment_id == bindparam("deployment_id"),
+    ~unfinished(),
+)
+
+#: The stopped runs workers must still know of, newest first.
+STOPPED_SINCE = (
+    select(stopped_steps.c.task_id, stopped_steps.c.run)
+    .where(stopped_steps.c.stopped_at >= bindparam("cutoff"))
+    .order_by(stopped_steps.c.stopped_at.desc())
+    .limit(bindparam("limit"))
+)
+PURGE_STOPPED = stopped_steps.delete().where(stopped_steps.c.stopped_at < bindparam("cutoff"))
+
+
+def finish(status: TaskStatus, *, with_start: bool, by: Operation = Operation.FINISH) -> Update:
+    """The outcome ``status`` of a run that has not ended (``by`` its end, or its stop at
+    its time limit), with its start if ``with_start`` (a quick run, whose start is reported
+    with its end). A retrying task is sent again at ``p_retry_at``."""
     statement = (
         tasks.update()
-        .where(tasks.c.id == bindparam("p_task_id"), may_move(status, Operation.FINISH))
+        .where(tasks.c.id == bindparam("p_task_id"), same_run(), may_move(status, by))
         .values(
             status=status.value,
             result=bindparam("p_result"),
@@ -290,6 +408,8 @@ def finish(status: TaskStatus, *, with_start: bool) -> Update:
             finished_at=bindparam("p_finished_at"),
         )
     )
+    if status is TaskStatus.RETRYING:
+        statement = statement.values(retry_at=bindparam("p_retry_at"))
     if with_start:
         statement = statement.values(
             attempts=tasks.c.attempts + 1,

@@ -1,0 +1,88 @@
+"""Stopped runs: what this worker must never start, and must stop if it runs.
+
+The control plane stops a run when its task is cancelled, times out, or goes with its
+deployment. It records the stop first (``stopped_steps``), then broadcasts it on the fanout
+exchange :data:`~workers.protocol.STOPS_EXCHANGE`, to which every service worker binds its
+inbox. A broadcast reaches only the workers connected at that moment, so a worker that
+(re)connects asks for the whole list (``StopsWanted``) once its inbox is bound, and starts no
+run until it has it: every stop recorded before the list was read is in it, and every one
+after reaches the bound inbox. A cancelled task's step that waits in a queue is therefore
+never started, whatever restarted in between; unlike Celery's ``revoke``, nothing depends
+on a worker's memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+from kombu import Exchange
+
+from workers.protocol import STOPS_EXCHANGE
+
+log = logging.getLogger(__name__)
+
+#: Entries a worker keeps before it forgets the oldest (the control plane's list is the
+#: lasting record; this is the copy a worker checks on every step).
+KEPT = 100_000
+
+
+def stops_exchange() -> Exchange:
+    """The fanout exchange of stop broadcasts (durable: declared by senders and workers)."""
+    return Exchange(STOPS_EXCHANGE, type="fanout", durable=True)
+
+
+class Stops:
+    """The runs stopped, by task: the highest run number stopped, and why."""
+
+    def __init__(self) -> None:
+        self._stopped: dict[str, tuple[int, str]] = {}
+        #: Set while the list is known complete. A runtime that no broker feeds (in tests)
+        #: knows it from the start; a worker's is cleared until its inbox gets the list.
+        self._ready = threading.Event()
+        self._ready.set()
+        self._lock = threading.Lock()
+
+    def note(self, runs: Iterable[Any], reason: str, *, complete: bool = False) -> list[str]:
+        """Remember ``runs`` (``[task_id, run]`` pairs) as stopped for ``reason``; with
+        ``complete`` (the control plane's whole list) runs may start again. Returns the ids
+        of the tasks noted."""
+        noted: list[str] = []
+        with self._lock:
+            for task_id, run in runs:
+                known = self._stopped.get(task_id)
+                if known is None or known[0] < int(run):
+                    self._stopped[task_id] = (int(run), reason)
+                noted.append(str(task_id))
+            while len(self._stopped) > KEPT:
+                del self._stopped[next(iter(self._stopped))]
+        if complete:
+            self._ready.set()
+        return noted
+
+    def unknown(self) -> None:
+        """The list may have missed broadcasts (the worker (re)connects): runs wait for the
+        next complete list."""
+        self._ready.clear()
+
+    def wait_known(self, warn_every: float = 10.0) -> None:
+        """Wait until the control plane's list arrived since the last (re)connection."""
+        waited = 0.0
+        while not self._ready.wait(warn_every):
+            waited += warn_every
+            log.warning(
+                "runs wait for the control plane's list of stopped tasks (%.0f s so far): "
+                "is a control-plane consumer running?",
+                waited,
+            )
+
+    def reason(self, task_id: str, run: int) -> str | None:
+        """Why run ``run`` of the task was stopped, or None if it was not. A step from
+        before runs were numbered (run 0) is stopped by any stop of its task."""
+        with self._lock:
+            known = self._stopped.get(task_id)
+        if known is None or (run and run > known[0]):
+            return None
+        return known[1]
