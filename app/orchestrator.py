@@ -108,58 +108,83 @@ def sweep_period(outbox: Outbox, leases: Leases) -> float:
     return max(min(outbox.redispatch_after / 3, leases.heartbeat_interval), 0.05)
 
 
+class _ControlSweep(bootsteps.StartStopStep):
+    """A worker bootstep that sweeps from a thread of its own while the worker consumes the
+    control queue (service workers of the embedded mode share the app, and do not sweep):
+    once at start, then after each :meth:`pause`."""
+
+    #: The sweeping thread's name, before the worker's node name.
+    thread_name = "sweep"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sweep(self) -> None:
+        """One sweep; a database error is logged, and the next sweep tries again."""
+        raise NotImplementedError
+
+    def pause(self, stop: threading.Event) -> bool:
+        """Wait until the next sweep; True once ``stop`` is set."""
+        raise NotImplementedError
+
+    def start(self, worker: Any) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._sweep_until_stopped,
+            args=(worker,),
+            name=f"{self.thread_name}-{worker.hostname}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self, worker: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _sweep_until_stopped(self, worker: Any) -> None:
+        # The worker's queues are known once its consumer runs.
+        while (queues := own_queues(worker)) is None:
+            if self._stop.wait(0.05):
+                return
+        if CONTROL_QUEUE not in queues:
+            return
+        while True:
+            self.sweep()
+            if self.pause(self._stop):
+                return
+
+
 def _sweep_step(outbox: Outbox, leases: Leases) -> type[bootsteps.StartStopStep]:
     """A worker bootstep that sweeps ``outbox`` and ``leases`` while the worker consumes the
     control queue."""
+    interval = sweep_period(outbox, leases)
 
-    class SweepStep(bootsteps.StartStopStep):
+    class SweepStep(_ControlSweep):
         """Sweeps at start, then every :func:`sweep_period`; writes the outbox's notes when
         the worker stops."""
 
-        def __init__(self, worker: Any, **kwargs: Any) -> None:
-            super().__init__(worker, **kwargs)
-            self._stop = threading.Event()
-            self._thread: threading.Thread | None = None
+        def sweep(self) -> None:
+            try:
+                outbox.sweep()
+            except SQLAlchemyError:
+                log.warning("the outbox sweep failed; trying again", exc_info=True)
+            try:
+                leases.recover()
+            except SQLAlchemyError:
+                log.warning("the leases' sweep failed; trying again", exc_info=True)
 
-        def start(self, worker: Any) -> None:
-            self._stop.clear()
-            self._thread = threading.Thread(
-                target=self._sweep_until_stopped,
-                args=(worker,),
-                name=f"sweep-{worker.hostname}",
-                daemon=True,
-            )
-            self._thread.start()
+        def pause(self, stop: threading.Event) -> bool:
+            return stop.wait(interval)
 
         def stop(self, worker: Any) -> None:
-            self._stop.set()
-            if self._thread is not None:
-                self._thread.join(timeout=10)
-                self._thread = None
+            super().stop(worker)
             # The consumer has stopped: note the last steps it sent (the next task of a
             # session) before the process ends, or a sweep would send them again.
             outbox.close()
-
-        def _sweep_until_stopped(self, worker: Any) -> None:
-            # Only a worker of the control queue sweeps; its queues are known once its
-            # consumer runs (service workers of the embedded mode share this app).
-            while (queues := own_queues(worker)) is None:
-                if self._stop.wait(0.05):
-                    return
-            if CONTROL_QUEUE not in queues:
-                return
-            interval = sweep_period(outbox, leases)
-            while True:
-                try:
-                    outbox.sweep()
-                except SQLAlchemyError:
-                    log.warning("the outbox sweep failed; trying again", exc_info=True)
-                try:
-                    leases.recover()
-                except SQLAlchemyError:
-                    log.warning("the leases' sweep failed; trying again", exc_info=True)
-                if self._stop.wait(interval):
-                    return
 
     return SweepStep
 
@@ -168,43 +193,23 @@ def _deadlines_step(deadlines: Deadlines) -> type[bootsteps.StartStopStep]:
     """A worker bootstep that keeps ``deadlines`` while the worker consumes the control
     queue (the embedded server's too: retries and time limits need no broker sweep)."""
 
-    class DeadlinesStep(bootsteps.StartStopStep):
+    class DeadlinesStep(_ControlSweep):
         """Sweeps the deadlines at start, then as :meth:`Deadlines.wait` says."""
 
-        def __init__(self, worker: Any, **kwargs: Any) -> None:
-            super().__init__(worker, **kwargs)
-            self._stop = threading.Event()
-            self._thread: threading.Thread | None = None
+        thread_name = "deadlines"
 
-        def start(self, worker: Any) -> None:
-            self._stop.clear()
-            self._thread = threading.Thread(
-                target=self._sweep_until_stopped,
-                args=(worker,),
-                name=f"deadlines-{worker.hostname}",
-                daemon=True,
-            )
-            self._thread.start()
+        def sweep(self) -> None:
+            try:
+                deadlines.sweep()
+            except SQLAlchemyError:
+                log.warning("the deadlines' sweep failed; trying again", exc_info=True)
+
+        def pause(self, stop: threading.Event) -> bool:
+            return deadlines.wait(stop)
 
         def stop(self, worker: Any) -> None:
             self._stop.set()
             deadlines.interrupt()
-            if self._thread is not None:
-                self._thread.join(timeout=10)
-                self._thread = None
-
-        def _sweep_until_stopped(self, worker: Any) -> None:
-            while (queues := own_queues(worker)) is None:
-                if self._stop.wait(0.05):
-                    return
-            if CONTROL_QUEUE not in queues:
-                return
-            while not self._stop.is_set():
-                try:
-                    deadlines.sweep()
-                except SQLAlchemyError:
-                    log.warning("the deadlines' sweep failed; trying again", exc_info=True)
-                    self._stop.wait(1.0)
-                deadlines.wait(self._stop)
+            super().stop(worker)
 
     return DeadlinesStep
