@@ -28,6 +28,9 @@ from tests.app.conftest import (
 )
 from tests.app.test_cli import on
 
+#: Each test waits on real time (naps, time limits, backoffs): once per run of the suite.
+pytestmark = pytest.mark.timing
+
 CONTROLLED = WORKFLOWS / "controlled" / "deployment.yml"
 TASKS = "/deployments/Controlled/tasks"
 #: The worker slots of the test server (``tests.conftest.settings``).
