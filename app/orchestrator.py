@@ -52,6 +52,9 @@ _RETRY: dict[str, Any] = {
     "retry_backoff_max": RETRY_BACKOFF_MAX,
     "max_retries": 200,
     "shared": False,
+    # Reports are plumbing, several per task (one per streamed event, one per heartbeat):
+    # no monitoring events, so Flower lists the runs (``run_step``) a user cares about.
+    "send_events": False,
 }
 
 

@@ -16,7 +16,7 @@ from config.settings import Settings
 from config.sources import SourcePolicy
 from workers import trust
 from workers.description import describe_service, describe_workflow
-from workers.errors import ControlPlaneUnreachable, HandedBack
+from workers.errors import ControlPlaneUnreachable, HandedBack, WorkflowFailed
 from workers.heartbeat import HeartbeatStep
 from workers.inbox import HandBackStep, InboxStep
 from workers.pools import ThreadsPoolOnly
@@ -231,10 +231,18 @@ def register_service_tasks(celery: CeleriacCelery) -> None:
 
     celery.runtime.announce = announce
 
-    @celery.task(name=RUN_STEP, shared=False, bind=True, acks_late=True, reject_on_worker_lost=True)
+    @celery.task(
+        name=RUN_STEP,
+        shared=False,
+        bind=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+        # Expected: logged as the task's state, without a traceback (the task's error has it).
+        throws=(WorkflowFailed,),
+    )
     def run_step(task: Any, **payload: Any) -> None:
         try:
-            celery.runtime.run(RunStep.decode(payload), reporter)
+            outcome = celery.runtime.run(RunStep.decode(payload), reporter)
         except ControlPlaneUnreachable as exc:
             # The deployment could not be fetched (the API server restarts, say): the step
             # goes back to the queue for a moment later, instead of failing the task.
@@ -242,6 +250,9 @@ def register_service_tasks(celery: CeleriacCelery) -> None:
         except HandedBack as exc:
             # Back to the queue (not acknowledged): another worker runs it again.
             raise Reject(str(exc), requeue=True) from None
+        if outcome is not None and not outcome.ok:
+            error = outcome.error or {}
+            raise WorkflowFailed(f"{error.get('type', 'Error')}: {error.get('message', '')}")
 
     @celery.task(name=DESCRIBE, shared=False, bind=True, acks_late=True)
     def describe(task: Any, **payload: Any) -> None:

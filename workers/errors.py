@@ -18,6 +18,12 @@ class WorkerError(Exception):
     """Root of every error raised by the worker package."""
 
 
+class WorkflowFailed(WorkerError):
+    """The run ended without success (its workflow raised, it was stopped, or its result was
+    refused). Raised by ``run_step`` after the outcome was reported, so that Celery and Flower
+    show the task as FAILURE with this error; the step is acknowledged all the same."""
+
+
 class ProtocolError(WorkerError):
     """A message does not follow the protocol."""
 

@@ -22,7 +22,7 @@ import threading
 from typing import Any
 
 from celery import bootsteps
-from kombu import Consumer, Queue, binding
+from kombu import Consumer, Queue
 from kombu.common import ignore_errors
 from workflows import Context, Workflow
 from workflows.context.serializers import JsonSerializer
@@ -33,6 +33,7 @@ from workers.protocol import (
     CONTROL_QUEUE,
     INBOX_PREFIX,
     SERVICE_QUEUE_PREFIX,
+    STOPS_EXCHANGE,
     STOPS_WANTED,
     DeliverEvent,
     StopRuns,
@@ -178,8 +179,8 @@ class InboxStep(bootsteps.ConsumerStep):
             n.startswith(SERVICE_QUEUE_PREFIX) and not n.startswith(INBOX_PREFIX) for n in names
         ):
             return []
-        queue = inbox_entity(runtime.inbox_queue)
-        return [Consumer(channel, queues=[queue], callbacks=[self._on_message], accept=["json"])]
+        queues = [inbox_entity(runtime.inbox_queue), stops_entity(runtime.inbox_queue)]
+        return [Consumer(channel, queues=queues, callbacks=[self._on_message], accept=["json"])]
 
     def start(self, c: Any) -> None:
         """Remember the worker's consumer, start consuming, then ask for the stopped runs:
@@ -253,11 +254,14 @@ def _delete(queue: Queue, connection: Any) -> None:
 
 def inbox_entity(name: str) -> Queue:
     """The Kombu queue of a worker's inbox, on the default exchange (senders publish to it by
-    name, without declaring anything) and bound to the stops exchange, expiring once its
-    worker is gone."""
-    return Queue(
-        name,
-        routing_key=name,
-        expires=INBOX_EXPIRES,
-        bindings=[binding(stops_exchange(), routing_key=name)],
-    )
+    name, without declaring anything), expiring once its worker is gone."""
+    return Queue(name, routing_key=name, expires=INBOX_EXPIRES)
+
+
+def stops_entity(inbox: str) -> Queue:
+    """The queue through which the worker of ``inbox`` hears the stops broadcast, bound to
+    the stops exchange and expiring as its inbox does. (Not the inbox itself: Kombu's Redis
+    transport consumes a queue bound to a fanout exchange through publish/subscribe alone,
+    and would no longer read what is sent to the inbox by name.)"""
+    name = f"{STOPS_EXCHANGE}.{inbox.removeprefix(INBOX_PREFIX)}"
+    return Queue(name, exchange=stops_exchange(), routing_key="stops", expires=INBOX_EXPIRES)

@@ -164,6 +164,16 @@ class BrokerConnection(Connection):
             errback, max_retries, interval_start, interval_step, interval_max, **kwargs
         )
 
+    def as_uri(self, *args: Any, **kwargs: Any) -> str:
+        """The broker's URL, as its user wrote it: Celeriac's Redis transport is Kombu's
+        with other clients, and monitoring (Flower's broker page) picks its client by the
+        URL's scheme, which would otherwise be the transport's class path."""
+        uri: str = super().as_uri(*args, **kwargs)
+        if uri.startswith(REDIS_TRANSPORT + "://"):
+            scheme = "rediss" if self.ssl else "redis"
+            return scheme + uri[len(REDIS_TRANSPORT) :]
+        return uri
+
 
 def transport_options(settings: Settings) -> dict[str, Any]:
     """Celery settings for the broker in ``settings``: the transport's profile.

@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.app.conftest import FAILING
 from tests.conftest import QUICKSTART
 from tests.e2e.conftest import Platform, node, script
 from tests.support.processes import READY_TIMEOUT, free_port, poll, require_module
@@ -15,6 +16,42 @@ from tests.support.processes import READY_TIMEOUT, free_port, poll, require_modu
 #: Flower's HTTP API answers only with credentials (or FLOWER_UNAUTHENTICATED_API).
 AUTH = ("admin", "s3cret")
 RUN_STEP = "celeriac.service.run_step"
+
+
+class Flower:
+    """A Flower watching the platform's broker, and a client of its HTTP API."""
+
+    def __init__(self, platform: Platform) -> None:
+        self.port = free_port()
+        self.process = platform.start(
+            "flower",
+            [
+                script("celery"),
+                *("-A", "workers.entry", "flower", f"--port={self.port}", "--address=127.0.0.1"),
+                f"--basic-auth={AUTH[0]}:{AUTH[1]}",
+            ],
+            database=False,
+        )
+        self.api = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", auth=AUTH, timeout=30.0)
+
+    def page(self, path: str, **params: Any) -> httpx.Response | None:
+        """A page of Flower's, or None while it does not answer."""
+        if not self.process.alive():
+            pytest.fail(
+                f"flower exited with {self.process.popen.returncode}:\n{self.process.output()}"
+            )
+        try:
+            return self.api.get(path, params=params)
+        except httpx.TransportError:
+            return None
+
+    def get(self, path: str, **params: Any) -> Any:
+        """The JSON of a page of Flower's API, or None while it does not answer."""
+        response = self.page(path, **params)
+        return response.json() if response is not None and response.status_code == 200 else None
+
+    def close(self) -> None:
+        self.api.close()
 
 
 @pytest.mark.e2e
@@ -31,27 +68,8 @@ def test_flower_lists_the_service_workers_and_their_run_step_tasks(
     platform.service_worker("w2", celery_cli=True)
     workers = {node("w1"), node("w2")}
     platform.wait_for_workers("QuickStart", workers)
-    port = free_port()
-    flower = platform.start(
-        "flower",
-        [
-            script("celery"),
-            *("-A", "workers.entry", "flower", f"--port={port}", "--address=127.0.0.1"),
-            f"--basic-auth={AUTH[0]}:{AUTH[1]}",
-        ],
-        database=False,
-    )
-    api = httpx.Client(base_url=f"http://127.0.0.1:{port}", auth=AUTH, timeout=30.0)
-
-    def get(path: str, **params: Any) -> Any:
-        if not flower.alive():
-            pytest.fail(f"flower exited with {flower.popen.returncode}:\n{flower.output()}")
-        try:
-            response = api.get(path, params=params)
-        except httpx.TransportError:
-            return None
-        return response.json() if response.status_code == 200 else None
-
+    flower = Flower(platform)
+    get, port = flower.get, flower.port
     try:
         # When Flower has asked the workers who they are
         listed = poll(
@@ -107,4 +125,59 @@ def test_flower_lists_the_service_workers_and_their_run_step_tasks(
             # And on the worker that the database says ran it
             assert task["worker"] == ran_by[task_id], task
     finally:
-        api.close()
+        flower.close()
+
+
+@pytest.mark.e2e
+def test_flower_shows_a_failed_workflow_as_failure_and_no_reports_and_its_broker_page(
+    redis_url: str, make_platform: Callable[[str], Platform]
+) -> None:
+    """A run whose workflow raised is a FAILURE with its error; the control plane's reports
+    (events, heartbeats, outcomes) are not listed as tasks; the Broker page lists queues."""
+    # Given a platform on Redis serving a workflow that always raises, and Flower
+    require_module("flower")
+    platform = make_platform(redis_url)
+    platform.serve(FAILING)
+    platform.control_plane()
+    platform.service_worker("w1", deployment="Failing", service="boom")
+    platform.wait_for_workers("Failing", {node("w1")})
+    flower = Flower(platform)
+    try:
+        poll(
+            lambda: flower.get("/api/workers", refresh=1),
+            lambda found: found is not None and node("w1") in found,
+            READY_TIMEOUT,
+            "the service worker in Flower's /api/workers",
+        )
+
+        # When tasks fail, until Flower has switched task events on and seen one
+        def failure() -> dict[str, Any] | None:
+            [task_id] = platform.submit("Failing", [{}])
+            platform.wait_for_tasks("Failing", [task_id])
+            found = flower.get("/api/tasks", taskname=RUN_STEP) or {}
+            return next(
+                (
+                    task
+                    for task in found.values()
+                    if f"task_id={task_id!r}" in str(task.get("kwargs"))
+                ),
+                None,
+            )
+
+        shown = poll(failure, bool, READY_TIMEOUT, "a failed run_step in Flower")
+        # Then Flower shows it failed, with the workflow's error
+        assert shown["state"] == "FAILURE", shown
+        assert "ValueError: boom" in shown["exception"], shown
+        # And none of the control plane's reports shows as a task
+        names = {task["name"] for task in (flower.get("/api/tasks") or {}).values()}
+        assert names == {RUN_STEP}, names
+        # And its Broker page lists the service's queue (the Redis URL is Flower's to read)
+        page = poll(
+            lambda: flower.page("/broker"),
+            lambda response: response is not None and response.status_code == 200,
+            READY_TIMEOUT,
+            "Flower's broker page",
+        )
+        assert "celeriac.Failing.boom" in page.text
+    finally:
+        flower.close()
