@@ -13,7 +13,15 @@ from flask_smorest import Api
 from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
-from app.api import EXTENSION, deployments, sessions, status, tasks, workflow_server
+from app.api import (
+    EXTENSION,
+    deployments,
+    probes,
+    sessions,
+    status,
+    tasks,
+    workflow_server,
+)
 from app.api.auth import Authenticator
 from app.api.browsers import BrowserGuard
 from app.api.document import AccessPlugin
@@ -54,7 +62,7 @@ def create_app(settings: Settings, plane: ControlPlane | None = None) -> Flask:
     access = AccessPlugin()
     api = Api(app, spec_kwargs={"extra_plugins": [access]})
     _serve_swagger_ui_files(app)
-    for module in (status, deployments, tasks, sessions, workflow_server):
+    for module in (status, probes, deployments, tasks, sessions, workflow_server):
         api.register_blueprint(module.blp)
     _guard_requests(app, settings, access)
     _register_error_handlers(app)

@@ -2,9 +2,10 @@
 
 The server is *open* while it has no live token and listens on loopback only (or its operator
 passed ``--insecure-no-auth``): every request from this host is served, as on a laptop.
-Otherwise it is *protected*: every request but the public ones (the API's own description)
-carries a live token, as ``Authorization: Bearer <token>``, or as the password of HTTP Basic
-(how LlamaDeploy's clients send one: a URL such as ``http://token:<token>@host:4501``).
+Otherwise it is *protected*: every request but the public ones (the API's own description, the
+health probes) carries a live token, as ``Authorization: Bearer <token>``, or as the password
+of HTTP Basic (how LlamaDeploy's clients send one: a URL such as
+``http://token:<token>@host:4501``).
 
 - no token, or one that is not live (unknown, revoked, garbled): 401, never saying which;
 - a live token whose scope does not cover the route: 403.
@@ -33,6 +34,7 @@ class Need(enum.Enum):
     """What a route asks of its caller."""
 
     PUBLIC = "public"  # nothing: the API's description
+    PROBE = "probe"  # nothing, and no token is even looked at: health probes
     READ = "read"  # any read
     RUN = "run"  # tasks, sessions, events
     ADMIN = "admin"  # deployments: they run code
@@ -66,6 +68,9 @@ ROUTES: dict[str, dict[str, Need]] = {
     "api-docs.openapi_swagger_ui": {"GET": P},
     "swagger_ui_file": {"GET": P},
     "status.Status": {"GET": R},
+    # Probes: a supervisor sends no token, and they must answer while the database does not.
+    "probes.Health": {"GET": Need.PROBE},
+    "probes.Ready": {"GET": Need.PROBE},
     "deployments.DeploymentList": {"GET": R},
     "deployments.DeploymentCreate": {"POST": A},
     "deployments.DeploymentItem": {"GET": R, "DELETE": A},
@@ -174,6 +179,8 @@ class Authenticator:
     def check(self) -> None:
         """Note the caller, or refuse the request (401, 403)."""
         need = need_of(request.endpoint, request.method)
+        if need is Need.PROBE:
+            return  # before the token is looked up: that reads the database
         token = presented_token()
         tokens = plane().tokens
         scope = tokens.verify(token) if token else None

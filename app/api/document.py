@@ -69,7 +69,7 @@ class AccessPlugin(BasePlugin):
         for method, operation in operations.items():
             need = need_of(rule.endpoint, method.upper())
             responses = operation.setdefault("responses", {})
-            if need is Need.PUBLIC:
+            if need in (Need.PUBLIC, Need.PROBE):
                 operation["security"] = []
             else:
                 operation["security"] = _security(need)

@@ -72,6 +72,33 @@ class StatusSchema(Schema):
     deployments = fields.List(fields.String(), allow_none=True)
 
 
+class AliveSchema(Schema):
+    """The process answers (``/healthz``); nothing else was checked."""
+
+    status = fields.String(metadata={"description": "Always `ok`."})
+
+
+class ReadinessCheckSchema(Schema):
+    """What one readiness check found."""
+
+    ok = fields.Boolean(metadata={"description": "Whether the check succeeded in time."})
+    seconds = fields.Float(
+        metadata={"description": "How long it took, or had run when the probe stopped waiting."}
+    )
+    reason = fields.String(metadata={"description": "Why it failed (only when it did)."})
+
+
+class ReadinessSchema(Schema):
+    """The database and the broker answer (``/readyz``)."""
+
+    status = fields.String(metadata={"description": "Always `ready` (else the answer is 503)."})
+    checks = fields.Dict(
+        keys=fields.String(),
+        values=fields.Nested(ReadinessCheckSchema),
+        metadata={"description": "Each check (`database`, `broker`) by name."},
+    )
+
+
 class ServiceSchema(Schema):
     """One service of a deployment."""
 

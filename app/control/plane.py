@@ -11,6 +11,7 @@ from app.control.handlers import Handlers
 from app.control.leases import Leases
 from app.control.lifecycle import Lifecycle
 from app.control.outbox import Outbox
+from app.control.readiness import Readiness
 from app.control.recorder import Recorder
 from app.control.registry import Registry
 from app.control.sendable import SendableEvents
@@ -54,6 +55,7 @@ class ControlPlane:
         celery.runtime.source_policy = self.deployments.source_policy
         self.sessions = Sessions(db, self.lifecycle)
         self.registry = Registry(db, settings.heartbeat_interval)
+        self.readiness = Readiness(db, celery)
         self.tasks = Tasks(
             db,
             self.lifecycle,

@@ -15,6 +15,8 @@ D = "/deployments/{deployment_name}"
 OPERATIONS = {
     "/": {"get"},
     "/status/": {"get"},
+    "/healthz": {"get"},
+    "/readyz": {"get"},
     "/deployments/": {"get"},
     "/deployments/create": {"post"},
     D: {"get", "delete"},
