@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 from app.api import (
     EXTENSION,
     deployments,
+    metrics,
     probes,
     sessions,
     status,
@@ -62,8 +63,9 @@ def create_app(settings: Settings, plane: ControlPlane | None = None) -> Flask:
     access = AccessPlugin()
     api = Api(app, spec_kwargs={"extra_plugins": [access]})
     _serve_swagger_ui_files(app)
-    for module in (status, probes, deployments, tasks, sessions, workflow_server):
+    for module in (status, probes, metrics, deployments, tasks, sessions, workflow_server):
         api.register_blueprint(module.blp)
+    metrics.Instruments(plane.census).install(app)
     _guard_requests(app, settings, access)
     _register_error_handlers(app)
     return app

@@ -71,6 +71,9 @@ ROUTES: dict[str, dict[str, Need]] = {
     # Probes: a supervisor sends no token, and they must answer while the database does not.
     "probes.Health": {"GET": Need.PROBE},
     "probes.Ready": {"GET": Need.PROBE},
+    # Metrics name deployments and services, as reads do; Prometheus can send a read token.
+    "metrics.Metrics": {"GET": R},
+    "metrics.StatusMetrics": {"GET": R},
     "deployments.DeploymentList": {"GET": R},
     "deployments.DeploymentCreate": {"POST": A},
     "deployments.DeploymentItem": {"GET": R, "DELETE": A},

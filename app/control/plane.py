@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from app.control.census import CensusTaker
 from app.control.deadlines import Deadlines
 from app.control.deployments import Deployments
 from app.control.descriptions import Descriptions
@@ -55,6 +56,7 @@ class ControlPlane:
         celery.runtime.source_policy = self.deployments.source_policy
         self.sessions = Sessions(db, self.lifecycle)
         self.registry = Registry(db, settings.heartbeat_interval)
+        self.census = CensusTaker(db, self.registry)
         self.readiness = Readiness(db, celery)
         self.tasks = Tasks(
             db,

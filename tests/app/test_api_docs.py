@@ -17,6 +17,8 @@ OPERATIONS = {
     "/status/": {"get"},
     "/healthz": {"get"},
     "/readyz": {"get"},
+    "/metrics": {"get"},
+    "/status/metrics": {"get"},
     "/deployments/": {"get"},
     "/deployments/create": {"post"},
     D: {"get", "delete"},
