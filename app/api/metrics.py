@@ -193,8 +193,8 @@ class _Families:
         )
         self.queue_wait = HistogramMetricFamily(
             "celeriac_task_queue_wait_seconds",
-            "Seconds from a task's dispatch to a service queue (its creation, for a task "
-            "never dispatched since) to the start of its run, of started tasks.",
+            "Seconds from a task's dispatch to its service's queue (when its session's turn "
+            "came, for a task that waited for it) to the start of its run, of started tasks.",
             labels=service,
         )
         self.workers = GaugeMetricFamily(
