@@ -110,6 +110,9 @@ class Server:
         server = self.http_server()
         if threading.current_thread() is threading.main_thread():
             _exit_on_sigterm()
+        # The first broker connection loads its client library (boto3 for SQS takes about a
+        # second): done now, the first readiness probe answers as the next ones will.
+        self.plane.readiness.warm()
         if on_ready:
             on_ready(f"http://{self.settings.host}:{server.effective_port}")
         try:

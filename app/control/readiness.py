@@ -102,6 +102,11 @@ class Readiness:
             Check("broker", lambda: _ping_broker(celery)),
         )
 
+    def warm(self) -> None:
+        """Start every check without waiting for it (the first ones load drivers)."""
+        for check in self.checks:
+            check.start()
+
     def check(self) -> list[CheckResult]:
         """Every check's result, within the deadline."""
         until = time.monotonic() + self.deadline

@@ -7,6 +7,7 @@ database when scraped), each with its own HTTP requests; ``/readyz`` reaches eac
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 
 import httpx
@@ -20,7 +21,7 @@ from tests.app.conftest import FAILING
 from tests.conftest import QUICKSTART
 from tests.e2e.conftest import Platform, node
 from tests.support.metrics import RUNS, Scrape, assert_histogram, seed_runs
-from tests.support.processes import free_port
+from tests.support.processes import free_port, poll
 
 pytestmark = pytest.mark.e2e
 
@@ -107,15 +108,25 @@ def test_readyz_reaches_the_database_and_each_broker(
     # Given an API server on PostgreSQL and the broker
     platform = make_platform(broker_url)
     platform.serve()
-    # When it is probed, then both checks pass, within a second
-    response = httpx.get(f"{platform.server}/readyz", timeout=10.0)
-    assert response.status_code == 200, response.text
+    # When it is probed, then both checks pass (the broker's first connection loads its
+    # client library: started as the server starts, it may still be on its way), and every
+    # answer comes within about a second
+    answers: list[tuple[float, httpx.Response]] = []
+
+    def probe() -> httpx.Response:
+        began = time.monotonic()
+        response = httpx.get(f"{platform.server}/readyz", timeout=10.0)
+        answers.append((time.monotonic() - began, response))
+        return response
+
+    response = poll(probe, lambda r: r.status_code == 200, 10.0, "/readyz answering 200")
     checks = response.json()["checks"]
     assert {name: check["ok"] for name, check in checks.items()} == {
         "database": True,
         "broker": True,
     }
-    assert all(check["seconds"] < 1.0 for check in checks.values()), checks
+    assert all(took < 1.25 for took, _ in answers), answers
+    assert len(answers) <= 2, [r.text for _, r in answers]
     assert httpx.get(f"{platform.server}/healthz").json() == {"status": "ok"}
 
 
