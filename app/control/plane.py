@@ -11,12 +11,14 @@ from app.control.handlers import Handlers
 from app.control.leases import Leases
 from app.control.lifecycle import Lifecycle
 from app.control.outbox import Outbox
+from app.control.overview import Overview
 from app.control.recorder import Recorder
 from app.control.registry import Registry
 from app.control.sendable import SendableEvents
 from app.control.sessions import Sessions
 from app.control.stops import Stops
 from app.control.tasks import Tasks
+from app.control.timelines import Timelines
 from app.control.tokens import Tokens
 from app.control.waiter import TaskWaiter
 from app.db import Database
@@ -54,6 +56,7 @@ class ControlPlane:
         celery.runtime.source_policy = self.deployments.source_policy
         self.sessions = Sessions(db, self.lifecycle)
         self.registry = Registry(db, settings.heartbeat_interval)
+        self.overview = Overview(db, self.registry)
         self.tasks = Tasks(
             db,
             self.lifecycle,
@@ -64,6 +67,7 @@ class ControlPlane:
             max_input_bytes=settings.max_input_bytes,
             max_nesting=settings.max_nesting,
         )
+        self.timelines = Timelines(db, self.tasks)
         self.deployments.on_deployed.append(lambda spec, _base: self.tasks.forget(spec.name))
         self.deployments.on_removed.append(self.tasks.forget)
         self.deployments.before_delete.append(
