@@ -22,6 +22,7 @@ from app.api.media_types import BodyCheck
 from app.control.plane import ControlPlane
 from app.db import Database, is_outage
 from app.errors import RETRY_AFTER, ControlPlaneError, Unavailable
+from app.ui import pages
 from config.settings import Settings
 from workers.celery_app import create_celery
 
@@ -56,6 +57,8 @@ def create_app(settings: Settings, plane: ControlPlane | None = None) -> Flask:
     _serve_swagger_ui_files(app)
     for module in (status, deployments, tasks, sessions, workflow_server):
         api.register_blueprint(module.blp)
+    # The dashboard: HTML pages over the API above, outside its OpenAPI document.
+    app.register_blueprint(pages.blp)
     _guard_requests(app, settings, access)
     _register_error_handlers(app)
     return app

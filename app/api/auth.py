@@ -2,7 +2,8 @@
 
 The server is *open* while it has no live token and listens on loopback only (or its operator
 passed ``--insecure-no-auth``): every request from this host is served, as on a laptop.
-Otherwise it is *protected*: every request but the public ones (the API's own description)
+Otherwise it is *protected*: every request but the public ones (the API's own description,
+and the dashboard's pages, which hold no data: their scripts call the API with a token)
 carries a live token, as ``Authorization: Bearer <token>``, or as the password of HTTP Basic
 (how LlamaDeploy's clients send one: a URL such as ``http://token:<token>@host:4501``).
 
@@ -32,7 +33,7 @@ from config.settings import Settings, is_loopback
 class Need(enum.Enum):
     """What a route asks of its caller."""
 
-    PUBLIC = "public"  # nothing: the API's description
+    PUBLIC = "public"  # nothing: the API's description, the dashboard's page shells
     READ = "read"  # any read
     RUN = "run"  # tasks, sessions, events
     ADMIN = "admin"  # deployments: they run code
@@ -65,6 +66,13 @@ ROUTES: dict[str, dict[str, Need]] = {
     "api-docs.openapi_json": {"GET": P},
     "api-docs.openapi_swagger_ui": {"GET": P},
     "swagger_ui_file": {"GET": P},
+    # The dashboard's pages and files: shells without data, which their scripts read
+    # through the routes below with the person's token (app/ui/pages.py).
+    "ui.home": {"GET": P},
+    "ui.overview": {"GET": P},
+    "ui.deployment": {"GET": P},
+    "ui.task": {"GET": P},
+    "ui.static": {"GET": P},
     "status.Status": {"GET": R},
     "deployments.DeploymentList": {"GET": R},
     "deployments.DeploymentCreate": {"POST": A},
