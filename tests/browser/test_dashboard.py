@@ -183,6 +183,10 @@ def test_a_failed_task_shows_its_error(dashboard: Dashboard, client: FlaskClient
     assert dashboard.visible("#retry").text == "Retry"
     assert not dashboard.one("#cancel").is_displayed()
     dashboard.shoot("task-failed")
+    # And a task that is not there is said so
+    dashboard.open(task_page("Failing", "nope"))
+    dashboard.text_is("#problem", "task 'nope' not found in deployment 'Failing'")
+    assert not dashboard.one("#columns").is_displayed()
 
 
 def test_with_tokens_the_pages_ask_for_one_and_an_admin_sees_the_workflow_s_frame(

@@ -59,8 +59,8 @@ export async function api(path, { method = "GET", body } = {}) {
   }
   if (response.status === 401) {
     showSignIn(token.get() ? "That token is not live (unknown or revoked)." : "");
-  } else if (response.ok) {
-    noteAccess();
+  } else {
+    noteAccess(); // anything but a 401 took the token (or needed none)
   }
   if (!response.ok) throw new ApiError(response.status, data);
   return data;

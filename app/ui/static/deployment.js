@@ -97,6 +97,7 @@ async function loadTasks() {
   try {
     const tasks = await api(apiPath(deployment, `/tasks?${query}`));
     problem(null);
+    document.getElementById("panels").hidden = false;
     const more = tasks.length > PAGE_SIZE;
     const shown = tasks.slice(0, PAGE_SIZE);
     document.getElementById("page-prev").disabled = filters.page <= 1;
@@ -122,9 +123,8 @@ async function loadTasks() {
       refreshSessions();
     }
   } catch (error) {
-    if (error instanceof ApiError && error.status === 404) {
-      body.replaceChildren(h("tr", {}, h("td", { colspan: "8", class: "muted" }, "—")));
-    }
+    // No such deployment (the message says so): nothing else to show.
+    if (error instanceof ApiError && error.status === 404) document.getElementById("panels").hidden = true;
     problem(error);
   }
 }
@@ -171,11 +171,8 @@ async function loadServices() {
       setServiceChoice();
     }
   } catch (error) {
-    if (error instanceof ApiError && error.status === 404) {
-      document.getElementById("services").replaceChildren(
-        h("p", { class: "notice" }, `There is no deployment called “${deployment}”.`),
-      );
-    }
+    // (a missing deployment is told by the task list)
+    if (!(error instanceof ApiError)) problem(error);
   }
 }
 

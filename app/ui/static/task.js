@@ -197,6 +197,7 @@ function renderControls() {
   const status = document.getElementById("status");
   status.className = `pill status-${task.status}`;
   status.textContent = statusLabel(task.status);
+  status.hidden = false;
   document.getElementById("cancel").hidden = ENDED.has(task.status);
   document.getElementById("retry").hidden = !RETRYABLE.has(task.status);
   const answer = document.getElementById("answer");
@@ -310,6 +311,7 @@ async function load() {
     const moments = await api(`${taskPath}/timeline`);
     task = found;
     problem(null);
+    for (const id of ["facts", "columns"]) document.getElementById(id).hidden = false;
     renderControls();
     renderFacts();
     // Redrawn only when they change: an opened traceback stays open, a selection selected.
@@ -325,13 +327,18 @@ async function load() {
     if (error instanceof ApiError && error.status === 404) {
       problem(error);
       if (stream) stream.stop();
+      for (const id of ["status", "facts", "answer", "columns"]) document.getElementById(id).hidden = true;
       return 30000;
     }
     problem(error);
     throw error;
   }
-  // Quick while it runs; now and then once ended (it may be retried elsewhere).
-  return ENDED.has(task.status) ? 10000 : 1500;
+  // Quick while it runs (or a run of it still has to report its end); now and then once
+  // ended (it may be retried elsewhere).
+  const settled =
+    (task.attempt_history || []).every((run) => run.outcome) ||
+    (task.finished_at && new Date() - new Date(task.finished_at) > 60000);
+  return ENDED.has(task.status) && settled ? 10000 : 1500;
 }
 
 setUpControls();
