@@ -25,6 +25,15 @@ QUESTION = "InputRequiredEvent"
 QUESTION_CHARS = 200
 
 
+#: How a task's end reads, where no run's end told it already.
+_ENDINGS = {
+    TaskStatus.SUCCEEDED: "the task succeeded",
+    TaskStatus.FAILED: "the task failed",
+    TaskStatus.CANCELLED: "the task was cancelled",
+    TaskStatus.TIMED_OUT: "the task timed out",
+}
+
+
 @dataclass(frozen=True)
 class Moment:
     """One step of a task's life."""
@@ -52,7 +61,8 @@ class InputEvent:
 def timeline(task: Task, runs: Iterable[TaskAttempt], inputs: Iterable[InputEvent]) -> list[Moment]:
     """The moments of ``task``'s life, in order (a retry due later comes last)."""
     runs = sorted(runs, key=lambda run: run.attempt)
-    moments = [Moment(task.created_at, TaskStatus.QUEUED.value, f"created for {task.service}")]
+    created = f"created for service {task.service}"
+    moments = [Moment(task.created_at, TaskStatus.QUEUED.value, created)]
     for index, run in enumerate(runs):
         moments.append(
             Moment(
@@ -67,8 +77,7 @@ def timeline(task: Task, runs: Iterable[TaskAttempt], inputs: Iterable[InputEven
         moments.append(_input(event))
     status = task.task_status
     if status.terminal and task.finished_at is not None and not _told(runs, task):
-        note = f"ended {status.value}"
-        moments.append(Moment(task.finished_at, status.value, note, task.error))
+        moments.append(Moment(task.finished_at, status.value, _ENDINGS[status], task.error))
     if status is TaskStatus.RETRYING and task.retry_at is not None:
         moments.append(Moment(task.retry_at, TaskStatus.QUEUED.value, "due to run again"))
     # Stable: a run's start stays before an event stored in the same instant.

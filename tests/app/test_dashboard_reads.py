@@ -21,6 +21,7 @@ from tests.app.conftest import (
     deployed,
     field_errors,
     ok,
+    poll,
     wait_for_task,
 )
 from tests.conftest import HITL, QUICKSTART
@@ -92,7 +93,8 @@ def test_ended_tasks_leave_the_counts_after_an_hour(
 
 def test_a_summary_lists_the_live_workers(client: FlaskClient) -> None:
     deployed(client, QUICKSTART)
-    [service] = ok(client.get(f"{QUICK}/summary"))
+    # (the deployment's worker starts, then beats)
+    [service] = poll(lambda: ok(client.get(f"{QUICK}/summary")), lambda s: s[0]["workers"])
     [worker] = service["workers"]
     assert set(worker) == {"name", "host", "pid", "started_at", "last_heartbeat"}
     assert "QuickStart" in worker["name"]
@@ -234,6 +236,8 @@ def test_a_task_cancelled_before_it_ran_ends_with_its_own_moment() -> None:
     task = a_task("cancelled", finished_at=at(3), error=error)
     moments = timeline(task, [], [])
     assert steps(moments) == [(0, "queued"), (3, "cancelled")]
+    assert moments[0].note == "created for service echo"
+    assert moments[-1].note == "the task was cancelled"
     assert moments[-1].error == error
 
 

@@ -71,7 +71,7 @@ def test_deployments_are_listed_with_their_services_and_counts(
     dashboard.visible(f"{card} [data-service='echo_workflow']")
     assert dashboard.texts("article.card h2") == ["Failing", "MultiStep", "QuickStart"]
     assert "celeriac.QuickStart.echo_workflow" in dashboard.text(card)
-    assert "heartbeat" in dashboard.text(f"{card} .workers")
+    dashboard.until(lambda _: "heartbeat" in dashboard.text(f"{card} .workers"))
     # And the counts of the last hour, the failure told at a glance
     assert dashboard.text(f"{card} [data-status='succeeded']") == "1 succeeded"
     assert "1 failed in the last hour" in dashboard.text('[data-deployment="Failing"] .headline')
