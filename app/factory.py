@@ -31,6 +31,7 @@ from app.api.media_types import BodyCheck
 from app.control.plane import ControlPlane
 from app.db import Database, is_outage
 from app.errors import RETRY_AFTER, ControlPlaneError, Unavailable
+from app.ui import pages
 from config.settings import Settings
 from workers.celery_app import create_celery
 
@@ -66,6 +67,8 @@ def create_app(settings: Settings, plane: ControlPlane | None = None) -> Flask:
     for module in (status, probes, metrics, deployments, tasks, sessions, workflow_server):
         api.register_blueprint(module.blp)
     metrics.Instruments(plane.census).install(app)
+    # The dashboard: HTML pages over the API above, outside its OpenAPI document.
+    app.register_blueprint(pages.blp)
     _guard_requests(app, settings, access)
     _register_error_handlers(app)
     return app

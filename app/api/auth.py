@@ -3,9 +3,9 @@
 The server is *open* while it has no live token and listens on loopback only (or its operator
 passed ``--insecure-no-auth``): every request from this host is served, as on a laptop.
 Otherwise it is *protected*: every request but the public ones (the API's own description, the
-health probes) carries a live token, as ``Authorization: Bearer <token>``, or as the password
-of HTTP Basic (how LlamaDeploy's clients send one: a URL such as
-``http://token:<token>@host:4501``).
+health probes, and the dashboard's pages, which hold no data: their scripts call the API with
+a token) carries a live token, as ``Authorization: Bearer <token>``, or as the password of
+HTTP Basic (how LlamaDeploy's clients send one: a URL such as ``http://token:<token>@host:4501``).
 
 - no token, or one that is not live (unknown, revoked, garbled): 401, never saying which;
 - a live token whose scope does not cover the route: 403.
@@ -33,7 +33,7 @@ from config.settings import Settings, is_loopback
 class Need(enum.Enum):
     """What a route asks of its caller."""
 
-    PUBLIC = "public"  # nothing: the API's description
+    PUBLIC = "public"  # nothing: the API's description, the dashboard's page shells
     PROBE = "probe"  # nothing, and no token is even looked at: health probes
     READ = "read"  # any read
     RUN = "run"  # tasks, sessions, events
@@ -67,6 +67,13 @@ ROUTES: dict[str, dict[str, Need]] = {
     "api-docs.openapi_json": {"GET": P},
     "api-docs.openapi_swagger_ui": {"GET": P},
     "swagger_ui_file": {"GET": P},
+    # The dashboard's pages and files: shells without data, which their scripts read
+    # through the routes below with the person's token (app/ui/pages.py).
+    "ui.home": {"GET": P},
+    "ui.overview": {"GET": P},
+    "ui.deployment": {"GET": P},
+    "ui.task": {"GET": P},
+    "ui.static": {"GET": P},
     "status.Status": {"GET": R},
     # Probes: a supervisor sends no token, and they must answer while the database does not.
     "probes.Health": {"GET": Need.PROBE},
@@ -78,12 +85,14 @@ ROUTES: dict[str, dict[str, Need]] = {
     "deployments.DeploymentCreate": {"POST": A},
     "deployments.DeploymentItem": {"GET": R, "DELETE": A},
     "deployments.DeploymentServices": {"GET": R},
+    "deployments.DeploymentSummary": {"GET": R},
     "deployments.DeploymentSpecItem": {"GET": Need.SPEC},
     "tasks.TaskRun": {"POST": U},
     "tasks.TaskCreate": {"POST": U},
     "tasks.TaskList": {"GET": R},
     "tasks.TaskItem": {"GET": R},
     "tasks.TaskAttempts": {"GET": R},
+    "tasks.TaskTimeline": {"GET": R},
     "tasks.TaskResults": {"GET": R},
     "tasks.TaskRetry": {"POST": U},
     "tasks.TaskCancel": {"POST": U},

@@ -15,6 +15,7 @@ from app.api.schemas import (
     DeploymentSchema,
     DeploymentSpecSchema,
     LiveServiceSchema,
+    ServiceSummarySchema,
 )
 from app.errors import InvalidInput
 from config.sources import without_credentials
@@ -60,6 +61,17 @@ class DeploymentServices(MethodView):
     def get(self, deployment_name: str) -> Any:
         """Each service with its queue, its live workers and their last heartbeat."""
         return plane().registry.services(deployment_name)
+
+
+@blp.route("/<string:deployment_name>/summary")
+class DeploymentSummary(MethodView):
+    """A deployment at a glance."""
+
+    @blp.response(200, ServiceSummarySchema(many=True))
+    def get(self, deployment_name: str) -> Any:
+        """Each service with its queue, its live workers, its tasks that have not ended by
+        status, those that ended in the last hour by status, and how many end per minute."""
+        return plane().overview.services(deployment_name)
 
 
 @blp.route("/<string:deployment_name>/spec")

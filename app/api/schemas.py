@@ -123,6 +123,30 @@ class LiveServiceSchema(ServiceSchema):
     workers = fields.List(fields.Nested(WorkerSchema))
 
 
+class ServiceSummarySchema(LiveServiceSchema):
+    """A service with its live workers and the counts of its tasks."""
+
+    now = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        metadata={
+            "description": "Tasks that have not ended, by status: `queued`, `running`, "
+            "`waiting_input`, `retrying`."
+        },
+    )
+    last_hour = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        metadata={
+            "description": "Tasks that ended within the last hour, by status: `succeeded`, "
+            "`failed`, `cancelled`, `timed_out`."
+        },
+    )
+    per_minute = fields.Float(
+        metadata={"description": "Tasks that ended per minute, over the last five minutes."}
+    )
+
+
 class DeploymentSchema(Schema):
     """A deployment (LlamaDeploy's ``DeploymentDefinition`` is just ``name``)."""
 
@@ -329,6 +353,20 @@ class PageArgs(Schema):
         unknown = EXCLUDE
 
     session_id = fields.String(load_default=None)
+    status = fields.Enum(
+        TaskStatus,
+        by_value=True,
+        load_default=None,
+        metadata={"description": "Only the tasks of this status."},
+    )
+    service_id = fields.String(
+        load_default=None, metadata={"description": "Only the tasks of this service."}
+    )
+    order = fields.String(
+        load_default="oldest",
+        validate=validate.OneOf(["oldest", "newest"]),
+        metadata={"description": "`oldest` first (the default), or `newest` first."},
+    )
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
     offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=LARGEST_INT))
 
@@ -397,6 +435,22 @@ class AttemptSchema(Schema):
         },
     )
     error = PublicError(allow_none=True, metadata={"description": "The run's error, if any."})
+
+
+class MomentSchema(Schema):
+    """One step of a task's life, as its timeline tells it."""
+
+    at = fields.DateTime()
+    status = fields.String(
+        metadata={
+            "description": "The status the task took then, or the outcome of a run "
+            "(`lost` too: see the attempts)."
+        }
+    )
+    note = fields.String(metadata={"description": "What happened, in words."})
+    error = PublicError(
+        allow_none=True, metadata={"description": "The run's or the task's error, if any."}
+    )
 
 
 class TaskDetailSchema(TaskSchema):

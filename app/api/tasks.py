@@ -16,6 +16,7 @@ from app.api.schemas import (
     EventDefinitionSchema,
     EventsArgs,
     IdempotencyArgs,
+    MomentSchema,
     PageArgs,
     RunArgs,
     SessionArgs,
@@ -33,7 +34,7 @@ from app.api.streams import (
     sse_lines,
     stream_response,
 )
-from app.control.tasks import Submission, parse_input
+from app.control.tasks import Submission, TaskPage, parse_input
 
 blp = Blueprint(
     "tasks",
@@ -152,8 +153,17 @@ class TaskList(MethodView):
     @blp.arguments(PageArgs(), location="query")
     @blp.response(200, TaskSchema(many=True))
     def get(self, args: dict[str, Any], deployment_name: str) -> Any:
-        """List tasks, oldest first (``limit``, ``offset``, optional ``session_id``)."""
-        return plane().tasks.all(deployment_name, **args)
+        """List tasks, oldest first (or newest, by ``order``), a page at a time (``limit``,
+        ``offset``), of one session, status or service if given."""
+        page = TaskPage(
+            session_id=args["session_id"],
+            status=args["status"],
+            service=args["service_id"],
+            newest_first=args["order"] == "newest",
+            limit=args["limit"],
+            offset=args["offset"],
+        )
+        return plane().tasks.all(deployment_name, page)
 
 
 @blp.route("/<string:task_id>")
@@ -179,6 +189,19 @@ class TaskAttempts(MethodView):
         return cp.tasks.get(
             deployment_name, task_id, args["session_id"], with_attempts=True
         ).attempt_history
+
+
+@blp.route("/<string:task_id>/timeline")
+class TaskTimeline(MethodView):
+    """A task's life, step by step."""
+
+    @blp.arguments(SessionArgs(), location="query")
+    @blp.response(200, MomentSchema(many=True))
+    def get(self, args: dict[str, Any], deployment_name: str, task_id: str) -> Any:
+        """When the task was queued, each run's start and end (a failed run followed by
+        another is ``retrying``), each question its workflow asked (``waiting_input``) and
+        each event sent in, and how it ended; a retry still due comes last."""
+        return plane().timelines.of(deployment_name, task_id, args["session_id"])
 
 
 @blp.route("/<string:task_id>/retry")

@@ -12,6 +12,7 @@ from app.control.handlers import Handlers
 from app.control.leases import Leases
 from app.control.lifecycle import Lifecycle
 from app.control.outbox import Outbox
+from app.control.overview import Overview
 from app.control.readiness import Readiness
 from app.control.recorder import Recorder
 from app.control.registry import Registry
@@ -19,6 +20,7 @@ from app.control.sendable import SendableEvents
 from app.control.sessions import Sessions
 from app.control.stops import Stops
 from app.control.tasks import Tasks
+from app.control.timelines import Timelines
 from app.control.tokens import Tokens
 from app.control.waiter import TaskWaiter
 from app.db import Database
@@ -58,6 +60,7 @@ class ControlPlane:
         self.registry = Registry(db, settings.heartbeat_interval)
         self.census = CensusTaker(db, self.registry)
         self.readiness = Readiness(db, celery)
+        self.overview = Overview(db, self.registry)
         self.tasks = Tasks(
             db,
             self.lifecycle,
@@ -68,6 +71,7 @@ class ControlPlane:
             max_input_bytes=settings.max_input_bytes,
             max_nesting=settings.max_nesting,
         )
+        self.timelines = Timelines(db, self.tasks)
         self.deployments.on_deployed.append(lambda spec, _base: self.tasks.forget(spec.name))
         self.deployments.on_removed.append(self.tasks.forget)
         self.deployments.before_delete.append(

@@ -95,6 +95,19 @@ def task_controls(spec: dict[str, Any], service: str, request: Submission) -> di
     return controls or None
 
 
+@dataclass(frozen=True)
+class TaskPage:
+    """Which of a deployment's tasks to list, in which order, and which page of them."""
+
+    session_id: str | None = None
+    status: TaskStatus | None = None
+    service: str | None = None
+    #: Newest first (a dashboard's order) instead of oldest first (LlamaDeploy's).
+    newest_first: bool = False
+    limit: int = 100
+    offset: int = 0
+
+
 class Submitted(NamedTuple):
     """A task submitted: the one stored, or the one an earlier request, the same under the
     same idempotency key, stored (``replayed``)."""
@@ -487,13 +500,24 @@ class Tasks:
                 raise NotFound(f"task {task_id!r} not found in session {session_id!r}")
             return task
 
-    def all(
-        self, deployment: str, *, session_id: str | None = None, limit: int = 100, offset: int = 0
-    ) -> list[Task]:
-        """A deployment's tasks, oldest first, a page at a time."""
+    def all(self, deployment: str, page: TaskPage | None = None) -> list[Task]:
+        """A deployment's tasks that match ``page``'s filters, a page at a time."""
+        page = page or TaskPage()
         with self._db.read() as db:
             query = select(Task).where(Task.deployment_id == find_deployment(db, deployment).id)
-            if session_id:
-                query = query.where(Task.session_id == session_id)
-            query = query.order_by(Task.created_at, Task.id).limit(limit).offset(offset)
+            if page.session_id:
+                query = query.where(Task.session_id == page.session_id)
+            if page.status is not None:
+                query = query.where(Task.status == page.status.value)
+            if page.service:
+                query = query.where(Task.service == page.service)
+            order = (
+                (Task.created_at.desc(), Task.id.desc())
+                if page.newest_first
+                else (
+                    Task.created_at,
+                    Task.id,
+                )
+            )
+            query = query.order_by(*order).limit(page.limit).offset(page.offset)
             return list(db.scalars(query))
