@@ -97,6 +97,10 @@ def wait_for_end(
     spinner = Spinner(f"task {task.task_id}", started) if shows_progress() else None
     delay = FIRST_POLL
     try:
+        if spinner is None:
+            # Nothing to draw: the event stream says at once when a quick task ends.
+            first = WORKER_CHECK if timeout is None else min(WORKER_CHECK, timeout)
+            task = _wait_on_stream(client, deployment, task, first) or task
         while not task.done:
             elapsed = time.monotonic() - started
             notice = check.step(client, task, elapsed)
@@ -107,9 +111,11 @@ def wait_for_end(
             if timeout is not None and elapsed >= timeout:
                 raise _still_running(state, deployment, task, timeout)
             if spinner is None and check.settled:
-                # Nothing to draw: the event stream says when the task ends, at once.
                 left = None if timeout is None else timeout - elapsed
-                return _wait_on_stream(state, client, deployment, task, left, timeout)
+                task = _wait_on_stream(client, deployment, task, left) or task
+                if not task.done:
+                    raise _still_running(state, deployment, task, timeout or 0.0)
+                break
             _pause(delay, spinner, task, started)
             delay = min(delay * 2, POLL_CAP)
             task = client.tasks.get(deployment, task.task_id)
@@ -144,20 +150,16 @@ def _status(task: Task) -> str:
 
 
 def _wait_on_stream(
-    state: CliState,
-    client: Client,
-    deployment: str,
-    task: Task,
-    left: float | None,
-    timeout: float | None,
-) -> Task:
-    """Follow the task's event stream to its end, then read the task."""
+    client: Client, deployment: str, task: Task, seconds: float | None
+) -> Task | None:
+    """Follow the task's event stream to its end (``seconds`` at most: None, no limit), then
+    read the task; None if it had not ended by then."""
     try:
-        with client.tasks.events(deployment, task.task_id, timeout=left) as events:
+        with client.tasks.events(deployment, task.task_id, timeout=seconds) as events:
             for _ in events:
                 pass
     except TaskTimeout:
-        raise _still_running(state, deployment, task, timeout or 0.0) from None
+        return None
     return client.tasks.get(deployment, task.task_id)
 
 

@@ -113,6 +113,7 @@ def test_without_the_right_to_see_tracebacks_the_error_alone_is_shown(
     )
 
 
+@pytest.mark.timing
 def test_run_of_a_task_that_timed_out_exits_1(live_server: str, tokens: dict[str, str]) -> None:
     result = on(
         live_server,
@@ -130,6 +131,7 @@ def test_run_of_a_task_that_timed_out_exits_1(live_server: str, tokens: dict[str
     assert " timed_out: TimeLimitExceeded: " in result.stderr.splitlines()[0]
 
 
+@pytest.mark.timing
 def test_run_that_waits_less_than_the_task_takes_says_how_to_follow_it(
     live_server: str, tokens: dict[str, str]
 ) -> None:

@@ -22,12 +22,16 @@ from app.cli.main import cli
 from app.server import Server
 from config.settings import Settings
 from tests.conftest import QUICKSTART
+from tests.support.cli_tables import rows
 
 NOTICE = (
     "Task {task} is queued, but no live worker serves service 'echo_workflow' of deployment "
     "'QuickStart'; it waits until one starts (on a host with the broker's settings):\n"
     "  celeriac -s {server} worker --deployment QuickStart --service echo_workflow\n"
 )
+
+#: Each test waits on real time (tasks that nap, waits for a notice): once per run.
+pytestmark = pytest.mark.timing
 
 CLI = "from app.cli.main import main; main()"
 
@@ -90,6 +94,18 @@ def test_a_task_no_worker_serves_is_named_at_once_with_how_to_start_one(
     assert elapsed < 3.0
     # (Cancelled, the task ends the event stream the server still holds open for the CLI.)
     assert on(live_server, "tasks", "cancel", "-d", "QuickStart", task).exit_code == 0
+
+
+def test_deployments_get_shows_a_service_no_worker_serves(live_server: str) -> None:
+    assert on(live_server, "deploy", str(QUICKSTART)).exit_code == 0
+    shown = on(live_server, "deployments", "get", "QuickStart")
+    assert shown.exit_code == 0, shown.output
+    [service] = rows(shown.stdout, block=1)
+    assert (service["SERVICE"], service["WORKER"], service["LAST HEARTBEAT"]) == (
+        "echo_workflow",
+        "(none live)",
+        "-",
+    )
 
 
 def test_the_notice_comes_before_the_end_of_the_wait(live_server: str) -> None:

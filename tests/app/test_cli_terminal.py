@@ -26,6 +26,9 @@ from app.sdk import Client
 from tests.app.conftest import SLEEPY
 from tests.conftest import HITL, QUICKSTART
 
+#: Each test waits on real time (tasks that nap, waits for a notice): once per run.
+pytestmark = pytest.mark.timing
+
 #: Bound on any one wait; only a failing test waits this long.
 DEADLINE = 20.0
 _CLI = "from app.cli.main import main; main()"
