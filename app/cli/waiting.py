@@ -100,7 +100,8 @@ def wait_for_end(
         if spinner is None:
             # Nothing to draw: the event stream says at once when a quick task ends.
             first = WORKER_CHECK if timeout is None else min(WORKER_CHECK, timeout)
-            task = _wait_on_stream(client, deployment, task, first) or task
+            ended = _wait_on_stream(client, deployment, task, first)
+            task = ended or client.tasks.get(deployment, task.task_id)
         while not task.done:
             elapsed = time.monotonic() - started
             notice = check.step(client, task, elapsed)
