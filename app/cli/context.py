@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import json
+import shlex
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -10,7 +13,7 @@ from typing import Any
 
 import click
 
-from app.sdk import CeleriacError, Client, Unauthorized
+from app.sdk import DEFAULT_SERVER, CeleriacError, Client, Unauthorized
 
 
 @dataclass
@@ -24,6 +27,14 @@ class CliState:
     def client(self) -> Client:
         """An SDK client for the chosen server."""
         return Client(self.server, timeout=self.timeout, token=self.token or "")
+
+    def command(self, *args: str) -> str:
+        """A ``celeriac`` command line a person can paste, naming this server unless it is
+        the default one (the token stays where it was found: never in a printed command)."""
+        words = ["celeriac"]
+        if self.server.rstrip("/") != DEFAULT_SERVER:
+            words += ["-s", self.server]
+        return " ".join(shlex.quote(word) for word in [*words, *args])
 
 
 pass_state = click.make_pass_decorator(CliState)
@@ -48,9 +59,25 @@ def reporting_errors(hints: Mapping[type[CeleriacError], str] | None = None) -> 
         raise click.ClickException(f"{exc}\n({hint})" if hint else str(exc)) from exc
 
 
+def plain(value: Any) -> Any:
+    """``value`` with the SDK's dataclasses turned into dicts (their fields are the keys)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, list | tuple):
+        return [plain(item) for item in value]
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    """Timestamps as ISO 8601; anything else JSON cannot hold as its text."""
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return str(value)
+
+
 def echo_json(value: Any) -> None:
-    """Print a value as indented JSON (strings as they are)."""
+    """Print a value as indented JSON (strings as they are, the SDK's objects as dicts)."""
     if isinstance(value, str):
         click.echo(value)
     else:
-        click.echo(json.dumps(value, indent=2, default=str))
+        click.echo(json.dumps(plain(value), indent=2, default=_json_default))

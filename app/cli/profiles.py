@@ -9,7 +9,13 @@ from typing import Any
 import click
 import yaml
 
+from app.cli.context import CliState, echo_json
+from app.cli.output import Output, echo_table, output_option
+from app.sdk import DEFAULT_SERVER
+
 DEFAULT_PROFILE = "default"
+#: Seconds of the HTTP timeout when neither ``-t`` nor the profile sets one.
+DEFAULT_TIMEOUT = 120.0
 
 
 def profiles_path() -> Path:
@@ -53,24 +59,62 @@ def active_profile(data: dict[str, Any], name: str | None) -> dict[str, Any]:
     return dict(data["profiles"].get(name or data["current_profile"], {}))
 
 
+def resolve_state(
+    server: str | None, profile: str | None, timeout: float | None, token: str | None
+) -> CliState:
+    """The global options given (``-s``, ``-p``, ``-t``, ``--token``, or their variables)
+    over the profile's values, over the defaults."""
+    values = active_profile(load_profiles(profiles_path()), profile)
+    return CliState(
+        server=server or values.get("server") or DEFAULT_SERVER,
+        timeout=timeout if timeout is not None else values.get("timeout", DEFAULT_TIMEOUT),
+        token=token or values.get("token") or None,
+    )
+
+
 @click.group("config")
 def config_group() -> None:
     """Manage profiles (server URL, timeout and API token per profile)."""
 
 
 @config_group.command("get-profiles")
-def get_profiles() -> None:
+@output_option
+def get_profiles(output: Output) -> None:
     """List profiles; the current one is marked with *."""
     data = load_profiles(profiles_path())
-    for name, values in sorted(data["profiles"].items()):
-        mark = "*" if name == data["current_profile"] else " "
-        click.echo(f"{mark} {name}: {shown(values)}")
+    if output == "json":
+        echo_json(
+            {
+                "current_profile": data["current_profile"],
+                "profiles": {name: shown(values) for name, values in data["profiles"].items()},
+            }
+        )
+        return
+    echo_table(
+        ("CURRENT", "NAME", "SERVER", "TIMEOUT", "TOKEN"),
+        [
+            (
+                "*" if name == data["current_profile"] else " ",
+                name,
+                str(values.get("server") or ""),
+                str(values.get("timeout") or ""),
+                "(set)" if values.get("token") else "",
+            )
+            for name, values in sorted(data["profiles"].items())
+        ],
+        empty="No profiles.",
+    )
 
 
 @config_group.command("current-profile")
-def current_profile() -> None:
+@output_option
+def current_profile(output: Output) -> None:
     """Print the current profile's name."""
-    click.echo(load_profiles(profiles_path())["current_profile"])
+    name = load_profiles(profiles_path())["current_profile"]
+    if output == "json":
+        echo_json({"current_profile": name})
+    else:
+        click.echo(name)
 
 
 #: ``--token`` given without a value: ask for it.

@@ -1,105 +1,20 @@
-"""``celeriac run`` and ``celeriac tasks ...``: run tasks, follow their events, answer them."""
+"""``celeriac tasks ...``: list and read tasks, follow them, cancel and retry them, and send
+events into them."""
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
 import json
 from typing import Any
 
 import click
 
+from app.cli.completion import deployment_option
 from app.cli.context import CliState, echo_json, pass_state, reporting_errors
-from app.sdk import Client, MultitaskStrategy, Task
-
-#: The event every run ends with; its result is printed on its own after the events.
-STOP_EVENT = "workflows.events.StopEvent"
-
-deployment_option = click.option("-d", "--deployment", required=True, help="Deployment name.")
-
-
-@click.command()
-@deployment_option
-@click.option(
-    "-a",
-    "--arg",
-    "args",
-    nargs=2,
-    multiple=True,
-    metavar="KEY VALUE",
-    help="A keyword argument of the run (repeatable; values are strings).",
-)
-@click.option("-s", "--service", help="Service id [default: the deployment's default-service].")
-@click.option("-i", "--session-id", help="Run in this session.")
-@click.option(
-    "--multitask-strategy",
-    type=click.Choice(["enqueue", "reject"]),
-    help="If the session is busy: queue the task [default] or refuse it.",
-)
-@click.option(
-    "--stream", is_flag=True, help="Print each event as it arrives (type, JSON), then the result."
-)
-@click.option("--timeout", type=float, help="Seconds to wait for the result.")
-@click.option(
-    "--idempotency-key",
-    metavar="KEY",
-    help="Run the task at most once under KEY: the same run again under it (after a lost "
-    "answer) gets the first run's task and result.",
-)
-@click.option(
-    "--time-limit",
-    type=click.FloatRange(0, min_open=True),
-    metavar="SECONDS",
-    help="Stop the task's run after SECONDS (it ends timed_out) [default: the service's].",
-)
-@click.option(
-    "--queue-timeout",
-    type=click.FloatRange(0, min_open=True),
-    metavar="SECONDS",
-    help="End the task timed_out if it has not started within SECONDS [default: the service's].",
-)
-@pass_state
-def run(
-    state: CliState,
-    deployment: str,
-    args: tuple[tuple[str, str], ...],
-    service: str | None,
-    session_id: str | None,
-    multitask_strategy: MultitaskStrategy | None,
-    stream: bool,
-    timeout: float | None,
-    idempotency_key: str | None,
-    time_limit: float | None,
-    queue_timeout: float | None,
-) -> None:
-    """Run a task and print its result."""
-    with reporting_errors(), state.client() as client:
-        if not stream:
-            result = client.tasks.run(
-                deployment,
-                dict(args),
-                service=service,
-                session_id=session_id,
-                multitask_strategy=multitask_strategy,
-                timeout=timeout,
-                idempotency_key=idempotency_key,
-                time_limit=time_limit,
-                queue_timeout=queue_timeout,
-            )
-            echo_json(result)
-            return
-        task = client.tasks.create(
-            deployment,
-            dict(args),
-            service=service,
-            session_id=session_id,
-            multitask_strategy=multitask_strategy,
-            idempotency_key=idempotency_key,
-            time_limit=time_limit,
-            queue_timeout=queue_timeout,
-        )
-        task = _follow(client, deployment, task.task_id, timeout=timeout)
-    _report(task)
+from app.cli.failures import error_lines, report
+from app.cli.following import follow, serialized_event
+from app.cli.output import Output, between, echo_table, output_option, when
+from app.cli.run import traceback_option
+from app.sdk import Task
 
 
 @click.group("tasks")
@@ -112,25 +27,70 @@ def tasks_group() -> None:
 @click.option("-i", "--session-id", help="Only this session's tasks.")
 @click.option("--limit", type=click.IntRange(1, 1000), default=100, show_default=True)
 @click.option("--offset", type=click.IntRange(0), default=0, show_default=True)
+@output_option
 @pass_state
 def list_tasks(
-    state: CliState, deployment: str, session_id: str | None, limit: int, offset: int
+    state: CliState,
+    deployment: str,
+    session_id: str | None,
+    limit: int,
+    offset: int,
+    output: Output,
 ) -> None:
-    """List tasks with their status."""
+    """List tasks, oldest first: status, service, session, when and how long."""
     with reporting_errors(), state.client() as client:
         tasks = client.tasks.list(deployment, session_id=session_id, limit=limit, offset=offset)
-    for task in tasks:
-        click.echo(f"{task.task_id}  {task.status:<13} {task.service_id}  {task.created_at}")
+    if output == "json":
+        echo_json(tasks)
+        return
+    echo_table(_TASK_HEADERS, [_task_row(task) for task in tasks], empty="No tasks.")
+
+
+_TASK_HEADERS = ("TASK", "STATUS", "SERVICE", "SESSION", "CREATED", "DURATION")
+
+
+def _task_row(task: Task) -> tuple[str, ...]:
+    return (
+        task.task_id,
+        task.status,
+        task.service_id,
+        task.session_id or "",
+        when(task.created_at),
+        between(task.started_at, task.finished_at),
+    )
 
 
 @tasks_group.command("get")
 @deployment_option
 @click.argument("task_id")
+@output_option
+@traceback_option
 @pass_state
-def get(state: CliState, deployment: str, task_id: str) -> None:
-    """Show a task: status, result or error, timestamps, and each run (JSON)."""
+def get(
+    state: CliState, deployment: str, task_id: str, output: Output, show_traceback: bool
+) -> None:
+    """Show a task: status, times, input, and its result or its error (with the workflow's
+    frame that raised it); ``tasks attempts`` shows each run."""
     with reporting_errors(), state.client() as client:
-        echo_json(dataclasses.asdict(client.tasks.get(deployment, task_id)))
+        task = client.tasks.get(deployment, task_id)
+    if output == "json":
+        echo_json(task)
+        return
+    echo_table(
+        (*_TASK_HEADERS, "RUN", "ATTEMPTS"), [(*_task_row(task), str(task.run), str(task.attempts))]
+    )
+    click.echo()
+    click.echo(f"input:  {json.dumps(task.input)}")
+    if task.status == "succeeded":
+        result = task.result
+        click.echo(f"result: {result if isinstance(result, str) else json.dumps(result)}")
+    if task.retry_at is not None:
+        click.echo(f"runs again at: {when(task.retry_at)}")
+    lines = error_lines(task.error, traceback=show_traceback)
+    if lines:
+        click.echo(f"error:  {lines[0]}")
+        for line in lines[1:]:
+            click.echo(line)
 
 
 @tasks_group.command("retry")
@@ -141,7 +101,7 @@ def retry(state: CliState, deployment: str, task_id: str) -> None:
     """Run a task that failed, timed out or was cancelled again, as a new run with the same
     id (JSON of the task)."""
     with reporting_errors(), state.client() as client:
-        echo_json(dataclasses.asdict(client.tasks.retry(deployment, task_id)))
+        echo_json(client.tasks.retry(deployment, task_id))
 
 
 @tasks_group.command("cancel")
@@ -152,53 +112,42 @@ def cancel(state: CliState, deployment: str, task_id: str) -> None:
     """Cancel a task that has not ended: a queued one never starts, a running one is
     stopped (JSON of the task)."""
     with reporting_errors(), state.client() as client:
-        echo_json(dataclasses.asdict(client.tasks.cancel(deployment, task_id)))
+        echo_json(client.tasks.cancel(deployment, task_id))
 
 
 @tasks_group.command("attempts")
 @deployment_option
 @click.argument("task_id")
-@click.option("--json", "as_json", is_flag=True, help="Print them as JSON.")
+@output_option
 @pass_state
-def attempts(state: CliState, deployment: str, task_id: str, as_json: bool) -> None:
+def attempts(state: CliState, deployment: str, task_id: str, output: Output) -> None:
     """Show each run of a task: worker, start, end, outcome and error."""
     with reporting_errors(), state.client() as client:
         runs = client.tasks.attempts(deployment, task_id)
-    if as_json:
-        echo_json([dataclasses.asdict(run) for run in runs])
+    if output == "json":
+        echo_json(runs)
         return
-    rows = [("#", "WORKER", "STARTED", "FINISHED", "OUTCOME", "ERROR")]
-    rows += [
-        (
-            str(run.attempt),
-            run.worker,
-            _when(run.started_at),
-            _when(run.finished_at),
-            run.outcome or "running",
-            _reason(run.error),
-        )
-        for run in runs
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
-    for row in rows:
-        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
-        click.echo("  ".join([*cells, row[-1]]).rstrip())
-
-
-def _when(moment: dt.datetime | None) -> str:
-    """A timestamp to the millisecond, in UTC; ``-`` for none."""
-    if moment is None:
-        return "-"
-    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds")
+    echo_table(
+        ("#", "WORKER", "STARTED", "FINISHED", "OUTCOME", "ERROR"),
+        [
+            (
+                str(run.attempt),
+                run.worker,
+                when(run.started_at, precise=True),
+                when(run.finished_at, precise=True),
+                run.outcome or "running",
+                _reason(run.error),
+            )
+            for run in runs
+        ],
+        empty="No runs yet.",
+    )
 
 
 def _reason(error: dict[str, Any] | None) -> str:
     """An error's type and message on one line."""
-    if not error:
-        return ""
-    kind = str(error.get("type") or "").rsplit(".", 1)[-1]
-    message = str(error.get("message") or "")
-    return f"{kind}: {message}" if kind else message
+    lines = error_lines(error, traceback=False)
+    return lines[0] if lines else ""
 
 
 @tasks_group.command("watch")
@@ -208,6 +157,7 @@ def _reason(error: dict[str, Any] | None) -> str:
     "--last-event-id", type=click.IntRange(-1), help="Start after this event [default: all]."
 )
 @click.option("--timeout", type=float, help="Seconds to follow at most [default: to the end].")
+@traceback_option
 @pass_state
 def watch(
     state: CliState,
@@ -215,12 +165,16 @@ def watch(
     task_id: str,
     last_event_id: int | None,
     timeout: float | None,
+    show_traceback: bool,
 ) -> None:
-    """Follow a task's events until it ends, then print its status and result."""
+    """Follow a task's events until it ends, answering its questions, then print its status
+    and result."""
     with reporting_errors(), state.client() as client:
-        task = _follow(client, deployment, task_id, timeout=timeout, last_event_id=last_event_id)
+        task = follow(
+            state, client, deployment, task_id, timeout=timeout, last_event_id=last_event_id
+        )
     click.echo(f"status: {task.status}")
-    _report(task)
+    report(task, traceback=show_traceback)
 
 
 @tasks_group.command("send-event")
@@ -234,7 +188,7 @@ def watch(
     "task's workflow takes.",
 )
 @click.option("--data", help="With --type: the event's fields as a JSON object [default: {}].")
-@click.option("-s", "--service", help="Service id [default: the task's].")
+@click.option("-S", "--service", help="Service id [default: the task's].")
 @pass_state
 def send_event(
     state: CliState,
@@ -252,45 +206,16 @@ def send_event(
     click.echo(f"Sent {event_type or 'the event'} to task {task_id}")
 
 
-def _follow(
-    client: Client,
-    deployment: str,
-    task_id: str,
-    *,
-    timeout: float | None,
-    last_event_id: int | None = None,
-) -> Task:
-    """Print a task's events (one line each: type and JSON fields) until its end; return it."""
-    with client.tasks.events(
-        deployment, task_id, last_event_id=last_event_id, timeout=timeout
-    ) as events:
-        for item in events:
-            if item.qualified_name != STOP_EVENT:
-                click.echo(f"{item.type} {json.dumps(item.data, default=str)}")
-    return client.tasks.get(deployment, task_id)
-
-
-def _report(task: Task) -> None:
-    """Print an ended task's result; a task that did not succeed is an error."""
-    if task.status == "succeeded":
-        echo_json(task.result)
-        return
-    error = task.error or {}
-    reason = error.get("message") or task.status
-    kind = str(error.get("type") or "").rsplit(".", 1)[-1]
-    raise click.ClickException(
-        f"task {task.task_id} {task.status}: {kind + ': ' if kind else ''}{reason}"
-    )
-
-
 def _event_obj_str(event_json: str | None, event_type: str | None, data: str | None) -> str:
     """The event to send, from ``--event`` or from ``--type`` and ``--data``."""
-    if (event_json is None) == (event_type is None):
-        raise click.UsageError("give either --event or --type (with --data)")
     if event_json is not None:
+        if event_type is not None:
+            raise click.UsageError("give either --event or --type (with --data)")
         if data is not None:
             raise click.UsageError("--data goes with --type, not with --event")
         return event_json
+    if event_type is None:
+        raise click.UsageError("give either --event or --type (with --data)")
     fields: Any = {}
     if data is not None:
         try:
@@ -299,5 +224,4 @@ def _event_obj_str(event_json: str | None, event_type: str | None, data: str | N
             raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--data") from exc
         if not isinstance(fields, dict):
             raise click.BadParameter("must be a JSON object", param_hint="--data")
-    # llama-index's JsonSerializer form of a pydantic event, which the workers read back.
-    return json.dumps({"__is_pydantic": True, "value": fields, "qualified_name": event_type})
+    return serialized_event(event_type, fields)

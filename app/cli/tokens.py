@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from app.cli.context import echo_json
+from app.cli.output import Output, echo_table, output_option
 from app.cli.serve import database_errors, load_settings
 
 if TYPE_CHECKING:
@@ -69,16 +71,29 @@ def create(scope: str, name: str | None) -> None:
 
 
 @tokens_group.command("list")
-def list_tokens() -> None:
+@output_option
+def list_tokens(output: Output) -> None:
     """Every token (never the token itself): id, name, scope, created, last used, revoked."""
     with _tokens() as tokens:
         rows = tokens.all()
-    click.echo(f"{'ID':>4}  {'NAME':<20} {'SCOPE':<7} {'CREATED':<17} {'LAST USED':<17} REVOKED")
-    for row in rows:
-        click.echo(
-            f"{row.id:>4}  {row.name or '-':<20} {row.scope.value:<7} {_when(row.created_at):<17} "
-            f"{_when(row.last_used_at):<17} {_when(row.revoked_at)}"
-        )
+    if output == "json":
+        echo_json(rows)
+        return
+    echo_table(
+        ("ID", "NAME", "SCOPE", "CREATED", "LAST USED", "REVOKED"),
+        [
+            (
+                str(row.id),
+                row.name or "",
+                row.scope.value,
+                _when(row.created_at),
+                _when(row.last_used_at),
+                _when(row.revoked_at),
+            )
+            for row in rows
+        ],
+        empty="No tokens.",
+    )
 
 
 @tokens_group.command("revoke")
@@ -92,4 +107,4 @@ def revoke(token: str) -> None:
 
 
 def _when(moment: dt.datetime | None) -> str:
-    return moment.strftime("%Y-%m-%d %H:%M") if moment else "-"
+    return moment.strftime("%Y-%m-%d %H:%M") if moment else ""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from app.cli.completion import deployment_names
 from app.cli.context import CliState, pass_state
 from app.cli.serve import load_settings
 
@@ -18,9 +19,16 @@ from app.cli.serve import load_settings
     "--control-plane", is_flag=True, help="Consume the control_plane queue (needs the database)."
 )
 @click.option(
-    "-d", "--deployment", "deployments", multiple=True, help="Serve this deployment (repeatable)."
+    "-d",
+    "--deployment",
+    "deployments",
+    multiple=True,
+    help="Serve this deployment (repeatable).",
+    shell_complete=deployment_names,
 )
-@click.option("--service", "services", multiple=True, help="Serve only this service (repeatable).")
+@click.option(
+    "-S", "--service", "services", multiple=True, help="Serve only this service (repeatable)."
+)
 @click.option(
     "-c",
     "--concurrency",

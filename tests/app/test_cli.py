@@ -14,6 +14,7 @@ from click.testing import CliRunner, Result
 from app.cli.main import cli
 from tests.app.conftest import poll
 from tests.conftest import QUICKSTART
+from tests.support.cli_tables import column, rows
 from workers.protocol import service_queue
 
 FAILING_WORKFLOW = '''
@@ -113,7 +114,7 @@ def task_ids(server: str, deployment: str, *extra: str) -> list[str]:
     """The task ids ``tasks list`` prints, in order."""
     result = on(server, "tasks", "list", "-d", deployment, *extra)
     assert result.exit_code == 0, result.output
-    return [line.split()[0] for line in result.stdout.splitlines() if line.strip()]
+    return column(result.stdout, "TASK")
 
 
 # --- deploy ------------------------------------------------------------------------------------
@@ -126,7 +127,7 @@ def test_deploy_prints_the_deployment_name(live_server: str) -> None:
     # Then the CLI reports success with the deployment's name
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "Deployment successful: QuickStart"
-    assert on(live_server, "deployments", "list").stdout.split() == ["QuickStart"]
+    assert column(on(live_server, "deployments", "list").stdout, "NAME") == ["QuickStart"]
 
 
 def test_deploying_twice_fails_unless_reload(live_server: str) -> None:
@@ -144,7 +145,7 @@ def test_deploying_twice_fails_unless_reload(live_server: str) -> None:
     reloaded = on(live_server, "deploy", "--reload", str(QUICKSTART))
     assert reloaded.exit_code == 0, reloaded.output
     assert reloaded.stdout.strip() == "Deployment successful: QuickStart"
-    described = json.loads(on(live_server, "deployments", "get", "QuickStart").stdout)
+    described = json.loads(on(live_server, "deployments", "get", "QuickStart", "-o", "json").stdout)
     assert described["version"] == 2
 
 
@@ -197,7 +198,7 @@ def test_deploy_with_an_unknown_default_service_warns(live_server: str, tmp_path
     refused = on(live_server, "run", "-d", "QuickStart")
     assert refused.exit_code != 0
     assert "has no default-service" in refused.stderr
-    assert on(live_server, "run", "-d", "QuickStart", "-s", "echo_workflow").exit_code == 0
+    assert on(live_server, "run", "-d", "QuickStart", "-S", "echo_workflow").exit_code == 0
 
 
 def test_deploy_of_a_missing_file_is_a_usage_error(live_server: str, tmp_path: Path) -> None:
@@ -222,9 +223,9 @@ def test_run_prints_the_result(live_server: str) -> None:
 
 
 def test_run_with_a_named_service(live_server: str) -> None:
-    """``run -s SERVICE`` runs that service; an unknown service fails with not found."""
+    """``run -S SERVICE`` runs that service; an unknown service fails with not found."""
     deploy_quickstart(live_server)
-    named = on(live_server, "run", "-d", "QuickStart", "-s", "echo_workflow", "-a", "message", "hi")
+    named = on(live_server, "run", "-d", "QuickStart", "-S", "echo_workflow", "-a", "message", "hi")
     assert named.exit_code == 0, named.output
     assert named.stdout.strip() == "Message received: hi"
     listed = on(live_server, "tasks", "list", "-d", "QuickStart").stdout.split()
@@ -252,7 +253,8 @@ def test_run_in_a_session(live_server: str) -> None:
     assert first.stdout.strip() == "Message received: one"
     assert second.exit_code == 0, second.output
     assert second.stdout.strip() == "Message received: two"
-    session = json.loads(on(live_server, "sessions", "get", "-d", "QuickStart", session_id).stdout)
+    got = on(live_server, "sessions", "get", "-d", "QuickStart", session_id, "-o", "json")
+    session = json.loads(got.stdout)
     assert len(session["task_ids"]) == 2
     assert task_ids(live_server, "QuickStart", "-i", session_id) == session["task_ids"]
 
@@ -301,7 +303,9 @@ def test_run_of_a_failing_workflow_prints_its_error(live_server: str, tmp_path: 
     assert result.stdout == ""
     # And the task is recorded as failed with its error
     (task_id,) = task_ids(live_server, "Failing")
-    task = json.loads(on(live_server, "tasks", "get", "-d", "Failing", task_id).stdout)
+    task = json.loads(
+        on(live_server, "tasks", "get", "-d", "Failing", task_id, "-o", "json").stdout
+    )
     assert task["status"] == "failed"
     assert "exploded on purpose" in json.dumps(task["error"])
 
@@ -319,7 +323,7 @@ def test_status_shows_health_and_deployments(live_server: str) -> None:
     result = on(live_server, "status")
     assert result.exit_code == 0, result.output
     assert "Healthy" in result.stdout
-    assert "- QuickStart" in result.stdout.splitlines()
+    assert column(result.stdout, "DEPLOYMENT", block=1) == ["QuickStart"]
 
 
 def test_status_of_a_closed_port_says_down(closed_port_url: str) -> None:
@@ -347,12 +351,12 @@ def test_deployments_list_get_delete(live_server: str) -> None:
     # Then list prints its name
     listed = on(live_server, "deployments", "list")
     assert listed.exit_code == 0, listed.output
-    assert listed.stdout.split() == ["QuickStart"]
+    assert column(listed.stdout, "NAME") == ["QuickStart"]
 
     # And get shows its services and their queues as JSON, with the live workers serving it
     # once their first heartbeat is recorded (it may still be on its way just after start)
     def get() -> dict[str, Any]:
-        got = on(live_server, "deployments", "get", "QuickStart")
+        got = on(live_server, "deployments", "get", "QuickStart", "-o", "json")
         assert got.exit_code == 0, got.output
         described: dict[str, Any] = json.loads(got.stdout)
         return described
@@ -391,7 +395,7 @@ def test_delete_without_yes_asks_and_can_be_declined(live_server: str) -> None:
         cli, ["-s", live_server, "deployments", "delete", "QuickStart"], input="n\n"
     )
     assert result.exit_code != 0
-    assert on(live_server, "deployments", "list").stdout.split() == ["QuickStart"]
+    assert column(on(live_server, "deployments", "list").stdout, "NAME") == ["QuickStart"]
 
 
 # --- sessions ----------------------------------------------------------------------------------
@@ -412,7 +416,7 @@ def test_sessions_create_list_get_delete(live_server: str) -> None:
     listed = on(live_server, "sessions", "list", "-d", "QuickStart")
     assert listed.exit_code == 0, listed.output
     assert session_id in listed.stdout.split()
-    got = on(live_server, "sessions", "get", "-d", "QuickStart", session_id)
+    got = on(live_server, "sessions", "get", "-d", "QuickStart", session_id, "-o", "json")
     assert got.exit_code == 0, got.output
     assert json.loads(got.stdout)["session_id"] == session_id
     # When it is deleted
@@ -446,12 +450,12 @@ def test_tasks_list_and_get(live_server: str) -> None:
     listed = on(live_server, "tasks", "list", "-d", "QuickStart")
     # Then both are there, succeeded, on the default service
     assert listed.exit_code == 0, listed.output
-    lines = listed.stdout.splitlines()
-    assert len(lines) == 2
-    assert all("succeeded" in line and "echo_workflow" in line for line in lines)
+    listed_rows = rows(listed.stdout)
+    assert len(listed_rows) == 2
+    assert all(r["STATUS"] == "succeeded" and r["SERVICE"] == "echo_workflow" for r in listed_rows)
     # And get shows the first one's input and result
-    first_id = lines[0].split()[0]
-    got = on(live_server, "tasks", "get", "-d", "QuickStart", first_id)
+    first_id = listed_rows[0]["TASK"]
+    got = on(live_server, "tasks", "get", "-d", "QuickStart", first_id, "-o", "json")
     assert got.exit_code == 0, got.output
     task = json.loads(got.stdout)
     assert task["task_id"] == first_id
@@ -490,7 +494,7 @@ def test_celeriac_server_env_var_picks_the_server(
     result = celeriac("status")
     assert result.exit_code == 0, result.output
     assert live_server in result.stdout
-    assert "- QuickStart" in result.stdout.splitlines()
+    assert column(result.stdout, "DEPLOYMENT", block=1) == ["QuickStart"]
 
 
 def test_profiles_lifecycle(isolated_profiles: Path) -> None:
@@ -514,11 +518,9 @@ def test_profiles_lifecycle(isolated_profiles: Path) -> None:
     # Then current-profile names it and get-profiles marks it
     assert used.exit_code == 0, used.output
     assert celeriac("config", "current-profile").stdout.strip() == "remote"
-    listing = celeriac("config", "get-profiles").stdout.splitlines()
-    assert len(listing) == 2
-    assert listing[0].startswith("  local:")
-    assert listing[1].startswith("* remote:")
-    assert "http://example.invalid" in listing[1]
+    listing = rows(celeriac("config", "get-profiles").stdout)
+    assert [(row["CURRENT"], row["NAME"]) for row in listing] == [("", "local"), ("*", "remote")]
+    assert listing[1]["SERVER"] == "http://example.invalid"
     # When the current one is deleted
     deleted = celeriac("config", "delete-profile", "remote")
     # Then it is gone and the current profile falls back to the default

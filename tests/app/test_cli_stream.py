@@ -165,7 +165,7 @@ def test_send_event_with_a_serialized_event(live_server: str, sdk: Client) -> No
         '{"__is_pydantic": true, "value": {"response": "42"}, '
         '"qualified_name": "workflows.events.HumanResponseEvent"}'
     )
-    args = ["-d", "HumanInTheLoop", task.task_id, "--event", event, "-s", "ask"]
+    args = ["-d", "HumanInTheLoop", task.task_id, "--event", event, "-S", "ask"]
     result = on(live_server, "tasks", "send-event", *args)
     assert result.exit_code == 0, result.output
     assert sdk.tasks.wait("HumanInTheLoop", task.task_id).result == "42"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import os
 import sqlite3
 import stat
@@ -13,8 +15,10 @@ import yaml
 from click.testing import CliRunner, Result
 
 from app.cli.main import cli
+from app.control.tokens import TokenInfo
 from app.server import Server
 from tests.conftest import QUICKSTART
+from tests.support.cli_tables import rows
 
 
 @pytest.fixture(autouse=True)
@@ -70,6 +74,16 @@ def test_list_shows_every_token_but_never_a_token(clean_environment: Path) -> No
     assert lines[1].split()[:3] == ["1", "-", "read"]
     assert lines[2].split()[:3] == ["2", "workers", "worker"]
     assert first not in listed.output and second not in listed.output
+    # And -o json gives each token's fields, never the token either
+    as_json = celeriac("tokens", "list", "-o", "json")
+    assert as_json.exit_code == 0, as_json.output
+    listed_json = json.loads(as_json.stdout)
+    assert [(t["id"], t["name"], t["scope"]) for t in listed_json] == [
+        (1, None, "read"),
+        (2, "workers", "worker"),
+    ]
+    assert set(listed_json[0]) == {f.name for f in dataclasses.fields(TokenInfo)}
+    assert first not in as_json.output and second not in as_json.output
 
 
 def test_revoke_by_id_or_name_and_a_name_is_free_again(clean_environment: Path) -> None:
@@ -169,7 +183,7 @@ def test_the_token_comes_from_the_option_the_variable_or_the_profile(
     assert by_profile.stdout.strip() == "Message received: hi", by_profile.output
     outputs.append(by_profile.output)
     listed = celeriac("config", "get-profiles")
-    assert "'token': '(set)'" in listed.stdout
+    assert rows(listed.stdout)[0]["TOKEN"] == "(set)"
     outputs.append(listed.output)
     # The profile file, which holds the token, is its owner's only
     profiles = tmp_path / "config" / "profiles.yml"

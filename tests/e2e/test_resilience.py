@@ -88,7 +88,7 @@ def test_a_killed_worker_leaves_the_registry_and_the_other_stays(platform: Platf
     assert stopped == [(None,)]
     # And the command line shows the service's one live worker with its last heartbeat
     shown = subprocess.run(
-        [script("celeriac"), "deployments", "get", "QuickStart"],
+        [script("celeriac"), "deployments", "get", "QuickStart", "-o", "json"],
         env=platform.env(database=False),
         capture_output=True,
         text=True,

@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.cli_tables import column
+
 READY_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 COMMAND_TIMEOUT = 60.0
@@ -116,7 +118,7 @@ def test_serve_runs_workflows_and_keeps_state_across_restarts(
         # Then the CLI sees it healthy, serving the quick start
         status = run(url, "status")
         assert "Healthy" in status
-        assert "- QuickStart" in status.splitlines()
+        assert column(status, "DEPLOYMENT", block=1) == ["QuickStart"]
         # And runs its workflow on the in-process workers
         assert run(url, "run", "-d", "QuickStart", "-a", "message", "hello") == (
             "Message received: hello\n"
@@ -125,12 +127,12 @@ def test_serve_runs_workflows_and_keeps_state_across_restarts(
         assert run(url, "deploy", str(multistep)).strip() == "Deployment successful: MultiStep"
         result = run(url, "run", "-d", "MultiStep", "-a", "message", "hello_world")
         assert result.strip() == "hello_world_result_result_result"
-        assert run(url, "deployments", "list").split() == ["MultiStep", "QuickStart"]
+        assert column(run(url, "deployments", "list"), "NAME") == ["MultiStep", "QuickStart"]
         session_id = json.loads(run(url, "sessions", "create", "-d", "QuickStart"))["session_id"]
         assert session_id
         # And deletes the second deployment
         assert "MultiStep" in run(url, "deployments", "delete", "MultiStep", "--yes")
-        assert run(url, "deployments", "list").split() == ["QuickStart"]
+        assert column(run(url, "deployments", "list"), "NAME") == ["QuickStart"]
 
         # When the server gets SIGTERM
         proc.send_signal(signal.SIGTERM)
@@ -150,11 +152,9 @@ def test_serve_runs_workflows_and_keeps_state_across_restarts(
     # When the server restarts on the same data folder, without a file
     with serving([], cwd=tmp_path, env=env, log=tmp_path / "serve2.log") as (_proc, url):
         # Then the deployments, sessions and tasks of the first run are still there
-        assert run(url, "deployments", "list").split() == ["QuickStart"]
-        assert session_id in run(url, "sessions", "list", "-d", "QuickStart").split()
-        tasks = run(url, "tasks", "list", "-d", "QuickStart").splitlines()
-        assert len(tasks) == 1
-        assert "succeeded" in tasks[0]
+        assert column(run(url, "deployments", "list"), "NAME") == ["QuickStart"]
+        assert session_id in column(run(url, "sessions", "list", "-d", "QuickStart"), "SESSION")
+        assert column(run(url, "tasks", "list", "-d", "QuickStart"), "STATUS") == ["succeeded"]
         # And the quick start still runs
         assert run(url, "run", "-d", "QuickStart", "-a", "message", "again") == (
             "Message received: again\n"
