@@ -272,6 +272,18 @@ IDEMPOTENCY_KEY = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"
 
 
+class CreateArgs(RunArgs):
+    """Query arguments of ``tasks/create``."""
+
+    standalone = fields.Boolean(
+        load_default=False,
+        metadata={
+            "description": "Celeriac: with no `session_id`, run the task on its own, in no "
+            "session (as `tasks/run` does), instead of opening a new session for it."
+        },
+    )
+
+
 class IdempotencyArgs(Schema):
     """The ``Idempotency-Key`` header of ``tasks/run`` and ``tasks/create``."""
 

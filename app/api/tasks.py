@@ -13,6 +13,7 @@ from app.api.bodies import Blueprint, too_large
 from app.api.schemas import (
     REPLAYED,
     AttemptSchema,
+    CreateArgs,
     EventDefinitionSchema,
     EventsArgs,
     IdempotencyArgs,
@@ -88,6 +89,7 @@ def _submission(
         task_id=body.get("task_id"),
         multitask_strategy=args["multitask_strategy"],
         idempotency_key=headers.get("idempotency_key"),
+        standalone=args.get("standalone", False),
         time_limit=body.get("time_limit"),
         queue_timeout=body.get("queue_timeout"),
     )
@@ -128,7 +130,7 @@ class TaskRun(MethodView):
 class TaskCreate(MethodView):
     """Queue a task without waiting."""
 
-    @blp.arguments(RunArgs(), location="query")
+    @blp.arguments(CreateArgs(), location="query")
     @blp.arguments(IdempotencyArgs(), location="headers")
     @blp.arguments(TaskDefinitionSchema())
     @blp.response(200, TaskSchema, headers=_REPLAYED_HEADER)
@@ -141,7 +143,8 @@ class TaskCreate(MethodView):
         body: dict[str, Any],
         deployment_name: str,
     ) -> Any:
-        """Queue a task and return it with its ``task_id`` and ``session_id``."""
+        """Queue a task and return it with its ``task_id`` and ``session_id`` (a new
+        session's, unless one was named or ``standalone``)."""
         submitted = plane().tasks.submit(_submission(deployment_name, body, args, headers))
         return submitted.task, _replayed(submitted.replayed)
 

@@ -100,6 +100,8 @@ def run(
             idempotency_key=idempotency_key,
             time_limit=time_limit,
             queue_timeout=queue_timeout,
+            # A run outside a session is one task: it opens none (as tasks/run would not)
+            standalone=session_id is None,
         )
         if stream:
             look_for_workers(state, client, deployment, task)

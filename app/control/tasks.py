@@ -58,6 +58,9 @@ class Submission:
     #: service's ``time-limit`` and ``queue-timeout`` for this task.
     time_limit: float | None = None
     queue_timeout: float | None = None
+    #: With no session id, the task runs on its own, in no session (as ``tasks/run``'s
+    #: do), instead of opening a new one.
+    standalone: bool = False
 
 
 #: The routes a request under an idempotency key may come by: a key used on one and then on
@@ -79,6 +82,8 @@ def request_hash(route: Route, request: Submission) -> str:
         "time_limit": request.time_limit,
         "queue_timeout": request.queue_timeout,
     }
+    if request.standalone:  # (left out otherwise: keys stored before it existed still match)
+        asked["standalone"] = True
     canonical = json.dumps(asked, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -240,7 +245,7 @@ class Tasks:
         """Store the task as queued, commit, then send its first step to its service's queue.
 
         Without a session id the task gets a new session, unless ``single_use_session``
-        (``tasks/run``): then, as no later task could use that session, it has none.
+        (``tasks/run``) or the request is ``standalone``: then it has none.
         With an idempotency key, a request the same as an earlier one under the key (by
         ``route`` too) gets the earlier one's task, replayed, and stores nothing.
         """
@@ -250,7 +255,7 @@ class Tasks:
             key = RequestKey(request.idempotency_key, request_hash(route, request))
         target = self._target(request.deployment)
         try:
-            return self._submit(request, key, target, single_use_session)
+            return self._submit(request, key, target, single_use_session or request.standalone)
         except _Refused:
             pass
         # Tell a used task id from a deployment changed since it was read.
@@ -259,7 +264,7 @@ class Tasks:
         if fresh == target:
             raise Conflict(f"task id {request.task_id!r} is already used")
         try:
-            return self._submit(request, key, fresh, single_use_session)
+            return self._submit(request, key, fresh, single_use_session or request.standalone)
         except _Refused:
             raise Conflict(
                 f"task id {request.task_id!r} is already used, or deployment "

@@ -255,12 +255,15 @@ class AsyncTasks:
         idempotency_key: str | None = None,
         time_limit: float | None = None,
         queue_timeout: float | None = None,
+        standalone: bool = False,
     ) -> Task:
         """Queue a task and return it without waiting (:class:`SessionBusy` if the session
         is busy and ``multitask_strategy="reject"``). With ``idempotency_key``, queueing
         the same task again under the key returns the first one instead of another
         (:class:`IdempotencyKeyReused` for a different task under the key). ``time_limit``
-        and ``queue_timeout`` (seconds) replace the service's for this task."""
+        and ``queue_timeout`` (seconds) replace the service's for this task. Without a
+        ``session_id`` the task opens a new session, unless ``standalone``: then it has
+        none."""
         return await self._c._send(
             calls.create_task(
                 deployment,
@@ -271,6 +274,7 @@ class AsyncTasks:
                 task_id=task_id,
                 idempotency_key=idempotency_key,
                 limits=calls.TimeLimits(time_limit, queue_timeout),
+                standalone=standalone,
             )
         )
 

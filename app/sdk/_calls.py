@@ -216,13 +216,17 @@ def create_task(
     task_id: str | None,
     idempotency_key: str | None = None,
     limits: TimeLimits | None = None,
+    standalone: bool = False,
 ) -> Call[Task]:
-    """``POST tasks/create``."""
+    """``POST tasks/create`` (``standalone``: in no session, if none is named)."""
+    params = _submit_params(session_id, multitask_strategy)
+    if standalone:
+        params["standalone"] = "true"
     return Call(
         "POST",
         tasks_path(deployment, "create"),
         Task.from_json,
-        params=_submit_params(session_id, multitask_strategy),
+        params=params,
         json=_definition(input, service, task_id, limits),
         headers=_key_header(idempotency_key),
     )

@@ -504,3 +504,25 @@ def test_no_task_stays_queued(client: FlaskClient) -> None:
     statuses = {t["task_id"]: t["status"] for t in all_tasks(client)}
     assert statuses == ended
     assert set(statuses.values()) <= TERMINAL
+
+
+def test_a_standalone_task_opens_no_session(client: FlaskClient) -> None:
+    # Given the quick start
+    deploy(client, QUICKSTART)
+    before = ok(client.get("/deployments/QuickStart/sessions"))
+    # When a task is created standalone, with no session named
+    created = ok(
+        client.post(
+            "/deployments/QuickStart/tasks/create?standalone=true",
+            json={"input": {"message": "alone"}},
+        )
+    )
+    # Then it has no session, and none was opened for it; it runs as any other
+    assert created["session_id"] is None
+    assert ok(client.get("/deployments/QuickStart/sessions")) == before
+    assert wait_for_task(client, "QuickStart", created["task_id"])["status"] == "succeeded"
+    # And a bad value for the flag is refused, naming it
+    refused = client.post(
+        "/deployments/QuickStart/tasks/create?standalone=maybe", json={"input": {}}
+    )
+    assert refused.status_code == 422 and "standalone" in refused.get_data(as_text=True)
