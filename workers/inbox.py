@@ -39,7 +39,7 @@ from workers.protocol import (
     StopsWanted,
     event_names,
 )
-from workers.stops import stops_exchange
+from workers.stops import STOPS_ROUTING_KEY, stops_exchange
 
 log = logging.getLogger(__name__)
 
@@ -259,5 +259,5 @@ def inbox_entity(name: str) -> Queue:
         name,
         routing_key=name,
         expires=INBOX_EXPIRES,
-        bindings=[binding(stops_exchange(), routing_key=name)],
+        bindings=[binding(stops_exchange(), routing_key=STOPS_ROUTING_KEY)],
     )

@@ -1,7 +1,7 @@
 """Stopped runs: what this worker must never start, and must stop if it runs.
 
 The control plane stops a run when its task is cancelled, times out, or goes with its
-deployment. It records the stop first (``stopped_steps``), then broadcasts it on the fanout
+deployment. It records the stop first (``stopped_steps``), then broadcasts it on the
 exchange :data:`~workers.protocol.STOPS_EXCHANGE`, to which every service worker binds its
 inbox. A broadcast reaches only the workers connected at that moment, so a worker that
 (re)connects asks for the whole list (``StopsWanted``) once its inbox is bound, and starts no
@@ -29,9 +29,23 @@ log = logging.getLogger(__name__)
 KEPT = 100_000
 
 
+#: The routing key of every stop broadcast, and of every inbox's binding to the exchange.
+STOPS_ROUTING_KEY = "stops"
+
+
 def stops_exchange() -> Exchange:
-    """The fanout exchange of stop broadcasts (durable: declared by senders and workers)."""
-    return Exchange(STOPS_EXCHANGE, type="fanout", durable=True)
+    """The exchange of stop broadcasts (durable: declared by senders and workers).
+
+    A direct exchange on which every inbox is bound under one key (:data:`STOPS_ROUTING_KEY`)
+    hands each bound queue a copy, on RabbitMQ as on Redis, where Kombu keeps the bindings in
+    Redis and puts the copies in the queues' lists. Not a fanout exchange: Kombu's Redis
+    transport carries those over PUB/SUB, and consumes a queue bound to one only through its
+    subscription, never its list, so an inbox would no longer get the messages sent to it by
+    name (events, the list of stopped runs). The cost, on Redis: the inbox of a worker that
+    was killed (not stopped) stays bound, and gathers a copy of each broadcast (a stopping
+    worker deletes its inbox, bindings included; RabbitMQ expires a dead one).
+    """
+    return Exchange(STOPS_EXCHANGE, type="direct", durable=True)
 
 
 class Stops:
