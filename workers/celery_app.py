@@ -39,7 +39,7 @@ from workers.protocol import (
     StopRuns,
 )
 from workers.runtime import Fetch, LoadedService, ResultBounds, ServiceRuntime
-from workers.stops import stops_exchange
+from workers.stops import STOPS_ROUTING_KEY, stops_exchange
 from workers.transports import BrokerConnection, transport_options
 
 log = logging.getLogger(__name__)
@@ -283,7 +283,7 @@ def broadcast_stops(celery: Celery, message: StopRuns) -> None:
         producer.publish(
             message.encode(),
             exchange=exchange,
-            routing_key="stops",
+            routing_key=STOPS_ROUTING_KEY,
             declare=[exchange],
             serializer="json",
             retry=True,

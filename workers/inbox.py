@@ -40,7 +40,7 @@ from workers.protocol import (
     StopsWanted,
     event_names,
 )
-from workers.stops import stops_exchange
+from workers.stops import STOPS_ROUTING_KEY, stops_exchange
 
 log = logging.getLogger(__name__)
 
@@ -260,8 +260,8 @@ def inbox_entity(name: str) -> Queue:
 
 def stops_entity(inbox: str) -> Queue:
     """The queue through which the worker of ``inbox`` hears the stops broadcast, bound to
-    the stops exchange and expiring as its inbox does. (Not the inbox itself: Kombu's Redis
-    transport consumes a queue bound to a fanout exchange through publish/subscribe alone,
-    and would no longer read what is sent to the inbox by name.)"""
+    the stops exchange and expiring as its inbox does."""
     name = f"{STOPS_EXCHANGE}.{inbox.removeprefix(INBOX_PREFIX)}"
-    return Queue(name, exchange=stops_exchange(), routing_key="stops", expires=INBOX_EXPIRES)
+    return Queue(
+        name, exchange=stops_exchange(), routing_key=STOPS_ROUTING_KEY, expires=INBOX_EXPIRES
+    )

@@ -37,9 +37,9 @@ DESCRIBE = "celeriac.service.describe"
 SERVICE_DESCRIBED = "celeriac.control.service_described"
 STOPS_WANTED = "celeriac.control.stops_wanted"
 
-#: The fanout exchange through which the control plane tells every service worker of the
-#: runs it stopped (cancelled, timed out, or of a deleted deployment); each worker binds its
-#: inbox to it.
+#: The exchange through which the control plane tells every service worker of the
+#: runs it stopped (cancelled, timed out, or of a deleted deployment); each worker binds a
+#: queue of its own to it (see ``workers.inbox.stops_entity``).
 STOPS_EXCHANGE = "celeriac.stops"
 
 

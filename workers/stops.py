@@ -1,14 +1,14 @@
 """Stopped runs: what this worker must never start, and must stop if it runs.
 
 The control plane stops a run when its task is cancelled, times out, or goes with its
-deployment. It records the stop first (``stopped_steps``), then broadcasts it on the fanout
-exchange :data:`~workers.protocol.STOPS_EXCHANGE`, to which every service worker binds its
-inbox. A broadcast reaches only the workers connected at that moment, so a worker that
-(re)connects asks for the whole list (``StopsWanted``) once its inbox is bound, and starts no
-run until it has it: every stop recorded before the list was read is in it, and every one
-after reaches the bound inbox. A cancelled task's step that waits in a queue is therefore
-never started, whatever restarted in between; unlike Celery's ``revoke``, nothing depends
-on a worker's memory.
+deployment. It records the stop first (``stopped_steps``), then broadcasts it on the exchange
+:data:`~workers.protocol.STOPS_EXCHANGE`, to which every service worker binds a queue of its
+own (next to its inbox). A broadcast reaches only the queues bound at that moment, so a worker
+that (re)connects asks for the whole list (``StopsWanted``) once its queues are bound, and
+starts no run until it has it: every stop recorded before the list was read is in it, and
+every one after reaches the bound queue. A cancelled task's step that waits in a queue is
+therefore never started, whatever restarted in between; unlike Celery's ``revoke``, nothing
+depends on a worker's memory.
 """
 
 from __future__ import annotations
@@ -29,9 +29,21 @@ log = logging.getLogger(__name__)
 KEPT = 100_000
 
 
+#: The routing key of every stop broadcast, and of every worker's binding to the exchange.
+STOPS_ROUTING_KEY = "stops"
+
+
 def stops_exchange() -> Exchange:
-    """The fanout exchange of stop broadcasts (durable: declared by senders and workers)."""
-    return Exchange(STOPS_EXCHANGE, type="fanout", durable=True)
+    """The exchange of stop broadcasts (durable: declared by senders and workers).
+
+    A direct exchange to which every worker binds a queue of its own under one key
+    (:data:`STOPS_ROUTING_KEY`): each bound queue gets a copy, on RabbitMQ as on Redis, where
+    Kombu keeps the bindings and puts the copies in the queues' lists. Not a fanout exchange:
+    Kombu's Redis transport carries those over publish/subscribe, which Celeriac's Redis
+    transport (its own receipt, see ``workers.redis_transport``) does not read. The cost, on
+    Redis: the queue of a worker that was killed (not stopped) stays bound, and gathers a
+    copy of each broadcast (a stopping worker deletes it; RabbitMQ expires a dead one)."""
+    return Exchange(STOPS_EXCHANGE, type="direct", durable=True)
 
 
 class Stops:

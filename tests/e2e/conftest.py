@@ -50,7 +50,7 @@ HEARTBEAT_INTERVAL = 1.0
 REDISPATCH_AFTER = 3.0
 #: How long a batch of tasks may take to end; only a failing test waits this long.
 TASKS_TIMEOUT = 90.0
-TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+TERMINAL = frozenset({"succeeded", "failed", "cancelled", "timed_out"})
 #: Celery node names end with this host part.
 NODE_HOST = "e2e"
 
@@ -258,11 +258,11 @@ def _delete_queues(url: str) -> None:
             channel.queue_delete(queue)
 
 
-@pytest.fixture
-def amqp_url(processes: Processes) -> Iterator[str]:
-    """A RabbitMQ broker URL on a private virtual host (the default one without rabbitmqctl)."""
-    # Without rabbitmqctl (a laptop with only the AMQP port), the default virtual host is used
-    # and the tests' queues are deleted before and after.
+@contextlib.contextmanager
+def private_vhost() -> Iterator[str]:
+    """A RabbitMQ broker URL on a virtual host of its own, deleted on the way out (the default
+    virtual host without rabbitmqctl, with the tests' queues deleted before and after)."""
+    # Without rabbitmqctl (a laptop with only the AMQP port), the default virtual host is used.
     require_service("RabbitMQ", *RABBITMQ)
     host, port = RABBITMQ
     vhost = f"celeriac-e2e-{uuid.uuid4().hex[:12]}"
@@ -271,7 +271,6 @@ def amqp_url(processes: Processes) -> Iterator[str]:
         try:
             yield f"amqp://guest:guest@{host}:{port}/{vhost}"
         finally:
-            processes.kill_all()
             _rabbitmqctl("delete_vhost", vhost)
         return
     url = f"amqp://guest:guest@{host}:{port}//"
@@ -279,8 +278,17 @@ def amqp_url(processes: Processes) -> Iterator[str]:
     try:
         yield url
     finally:
-        processes.kill_all()
         _delete_queues(url)
+
+
+@pytest.fixture
+def amqp_url(processes: Processes) -> Iterator[str]:
+    """A RabbitMQ broker URL on a private virtual host (see :func:`private_vhost`)."""
+    with private_vhost() as url:
+        try:
+            yield url
+        finally:
+            processes.kill_all()
 
 
 @pytest.fixture

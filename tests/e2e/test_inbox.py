@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import amqp.exceptions
 import pytest
 import redis
-from kombu import Connection
+from kombu import Connection, Consumer
 
 from config.settings import Settings
 from tests.e2e.conftest import Platform, node
 from tests.support.processes import READY_TIMEOUT, STOP_TIMEOUT, poll
-from workers.celery_app import create_celery, send_to_inbox
-from workers.protocol import DeliverEvent
+from workers.celery_app import broadcast_stops, create_celery, send_to_inbox
+from workers.inbox import inbox_entity, stops_entity
+from workers.protocol import INBOX_PREFIX, DeliverEvent, StopRuns
 
 
 def _inbox_of_a_task(platform: Platform, sleepy: Path) -> tuple[str, int]:
@@ -151,3 +155,51 @@ def test_a_rabbitmq_inbox_expires_and_events_for_a_gone_worker_are_dropped(
     finally:
         sender.close()
     assert not _amqp_queue_exists(amqp_url, inbox)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("transport", ["amqp", "redis"])
+def test_an_inbox_gets_what_is_sent_to_it_and_a_copy_of_every_stop_broadcast(
+    transport: str, broker_url: str
+) -> None:
+    """Two workers' inboxes, each with its queue of stop broadcasts: each worker gets a copy
+    of the stopped runs broadcast, and only the inbox an event (or the list of stopped runs)
+    is sent to gets it. (On Redis an inbox once bound to the fanout exchange itself was read
+    through PUB/SUB alone: it got nothing sent to it.)"""
+    # Given the inboxes of two workers, consumed
+    sender = create_celery(Settings.from_env({"CELERIAC_BROKER_URL": broker_url}))
+    names = [f"{INBOX_PREFIX}w{n}@e2e.{n}" for n in (1, 2)]
+    got: dict[str, list[Any]] = {name: [] for name in names}
+    connections = [sender.connection_for_read() for _ in names]
+    try:
+        for name, connection in zip(names, connections, strict=True):
+
+            def take(body: Any, message: Any, name: str = name) -> None:
+                got[name].append(body)
+                message.ack()
+
+            queues = [inbox_entity(name), stops_entity(name)]
+            consumer = Consumer(connection.channel(), queues, callbacks=[take])
+            consumer.consume()
+        # When an event is sent to the first, and stopped runs are broadcast
+        event = DeliverEvent(task_id="t-1", seq=0, event="{}")
+        send_to_inbox(sender, names[0], event)
+        stops = StopRuns(runs=[["t-2", 1]], reason="cancelled")
+        broadcast_stops(sender, stops)
+
+        # Then the first gets both, the second the broadcast alone
+        def drained() -> dict[str, list[Any]]:
+            for connection in connections:
+                with contextlib.suppress(TimeoutError, socket.timeout):
+                    connection.drain_events(timeout=0.1)
+            return got
+
+        poll(drained, lambda got: sum(map(len, got.values())) >= 3, 10.0, "three deliveries")
+        assert got == {names[0]: [event.encode(), stops.encode()], names[1]: [stops.encode()]}
+    finally:
+        for name, connection in zip(names, connections, strict=True):
+            for queue in (inbox_entity(name), stops_entity(name)):
+                with contextlib.suppress(Exception):
+                    queue(connection.channel()).delete()
+            connection.close()
+        sender.close()

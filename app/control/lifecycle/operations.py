@@ -393,10 +393,16 @@ class Lifecycle:
 
     def send_due(self, now: dt.datetime, send: Callable[[RunStep], bool]) -> list[str]:
         """Queue again each retrying task whose backoff ran out by ``now``, as a new run,
-        and give ``send`` its first step, until it returns False (the last one stays queued,
-        dispatched and unpublished, for the outbox's sweep); returns the ids sent. A
-        retrying task keeps its session's turn: its step goes at once."""
-        sent: list[str] = []
+        then give ``send`` their first steps, until it returns False (those not sent stay
+        queued, dispatched and unpublished, for the outbox's sweep); returns the ids sent. A
+        retrying task keeps its session's turn: its step goes at once.
+
+        The moves are committed before any step is sent. A quick run reports its end within
+        milliseconds, and on PostgreSQL a report read while the move is uncommitted sees the
+        task still ``retrying`` at its earlier run: it would change nothing (the row does
+        not match, so the report does not even wait for the lock), and the task would stay
+        queued for ever."""
+        steps: list[RunStep] = []
         with self._db.connect() as conn:
             for row in conn.execute(sql.DUE, {"now": now}).all():
                 params = {
@@ -410,15 +416,19 @@ class Lifecycle:
                     continue
                 conn.execute(LOSE_RECOVERED, {"p_task_id": row.id, **lost_params(REQUEUED)})
                 step = _first_step_again(conn, row)
-                step = replace(
-                    step,
-                    first_seq=moved.first_seq,
-                    run=moved.run,
-                    expires_at=_timestamp(params["p_expires_at"]),
+                steps.append(
+                    replace(
+                        step,
+                        first_seq=moved.first_seq,
+                        run=moved.run,
+                        expires_at=_timestamp(params["p_expires_at"]),
+                    )
                 )
-                if not send(step):
-                    break  # queued and not published: the outbox's sweep sends it
-                sent.append(row.id)
+        sent: list[str] = []
+        for step in steps:
+            if not send(step):
+                break  # queued and not published: the outbox's sweep sends it
+            sent.append(step.task_id)
         return sent
 
     def next_due(self) -> dt.datetime | None:
