@@ -7,7 +7,9 @@ takes (it expires in the queue), and a worker that could not stop its run. Retri
 from here too, never as Celery ETA messages, which a Redis or SQS broker delivers again
 while they wait in a worker (see the README's notes on Celery's traps). Every control-plane
 consumer sweeps (tasks are locked with ``SKIP LOCKED``, so sweepers side by side share the
-work), and wakes early for a retry due sooner than its next sweep.
+work), and wakes early for a retry due sooner than its next sweep. The sweep also gives the
+free slots of capped services to their waiting tasks: a slot freed is handed on at once, so
+this only catches what a reload's raised cap lets start (see ``app.control.lifecycle.caps``).
 """
 
 from __future__ import annotations
@@ -52,20 +54,24 @@ class Deadlines:
                 self._wake.set()
 
     def sweep(self, now: dt.datetime | None = None) -> None:
-        """Send the retries due, and time out the tasks past their deadlines."""
+        """Send the retries due and the tasks that a free cap slot waits for, and time out
+        the tasks past their deadlines."""
         now = now or utcnow()
 
         def send(step: RunStep) -> bool:
             try:
                 self._outbox.send(step)
             except Unavailable:
-                log.warning("the broker refused a retry; the outbox sends it once it is back")
+                log.warning("the broker refused a task; the outbox sends it once it is back")
                 return False
             return True
 
         sent = self._lifecycle.send_due(now, send)
         if sent:
             log.info("retrying %d task(s) whose backoff ran out", len(sent))
+        for step in self._lifecycle.admit_waiting():
+            if not send(step):
+                break  # dispatched and unpublished: the outbox's sweep sends the rest
         self._stops.ended(self._lifecycle.time_out_waiting(now), "timed_out")
         self._stops.ended(self._lifecycle.time_out_overrun(now, OVERRUN_GRACE), "timed_out")
 

@@ -78,17 +78,19 @@ class Recorder:
             self._deadlines.due_at(finished.retry_at)
         if finished.following is not None:
             self._start(finished.following)
+        for step in finished.admitted:
+            self._start(step)
 
     def _start(self, step: RunStep) -> None:
-        """Send the next task of a session. If the broker refuses it, the task stays queued,
-        marked dispatched and not published: the outbox's sweep sends it once the broker is
-        back. (Its client was told it was queued; a broker away for a moment must not fail
-        it, nor, through its end, every task queued behind it in the session.)"""
+        """Send the next task of a session, or of a capped service. If the broker refuses it,
+        the task stays queued, marked dispatched and not published: the outbox's sweep sends
+        it once the broker is back. (Its client was told it was queued; a broker away for a
+        moment must not fail it, nor, through its end, every task queued behind it.)"""
         try:
             self._outbox.send(step)
         except Unavailable as exc:
             log.warning(
-                "the broker refused task %s, next in its session; the outbox sends it again "
+                "the broker refused task %s, next in its turn; the outbox sends it again "
                 "%g s after its dispatch, or once the broker is back: %s",
                 step.task_id,
                 self._outbox.redispatch_after,

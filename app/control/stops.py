@@ -2,7 +2,8 @@
 
 The lifecycle records the end and the stopped run first (``stopped_steps``); this module
 then tells the workers (a broadcast on the stops exchange, see ``workers.stops``), wakes the
-task's waiters, and sends the first step of the session task whose turn it now is. A worker
+task's waiters, and sends the first step of the session task whose turn it now is (and of
+the tasks given the cap slots freed). A worker
 that (re)connects asks for the runs stopped meanwhile (:meth:`Stops.answer`).
 """
 
@@ -49,7 +50,7 @@ class Stops:
                 self._outbox.send(step)
             except Unavailable:
                 log.warning(
-                    "the broker refused task %s, next in its session; the outbox sends it "
+                    "the broker refused task %s, next in its turn; the outbox sends it "
                     "once the broker is back",
                     step.task_id,
                 )

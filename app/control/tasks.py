@@ -100,6 +100,14 @@ def task_controls(spec: dict[str, Any], service: str, request: Submission) -> di
     return controls or None
 
 
+def service_concurrency(spec: dict[str, Any], service: str) -> dict[str, Any] | None:
+    """The concurrency cap of a service (the ``concurrency`` mapping of its ``celeriac``
+    block), which the control plane keeps: see ``app.control.lifecycle.caps``."""
+    controls = spec.get("services", {}).get(service, {}).get("celeriac") or {}
+    concurrency: dict[str, Any] | None = controls.get("concurrency")
+    return concurrency
+
+
 @dataclass(frozen=True)
 class TaskPage:
     """Which of a deployment's tasks to list, in which order, and which page of them."""
@@ -303,6 +311,7 @@ class Tasks:
             input=request.input,
             session_id=request.session_id,
             controls=task_controls(target.spec, service, request),
+            concurrency=service_concurrency(target.spec, service),
         )
         try:
             inserted = self._lifecycle.insert(

@@ -6,7 +6,7 @@ import datetime as dt
 import enum
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Integer, String
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.models.attempt import TaskAttempt
@@ -129,10 +129,38 @@ TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
 }
 
 
+#: The conditions of the two partial indexes of capped tasks (as written in migration 0015): a
+#: task not ended (``finished_at`` is set by every end and by ``retrying``, and cleared when it
+#: is queued again) that was sent, or that waits to be.
+_CAP_HELD = "cap_group IS NOT NULL AND dispatched_at IS NOT NULL AND finished_at IS NULL"
+_CAP_WAITING = "cap_group IS NOT NULL AND dispatched_at IS NULL AND finished_at IS NULL"
+
+
 class Task(Base):
     """One request to a service: input, status, result or error, attempts and timestamps."""
 
     __tablename__ = "tasks"
+    __table_args__ = (
+        # A capped service's tasks that hold a slot (sent, not ended) and those that wait for
+        # one, apart: counting the first and finding the oldest of the second read only them
+        # (``app.control.lifecycle.caps``). Uncapped tasks are in neither.
+        Index(
+            "ix_tasks_cap_held",
+            "deployment_id",
+            "service",
+            "cap_group",
+            sqlite_where=text(_CAP_HELD),
+            postgresql_where=text(_CAP_HELD),
+        ),
+        Index(
+            "ix_tasks_cap_waiting",
+            "deployment_id",
+            "service",
+            "created_at",
+            sqlite_where=text(_CAP_WAITING),
+            postgresql_where=text(_CAP_WAITING),
+        ),
+    )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True, default=new_id)
     deployment_id: Mapped[int] = mapped_column(
@@ -170,7 +198,12 @@ class Task(Base):
     held_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     #: The queue through which events reach the worker running the task.
     inbox: Mapped[str | None] = mapped_column(String(300), nullable=True)
-    #: When the first step went to the broker; empty while the task waits for its session.
+    #: The task's group under its service's concurrency cap, set when it is queued: the
+    #: JSON of its input's ``key`` field (``""`` for a cap without a key); empty for a task
+    #: of a service without a cap. See ``app.control.lifecycle.caps``.
+    cap_group: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    #: When the first step went to the broker; empty while the task waits for its session's
+    #: turn or for a slot of its service's concurrency cap.
     dispatched_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     #: When the broker took that step (noted in batches; see ``app.control.outbox``).
     published_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)

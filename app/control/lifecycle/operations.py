@@ -21,6 +21,7 @@ from app.control.lifecycle.attempts import (
     Run,
     lost_params,
 )
+from app.control.lifecycle.caps import WAITING_SERVICES, Caps, ServiceKey, group_of
 from app.control.lifecycle.keys import Keys, Replay, RequestKey
 from app.control.lifecycle.turns import (
     MultitaskStrategy,
@@ -67,6 +68,9 @@ class NewTask:
     session_id: str | None = None
     #: Its controls (``tasks.controls``): time limit, allowed queue wait, retry policy.
     controls: dict[str, Any] | None = None
+    #: Its service's concurrency cap (the ``concurrency`` mapping of its ``celeriac`` block),
+    #: if it has one: see ``app.control.lifecycle.caps``.
+    concurrency: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -78,12 +82,16 @@ class Finished:
     following: RunStep | None = None
     #: When a retrying task is sent again.
     retry_at: dt.datetime | None = None
+    #: The first steps of the tasks given the cap slot the task freed (or the session's
+    #: next task, when its service is capped and a slot was free).
+    admitted: tuple[RunStep, ...] = ()
 
 
 @dataclass(frozen=True)
 class Ended:
     """Tasks ended early (cancelled, timed out): their runs, for workers to stop, and the
-    first steps of the session tasks whose turn it now is."""
+    first steps of the session tasks whose turn it now is and of the tasks given the cap
+    slots they freed."""
 
     runs: list[tuple[str, int]]
     following: list[RunStep]
@@ -117,6 +125,7 @@ class Lifecycle:
     def __init__(self, db: Database, *, key_lifetime: float = Settings.idempotency_ttl) -> None:
         self._db = db
         self._keys = Keys(db.engine.dialect.name, key_lifetime)
+        self._caps = Caps()
         self._insert_event = db.insert_ignoring_duplicates(sql.events)
         self._insert_stopped = db.insert_ignoring_duplicates(sql.stopped_steps)
         # INSERT INTO tasks SELECT <the new task> FROM deployments WHERE id and version match,
@@ -144,8 +153,17 @@ class Lifecycle:
                 self._finish[status, with_start] = (
                     sql.finish_at_once(finish, self._attempts if with_start else None)
                     if self._at_once
-                    else finish.returning(sql.tasks.c.session_id, sql.tasks.c.attempts)
+                    else finish.returning(*sql.FINISHED)
                 )
+        # A quick run's outcome alone, in one statement, is for a task without a cap: a
+        # capped one hands its slot on in a transaction.
+        self._finish_alone = {
+            status: sql.finish_at_once(
+                sql.finish(status, with_start=True, by=by).where(sql.tasks.c.cap_group.is_(None)),
+                self._attempts,
+            )
+            for status, by in _ENDS.items()
+        }
 
     def insert(
         self,
@@ -220,10 +238,11 @@ class Lifecycle:
             "dispatched_at": now,
             "controls": task.controls,
             "expires_at": expiry(task.controls, now),
+            "cap_group": group_of(task.concurrency, task.input),
         }
         turn = Turn(run_now=True, context=None)
         alone = task.session_id is None and single_use_session
-        if alone and key is None:
+        if alone and key is None and row["cap_group"] is None:
             with self._db.single() as conn:
                 self._insert(conn, row)
         else:
@@ -233,6 +252,10 @@ class Lifecycle:
                     row["dispatched_at"] = now if turn.run_now else None
                 elif not alone:
                     row["session_id"] = self._open_for(conn, task, now)
+                group = row["cap_group"]
+                if turn.run_now and not self._admits(conn, task.deployment_id, task.service, group):
+                    turn = Turn(run_now=False, context=None)
+                    row["dispatched_at"] = None
                 self._insert(conn, row)  # refused: the session's changes roll back
                 if key is not None and not self._keys.claim(
                     conn, task.deployment_id, key, task.id, now
@@ -240,6 +263,28 @@ class Lifecycle:
                     raise _KeyTaken  # the task and the session's changes roll back
         del row["version"]
         return Task(**row, run=1), turn
+
+    def _admits(
+        self, conn: Connection, deployment_id: int, service: str, group: str | None
+    ) -> bool:
+        """Whether a task of cap ``group`` (None: its service has no cap) may be sent now."""
+        return group is None or self._caps.admits(conn, deployment_id, service, group)
+
+    def _hand_off(self, conn: Connection, freed: Iterable[ServiceKey]) -> list[RunStep]:
+        """The first steps of the tasks given the free cap slots of the ``freed`` services."""
+        return [_first_step_again(conn, row) for row in self._caps.hand_off(conn, freed)]
+
+    def admit_waiting(self) -> list[RunStep]:
+        """Give every capped service's free slots to its waiting tasks, one service per
+        transaction; their first steps, to send. (The control plane's sweep: the tasks a
+        raised cap lets start, or one skipped while a client held it; see ``caps``.)"""
+        with self._db.peek() as conn:
+            services = [(row.deployment_id, row.service) for row in conn.execute(WAITING_SERVICES)]
+        steps: list[RunStep] = []
+        for service in services:
+            with self._db.connect() as conn:
+                steps += self._hand_off(conn, [service])
+        return steps
 
     def _earlier(self, deployment_id: int, key: RequestKey, now: dt.datetime) -> Replay | None:
         """The task of the same request under the live ``key``, if any (``Keys.earlier``)."""
@@ -341,7 +386,8 @@ class Lifecycle:
     def retry(self, deployment_id: int, task_id: str) -> RunStep | None:
         """Queue again a task of the deployment that failed (or was cancelled), as a new
         attempt with the same id, input and service; returns its first step to send, or
-        None while it waits for its session's turn (it takes it like a new task).
+        None while it waits for its session's turn or a slot of its service's cap (it takes
+        them like a new task).
 
         :class:`NotFound` for an unknown task; :class:`Conflict`, with nothing changed, for a
         task the table does not let a retry move, or whose session was closed.
@@ -370,6 +416,8 @@ class Lifecycle:
                         "cannot run again",
                         errors={"task_id": task_id, "session_id": row.session_id},
                     ) from None
+            if turn.run_now and not self._admits(conn, deployment_id, row.service, row.cap_group):
+                turn = Turn(run_now=False, context=None)
             now = utcnow()
             expires_at = expiry(row.controls, now)
             params = {
@@ -395,7 +443,8 @@ class Lifecycle:
         """Queue again each retrying task whose backoff ran out by ``now``, as a new run,
         then give ``send`` their first steps, until it returns False (those not sent stay
         queued, dispatched and unpublished, for the outbox's sweep); returns the ids sent. A
-        retrying task keeps its session's turn: its step goes at once.
+        retrying task keeps its session's turn: its step goes at once, unless its service's
+        cap has no slot free (it then waits for one, queued, unsent).
 
         The moves are committed before any step is sent. A quick run reports its end within
         milliseconds, and on PostgreSQL a report read while the move is uncommitted sees the
@@ -404,17 +453,22 @@ class Lifecycle:
         queued for ever."""
         steps: list[RunStep] = []
         with self._db.connect() as conn:
-            for row in conn.execute(sql.DUE, {"now": now}).all():
+            rows = conn.execute(sql.DUE, {"now": now}).all()
+            self._caps.lock(conn, [(r.deployment_id, r.service) for r in rows if r.cap_group])
+            for row in rows:
+                sends = self._admits(conn, row.deployment_id, row.service, row.cap_group)
                 params = {
                     "task_id": row.id,
                     "now": now,
-                    "p_dispatched_at": now,
+                    "p_dispatched_at": now if sends else None,
                     "p_expires_at": expiry(row.controls, now),
                 }
                 moved = conn.execute(sql.RETRY_DUE, params).first()
                 if moved is None:
                     continue
                 conn.execute(LOSE_RECOVERED, {"p_task_id": row.id, **lost_params(REQUEUED)})
+                if not sends:
+                    continue
                 step = _first_step_again(conn, row)
                 steps.append(
                     replace(
@@ -459,7 +513,8 @@ class Lifecycle:
 
     def cancel_all(self, deployment_id: int) -> list[tuple[str, int]]:
         """Cancel every task of the deployment that has not ended (it is being deleted);
-        returns their runs, recorded as stopped, for workers to stop."""
+        returns their runs, recorded as stopped, for workers to stop. (No session's turn nor
+        cap slot is handed on: every task that could take one is cancelled too.)"""
         with self._db.connect() as conn:
             rows = conn.execute(sql.UNFINISHED_OF, {"deployment_id": deployment_id}).all()
             error = {**CANCELLED_ERROR, "message": "the task's deployment was deleted"}
@@ -506,20 +561,25 @@ class Lifecycle:
         error: dict[str, Any],
         now: dt.datetime,
     ) -> Ended:
-        """End each task of ``rows`` (``id``, ``run``, ``session_id``) by ``statement``,
-        note its run stopped, and pass its session's turn on."""
+        """End each task of ``rows`` (``id``, ``run``, ``session_id``, and its service's and
+        cap group) by ``statement``, note its run stopped, and pass its session's turn and
+        its cap slot on."""
         runs: list[tuple[str, int]] = []
         following: list[RunStep] = []
+        freed: set[ServiceKey] = set()
         for row in rows:
             params = {"task_id": row.id, "p_run": row.run, "p_error": error, "now": now}
             if not conn.execute(statement, params).rowcount:
                 continue
             runs.append((row.id, row.run))
+            if row.cap_group is not None:
+                freed.add((row.deployment_id, row.service))
             if row.session_id:
-                step = self._pass_turn_of(conn, row.session_id, row.id, None)
+                step = self._pass_turn_of(conn, row.session_id, row.id, None, freed)
                 if step is not None:
                     following.append(step)
         self._note_stopped(conn, runs, now)
+        following += self._hand_off(conn, freed)  # after every session's: the lock order
         return Ended(runs, following)
 
     def _note_stopped(
@@ -641,20 +701,31 @@ class Lifecycle:
         if in_statement:
             assert run is not None and run.outcome is not None  # a quick run has a worker
             params.update(p_outcome=run.outcome.value, **lost_params(SUPERSEDED))
-        finish = self._finish[status, with_start]
         events = [sql.event_row(StepEvent.decode(event)) for event in message.events]
-        following = None
-        # A session's next task is handed on in the same transaction; a quick run's
-        # outcome on its own needs none on PostgreSQL, where it is a single statement.
+        following, admitted = None, []
+        # A session's next task, and a capped task's slot, are handed on in the same
+        # transaction; a quick run's outcome on its own needs none on PostgreSQL, where it
+        # is a single statement. That statement changes no capped task (nor an ended one):
+        # the transaction tells them apart.
         passes_turn = message.keep_context and status.terminal
-        alone = in_statement and not passes_turn
-        with self._db.single() if alone else self._db.connect() as conn:
-            changed = self._store_outcome(conn, finish, params, events)
-            if changed is not None and changed.attempts > 1 and events:
-                self._keep_last_event(conn, events[-1])
-            pending = self._note_run(conn, run, changed, with_start, transaction=not alone)
-            if changed is not None and passes_turn:
-                following = self._pass_turn(conn, changed.session_id, message)
+        changed = pending = None
+        if in_statement and not passes_turn:
+            with self._db.single() as conn:
+                alone = self._finish_alone[status]
+                changed, pending = self._record(conn, alone, params, events, run, with_start)
+        if changed is None:
+            with self._db.connect() as conn:
+                finish = self._finish[status, with_start]
+                changed, pending = self._record(
+                    conn, finish, params, events, run, with_start, transaction=True
+                )
+                if changed is not None:
+                    freed: set[ServiceKey] = set()
+                    if changed.cap_group is not None:
+                        freed.add((changed.deployment_id, changed.service))
+                    if passes_turn:
+                        following = self._pass_turn(conn, changed.session_id, message, freed)
+                    admitted = self._hand_off(conn, freed)
         if pending is not None:
             # A redelivery, or a second run (the task had ended): rare enough for a
             # transaction of its own.
@@ -662,7 +733,26 @@ class Lifecycle:
                 self._attempts.record(conn, pending)
         if changed is None:
             return Finished(None, following)
-        return Finished(status, following, retry_at)
+        return Finished(status, following, retry_at, tuple(admitted))
+
+    def _record(
+        self,
+        conn: Connection,
+        finish: Update | Select[Any],
+        params: dict[str, Any],
+        events: list[dict[str, Any]],
+        run: Run | None,
+        with_start: bool,
+        *,
+        transaction: bool = False,
+    ) -> tuple[Row[Any] | None, Run | None]:
+        """Store an outcome (:meth:`_store_outcome`) and its run's attempt (:meth:`_note_run`);
+        returns the changed task's row and the run to record in a transaction of its own."""
+        changed = self._store_outcome(conn, finish, params, events)
+        if changed is not None and changed.attempts > 1 and events:
+            self._keep_last_event(conn, events[-1])
+        pending = self._note_run(conn, run, changed, with_start, transaction=transaction)
+        return changed, pending
 
     def _note_run(
         self,
@@ -724,19 +814,28 @@ class Lifecycle:
         conn.execute(sql.SET_EVENT_COUNT, {"task_id": event["task_id"], "p_event_count": seq + 1})
 
     def _pass_turn(
-        self, conn: Connection, session_id: str, message: StepFinished
+        self, conn: Connection, session_id: str, message: StepFinished, freed: set[ServiceKey]
     ) -> RunStep | None:
         """Free the session (keeping the Context of a successful run) for its next task."""
         context = message.context if message.ok else None
-        return self._pass_turn_of(conn, session_id, message.task_id, context)
+        return self._pass_turn_of(conn, session_id, message.task_id, context, freed)
 
     def _pass_turn_of(
-        self, conn: Connection, session_id: str, task_id: str, context: dict[str, Any] | None
+        self,
+        conn: Connection,
+        session_id: str,
+        task_id: str,
+        context: dict[str, Any] | None,
+        freed: set[ServiceKey],
     ) -> RunStep | None:
         """Free the session of ``task_id`` (keeping ``context``, if any) for its next task;
-        the next task's first step, if one waits."""
+        the next task's first step, if one waits. A next task of a capped service waits for
+        a slot: its service is added to ``freed``, for the caller to hand a slot to."""
         row = pass_turn(conn, session_id, task_id, context)
         if row is None:
+            return None
+        if row.cap_group is not None:
+            freed.add((row.deployment_id, row.service))
             return None
         return first_step(
             row,

@@ -62,6 +62,7 @@ NEW_TASK = (
     "dispatched_at",
     "controls",
     "expires_at",
+    "cap_group",
 )
 
 #: The task's current run, if the task exists.
@@ -158,11 +159,13 @@ MARK_PUBLISHED = (
 SWEEP_BATCH = 200
 
 
-def _with_first_step(*more: Any) -> Select[Any]:
+def with_first_step(*more: Any) -> Select[Any]:
     """Tasks with what their first step needs (see ``_first_step_again`` in
-    ``operations``), and the columns ``more``."""
+    ``operations``), their service's and cap group (see ``caps``), and the columns ``more``."""
     return select(
         tasks.c.id,
+        tasks.c.deployment_id,
+        tasks.c.cap_group,
         tasks.c.session_id,
         tasks.c.service,
         tasks.c.input,
@@ -177,7 +180,7 @@ def _with_first_step(*more: Any) -> Select[Any]:
 
 
 OVERDUE = (
-    _with_first_step()
+    with_first_step()
     .where(
         tasks.c.status == TaskStatus.QUEUED.value,
         tasks.c.published_at.is_(None),
@@ -250,7 +253,7 @@ NEWEST_HEARTBEAT = select(func.max(_workers.c.last_seen))
 #: Held tasks whose lease ran out before ``cutoff``, oldest first, with what their first
 #: step needs.
 EXPIRED = (
-    _with_first_step(tasks.c.status, tasks.c.worker)
+    with_first_step(tasks.c.status, tasks.c.worker)
     .where(_LEASE_RAN_OUT)
     .order_by(_HELD_SINCE)
     .limit(SWEEP_BATCH)
@@ -275,7 +278,7 @@ RECOVER = (
 
 #: The task to retry, locked, with what its first step needs (but its new ``first_seq``).
 TO_RETRY = (
-    _with_first_step(tasks.c.status)
+    with_first_step(tasks.c.status)
     .where(tasks.c.id == bindparam("task_id"), tasks.c.deployment_id == bindparam("deployment_id"))
     .with_for_update(of=tasks)
 )
@@ -315,7 +318,7 @@ RETRY_DUE = requeue_for_retry(Operation.RETRY_DUE)
 
 #: Retrying tasks whose backoff ran out by ``now``, locked, with what their first step needs.
 DUE = (
-    _with_first_step(tasks.c.status, tasks.c.session_id)
+    with_first_step(tasks.c.status, tasks.c.session_id)
     .where(tasks.c.status == TaskStatus.RETRYING.value, tasks.c.retry_at <= bindparam("now"))
     .order_by(tasks.c.retry_at)
     .limit(SWEEP_BATCH)
@@ -324,9 +327,14 @@ DUE = (
 #: When the next retrying task is due, if any.
 NEXT_DUE = select(func.min(tasks.c.retry_at)).where(tasks.c.status == TaskStatus.RETRYING.value)
 
+#: What a task ended tells of the cap slot it may free (see ``caps``).
+_CAPPED = (tasks.c.deployment_id, tasks.c.service, tasks.c.cap_group)
+#: What recording an outcome returns of the task it changed.
+FINISHED = (tasks.c.session_id, tasks.c.attempts, *_CAPPED)
+
 #: The task to cancel, locked: its status, session and run.
 TO_CANCEL = (
-    select(tasks.c.id, tasks.c.status, tasks.c.session_id, tasks.c.run)
+    select(tasks.c.id, tasks.c.status, tasks.c.session_id, tasks.c.run, *_CAPPED)
     .where(tasks.c.id == bindparam("task_id"), tasks.c.deployment_id == bindparam("deployment_id"))
     .with_for_update()
 )
@@ -358,7 +366,7 @@ TIME_OUT = end_early(TaskStatus.TIMED_OUT, Operation.TIME_OUT)
 
 #: Tasks still queued past their allowed wait, locked: they time out.
 EXPIRED_IN_QUEUE = (
-    select(tasks.c.id, tasks.c.session_id, tasks.c.run, tasks.c.expires_at)
+    select(tasks.c.id, tasks.c.session_id, tasks.c.run, tasks.c.expires_at, *_CAPPED)
     .where(tasks.c.status == TaskStatus.QUEUED.value, tasks.c.expires_at < bindparam("now"))
     .order_by(tasks.c.expires_at)
     .limit(SWEEP_BATCH)
@@ -368,7 +376,7 @@ EXPIRED_IN_QUEUE = (
 #: Python: the limit is in ``controls``). Few rows: only tasks that run now. (A task queued
 #: again keeps its last run's start, and is not running.)
 RUNNING_WITH_LIMITS = select(
-    tasks.c.id, tasks.c.session_id, tasks.c.run, tasks.c.started_at, tasks.c.controls
+    tasks.c.id, tasks.c.session_id, tasks.c.run, tasks.c.started_at, tasks.c.controls, *_CAPPED
 ).where(
     _HELD,
     may_move(TaskStatus.TIMED_OUT, Operation.TIME_OUT),
@@ -431,7 +439,7 @@ def finish_at_once(finish: Update, attempts: Attempts | None = None) -> Select[A
     changed, as in the transaction that SQLite runs; the statement commits on its own, so
     recording an outcome is one round trip instead of four (BEGIN, UPDATE, INSERT, COMMIT).
     """
-    done = finish.returning(tasks.c.id, tasks.c.session_id, tasks.c.attempts).cte("done")
+    done = finish.returning(tasks.c.id, *FINISHED).cte("done")
     last = (
         func.json_to_recordset(bindparam("p_events", type_=JSON))
         .table_valued(
@@ -448,7 +456,8 @@ def finish_at_once(finish: Update, attempts: Attempts | None = None) -> Select[A
     )
     store = postgresql.insert(events).from_select(_EVENT_COLUMNS, rows).on_conflict_do_nothing()
     recorded = [] if attempts is None else attempts.in_finish(done)
-    return select(done.c.session_id, done.c.attempts).add_cte(store.cte("stored"), *recorded)
+    returned = (done.c[column.name] for column in FINISHED)
+    return select(*returned).add_cte(store.cte("stored"), *recorded)
 
 
 def event_row(message: StepEvent) -> dict[str, Any]:

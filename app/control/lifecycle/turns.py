@@ -112,7 +112,9 @@ def pass_turn(
     """``task_id`` ended: keep its Context, free the session and hand it to the next task.
 
     Returns the next task's row (with ``deployment_name`` and ``version``), already marked
-    dispatched, for the caller to send once the transaction commits; None if none waits.
+    dispatched, for the caller to send once the transaction commits; None if none waits. A
+    task of a capped service (``cap_group`` set) is not marked: its turn is only the right to
+    wait for a slot of its service's cap (``caps``), which the caller asks for.
     """
     values: dict[str, Any] = {"active_task_id": None}
     if context is not None:
@@ -127,8 +129,9 @@ def pass_turn(
     following = conn.execute(_NEXT_WAITING, {"session_id": session_id}).first()
     if following is None:
         return None
-    conn.execute(_MARK_DISPATCHED, {"task_id": following.id, "now": utcnow()})
     conn.execute(_CLAIM, {"session_id": session_id, "p_task_id": following.id})
+    if following.cap_group is None:
+        conn.execute(_MARK_DISPATCHED, {"task_id": following.id, "now": utcnow()})
     return following
 
 
