@@ -157,6 +157,7 @@ class Task(Base):
             "deployment_id",
             "service",
             "created_at",
+            "id",
             sqlite_where=text(_CAP_WAITING),
             postgresql_where=text(_CAP_WAITING),
         ),

@@ -39,7 +39,7 @@ def upgrade() -> None:
     op.create_index(
         "ix_tasks_cap_waiting",
         "tasks",
-        ["deployment_id", "service", "created_at"],
+        ["deployment_id", "service", "created_at", "id"],
         unique=False,
         sqlite_where=sa.text(_WAITING),
         postgresql_where=sa.text(_WAITING),

@@ -33,7 +33,7 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, exists, func, select, tuple_
+from sqlalchemy import Connection, Integer, Row, bindparam, func, select, tuple_
 
 from app.control.lifecycle.guards import status_in
 from app.control.lifecycle.statements import with_first_step
@@ -69,18 +69,18 @@ _HOLDS = (
     _tasks.c.finished_at.is_(None),
     status_in(TaskStatus.RUNNING.sources()),
 )
-#: A task that waits for a slot: queued, never sent, and its session's turn (if it has a
-#: session) is its own; the three first conditions are those of ``ix_tasks_cap_waiting``.
+#: A task that waits for a slot: queued and never sent (the three first conditions are those
+#: of the partial index ``ix_tasks_cap_waiting``)...
 _WAITS = (
     _tasks.c.cap_group.is_not(None),
     _tasks.c.dispatched_at.is_(None),
     _tasks.c.finished_at.is_(None),
     _tasks.c.status == TaskStatus.QUEUED.value,
-    _tasks.c.session_id.is_(None)
-    | exists().where(
-        _sessions.c.id == _tasks.c.session_id, _sessions.c.active_task_id == _tasks.c.id
-    ),
 )
+#: ... whose session's turn, if it has a session, is its own (a join on the session's key,
+#: row by row: an ``EXISTS`` here is planned as a scan of every session) ...
+_OWN_TURN = _tasks.c.session_id.is_(None) | (_sessions.c.active_task_id == _tasks.c.id)
+_TURNS = _sessions.c.id == _tasks.c.session_id
 #: ... and fits: its group is not one of the ``full`` ones.
 _FITS = _tasks.c.cap_group.not_in(bindparam("full", expanding=True))
 
@@ -109,20 +109,26 @@ _HELD = (
 #: transaction holds them, with what their first steps need.
 _WAITING = (
     with_first_step()
-    .where(*_OF_SERVICE, *_WAITS, _FITS)
+    .outerjoin(_sessions, _TURNS)
+    .where(*_OF_SERVICE, *_WAITS, _OWN_TURN, _FITS)
     .order_by(_tasks.c.created_at, _tasks.c.id)
-    .limit(bindparam("n"))
+    .limit(bindparam("n", type_=Integer))
     .with_for_update(of=_tasks, skip_locked=True, key_share=True)
 )
 #: A waiting task of the service that fits, if any.
-_ONE_WAITING = select(_tasks.c.id).where(*_OF_SERVICE, *_WAITS, _FITS).limit(1)
+_ONE_WAITING = (
+    select(_tasks.c.id)
+    .outerjoin(_sessions, _TURNS)
+    .where(*_OF_SERVICE, *_WAITS, _OWN_TURN, _FITS)
+    .limit(1)
+)
 _SEND = (
     _tasks.update()
     .where(_tasks.c.id.in_(bindparam("ids", expanding=True)), _tasks.c.dispatched_at.is_(None))
     .values(dispatched_at=bindparam("now"))
 )
 #: The services that have tasks waiting for a slot.
-WAITING_SERVICES = select(_tasks.c.deployment_id, _tasks.c.service).where(*_WAITS[:4]).distinct()
+WAITING_SERVICES = select(_tasks.c.deployment_id, _tasks.c.service).where(*_WAITS).distinct()
 
 
 def group_of(concurrency: Mapping[str, Any] | None, run_input: Mapping[str, Any]) -> str | None:
