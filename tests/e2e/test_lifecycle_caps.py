@@ -397,6 +397,34 @@ def test_a_reload_that_raises_the_cap_lets_waiting_tasks_go_at_the_sweep(
     assert ids(lifecycle.finish(report(tasks[3])).admitted) == [tasks[4]]
 
 
+def test_a_deployment_made_again_under_the_same_id_and_version_has_its_own_cap(
+    db: Database, lifecycle: Lifecycle
+) -> None:
+    # Given a decision under deployment D's cap of two (SQLite may give the id of a deleted
+    # deployment to a new one, at version 1 again)
+    assert submit(lifecycle, "capped")[1]
+    # When D is deleted and made again, under the same id and version, with a cap of one
+    with db.connect() as conn:
+        conn.execute(_deployments.delete())
+        conn.execute(
+            _deployments.insert().values(
+                id=1,
+                name="D",
+                spec={**SPEC, "services": {"capped": _capped(1)}},
+                source_yaml="",
+                base_path="",
+                version=1,
+                created_at=utcnow() + dt.timedelta(seconds=1),
+                updated_at=utcnow(),
+            )
+        )
+        conn.execute(
+            _services.insert().values(deployment_id=1, name="capped", display_name="c", queue="q")
+        )
+    # Then its cap is the new one
+    assert [submit(lifecycle, "capped")[1] for _ in range(2)] == [True, False]
+
+
 def test_a_restart_of_the_embedded_server_resends_the_tasks_holding_slots_and_no_other(
     db: Database, lifecycle: Lifecycle
 ) -> None:

@@ -19,8 +19,8 @@ Lock order, which keeps the transactions that meet here free of deadlocks: sessi
 (``turns``) before services' rows, services' rows in id order, and no wait for a task's row
 while a service's row is held: waiting tasks are taken with ``SKIP LOCKED``. A task skipped
 so (a client was sending it an event) waits for the next decision, or for the control
-plane's sweep (:meth:`Caps.waiting_services`), which also sends, within a second, the tasks
-that a cap raised by a reload lets start.
+plane's sweep (:data:`WAITING_SERVICES`, ``Lifecycle.admit_waiting``), which also sends,
+within a second, the tasks that a cap raised by a reload lets start.
 
 The functions that take a connection run inside the lifecycle's transactions: only the
 lifecycle (``app.control.lifecycle.operations``) changes tasks.
@@ -54,6 +54,11 @@ BATCH = 200
 #: Specs of deployment versions kept parsed in this process, at most.
 _KEPT_SPECS = 256
 
+#: A deployment's version: its id, its creation (SQLite may give the id of a deleted
+#: deployment to a new one, at version 1 again) and its version number.
+_Version = tuple[int, Any, int]
+_VERSION = (_deployments.c.created_at, _deployments.c.version)
+
 #: A (deployment id, service name) pair: what a cap applies to.
 ServiceKey = tuple[int, str]
 
@@ -86,7 +91,7 @@ _FITS = _tasks.c.cap_group.not_in(bindparam("full", expanding=True))
 
 #: The services' rows, taken in id order, with their deployments' versions.
 _LOCK = (
-    select(_services.c.deployment_id, _services.c.name, _deployments.c.version)
+    select(_services.c.deployment_id, _services.c.name, *_VERSION)
     .join(_deployments, _deployments.c.id == _services.c.deployment_id)
     .where(
         tuple_(_services.c.deployment_id, _services.c.name).in_(
@@ -96,7 +101,7 @@ _LOCK = (
     .order_by(_services.c.id)
     .with_for_update(of=_services)
 )
-_SPEC = select(_deployments.c.version, _deployments.c.spec).where(
+_SPEC = select(*_VERSION, _deployments.c.spec).where(
     _deployments.c.id == bindparam("deployment_id")
 )
 #: How many tasks of the service hold a slot, by group.
@@ -158,12 +163,12 @@ class Caps:
     """Admits tasks of capped services to their slots; keeps deployments' caps as parsed."""
 
     def __init__(self) -> None:
-        #: (deployment id, version) -> service -> its cap (None: none).
-        self._specs: dict[tuple[int, int], dict[str, ConcurrencyLimit | None]] = {}
+        #: A deployment's version -> service -> its cap (None: none).
+        self._specs: dict[_Version, dict[str, ConcurrencyLimit | None]] = {}
 
     def admits(self, conn: Connection, deployment_id: int, service: str, group: str) -> bool:
-        """Whether a task of ``group`` that may run now (a new one, one retried, one whose
-        session's turn came) may be sent at once; if not, the caller stores it waiting.
+        """Whether a task of ``group`` that may run now (a new one, or one retried) may be sent
+        at once; if not, the caller stores it waiting.
 
         It may if a slot is free for its group and no task that fits waits before it; a task
         that fits and waits while a slot is free is one the sweep sends within a second (a
@@ -207,16 +212,14 @@ class Caps:
             return {}
         caps: dict[ServiceKey, ConcurrencyLimit | None] = {}
         for row in conn.execute(_LOCK, {"services": wanted}):
-            caps[row.deployment_id, row.name] = self._cap(
-                conn, row.deployment_id, row.version, row.name
-            )
+            version = (row.deployment_id, row.created_at, row.version)
+            caps[row.deployment_id, row.name] = self._cap(conn, version, row.name)
         return caps
 
-    def _cap(
-        self, conn: Connection, deployment_id: int, version: int, service: str
-    ) -> ConcurrencyLimit | None:
-        caps = self._specs.get((deployment_id, version))
+    def _cap(self, conn: Connection, version: _Version, service: str) -> ConcurrencyLimit | None:
+        caps = self._specs.get(version)
         if caps is None:
+            deployment_id = version[0]
             found = conn.execute(_SPEC, {"deployment_id": deployment_id}).first()
             if found is None:
                 return None
@@ -225,7 +228,7 @@ class Caps:
             if len(self._specs) >= _KEPT_SPECS:
                 self._specs.clear()
             # Under the version read with the spec: a reload may have come in between.
-            self._specs[deployment_id, found.version] = caps
+            self._specs[deployment_id, found.created_at, found.version] = caps
         return caps.get(service)
 
     def _held(self, conn: Connection, deployment_id: int, service: str) -> dict[str, int]:
