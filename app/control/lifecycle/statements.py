@@ -160,8 +160,8 @@ SWEEP_BATCH = 200
 
 
 def with_first_step(*more: Any) -> Select[Any]:
-    """Tasks with what their first step needs (see ``_first_step_again`` in
-    ``operations``), their service's and cap group (see ``caps``), and the columns ``more``."""
+    """Tasks with what their first step needs (see ``first_step_again`` in
+    ``steps``), their service's and cap group (see ``caps``), and the columns ``more``."""
     return select(
         tasks.c.id,
         tasks.c.deployment_id,
