@@ -171,6 +171,7 @@ def test_an_inbox_gets_what_is_sent_to_it_and_a_copy_of_every_stop_broadcast(
     names = [f"{INBOX_PREFIX}w{n}@e2e.{n}" for n in (1, 2)]
     got: dict[str, list[Any]] = {name: [] for name in names}
     connections = [sender.connection_for_read() for _ in names]
+    consumers: list[Consumer] = []
     try:
         for name, connection in zip(names, connections, strict=True):
 
@@ -179,8 +180,8 @@ def test_an_inbox_gets_what_is_sent_to_it_and_a_copy_of_every_stop_broadcast(
                 message.ack()
 
             queues = [inbox_entity(name), stops_entity(name)]
-            consumer = Consumer(connection.channel(), queues, callbacks=[take])
-            consumer.consume()
+            consumers.append(Consumer(connection.channel(), queues, callbacks=[take]))
+            consumers[-1].consume()
         # When an event is sent to the first, and stopped runs are broadcast
         event = DeliverEvent(task_id="t-1", seq=0, event="{}")
         send_to_inbox(sender, names[0], event)
@@ -197,6 +198,9 @@ def test_an_inbox_gets_what_is_sent_to_it_and_a_copy_of_every_stop_broadcast(
         poll(drained, lambda got: sum(map(len, got.values())) >= 3, 10.0, "three deliveries")
         assert got == {names[0]: [event.encode(), stops.encode()], names[1]: [stops.encode()]}
     finally:
+        # (consumers first: py-amqp leaves its socket open if RabbitMQ cancels one as it closes)
+        for consumer in consumers:
+            consumer.cancel()
         for name, connection in zip(names, connections, strict=True):
             for queue in (inbox_entity(name), stops_entity(name)):
                 with contextlib.suppress(Exception):
