@@ -45,6 +45,13 @@ class Stops:
         for task_id, _run in ended.runs:
             self._waiter.notify(task_id)
         self.broadcast(ended.runs, reason)
+        for inbox, task_id, run in ended.inboxes:
+            # Also straight to the worker that runs it (a broadcast copy is a no-op there):
+            # on SQS, broadcasts reach no worker.
+            try:
+                self._dispatcher.deliver(inbox, StopRuns(runs=[[task_id, run]], reason=reason))
+            except Unavailable:
+                log.warning("the broker refused to stop task %s on its worker", task_id)
         for step in ended.following:
             try:
                 self._outbox.send(step)

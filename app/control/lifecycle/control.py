@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import Connection, Insert, Update
@@ -35,6 +35,9 @@ class Ended:
 
     runs: list[tuple[str, int]]
     following: list[RunStep]
+    #: The inbox of each run's worker, where known (``inbox``, ``task_id``, ``run``): the
+    #: stop goes there too, for a transport whose broadcasts do not reach workers (SQS).
+    inboxes: list[tuple[str, str, int]] = field(default_factory=list)
 
 
 class TaskControl:
@@ -245,6 +248,7 @@ class TaskControl:
         cap group) by ``statement``, note its run stopped, and pass its session's turn and
         its cap slot on."""
         runs: list[tuple[str, int]] = []
+        inboxes: list[tuple[str, str, int]] = []
         following: list[RunStep] = []
         freed: set[ServiceKey] = set()
         for row in rows:
@@ -252,6 +256,8 @@ class TaskControl:
             if not conn.execute(statement, params).rowcount:
                 continue
             runs.append((row.id, row.run))
+            if getattr(row, "inbox", None):
+                inboxes.append((row.inbox, row.id, row.run))
             if row.cap_group is not None:
                 freed.add((row.deployment_id, row.service))
             if row.session_id:
@@ -260,7 +266,7 @@ class TaskControl:
                     following.append(step)
         self._note_stopped(conn, runs, now)
         following += self._hand_off(conn, freed)  # after every session's: the lock order
-        return Ended(runs, following)
+        return Ended(runs, following, inboxes)
 
     def _note_stopped(
         self, conn: Connection, runs: list[tuple[str, int]], now: dt.datetime

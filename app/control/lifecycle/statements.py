@@ -334,7 +334,7 @@ FINISHED = (tasks.c.session_id, tasks.c.attempts, *_CAPPED)
 
 #: The task to cancel, locked: its status, session and run.
 TO_CANCEL = (
-    select(tasks.c.id, tasks.c.status, tasks.c.session_id, tasks.c.run, *_CAPPED)
+    select(tasks.c.id, tasks.c.status, tasks.c.session_id, tasks.c.run, tasks.c.inbox, *_CAPPED)
     .where(tasks.c.id == bindparam("task_id"), tasks.c.deployment_id == bindparam("deployment_id"))
     .with_for_update()
 )
@@ -376,7 +376,13 @@ EXPIRED_IN_QUEUE = (
 #: Python: the limit is in ``controls``). Few rows: only tasks that run now. (A task queued
 #: again keeps its last run's start, and is not running.)
 RUNNING_WITH_LIMITS = select(
-    tasks.c.id, tasks.c.session_id, tasks.c.run, tasks.c.started_at, tasks.c.controls, *_CAPPED
+    tasks.c.id,
+    tasks.c.session_id,
+    tasks.c.run,
+    tasks.c.started_at,
+    tasks.c.controls,
+    tasks.c.inbox,
+    *_CAPPED,
 ).where(
     _HELD,
     may_move(TaskStatus.TIMED_OUT, Operation.TIME_OUT),
