@@ -9,11 +9,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from flask.testing import FlaskClient
 from kombu.transport import memory
 
 from tests.app.conftest import WORKFLOWS, deployed, ok, poll, wait_for_task
 from tests.support.overlap import most_at_once
+
+pytestmark = pytest.mark.timing
 
 CONTROLLED = WORKFLOWS / "controlled" / "deployment.yml"
 TASKS = "/deployments/Controlled/tasks"

@@ -1,5 +1,6 @@
-"""End to end: concurrency caps in a distributed Celeriac (Redis, PostgreSQL, two API servers,
-a control-plane consumer and two service workers of four slots each, all processes).
+"""End to end: concurrency caps in a distributed Celeriac (Redis or RabbitMQ, PostgreSQL, two
+API servers, a control-plane consumer and two service workers of four slots each, all
+processes).
 
 Each run notes its start and end times in a file of its own; the most runs under way at
 once is computed from those intervals, apart from Celeriac's records. Tasks are sent through
@@ -147,10 +148,14 @@ class Capped:
         return str(response.json()["status"])
 
 
-@pytest.fixture
-def capped(redis_url: str, make_platform: Callable[[str], Platform], tmp_path: Path) -> Capped:
-    """The ``Capped`` deployment served by a started distributed platform."""
-    served = Capped(make_platform(redis_url), tmp_path / "capped")
+@pytest.fixture(params=["redis", "amqp"])
+def capped(
+    request: pytest.FixtureRequest, make_platform: Callable[[str], Platform], tmp_path: Path
+) -> Capped:
+    """The ``Capped`` deployment served by a started distributed platform, on Redis and on
+    RabbitMQ."""
+    broker_url: str = request.getfixturevalue(f"{request.param}_url")
+    served = Capped(make_platform(broker_url), tmp_path / "capped")
     served.start()
     return served
 
