@@ -19,6 +19,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from app.control.deadlines import Deadlines
 from app.control.descriptions import Descriptions
+from app.control.journal import Journal
 from app.control.leases import Leases
 from app.control.outbox import Outbox
 from app.control.recorder import Recorder
@@ -27,12 +28,16 @@ from workers.heartbeat import own_queues
 from workers.protocol import (
     CONTROL_QUEUE,
     HEARTBEAT,
+    JOURNAL_WANTED,
+    JOURNAL_WRITTEN,
     SERVICE_DESCRIBED,
     STEP_EVENT,
     STEP_FINISHED,
     STEP_STARTED,
     STOPS_WANTED,
     Heartbeat,
+    JournalWanted,
+    JournalWritten,
     ServiceDescribed,
     StepEvent,
     StepFinished,
@@ -66,6 +71,7 @@ def register_control_tasks(
     descriptions: Descriptions,
     stops: Stops,
     deadlines: Deadlines,
+    journal: Journal,
 ) -> None:
     """Register the control-plane tasks that record reports from service workers, and the
     sweeps (of the outbox and the leases, and of the deadlines) in the workers that consume
@@ -103,6 +109,14 @@ def register_control_tasks(
     @celery.task(name=STOPS_WANTED, **_RETRY)
     def stops_wanted(**payload: Any) -> None:
         stops.answer(StopsWanted.decode(payload))
+
+    @celery.task(name=JOURNAL_WRITTEN, **_RETRY)
+    def journal_written(**payload: Any) -> None:
+        journal.record(JournalWritten.decode(payload))
+
+    @celery.task(name=JOURNAL_WANTED, **_RETRY)
+    def journal_wanted(**payload: Any) -> None:
+        journal.answer(JournalWanted.decode(payload))
 
 
 def sweep_period(outbox: Outbox, leases: Leases) -> float:

@@ -41,6 +41,9 @@ class Settings:
     server: str = "http://127.0.0.1:4501"
     #: Seconds between worker heartbeats; a worker silent for three of them is gone.
     heartbeat_interval: float = 10.0
+    #: Seconds a durable run waits for input before it is let go (parked): the task keeps
+    #: waiting with no worker thread, and the answer resumes it on any worker.
+    release_after: float = 30.0
     #: A task whose step has not been seen to reach the broker this many seconds after it was
     #: dispatched (its sender died in between) is sent again by the control-plane consumer.
     redispatch_after: float = 30.0

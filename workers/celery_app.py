@@ -16,6 +16,7 @@ from config.settings import Settings
 from config.sources import SourcePolicy
 from workers import trust
 from workers.description import describe_service, describe_workflow
+from workers.durable import Journals
 from workers.errors import ControlPlaneUnreachable, HandedBack, WorkflowFailed
 from workers.heartbeat import HeartbeatStep
 from workers.inbox import HandBackStep, InboxStep
@@ -23,6 +24,8 @@ from workers.pools import ThreadsPoolOnly
 from workers.protocol import (
     CONTROL_QUEUE,
     DESCRIBE,
+    JOURNAL_WANTED,
+    JOURNAL_WRITTEN,
     RUN_STEP,
     SERVICE_DESCRIBED,
     STEP_EVENT,
@@ -30,6 +33,8 @@ from workers.protocol import (
     STEP_STARTED,
     DeliverEvent,
     Describe,
+    JournalReplay,
+    JournalWritten,
     Message,
     RunStep,
     ServiceDescribed,
@@ -85,6 +90,10 @@ def create_celery(
         fetch=fetch,
         source_policy=policy,
         result_bounds=ResultBounds(settings.max_result_bytes, settings.max_nesting),
+        release_after=settings.release_after,
+    )
+    celery.runtime.journals = Journals(
+        lambda wanted: send(celery, JOURNAL_WANTED, wanted, CONTROL_QUEUE)
     )
     # Runs wait for the control plane's list of stopped runs (see ``InboxStep``).
     celery.runtime.stops.unknown()
@@ -175,6 +184,10 @@ class CeleryReporter:
         """Report the outcome."""
         self._send(STEP_FINISHED, message)
 
+    def journal(self, message: JournalWritten) -> None:
+        """Send a durable run's journal."""
+        self._send(JOURNAL_WRITTEN, message)
+
     def _send(self, name: str, message: Message) -> None:
         # Kombu's retry covers a connection lost while publishing, not a producer whose
         # channel it must first open again: that gives up after the connect timeout
@@ -263,7 +276,9 @@ def register_service_tasks(celery: CeleriacCelery) -> None:
         send(celery, SERVICE_DESCRIBED, answer, CONTROL_QUEUE)
 
 
-def send_to_inbox(celery: Celery, inbox: str, message: DeliverEvent | StopRuns) -> None:
+def send_to_inbox(
+    celery: Celery, inbox: str, message: DeliverEvent | StopRuns | JournalReplay
+) -> None:
     """Publish an event for a task to the inbox of the worker that runs it (a plain Kombu
     message: the worker handles it in its consumer thread, see ``InboxStep``).
 

@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from celery import bootsteps
@@ -36,6 +37,7 @@ from workers.protocol import (
     STOPS_EXCHANGE,
     STOPS_WANTED,
     DeliverEvent,
+    JournalReplay,
     StopRuns,
     StopsWanted,
     event_names,
@@ -94,8 +96,9 @@ class Inbox:
 
     def __init__(self) -> None:
         self._running: dict[str, _Running] = {}
-        self._waiting: dict[str, list[str]] = {}
+        self._waiting: dict[str, list[tuple[int, str]]] = {}
         self._seen: dict[str, set[int]] = {}
+        self._floor: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def attach(
@@ -104,15 +107,23 @@ class Inbox:
         ctx: Context,
         loop: asyncio.AbstractEventLoop,
         types: EventTypes | None = None,
+        *,
+        floor: int = -1,
+        sent_in: Callable[[int, Any], None] | None = None,
     ) -> None:
         """A run began: deliver what arrived early, and what arrives from now on, decoded
-        into ``types`` (the run's workflow's events; the framework's alone if not given)."""
-        running = _Running(ctx, loop, types or EventTypes())
+        into ``types`` (the run's workflow's events; the framework's alone if not given).
+
+        A run restored from its journal already took the events numbered up to ``floor``:
+        those are not delivered again. ``sent_in`` is told of each event handed to the run
+        (its number and the event), on the run's loop."""
+        running = _Running(ctx, loop, types or EventTypes(), sent_in)
         with self._lock:
             self._running[task_id] = running
-            early = self._waiting.pop(task_id, [])
-        for text in early:
-            running.send(text)
+            self._floor[task_id] = floor
+            early = [(seq, text) for seq, text in self._waiting.pop(task_id, []) if seq > floor]
+        for seq, text in early:
+            running.send(seq, text)
 
     def detach(self, task_id: str) -> None:
         """The run ended."""
@@ -120,38 +131,52 @@ class Inbox:
             self._running.pop(task_id, None)
             self._waiting.pop(task_id, None)
             self._seen.pop(task_id, None)
+            self._floor.pop(task_id, None)
 
     def deliver(self, task_id: str, seq: int, text: str) -> bool:
         """Send an event (its JSON) into the task's run; False if it was a duplicate."""
         with self._lock:
             seen = self._seen.setdefault(task_id, set())
-            if seq in seen:
+            if seq in seen or seq <= self._floor.get(task_id, -1):
                 return False
             seen.add(seq)
             running = self._running.get(task_id)
             if running is None:
-                self._waiting.setdefault(task_id, []).append(text)
+                self._waiting.setdefault(task_id, []).append((seq, text))
                 return True
-        running.send(text)
+        running.send(seq, text)
         return True
 
 
 class _Running:
     """A run's Context, the loop it runs on, and the events its workflow may be sent."""
 
-    def __init__(self, ctx: Context, loop: asyncio.AbstractEventLoop, types: EventTypes):
+    def __init__(
+        self,
+        ctx: Context,
+        loop: asyncio.AbstractEventLoop,
+        types: EventTypes,
+        sent_in: Callable[[int, Any], None] | None = None,
+    ):
         self.ctx = ctx
         self.loop = loop
         self.types = types
+        self.sent_in = sent_in
 
-    def send(self, text: str) -> None:
-        """Decode an event for this run and hand it to the workflow on its loop."""
+    def send(self, seq: int, text: str) -> None:
+        """Decode event number ``seq`` for this run and hand it to the workflow on its
+        loop."""
         try:
             event = self.types.decode(text)
         except Exception:
             log.exception("could not decode an event sent to a task")
             return
-        self.loop.call_soon_threadsafe(self.ctx.send_event, event)
+        self.loop.call_soon_threadsafe(self._hand, seq, event)
+
+    def _hand(self, seq: int, event: Any) -> None:
+        if self.sent_in is not None:
+            self.sent_in(seq, event)
+        self.ctx.send_event(event)
 
 
 class InboxStep(bootsteps.ConsumerStep):
@@ -220,6 +245,9 @@ class InboxStep(bootsteps.ConsumerStep):
                 stopped = runtime.stop_runs(StopRuns.decode(body))
                 if stopped:
                     log.warning("stopping %d run(s): their tasks were %s", stopped, body["reason"])
+            elif isinstance(body, dict) and "wanted" in body:
+                if runtime.journals is not None:
+                    runtime.journals.answer(JournalReplay.decode(body))
             else:
                 runtime.deliver(DeliverEvent.decode(body))
         except Exception:

@@ -36,6 +36,8 @@ HEARTBEAT = "celeriac.control.heartbeat"
 DESCRIBE = "celeriac.service.describe"
 SERVICE_DESCRIBED = "celeriac.control.service_described"
 STOPS_WANTED = "celeriac.control.stops_wanted"
+JOURNAL_WRITTEN = "celeriac.control.journal_written"
+JOURNAL_WANTED = "celeriac.control.journal_wanted"
 
 #: The exchange through which the control plane tells every service worker of the
 #: runs it stopped (cancelled, timed out, or of a deleted deployment); each worker binds a
@@ -172,6 +174,9 @@ class RunStep(Message):
     #: The service's retry policy (``config.deployment.controls.RetryPolicy``, in the YAML's
     #: spelling): a failed run says whether, and when, it is tried again.
     retry: dict[str, Any] | None = None
+    #: The service is durable: the run journals its progress, and starts from the task's
+    #: journal (asked of the control plane with :class:`JournalWanted`).
+    durable: bool = False
 
 
 @dataclass(frozen=True)
@@ -233,6 +238,9 @@ class StepFinished(Message):
     #: Seconds until the failed run is tried again, by the service's retry policy; None if
     #: it is not.
     retry_in: float | None = None
+    #: A durable run let go while it waited for input (``workers.durable``): the task still
+    #: waits, with no worker; the answer resumes it from its journal.
+    parked: bool = False
 
 
 @dataclass(frozen=True)
@@ -308,3 +316,56 @@ class ServiceDescribed(Message):
     #: ``schema`` each) and ``graph`` (llama-index's WorkflowGraph as JSON).
     description: dict[str, Any] | None
     error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class JournalWritten(Message):
+    """Service to control plane: a durable run's progress since its last such message.
+
+    ``records`` are ``[seq, data]`` pairs: the workflow's ticks as the library journals them
+    (``BasicRuntime.journal``), numbered from 0 across every resume of the task, so writing
+    one twice changes nothing. ``state`` is the run's ``ctx.store`` after them (None:
+    unchanged); ``inputs`` the number of the last event sent in that the records include
+    (None: none new); ``steps`` the steps that ended (``workers.durable.StepRecord``).
+    ``snapshot`` (``Context.to_dict``) stands for every record before its ``journal_seq``:
+    those are no longer needed (the journal is compacted)."""
+
+    task_id: str
+    run: int
+    records: list[list[Any]]
+    #: How many ticks the run had journaled when this was sent: ``state`` and ``inputs``
+    #: hold as of then (a message processed late never overwrites a newer state).
+    through: int = 0
+    state: dict[str, Any] | None = None
+    inputs: int | None = None
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    snapshot: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class JournalWanted(Message):
+    """Service to control plane: a durable run starts; send its task's journal to ``inbox``
+    as a :class:`JournalReplay` answering ``id``."""
+
+    task_id: str
+    run: int
+    inbox: str
+
+
+@dataclass(frozen=True)
+class JournalReplay(Message):
+    """Control plane to a worker's inbox: what a durable run resumes from (all empty for a
+    task that never ran). ``wanted`` is the :class:`JournalWanted` it answers; ``next_seq``
+    the number of the run's next streamed event; ``inputs`` the number of the last event
+    sent in that the journal includes (-1: none), so that the worker does not send it
+    again; ``pending`` the others, ``[seq, event]`` pairs (``DeliverEvent.event``), which the
+    resumed run is sent at once."""
+
+    wanted: str
+    task_id: str
+    snapshot: dict[str, Any] | None
+    records: list[list[Any]]
+    state: dict[str, Any] | None
+    inputs: int
+    next_seq: int
+    pending: list[list[Any]] = field(default_factory=list)

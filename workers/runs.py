@@ -25,7 +25,7 @@ from config.errors import NestedTooDeeply
 from config.limits import json_size, nesting_depth
 from workers import loader
 from workers.errors import ResultTooLarge
-from workers.protocol import RunStep, StepEvent, StepFinished, StepStarted
+from workers.protocol import JournalWritten, RunStep, StepEvent, StepFinished, StepStarted
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +41,9 @@ class Reporter(Protocol):
 
     def finished(self, message: StepFinished) -> None:
         """The run ended."""
+
+    def journal(self, message: JournalWritten) -> None:
+        """A durable run journaled its progress (see ``workers.durable``)."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +122,8 @@ class Run:
         self.asking = False
         #: Stopped by ``ServiceRuntime.hand_back``, to run again elsewhere.
         self.handed_back = False
+        #: A durable run let go while it waited for input (see ``workers.durable``).
+        self.parked = False
         #: Resolved with the reason (``cancelled``, ``timed_out``) when the run must stop.
         self.stop_asked: concurrent.futures.Future[str] = concurrent.futures.Future()
         #: Set once the workflow's coroutine has ended, whatever the way.
@@ -222,6 +227,7 @@ class Run:
             run=self.step.run,
             stopped=stopped,
             retry_in=retry_in,
+            parked=self.parked,
         )
 
 

@@ -18,10 +18,12 @@ from typing import Any
 
 from workflows import Context, Workflow
 from workflows.context.serializers import JsonSerializer
+from workflows.events import IdleReleasedEvent
 
 from config.deployment import DeploymentSpec
 from config.sources import SourcePolicy
 from workers import environ, legacy_context, loader
+from workers.durable import Journaling, Journals, Names, restore, service_package
 from workers.errors import (
     ControlPlaneUnreachable,
     HandedBack,
@@ -34,6 +36,7 @@ from workers.eventloop import LoopThread
 from workers.inbox import EventTypes, Inbox
 from workers.protocol import (
     DeliverEvent,
+    JournalReplay,
     RunStep,
     StepFinished,
     StopRuns,
@@ -108,6 +111,7 @@ class ServiceRuntime:
         *,
         source_policy: Callable[[], SourcePolicy] | None = None,
         result_bounds: ResultBounds | None = None,
+        release_after: float | None = 30.0,
     ) -> None:
         self.sources_dir = sources_dir
         self.worker_name = worker_name
@@ -118,6 +122,10 @@ class ServiceRuntime:
             lambda: SourcePolicy(roots=None, git_schemes=frozenset({"https"}))
         )
         self.result_bounds = result_bounds or ResultBounds()
+        #: Seconds a durable run waits for input before it is let go (None: never).
+        self.release_after = release_after
+        #: How durable runs get their task's journal (set with the Celery app).
+        self.journals: Journals | None = None
         #: Called with (deployment, service, version, loaded) before a service's first run
         #: of a version in this process: the control plane then knows the events the
         #: workflow takes (to check events sent in) without asking a worker, whose threads
@@ -253,7 +261,8 @@ class ServiceRuntime:
         try:
             service = self.load(step.deployment, step.service, step.version)
             self._announce(step, service)
-            future = self.loop.submit(self._execute(service, step, run))
+            replay = self._replay(step, run)
+            future = self.loop.submit(self._execute(service, step, run, replay))
             self._runs[step.task_id] = (run, future)
             try:
                 result = self._await(run, future)
@@ -275,6 +284,17 @@ class ServiceRuntime:
             outcome = self._outcome_of(run, result)
         reporter.finished(outcome)
         return outcome
+
+    def _replay(self, step: RunStep, run: Run) -> JournalReplay | None:
+        """A durable step's journal, asked of the control plane; None for other steps. The
+        run's events are numbered on from those the task streamed so far."""
+        if not step.durable:
+            return None
+        if self.journals is None:
+            raise WorkerError("this worker cannot run durable steps: it has no way to the journal")
+        replay = self.journals.fetch(step.task_id, step.run, self.inbox_queue)
+        run.count = max(run.count, replay.next_seq)
+        return replay
 
     def _await(self, run: Run, future: concurrent.futures.Future[Any]) -> Any:
         """The run's result, once its workflow ends; :class:`RunStopped` if it is stopped
@@ -357,15 +377,20 @@ class ServiceRuntime:
                 stopped += future.cancel()
         return stopped
 
-    async def _execute(self, service: LoadedService, step: RunStep, run: Run) -> Any:
-        """Run the workflow under the service's environment, in the session's Context,
-        forwarding streamed events in order and accepting events sent in."""
+    async def _execute(
+        self, service: LoadedService, step: RunStep, run: Run, replay: JournalReplay | None
+    ) -> Any:
+        """Run the workflow under the service's environment, in the session's Context (or,
+        durable, from its journal), forwarding streamed events in order and accepting events
+        sent in."""
         with environ.scoped(service.env):
             ctx = (
                 Context.from_dict(service.workflow, step.context, serializer=JsonSerializer())
                 if step.context
                 else Context(service.workflow)
             )
+            if replay is not None:
+                return await self._execute_durably(service, step, run, replay, ctx)
             handler = service.workflow.run(ctx=ctx, **step.input)
             loop = asyncio.get_running_loop()
             self.inbox.attach(step.task_id, handler.ctx or ctx, loop, service.event_types)
@@ -383,6 +408,64 @@ class ServiceRuntime:
             if step.keep_context and handler.ctx is not None:
                 run.context = _context_json(handler.ctx)
             return result
+
+    async def _execute_durably(
+        self, service: LoadedService, step: RunStep, run: Run, replay: JournalReplay, ctx: Context
+    ) -> Any:
+        """:meth:`_execute` of a durable step: from the task's journal (``replay``), sending
+        the journal on as it grows, parked once it waits long enough (see
+        ``workers.durable``)."""
+        workflow = service.workflow
+        names = Names(service_package(workflow))
+        ctx = restore(workflow, replay, ctx, names) or ctx
+        journaling = Journaling(
+            step.task_id, step.run, run.reporter.journal, names, self.release_after
+        )
+        handler = workflow.run(ctx=ctx, **step.input)
+        running_ctx = handler.ctx or ctx
+        self.inbox.attach(
+            step.task_id,
+            running_ctx,
+            asyncio.get_running_loop(),
+            service.event_types,
+            floor=replay.inputs,
+            sent_in=journaling.sent_in,
+        )
+        for seq, text in replay.pending:
+            self.inbox.deliver(step.task_id, seq, text)
+
+        async def forward() -> None:
+            # The stream ends with the StopEvent, which a released run never streams.
+            async for event in handler.stream_events(expose_internal=True):
+                if not journaling.streamed(event, workflow, handler):
+                    run.event(event)
+
+        pump = asyncio.ensure_future(journaling.pump(workflow.runtime, handler))  # type: ignore[arg-type]
+        stream = asyncio.ensure_future(forward())
+        try:
+            result = await handler
+            await pump
+            if isinstance(result, IdleReleasedEvent):
+                stream.cancel()
+                run.parked = journaling.released
+                journaling.flush(
+                    running_ctx, snapshot=running_ctx.to_dict(serializer=JsonSerializer())
+                )
+            else:
+                await stream
+        except BaseException as exc:
+            pump.cancel()
+            stream.cancel()
+            if isinstance(exc, asyncio.CancelledError):  # handed back or stopped
+                with contextlib.suppress(Exception):
+                    await handler.cancel_run(timeout=STOP_GRACE)
+            raise
+        finally:
+            self.inbox.detach(step.task_id)
+            run.ended.set()
+        if step.keep_context:
+            run.context = _context_json(running_ctx)
+        return result
 
     def close(self) -> None:
         """Stop the event loop."""

@@ -419,6 +419,13 @@ class TaskSchema(Schema):
         allow_none=True,
         metadata={"description": "When a task still queued then ends `timed_out` instead."},
     )
+    parked_at = fields.DateTime(
+        allow_none=True,
+        metadata={
+            "description": "Celeriac, durable services: when the task's run, waiting for "
+            "input, was let go; it holds no worker until the answer resumes it."
+        },
+    )
     created_at = fields.DateTime()
     started_at = fields.DateTime(allow_none=True)
     finished_at = fields.DateTime(allow_none=True)
@@ -447,6 +454,31 @@ class AttemptSchema(Schema):
         },
     )
     error = PublicError(allow_none=True, metadata={"description": "The run's error, if any."})
+
+
+class StepSchema(Schema):
+    """One execution of a durable task's step that ended."""
+
+    step = fields.String(metadata={"description": "The step's name (its method)."})
+    input = fields.String(metadata={"description": "The event it took (its class name)."})
+    attempt = fields.Integer(
+        metadata={
+            "description": "How many times the step ran on that event, this one included "
+            "(a step that waited for input runs again from its top once answered)."
+        }
+    )
+    run = fields.Integer(metadata={"description": "The task's run it belongs to."})
+    started_at = fields.DateTime(
+        allow_none=True, metadata={"description": "Empty if its worker did not see it start."}
+    )
+    ended_at = fields.DateTime()
+    duration = fields.Float(allow_none=True, metadata={"description": "Seconds it took."})
+    outcome = fields.String(
+        metadata={
+            "description": "`returned <Event>`, `failed: <Error>`, `waits for input "
+            "(<Event>)` or `collected its event`."
+        }
+    )
 
 
 class MomentSchema(Schema):

@@ -21,6 +21,7 @@ from app.api.schemas import (
     PageArgs,
     RunArgs,
     SessionArgs,
+    StepSchema,
     TaskDefinitionSchema,
     TaskDetailSchema,
     TaskResultSchema,
@@ -205,6 +206,21 @@ class TaskTimeline(MethodView):
         another is ``retrying``), each question its workflow asked (``waiting_input``) and
         each event sent in, and how it ended; a retry still due comes last."""
         return plane().timelines.of(deployment_name, task_id, args["session_id"])
+
+
+@blp.route("/<string:task_id>/steps")
+class TaskSteps(MethodView):
+    """A durable task's steps."""
+
+    @blp.arguments(SessionArgs(), location="query")
+    @blp.response(200, StepSchema(many=True))
+    def get(self, args: dict[str, Any], deployment_name: str, task_id: str) -> Any:
+        """Each step of a durable task's workflow that ended, in the order they ended: its
+        start, end, attempt and outcome. Empty for a task of a service that is not durable
+        (``celeriac: {durable: true}``), whose steps are not journaled."""
+        cp = plane()
+        cp.tasks.get(deployment_name, task_id, args["session_id"])  # 404s
+        return cp.journal.steps(task_id)
 
 
 @blp.route("/<string:task_id>/retry")

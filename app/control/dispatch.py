@@ -12,6 +12,7 @@ from workers.protocol import (
     RUN_STEP,
     DeliverEvent,
     Describe,
+    JournalReplay,
     RunStep,
     StopRuns,
     service_queue,
@@ -40,9 +41,9 @@ class Dispatcher:
         except (OperationalError, OSError) as exc:
             raise Unavailable(f"the broker did not accept the stop: {exc}") from exc
 
-    def deliver(self, inbox: str, message: DeliverEvent | StopRuns) -> None:
-        """Send a message to one worker's inbox: an event for the task it runs, or the
-        stopped runs it asked for."""
+    def deliver(self, inbox: str, message: DeliverEvent | StopRuns | JournalReplay) -> None:
+        """Send a message to one worker's inbox: an event for the task it runs, the
+        stopped runs it asked for, or the journal a durable run resumes from."""
         try:
             send_to_inbox(self._celery, inbox, message)
         except (OperationalError, OSError) as exc:

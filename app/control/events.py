@@ -12,6 +12,7 @@ from sqlalchemy import bindparam, func, select
 
 from app.control.dispatch import Dispatcher
 from app.control.lifecycle import Lifecycle
+from app.control.outbox import Outbox
 from app.control.sendable import SendableEvents
 from app.control.tasks import DEFAULT_NESTING, Tasks
 from app.control.waiter import RELAYED_POLL, TaskWaiter
@@ -74,6 +75,7 @@ class EventLog:
         tasks: Tasks,
         waiter: TaskWaiter,
         dispatcher: Dispatcher,
+        outbox: Outbox,
         sendable: SendableEvents,
         poll: float = 0.1,
         *,
@@ -89,6 +91,7 @@ class EventLog:
         self._tasks = tasks
         self._waiter = waiter
         self._dispatcher = dispatcher
+        self._outbox = outbox
 
     def follow(self, task_id: str, after: int = -1) -> Iterator[StreamedEvent | StreamEnd | None]:
         """Every event after sequence number ``after``, as it is stored, then the end.
@@ -189,8 +192,12 @@ class EventLog:
                 errors={"task_id": task_id, "status": task.status},
             )
         self._sendable.check(deployment, task.service, parsed, field)
-        seq, inbox = self._lifecycle.resume(task_id, parsed)
-        if inbox:
+        seq, inbox, resumed = self._lifecycle.resume(task_id, parsed)
+        if resumed is not None:
+            # A parked task: its step goes to its queue again, and the run that takes it is
+            # sent the event with its journal.
+            self._outbox.send(resumed)
+        elif inbox:
             # Not yet started: the recorder forwards stored inputs when the start is reported.
             self._dispatcher.deliver(
                 inbox, DeliverEvent(task_id=task_id, seq=seq, event=event_obj_str)

@@ -9,6 +9,7 @@ from app.control.descriptions import Descriptions
 from app.control.dispatch import Dispatcher
 from app.control.events import EventLog
 from app.control.handlers import Handlers
+from app.control.journal import Journal
 from app.control.leases import Leases
 from app.control.lifecycle import Lifecycle
 from app.control.outbox import Outbox
@@ -90,12 +91,14 @@ class ControlPlane:
             self.tasks,
             self.waiter,
             dispatcher,
+            self.outbox,
             SendableEvents(self.descriptions),
             poll=poll,
             max_event_bytes=settings.max_event_bytes,
             max_nesting=settings.max_nesting,
         )
         self.handlers = Handlers(db, self.tasks)
+        self.journal = Journal(db, dispatcher)
         register_control_tasks(
             celery,
             self.recorder,
@@ -104,6 +107,7 @@ class ControlPlane:
             self.descriptions,
             self.stops,
             self.deadlines,
+            self.journal,
         )
 
     def close(self) -> None:

@@ -66,7 +66,14 @@ class Recorder:
 
     def finished(self, message: StepFinished) -> None:
         """Record the outcome with the run's last events, unless the task already ended, and
-        start the session's next task."""
+        start the session's next task. A durable run let go while it waited (parked) is no
+        outcome: the task waits on, or is sent again if its answer is already there."""
+        if message.parked:
+            resumed = self._lifecycle.park(message)
+            if resumed is not None:
+                self._start(resumed)
+            self._waiter.notify(message.task_id)
+            return
         finished = self._lifecycle.finish(message)
         # Waiters in this process (the embedded mode) take the outcome as it was stored.
         outcome = None

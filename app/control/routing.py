@@ -57,4 +57,5 @@ def first_step(
         time_limit=controls.get("time-limit"),
         expires_at=None if task.expires_at is None else task.expires_at.timestamp(),
         retry=controls.get("retry"),
+        durable=bool(controls.get("durable")),
     )

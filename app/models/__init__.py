@@ -5,6 +5,7 @@ from app.models.base import Base
 from app.models.deployment import Deployment, Service
 from app.models.event import Event, EventDirection
 from app.models.idempotency import IdempotencyKey
+from app.models.journal import Checkpoint, JournalTick, TaskStep
 from app.models.session import Session
 from app.models.stopped import StoppedStep
 from app.models.task import Operation, Task, TaskStatus
@@ -15,10 +16,12 @@ __all__ = [
     "ApiToken",
     "AttemptOutcome",
     "Base",
+    "Checkpoint",
     "Deployment",
     "Event",
     "EventDirection",
     "IdempotencyKey",
+    "JournalTick",
     "Operation",
     "Scope",
     "Service",
@@ -27,5 +30,6 @@ __all__ = [
     "Task",
     "TaskAttempt",
     "TaskStatus",
+    "TaskStep",
     "Worker",
 ]

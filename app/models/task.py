@@ -64,6 +64,11 @@ class Operation(str, enum.Enum):
     CANCEL = "cancel"
     #: A run went past its time limit, or the task waited to start past its allowed wait.
     TIME_OUT = "time_out"
+    #: A durable run waiting for input was let go: the task waits with no worker.
+    PARK = "park"
+    #: An answer came for a parked task (or before its run was let go): it is queued and
+    #: sent again, to resume from its journal.
+    UNPARK = "unpark"
 
 
 TERMINAL = frozenset(
@@ -86,7 +91,8 @@ TERMINAL = frozenset(
 #: once the backoff ran out. Any task that has not ended can be cancelled; one that has not
 #: ended can time out (its run past its time limit, or its wait in the queue past the allowed
 #: one). A task that failed, was cancelled or timed out is queued again when a client retries
-#: it; no report moves an ended task.
+#: it; no report moves an ended task. A durable task's run that waits for input may be let
+#: go (parked: the task waits, with no worker), and the answer queues it again (unparked).
 _UNFINISHED_ENDS: dict[TaskStatus, frozenset[Operation]] = {
     TaskStatus.SUCCEEDED: frozenset({Operation.FINISH}),
     TaskStatus.FAILED: frozenset({Operation.FINISH}),
@@ -103,14 +109,15 @@ MOVES: dict[TaskStatus, dict[TaskStatus, frozenset[Operation]]] = {
         **_UNFINISHED_ENDS,
     },
     TaskStatus.RUNNING: {
-        TaskStatus.QUEUED: frozenset({Operation.REQUEUE, Operation.RECOVER}),
+        TaskStatus.QUEUED: frozenset({Operation.REQUEUE, Operation.RECOVER, Operation.UNPARK}),
         TaskStatus.RUNNING: frozenset({Operation.START}),
-        TaskStatus.WAITING_INPUT: frozenset({Operation.AWAIT_INPUT}),
+        TaskStatus.WAITING_INPUT: frozenset({Operation.AWAIT_INPUT, Operation.PARK}),
         **_UNFINISHED_ENDS,
     },
     TaskStatus.WAITING_INPUT: {
-        TaskStatus.QUEUED: frozenset({Operation.REQUEUE, Operation.RECOVER}),
+        TaskStatus.QUEUED: frozenset({Operation.REQUEUE, Operation.RECOVER, Operation.UNPARK}),
         TaskStatus.RUNNING: frozenset({Operation.RESUME}),
+        TaskStatus.WAITING_INPUT: frozenset({Operation.PARK}),
         **_UNFINISHED_ENDS,
     },
     TaskStatus.RETRYING: {
@@ -203,6 +210,9 @@ class Task(Base):
     #: JSON of its input's ``key`` field (``""`` for a cap without a key); empty for a task
     #: of a service without a cap. See ``app.control.lifecycle.caps``.
     cap_group: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    #: When a durable run waiting for input was let go (parked): the task waits with no
+    #: worker, and the answer sends its step again (see ``workers.durable``).
+    parked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     #: When the first step went to the broker; empty while the task waits for its session's
     #: turn or for a slot of its service's concurrency cap.
     dispatched_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)

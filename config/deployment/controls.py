@@ -134,10 +134,15 @@ class ServiceControls:
     queue_timeout: float | None = None
     retry: RetryPolicy | None = None
     concurrency: ConcurrencyLimit | None = None
+    #: Journal the service's runs, to resume them from their last finished step after a
+    #: crash, and park those that wait for a person (see ``workers.durable``).
+    durable: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Return the ``celeriac`` mapping in the YAML's spelling, unset controls left out."""
         document: dict[str, Any] = {}
+        if self.durable:
+            document["durable"] = True
         if self.time_limit is not None:
             document["time-limit"] = self.time_limit
         if self.queue_timeout is not None:
@@ -165,10 +170,11 @@ class ServiceControls:
             queue_timeout=None if queue_timeout is None else float(queue_timeout),
             retry=None if retry is None else RetryPolicy.from_dict(retry),
             concurrency=None if concurrency is None else ConcurrencyLimit.from_dict(concurrency),
+            durable=bool(document.get("durable", False)),
         )
 
 
-_CONTROLS_KEYS = frozenset({"time-limit", "queue-timeout", "retry", "concurrency"})
+_CONTROLS_KEYS = frozenset({"time-limit", "queue-timeout", "retry", "concurrency", "durable"})
 _RETRY_KEYS = frozenset(
     {"attempts", "backoff", "multiplier", "max-backoff", "jitter", "on", "not-on"}
 )

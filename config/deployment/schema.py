@@ -262,6 +262,7 @@ class _ControlsSchema(Schema):
     queue_timeout = _Number(data_key="queue-timeout", validate=_SECONDS)
     retry = fields.Nested(_RetrySchema)
     concurrency = fields.Nested(_ConcurrencySchema)
+    durable = fields.Boolean(truthy={True}, falsy={False})
 
     @post_load
     def _build(self, data: dict[str, Any], **kwargs: Any) -> ServiceControls:

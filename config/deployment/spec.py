@@ -70,6 +70,11 @@ class ServiceSpec:
     controls: ServiceControls | None = None
 
     @property
+    def durable(self) -> bool:
+        """Whether the service's runs are journaled (``celeriac: {durable: true}``)."""
+        return self.controls is not None and self.controls.durable
+
+    @property
     def module_dir(self) -> str:
         """The folder of the workflow module, relative to the source root ("" for the root)."""
         return self._target.rpartition("/")[0]

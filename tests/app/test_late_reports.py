@@ -298,6 +298,7 @@ def rarely_polled_log(plane: ControlPlane, waiter: TaskWaiter) -> EventLog:
         plane.tasks,
         waiter,
         Dispatcher(plane.celery),
+        plane.outbox,
         SendableEvents(plane.descriptions),
         poll=60.0,
     )

@@ -473,7 +473,7 @@ def test_a_task_recovered_while_it_waited_for_input_gets_its_answers_on_the_next
     # Then it is queued again from waiting_input, and an answer sent now names no inbox
     assert recovered.status is TaskStatus.WAITING_INPUT
     answer = {"qualified_name": "x.HumanResponseEvent", "response": "yes"}
-    assert lifecycle.resume(task_id, answer) == (0, None)
+    assert lifecycle.resume(task_id, answer) == (0, None, None)
     # And the worker that starts it next gets the answer
     again = StepStarted(task_id=task_id, worker="w2", at=time.time(), inbox="in-w2")
     assert [seq for seq, _data in lifecycle.start(again)] == [0]

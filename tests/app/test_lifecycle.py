@@ -48,6 +48,10 @@ ALLOWED = frozenset(
         (F, Q, Operation.RETRY),
         (C, Q, Operation.RETRY),
         (T, Q, Operation.RETRY),
+        (R, W, Operation.PARK),
+        (W, W, Operation.PARK),
+        (R, Q, Operation.UNPARK),
+        (W, Q, Operation.UNPARK),
     }
 )
 
@@ -163,6 +167,45 @@ def finish(lifecycle: Lifecycle, task_id: str, end: TaskStatus, *, with_start: b
     )
 
 
+def parked(task_id: str) -> StepFinished:
+    """A durable run's report that it was let go while it waited for input."""
+    now = time.time()
+    return StepFinished(
+        task_id=task_id,
+        ok=True,
+        result=None,
+        error=None,
+        event_count=0,
+        events=[],
+        worker="w-1",
+        started_at=now,
+        started_reported=True,
+        at=now,
+        parked=True,
+    )
+
+
+def park(lifecycle: Lifecycle, task_id: str, _: TaskStatus) -> None:
+    lifecycle.park(parked(task_id))
+
+
+def unpark(lifecycle: Lifecycle, task_id: str, _: TaskStatus) -> None:
+    """A run let go while an answer it never took was already stored: queued again."""
+    with lifecycle._db.connect() as conn:
+        conn.execute(
+            insert(_events).values(
+                task_id=task_id,
+                direction="in",
+                seq=0,
+                type="HumanResponseEvent",
+                qualified_name="x.HumanResponseEvent",
+                data={},
+                created_at=utcnow(),
+            )
+        )
+    lifecycle.park(parked(task_id))
+
+
 def cancel(lifecycle: Lifecycle, task_id: str, _: TaskStatus) -> None:
     # An ended task is not cancelled: the Conflict is the refusal
     with contextlib.suppress(Conflict):
@@ -245,9 +288,10 @@ AIMED: dict[TaskStatus, list[tuple[Operation, Apply]]] = {
         (Operation.RECOVER, recover),
         (Operation.RETRY, retry),
         (Operation.RETRY_DUE, send_due),
+        (Operation.UNPARK, unpark),
     ],
     R: [(Operation.START, start), (Operation.RESUME, resume)],
-    W: [(Operation.AWAIT_INPUT, await_input)],
+    W: [(Operation.AWAIT_INPUT, await_input), (Operation.PARK, park)],
     Y: _reported(Operation.FINISH),
     S: _reported(Operation.FINISH),
     F: _reported(Operation.FINISH),

@@ -13,7 +13,7 @@ import pytest
 from kombu.transport import memory
 
 from workers import environ, loader
-from workers.protocol import RunStep, StepEvent, StepFinished, StepStarted
+from workers.protocol import JournalWritten, RunStep, StepEvent, StepFinished, StepStarted
 from workers.runtime import ServiceRuntime
 
 #: A one-step workflow whose result is the Python expression ``{result}`` (with ``ev``, the
@@ -97,6 +97,8 @@ class RecordingReporter:
 
     def __init__(self) -> None:
         self.messages: list[tuple[str, StepStarted | StepEvent | StepFinished]] = []
+        #: What durable runs journaled, in the order it was sent.
+        self.journal_messages: list[JournalWritten] = []
         self._lock = threading.Lock()
 
     def started(self, message: StepStarted) -> None:
@@ -110,6 +112,11 @@ class RecordingReporter:
     def finished(self, message: StepFinished) -> None:
         """Record an outcome."""
         self._add("finished", message)
+
+    def journal(self, message: JournalWritten) -> None:
+        """Record what a durable run journaled."""
+        with self._lock:
+            self.journal_messages.append(message)
 
     @property
     def kinds(self) -> list[str]:

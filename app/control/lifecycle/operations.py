@@ -24,6 +24,7 @@ from app.control.lifecycle.attempts import (
 from app.control.lifecycle.caps import WAITING_SERVICES, Caps, ServiceKey, group_of
 from app.control.lifecycle.control import TaskControl
 from app.control.lifecycle.keys import Keys, Replay, RequestKey
+from app.control.lifecycle.parking import Parking
 from app.control.lifecycle.steps import expiry, first_step_again
 from app.control.lifecycle.turns import (
     MultitaskStrategy,
@@ -105,7 +106,7 @@ class _KeyTaken(Exception):
     """Another request holds the task's idempotency key; the transaction must roll back."""
 
 
-class Lifecycle(TaskControl):
+class Lifecycle(TaskControl, Parking):
     """Moves tasks along the transition table, and owns every write to tasks, sessions and
     events; each operation chooses its own connection, as short and as few as it can.
 
@@ -407,11 +408,12 @@ class Lifecycle(TaskControl):
                 conn.execute(sql.AWAIT_INPUT, {"task_id": message.task_id})
         return True
 
-    def resume(self, task_id: str, event: dict[str, Any]) -> tuple[int, str | None]:
+    def resume(self, task_id: str, event: dict[str, Any]) -> tuple[int, str | None, RunStep | None]:
         """Store an event a client sent into the task (LlamaDeploy's JSON of it, with its
         ``qualified_name``), and mark the task running if it awaited input; returns the
-        event's number among the task's inputs, and the inbox of the worker that runs it
-        (None before a start is recorded). :class:`Conflict` if the task ended."""
+        event's number among the task's inputs, the inbox of the worker that runs it
+        (None before a start is recorded), and for a parked task the step that resumes it
+        (it is queued again, see ``parking``). :class:`Conflict` if the task ended."""
         qualified = str(event["qualified_name"])
         with self._db.connect() as conn:
             status, inbox = conn.execute(sql.TASK_FOR_INPUT, {"task_id": task_id}).one()
@@ -433,8 +435,10 @@ class Lifecycle(TaskControl):
                     "created_at": utcnow(),
                 },
             )
-            conn.execute(sql.RESUME, {"task_id": task_id})
-        return seq, inbox
+            step = self._unpark(conn, task_id, parked_only=True)
+            if step is None:
+                conn.execute(sql.RESUME, {"task_id": task_id})
+        return seq, inbox, step
 
     def finish(self, message: StepFinished) -> Finished:
         """Record the outcome with the run's last events, unless the task already ended (a

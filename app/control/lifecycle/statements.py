@@ -193,10 +193,15 @@ OVERDUE = (
     .with_for_update(of=tasks, skip_locked=True)
 )
 
-#: Every dispatched task that has not ended is queued again, and unpublished.
+#: Every dispatched task that has not ended is queued again, and unpublished (but parked
+#: ones: no step of theirs is in a queue, and the answer sends one).
 REQUEUE_LOST = (
     tasks.update()
-    .where(may_move(TaskStatus.QUEUED, Operation.REQUEUE), tasks.c.dispatched_at.is_not(None))
+    .where(
+        may_move(TaskStatus.QUEUED, Operation.REQUEUE),
+        tasks.c.dispatched_at.is_not(None),
+        tasks.c.parked_at.is_(None),
+    )
     .values(status=TaskStatus.QUEUED.value, published_at=None)
 )
 
@@ -222,7 +227,10 @@ _WORKER_ALIVE = (
     )
     .exists()
 )
-_LEASE_RAN_OUT = and_(_HELD, bindparam("cutoff") > _HELD_SINCE, ~_WORKER_ALIVE)
+#: A parked task is held by nobody, and needs nobody until its answer comes.
+_LEASE_RAN_OUT = and_(
+    _HELD, tasks.c.parked_at.is_(None), bindparam("cutoff") > _HELD_SINCE, ~_WORKER_ALIVE
+)
 
 #: A worker's heartbeat listed these tasks: their leases run from its time. An older
 #: heartbeat, processed late, never shortens a lease.

@@ -1,0 +1,257 @@
+"""Durable tasks' journals: stored as workers send them, read back when a run resumes.
+
+Workers send a durable run's ticks over the broker (``JournalWritten``, see
+``workers.durable``); this module writes them, and is the only one that does. Delivery is at
+least once and two control-plane consumers may take two messages of one run side by side,
+so every write is idempotent: ticks and steps are keyed by their number, the checkpoint's
+state only moves forward (``state_through``), the count of events sent in that the journal
+includes only grows, and a snapshot replaces the ticks before it only if it is newer. A
+message of a run that is not the task's current one (a retry started over) changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, and_, bindparam, func, select
+
+from app.control.dispatch import Dispatcher
+from app.db import Database
+from app.models import Checkpoint, Event, EventDirection, JournalTick, Task, TaskStep
+from app.models.base import from_timestamp, table_of, utcnow
+from workers.protocol import JournalReplay, JournalWanted, JournalWritten
+
+_tasks = table_of(Task)
+_events = table_of(Event)
+_ticks = table_of(JournalTick)
+_checkpoints = table_of(Checkpoint)
+_steps = table_of(TaskStep)
+
+_CURRENT_RUN = select(_tasks.c.run).where(_tasks.c.id == bindparam("task_id")).with_for_update()
+_CHECKPOINT = select(_checkpoints).where(_checkpoints.c.task_id == bindparam("task_id"))
+_OF_TASK = _ticks.c.task_id == bindparam("task_id")
+_NEXT_EVENT = select(func.coalesce(func.max(_events.c.seq) + 1, 0)).where(
+    _events.c.task_id == bindparam("task_id"), _events.c.direction == EventDirection.OUT.value
+)
+_INPUTS_AFTER = (
+    select(_events.c.seq, _events.c.data)
+    .where(
+        _events.c.task_id == bindparam("task_id"),
+        _events.c.direction == EventDirection.IN.value,
+        _events.c.seq > bindparam("after"),
+    )
+    .order_by(_events.c.seq)
+)
+_EARLIER_ATTEMPTS = select(func.count()).where(
+    _steps.c.task_id == bindparam("task_id"),
+    _steps.c.step == bindparam("step"),
+    _steps.c.input_key == bindparam("input_key"),
+)
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One execution of a durable task's step that ended."""
+
+    run: int
+    seq: int
+    step: str
+    input: str
+    attempt: int
+    started_at: dt.datetime | None
+    ended_at: dt.datetime
+    outcome: str
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds it took, if its start is known."""
+        if self.started_at is None:
+            return None
+        return max((self.ended_at - self.started_at).total_seconds(), 0.0)
+
+
+class Journal:
+    """Writes durable tasks' journals, and answers the workers that resume them."""
+
+    def __init__(self, db: Database, dispatcher: Dispatcher) -> None:
+        self._db = db
+        self._dispatcher = dispatcher
+        self._insert_tick = db.insert_ignoring_duplicates(_ticks)
+        self._insert_step = db.insert_ignoring_duplicates(_steps)
+
+    def record(self, message: JournalWritten) -> bool:
+        """Store what a durable run journaled; False if its task is gone or has started
+        over (a later run)."""
+        key = {"task_id": message.task_id}
+        with self._db.connect() as conn:
+            # The task's row, locked: one run's messages are written one at a time.
+            if conn.execute(_CURRENT_RUN, key).scalar() != message.run:
+                return False
+            checkpoint = self._checkpoint_of(conn, message)
+            if message.records:
+                now = utcnow()
+                rows = [
+                    {
+                        **key,
+                        "run": message.run,
+                        "seq": int(seq),
+                        "data": str(data),
+                        "created_at": now,
+                    }
+                    for seq, data in message.records
+                    if int(seq) >= checkpoint.journal_seq
+                ]
+                if rows:
+                    conn.execute(self._insert_tick, rows)
+            self._update_checkpoint(conn, checkpoint, message)
+            for step in message.steps:
+                self._record_step(conn, message, step)
+        return True
+
+    def _checkpoint_of(self, conn: Connection, message: JournalWritten) -> Checkpoint:
+        """The task's checkpoint of this run, made (and the journal of earlier runs dropped)
+        if there is none yet."""
+        key = {"task_id": message.task_id}
+        row = conn.execute(_CHECKPOINT, key).first()
+        if row is not None and row.run == message.run:
+            return Checkpoint(**row._mapping)
+        conn.execute(_ticks.delete().where(_OF_TASK, _ticks.c.run != message.run), key)
+        conn.execute(_checkpoints.delete().where(_checkpoints.c.task_id == message.task_id))
+        fresh = {
+            "task_id": message.task_id,
+            "run": message.run,
+            "snapshot": None,
+            "journal_seq": 0,
+            "state": None,
+            "state_through": -1,
+            "inputs": -1,
+            "updated_at": utcnow(),
+        }
+        conn.execute(_checkpoints.insert(), fresh)
+        return Checkpoint(**fresh)
+
+    def _update_checkpoint(
+        self, conn: Connection, checkpoint: Checkpoint, message: JournalWritten
+    ) -> None:
+        changes: dict[str, Any] = {}
+        if message.state is not None and message.through > checkpoint.state_through:
+            changes.update(state=message.state, state_through=message.through)
+        if message.inputs is not None and message.inputs > checkpoint.inputs:
+            changes["inputs"] = message.inputs
+        snapshot = message.snapshot
+        seq = int(snapshot.get("journal_seq") or 0) if snapshot is not None else 0
+        if snapshot is not None and seq > checkpoint.journal_seq:
+            # The snapshot stands for every tick before its number: compact.
+            changes.update(snapshot=snapshot, journal_seq=seq)
+            conn.execute(
+                _ticks.delete().where(_OF_TASK, _ticks.c.run == message.run, _ticks.c.seq < seq),
+                {"task_id": message.task_id},
+            )
+        if changes:
+            conn.execute(
+                _checkpoints.update()
+                .where(_checkpoints.c.task_id == message.task_id)
+                .values(**changes, updated_at=utcnow())
+            )
+
+    def _record_step(self, conn: Connection, message: JournalWritten, step: dict[str, Any]) -> None:
+        input_key = hashlib.sha256(str(step.get("input_key", "")).encode()).hexdigest()
+        params = {"task_id": message.task_id, "step": str(step["step"]), "input_key": input_key}
+        exists = conn.execute(
+            select(_steps.c.seq).where(
+                _steps.c.task_id == message.task_id,
+                _steps.c.run == message.run,
+                _steps.c.seq == int(step["seq"]),
+            )
+        ).first()
+        if exists is not None:
+            return
+        earlier = int(conn.execute(_EARLIER_ATTEMPTS, params).scalar_one())
+        started = step.get("started_at")
+        conn.execute(
+            self._insert_step,
+            {
+                "task_id": message.task_id,
+                "run": message.run,
+                "seq": int(step["seq"]),
+                "step": str(step["step"])[:200],
+                "input": str(step.get("input", ""))[:500],
+                "input_key": input_key,
+                "attempt": earlier + 1,
+                "started_at": None if started is None else from_timestamp(float(started)),
+                "ended_at": from_timestamp(float(step["ended_at"])),
+                "outcome": str(step.get("outcome", ""))[:300],
+            },
+        )
+
+    def replay(self, wanted: JournalWanted) -> JournalReplay:
+        """What the run ``wanted`` names resumes from: empty for a task that never ran
+        (or has started over), else its snapshot, its ticks after it, its state, and the
+        events sent in that its journal does not include."""
+        key = {"task_id": wanted.task_id}
+        with self._db.read() as db:
+            conn = db.connection()
+            checkpoint = conn.execute(_CHECKPOINT, key).first()
+            next_seq = int(conn.execute(_NEXT_EVENT, key).scalar_one())
+            if checkpoint is None or checkpoint.run != wanted.run:
+                inputs, snapshot, state, records = -1, None, None, []
+            else:
+                inputs, snapshot, state = checkpoint.inputs, checkpoint.snapshot, checkpoint.state
+                ticks = conn.execute(
+                    select(_ticks.c.seq, _ticks.c.data)
+                    .where(
+                        and_(
+                            _OF_TASK,
+                            _ticks.c.run == wanted.run,
+                            _ticks.c.seq >= checkpoint.journal_seq,
+                        )
+                    )
+                    .order_by(_ticks.c.seq),
+                    key,
+                )
+                records = [[row.seq, row.data] for row in ticks]
+            pending = [
+                [row.seq, json.dumps(row.data)]
+                for row in conn.execute(_INPUTS_AFTER, {**key, "after": inputs})
+            ]
+        return JournalReplay(
+            wanted=wanted.id,
+            task_id=wanted.task_id,
+            snapshot=snapshot,
+            records=records,
+            state=state,
+            inputs=inputs,
+            next_seq=next_seq,
+            pending=pending,
+        )
+
+    def answer(self, wanted: JournalWanted) -> None:
+        """Send the journal to the worker that asked (see :meth:`replay`). If the broker
+        refuses it, the worker gives up waiting and puts its step back in the queue."""
+        self._dispatcher.deliver(wanted.inbox, self.replay(wanted))
+
+    def steps(self, task_id: str) -> list[StepRecord]:
+        """The steps of a durable task that ended, in the order they ended."""
+        with self._db.read() as db:
+            rows = db.connection().execute(
+                select(_steps)
+                .where(_steps.c.task_id == task_id)
+                .order_by(_steps.c.run, _steps.c.seq)
+            )
+            return [
+                StepRecord(
+                    run=row.run,
+                    seq=row.seq,
+                    step=row.step,
+                    input=row.input,
+                    attempt=row.attempt,
+                    started_at=row.started_at,
+                    ended_at=row.ended_at,
+                    outcome=row.outcome,
+                )
+                for row in rows
+            ]

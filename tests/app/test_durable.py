@@ -1,0 +1,176 @@
+"""Durable services, in one process (memory:// and SQLite): journal, steps, park and resume.
+
+The crash tests, which kill real worker processes on Redis and RabbitMQ, are in
+``tests/e2e/test_durable_crash.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+
+from app.models import Checkpoint, Event, JournalTick
+from app.server import Server
+from config.settings import Settings
+from tests.app.conftest import deployed, ok, poll, wait_for_task
+from tests.app.test_api_hitl import human_response
+
+SUITE = Path(__file__).resolve().parent / "workflows" / "durable" / "deployment.yml"
+TASKS = "/deployments/DurableSuite/tasks"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Embedded settings whose durable runs are let go after half a second of waiting."""
+    return Settings(
+        data_dir=tmp_path / ".celeriac",
+        port=0,
+        polling_interval=0.001,
+        worker_concurrency=2,
+        run_timeout=30.0,
+        release_after=0.5,
+    )
+
+
+@pytest.fixture
+def suite(client: FlaskClient) -> Iterator[FlaskClient]:
+    deployed(client, SUITE)
+    yield client
+
+
+def run(client: FlaskClient, service: str, **kwargs: Any) -> dict[str, Any]:
+    task: dict[str, Any] = ok(
+        client.post(f"{TASKS}/create", json={"service_id": service, "input": json.dumps(kwargs)})
+    )
+    return task
+
+
+def counts(log: Path) -> dict[str, int]:
+    seen: dict[str, int] = {}
+    for line in log.read_text().split():
+        seen[line] = seen.get(line, 0) + 1
+    return seen
+
+
+def test_a_durable_task_lists_its_steps_with_their_times_and_outcomes(
+    suite: FlaskClient, tmp_path: Path
+) -> None:
+    log = tmp_path / "steps.log"
+    task = run(suite, "pipeline", log=str(log))
+    done = wait_for_task(suite, "DurableSuite", task["task_id"])
+    assert done["status"] == "succeeded", done
+    assert done["result"] == {"total": 15}
+    assert counts(log) == {"one": 1, "two": 1, "three": 1, "four": 1, "five": 1}
+
+    steps = poll(lambda: ok(suite.get(f"{TASKS}/{task['task_id']}/steps")), lambda s: len(s) == 5)
+    assert [s["step"] for s in steps] == ["one", "two", "three", "four", "five"]
+    assert [s["outcome"] for s in steps] == [
+        "returned Two",
+        "returned Three",
+        "returned Four",
+        "returned Five",
+        "returned StopEvent",
+    ]
+    assert [s["input"].rsplit(".", 1)[-1] for s in steps] == [
+        "StartEvent",
+        "Two",
+        "Three",
+        "Four",
+        "Five",
+    ]
+    assert all(s["attempt"] == 1 and s["run"] == 1 for s in steps)
+    for s in steps:
+        assert s["started_at"] is not None and s["started_at"] <= s["ended_at"]
+        assert s["duration"] >= 0
+
+
+def test_a_task_of_a_service_that_is_not_durable_has_no_steps_listed(
+    suite: FlaskClient,
+) -> None:
+    task = run(suite, "plain")
+    assert wait_for_task(suite, "DurableSuite", task["task_id"])["status"] == "succeeded"
+    assert ok(suite.get(f"{TASKS}/{task['task_id']}/steps")) == []
+
+
+def test_the_steps_of_an_unknown_task_are_a_404(suite: FlaskClient) -> None:
+    response = suite.get(f"{TASKS}/nope/steps")
+    assert response.status_code == 404
+
+
+def test_a_waiting_durable_run_is_parked_then_resumed_by_the_answer(
+    suite: FlaskClient, server: Server, tmp_path: Path
+) -> None:
+    log = tmp_path / "ask.log"
+    task = run(suite, "ask", log=str(log))
+    url = f"{TASKS}/{task['task_id']}"
+    # It asks, then is let go: still waiting, parked, and no worker thread holds it.
+    parked = poll(lambda: ok(suite.get(url)), lambda t: t["parked_at"] is not None)
+    assert parked["status"] == "waiting_input"
+    poll(server.plane.celery.runtime.held, lambda held: held == [])
+
+    ok(
+        suite.post(
+            f"{url}/events", json={"service_id": "ask", "event_obj_str": human_response("42")}
+        )
+    )
+    done = wait_for_task(suite, "DurableSuite", task["task_id"])
+    assert done["status"] == "succeeded", done
+    assert done["result"] == {"answer": "42", "first": "done"}
+    assert done["parked_at"] is None
+    # ``first`` ran once; ``ask`` ran before the wait and again, from its top, with the answer.
+    assert counts(log) == {"first": 1, "ask": 2}
+
+    # The stream has no gap and no repeat: numbered 0, 1, 2... and ends with the result.
+    with server.plane.db.read() as db:
+        stored = db.execute(
+            select(Event.seq, Event.type)
+            .where(Event.task_id == task["task_id"], Event.direction == "out")
+            .order_by(Event.seq)
+        ).all()
+    assert [seq for seq, _ in stored] == list(range(len(stored)))
+    names = [kind for _, kind in stored]
+    assert names.count("InputRequiredEvent") == 1
+    assert names[-1] == "StopEvent"
+    body = suite.get(f"{url}/events", query_string={"raw_event": "true"}).get_data(as_text=True)
+    streamed = [json.loads(line) for line in body.splitlines() if line.strip()]
+    assert [e["qualified_name"].rsplit(".", 1)[-1] for e in streamed] == names
+
+
+def test_an_answer_sent_before_the_run_is_let_go_is_not_lost(
+    suite: FlaskClient,
+) -> None:
+    task = run(suite, "ask")
+    url = f"{TASKS}/{task['task_id']}"
+    poll(lambda: ok(suite.get(url)), lambda t: t["status"] == "waiting_input")
+    ok(
+        suite.post(
+            f"{url}/events", json={"service_id": "ask", "event_obj_str": human_response("now")}
+        )
+    )
+    done = wait_for_task(suite, "DurableSuite", task["task_id"])
+    assert done["result"] == {"answer": "now", "first": "done"}
+
+
+def test_a_parked_task_is_compacted_to_its_snapshot(suite: FlaskClient, server: Server) -> None:
+    task = run(suite, "ask")
+    url = f"{TASKS}/{task['task_id']}"
+    poll(lambda: ok(suite.get(url)), lambda t: t["parked_at"] is not None)
+
+    def checkpoint() -> Any:
+        with server.plane.db.read() as db:
+            return db.get(Checkpoint, task["task_id"])
+
+    kept = poll(checkpoint, lambda c: c is not None and c.snapshot is not None)
+    with server.plane.db.read() as db:
+        ticks = db.scalars(
+            select(func.min(JournalTick.seq)).where(JournalTick.task_id == task["task_id"])
+        ).one()
+    # Every tick before the snapshot's number is gone.
+    assert ticks is None or ticks >= kept.journal_seq
+    assert kept.journal_seq > 0
