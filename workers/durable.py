@@ -39,7 +39,8 @@ from workflows.context.serializers import JsonSerializer
 from workflows.events import Event, StepState, StepStateChanged, WorkflowIdleEvent
 from workflows.handler import WorkflowHandler
 from workflows.plugins.basic import BasicRuntime, JournalRecord
-from workflows.runtime.types.ticks import TickIdleRelease
+from workflows.runtime.types.step_id import StepId
+from workflows.runtime.types.ticks import TickIdleRelease, TickWaiterTimeout
 
 from workers.errors import ControlPlaneUnreachable
 from workers.protocol import JournalReplay, JournalWanted, JournalWritten
@@ -163,6 +164,7 @@ class Journaling:
         send: Callable[[JournalWritten], None],
         names: Names,
         release_after: float | None,
+        waiters: list[dict[str, Any]] | None = None,
     ) -> None:
         self.task_id = task_id
         self.run = run
@@ -179,6 +181,13 @@ class Journaling:
         self._through = 0
         self._park: asyncio.TimerHandle | None = None
         self._releasing: asyncio.Future[None] | None = None
+        #: The run's waits for an event that time out, by (step, waiter id): their deadline.
+        self._waiters: dict[tuple[str, str], float] = {
+            (str(w["step"]), str(w["waiter_id"])): float(w["deadline"]) for w in waiters or ()
+        }
+        self._waiters_changed = False
+        self._timers: set[asyncio.Future[None]] = set()
+        self._armed: list[asyncio.TimerHandle] = []
         #: Set once the run was let go for being idle (parked).
         self.released = False
 
@@ -202,7 +211,9 @@ class Journaling:
         self._through = record.seq + 1
         self._since_snapshot += 1
         if '"type": "step_result"' in data:
-            self._steps.append(self._step_of(record.seq, json.loads(data)["value"]))
+            tick = json.loads(data)["value"]
+            self._steps.append(self._step_of(record.seq, tick))
+            self._note_waiters(tick)
             return True
         if self._sent_in and '"type": "add_event"' in data:
             self._match_input(json.loads(data)["value"])
@@ -215,6 +226,44 @@ class Journaling:
         name = (tick.get("event") or {}).get("qualified_name")
         if name == self._sent_in[0].qualified_name:
             self._inputs = self._sent_in.popleft().seq
+
+    def _note_waiters(self, tick: dict[str, Any]) -> None:
+        """Keep the deadlines of the waits a step began (``wait_for_event(timeout=...)``)
+        and drop those it ended."""
+        step = str(tick["step_id"])
+        for result in tick.get("result") or []:
+            key = (step, str(result.get("waiter_id")))
+            if result.get("type") == "add_waiter" and result.get("timeout") is not None:
+                ended = float(tick.get("stamped_at") or time.time())
+                self._waiters.setdefault(key, ended + float(result["timeout"]))
+                self._waiters_changed = True
+            elif result.get("type") == "delete_waiter" and key in self._waiters:
+                del self._waiters[key]
+                self._waiters_changed = True
+
+    @property
+    def wake_at(self) -> float | None:
+        """When the first of the run's waits times out, if one does."""
+        return min(self._waiters.values(), default=None)
+
+    def rearm(self, workflow: Workflow, handler: WorkflowHandler) -> None:
+        """Arm again the timers of the waits a restored run had (the library does not):
+        each fires at its deadline, at once if that has passed."""
+        loop = asyncio.get_running_loop()
+        adapter = workflow.runtime.get_external_adapter(handler.run_id)
+
+        def fire(tick: TickWaiterTimeout) -> None:
+            self._timers.add(asyncio.ensure_future(adapter.send_event(tick)))
+
+        for (step, waiter_id), deadline in self._waiters.items():
+            tick = TickWaiterTimeout(step_id=StepId.from_str(step), waiter_id=waiter_id)
+            self._armed.append(loop.call_later(max(deadline - time.time(), 0.0), fire, tick))
+
+    def close(self) -> None:
+        """The run ended: its timers go with it."""
+        self._cancel_park()
+        for handle in self._armed:
+            handle.cancel()
 
     def _step_of(self, seq: int, tick: dict[str, Any]) -> dict[str, Any]:
         """What the control plane lists of a step that ended (see ``StepRecord`` there)."""
@@ -245,7 +294,14 @@ class Journaling:
         if snapshot is not None:
             snapshot = self._names.publish_value(snapshot)
             self._since_snapshot = 0
-        if not (self._pending or state or snapshot or self._steps):
+        waiters = None
+        if self._waiters_changed:
+            self._waiters_changed = False
+            waiters = [
+                {"step": step, "waiter_id": waiter_id, "deadline": deadline}
+                for (step, waiter_id), deadline in sorted(self._waiters.items())
+            ]
+        if not (self._pending or state or snapshot or self._steps or waiters is not None):
             return
         message = JournalWritten(
             task_id=self.task_id,
@@ -256,6 +312,7 @@ class Journaling:
             inputs=self._inputs,
             steps=self._steps,
             snapshot=snapshot,
+            waiters=waiters,
         )
         self._pending, self._steps = [], []
         self._send(message)

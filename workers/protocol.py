@@ -241,6 +241,9 @@ class StepFinished(Message):
     #: A durable run let go while it waited for input (``workers.durable``): the task still
     #: waits, with no worker; the answer resumes it from its journal.
     parked: bool = False
+    #: For a parked run: when (UNIX time) the first of its waits for an event times out
+    #: (``ctx.wait_for_event(timeout=...)``); the control plane resumes it then.
+    wake_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -340,6 +343,9 @@ class JournalWritten(Message):
     inputs: int | None = None
     steps: list[dict[str, Any]] = field(default_factory=list)
     snapshot: dict[str, Any] | None = None
+    #: The run's waits for an event that time out (``step``, ``waiter_id``, ``deadline``, a
+    #: UNIX time), when they changed (None: unchanged).
+    waiters: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -369,3 +375,6 @@ class JournalReplay(Message):
     inputs: int
     next_seq: int
     pending: list[list[Any]] = field(default_factory=list)
+    #: The run's waits that time out (``JournalWritten.waiters``): the library does not arm
+    #: their timers again after a restore, so the worker does.
+    waiters: list[dict[str, Any]] = field(default_factory=list)

@@ -124,6 +124,8 @@ class Run:
         self.handed_back = False
         #: A durable run let go while it waited for input (see ``workers.durable``).
         self.parked = False
+        #: For a parked run: when its first wait for an event times out.
+        self.wake_at: float | None = None
         #: Resolved with the reason (``cancelled``, ``timed_out``) when the run must stop.
         self.stop_asked: concurrent.futures.Future[str] = concurrent.futures.Future()
         #: Set once the workflow's coroutine has ended, whatever the way.
@@ -228,6 +230,7 @@ class Run:
             stopped=stopped,
             retry_in=retry_in,
             parked=self.parked,
+            wake_at=self.wake_at,
         )
 
 

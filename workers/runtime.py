@@ -419,7 +419,12 @@ class ServiceRuntime:
         names = Names(service_package(workflow))
         ctx = restore(workflow, replay, ctx, names) or ctx
         journaling = Journaling(
-            step.task_id, step.run, run.reporter.journal, names, self.release_after
+            step.task_id,
+            step.run,
+            run.reporter.journal,
+            names,
+            self.release_after,
+            replay.waiters,
         )
         handler = workflow.run(ctx=ctx, **step.input)
         running_ctx = handler.ctx or ctx
@@ -433,6 +438,7 @@ class ServiceRuntime:
         )
         for seq, text in replay.pending:
             self.inbox.deliver(step.task_id, seq, text)
+        journaling.rearm(workflow, handler)
 
         async def forward() -> None:
             # The stream ends with the StopEvent, which a released run never streams.
@@ -448,6 +454,7 @@ class ServiceRuntime:
             if isinstance(result, IdleReleasedEvent):
                 stream.cancel()
                 run.parked = journaling.released
+                run.wake_at = journaling.wake_at
                 journaling.flush(
                     running_ctx, snapshot=running_ctx.to_dict(serializer=JsonSerializer())
                 )
@@ -461,6 +468,7 @@ class ServiceRuntime:
                     await handler.cancel_run(timeout=STOP_GRACE)
             raise
         finally:
+            journaling.close()
             self.inbox.detach(step.task_id)
             run.ended.set()
         if step.keep_context:

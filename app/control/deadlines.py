@@ -72,6 +72,10 @@ class Deadlines:
         for step in self._lifecycle.admit_waiting():
             if not send(step):
                 break  # dispatched and unpublished: the outbox's sweep sends the rest
+        for step in self._lifecycle.wake_parked(now):
+            # A parked task's wait timed out: its run resumes to see it (see ``parking``).
+            if not send(step):
+                break
         self._stops.ended(self._lifecycle.time_out_waiting(now), "timed_out")
         self._stops.ended(self._lifecycle.time_out_overrun(now, OVERRUN_GRACE), "timed_out")
 
@@ -82,7 +86,8 @@ class Deadlines:
     def wait(self, stop: threading.Event) -> bool:
         """Wait until the next sweep (``SWEEP_EVERY``, or sooner for a retry due sooner);
         True once ``stop`` is set."""
-        upcoming = self._lifecycle.next_due()
+        due = [at for at in (self._lifecycle.next_due(), self._lifecycle.next_wake()) if at]
+        upcoming = min(due) if due else None
         with self._lock:
             if upcoming is not None and (self._next is None or upcoming < self._next):
                 self._next = upcoming

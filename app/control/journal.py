@@ -129,6 +129,7 @@ class Journal:
             "state": None,
             "state_through": -1,
             "inputs": -1,
+            "waiters": None,
             "updated_at": utcnow(),
         }
         conn.execute(_checkpoints.insert(), fresh)
@@ -142,6 +143,8 @@ class Journal:
             changes.update(state=message.state, state_through=message.through)
         if message.inputs is not None and message.inputs > checkpoint.inputs:
             changes["inputs"] = message.inputs
+        if message.waiters is not None and message.through > checkpoint.state_through:
+            changes["waiters"] = message.waiters
         snapshot = message.snapshot
         seq = int(snapshot.get("journal_seq") or 0) if snapshot is not None else 0
         if snapshot is not None and seq > checkpoint.journal_seq:
@@ -197,10 +200,12 @@ class Journal:
             conn = db.connection()
             checkpoint = conn.execute(_CHECKPOINT, key).first()
             next_seq = int(conn.execute(_NEXT_EVENT, key).scalar_one())
+            waiters: list[dict[str, Any]] = []
             if checkpoint is None or checkpoint.run != wanted.run:
                 inputs, snapshot, state, records = -1, None, None, []
             else:
                 inputs, snapshot, state = checkpoint.inputs, checkpoint.snapshot, checkpoint.state
+                waiters = list(checkpoint.waiters or [])
                 ticks = conn.execute(
                     select(_ticks.c.seq, _ticks.c.data)
                     .where(
@@ -227,6 +232,7 @@ class Journal:
             inputs=inputs,
             next_seq=next_seq,
             pending=pending,
+            waiters=waiters,
         )
 
     def answer(self, wanted: JournalWanted) -> None:

@@ -49,6 +49,10 @@ class Checkpoint(Base):
     #: How many ticks the run had journaled when ``state`` was sent.
     state_through: Mapped[int] = mapped_column(Integer, default=0)
     inputs: Mapped[int] = mapped_column(Integer, default=-1)
+    #: The run's waits for an event that time out (``JournalWritten.waiters``).
+    waiters: Mapped[list[dict[str, Any]] | None] = mapped_column(
+        JSON(none_as_null=True), nullable=True
+    )
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

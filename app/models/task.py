@@ -213,6 +213,8 @@ class Task(Base):
     #: When a durable run waiting for input was let go (parked): the task waits with no
     #: worker, and the answer sends its step again (see ``workers.durable``).
     parked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: When a parked task's wait for an event times out: it is resumed then.
+    wake_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     #: When the first step went to the broker; empty while the task waits for its session's
     #: turn or for a slot of its service's concurrency cap.
     dispatched_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)

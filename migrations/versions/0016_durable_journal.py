@@ -34,6 +34,7 @@ def upgrade() -> None:
     """Apply this revision."""
     with op.batch_alter_table("tasks", schema=None) as batch_op:
         batch_op.add_column(sa.Column("parked_at", sa.DateTime(timezone=True), nullable=True))
+        batch_op.add_column(sa.Column("wake_at", sa.DateTime(timezone=True), nullable=True))
     op.create_table(
         "journal_ticks",
         _task_key(),
@@ -51,6 +52,7 @@ def upgrade() -> None:
         sa.Column("state", sa.JSON(none_as_null=True), nullable=True),
         sa.Column("state_through", sa.Integer(), nullable=False),
         sa.Column("inputs", sa.Integer(), nullable=False),
+        sa.Column("waiters", sa.JSON(none_as_null=True), nullable=True),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_table(
@@ -74,4 +76,5 @@ def downgrade() -> None:
     op.drop_table("checkpoints")
     op.drop_table("journal_ticks")
     with op.batch_alter_table("tasks", schema=None) as batch_op:
+        batch_op.drop_column("wake_at")
         batch_op.drop_column("parked_at")

@@ -6,6 +6,7 @@ The crash tests, which kill real worker processes on Redis and RabbitMQ, are in
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,3 +175,22 @@ def test_a_parked_task_is_compacted_to_its_snapshot(suite: FlaskClient, server: 
     # Every tick before the snapshot's number is gone.
     assert ticks is None or ticks >= kept.journal_seq
     assert kept.journal_seq > 0
+
+
+def test_a_parked_run_whose_wait_times_out_is_resumed_then_by_the_control_plane(
+    suite: FlaskClient,
+) -> None:
+    # A wait of 2 s, and runs let go after 0.5 s: the timeout falls while the task is parked
+    task = run(suite, "impatient", wait=2.0)
+    url = f"{TASKS}/{task['task_id']}"
+    parked = poll(lambda: ok(suite.get(url)), lambda t: t["parked_at"] is not None)
+    assert parked["status"] == "waiting_input"
+    done = wait_for_task(suite, "DurableSuite", task["task_id"])
+    assert done["status"] == "succeeded", done
+    assert done["result"] == {"answer": None}
+    # It waited its 2 s, not much more: the control plane woke it at the deadline.
+    took = (
+        dt.datetime.fromisoformat(done["finished_at"])
+        - dt.datetime.fromisoformat(done["created_at"])
+    ).total_seconds()
+    assert 1.9 <= took < 5.0, took

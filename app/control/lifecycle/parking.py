@@ -10,6 +10,8 @@ include, unparks it at once.
 
 from __future__ import annotations
 
+import datetime as dt
+
 from sqlalchemy import Connection, and_, bindparam, exists, func, select
 
 from app.control.lifecycle import statements as sql
@@ -18,7 +20,7 @@ from app.control.lifecycle.statements import same_run
 from app.control.lifecycle.steps import first_step_again
 from app.db import Database
 from app.models import Checkpoint, EventDirection, Operation, TaskStatus
-from app.models.base import table_of, utcnow
+from app.models.base import from_timestamp, table_of, utcnow
 from workers.protocol import RunStep, StepFinished
 
 _checkpoints = table_of(Checkpoint)
@@ -33,6 +35,7 @@ _PARK = (
     .values(
         status=TaskStatus.WAITING_INPUT.value,
         parked_at=bindparam("now"),
+        wake_at=bindparam("wake_at"),
         worker=None,
         inbox=None,
         held_at=None,
@@ -47,6 +50,7 @@ _UNPARK = (
     .values(
         status=TaskStatus.QUEUED.value,
         parked_at=None,
+        wake_at=None,
         worker=None,
         inbox=None,
         held_at=None,
@@ -57,6 +61,16 @@ _UNPARK = (
 )
 
 _UNPARK_PARKED = _UNPARK.where(sql.tasks.c.parked_at.is_not(None))
+
+#: Parked tasks whose wait for an event timed out by ``now``.
+_WAKING = (
+    select(sql.tasks.c.id)
+    .where(sql.tasks.c.parked_at.is_not(None), sql.tasks.c.wake_at <= bindparam("now"))
+    .order_by(sql.tasks.c.wake_at)
+    .limit(sql.SWEEP_BATCH)
+    .with_for_update(skip_locked=True)
+)
+_NEXT_WAKE = select(func.min(sql.tasks.c.wake_at)).where(sql.tasks.c.parked_at.is_not(None))
 
 _TASK_TO_RESUME = sql.with_first_step().where(sql.tasks.c.id == bindparam("task_id"))
 
@@ -88,7 +102,13 @@ class Parking:
     def park(self, message: StepFinished) -> RunStep | None:
         """A durable run was let go while it waited for input: park its task, or, if an
         answer its journal lacks is already there, queue it again; the step to send then."""
-        params = {"task_id": message.task_id, "p_run": message.run, "now": utcnow()}
+        wake_at = None if message.wake_at is None else from_timestamp(message.wake_at)
+        params = {
+            "task_id": message.task_id,
+            "p_run": message.run,
+            "now": utcnow(),
+            "wake_at": wake_at,
+        }
         with self._db.connect() as conn:
             answered = conn.execute(
                 select(_ANSWER_WAITING).where(sql.tasks.c.id == bindparam("task_id")), params
@@ -97,6 +117,23 @@ class Parking:
                 return self._unpark(conn, message.task_id)
             conn.execute(_PARK, params)
         return None
+
+    def wake_parked(self, now: dt.datetime) -> list[RunStep]:
+        """Queue again each parked task whose wait for an event timed out by ``now`` (the
+        run, restored, arms the wait's timer again, and it fires at once); their steps, to
+        send."""
+        steps: list[RunStep] = []
+        with self._db.connect() as conn:
+            for task_id in conn.scalars(_WAKING, {"now": now}).all():
+                step = self._unpark(conn, task_id, parked_only=True)
+                if step is not None:
+                    steps.append(step)
+        return steps
+
+    def next_wake(self) -> dt.datetime | None:
+        """When the next parked task's wait times out, if any does."""
+        with self._db.peek() as conn:
+            return conn.scalar(_NEXT_WAKE)
 
     def _unpark(
         self, conn: Connection, task_id: str, *, parked_only: bool = False

@@ -111,5 +111,23 @@ class Asking(Workflow):
         return StopEvent(result={"answer": answer.response, "first": await ctx.store.get("first")})
 
 
+class Impatient(Workflow):
+    """Waits ``wait`` seconds for an answer, then goes on without one."""
+
+    @step
+    async def ask(self, ctx: Context, ev: StartEvent) -> StopEvent:
+        try:
+            answer = await ctx.wait_for_event(
+                HumanResponseEvent,
+                waiter_id="question",
+                waiter_event=InputRequiredEvent(prefix="Quick, your answer?"),  # type: ignore[call-arg]
+                timeout=float(ev.get("wait", 1.0)),
+            )
+        except asyncio.TimeoutError:
+            return StopEvent(result={"answer": None})
+        return StopEvent(result={"answer": answer.response})
+
+
 pipeline = Pipeline(timeout=None)
+impatient = Impatient(timeout=None)
 asking = Asking(timeout=None)
