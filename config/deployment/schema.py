@@ -255,6 +255,15 @@ class _ConcurrencySchema(Schema):
         return ConcurrencyLimit(**data)
 
 
+class _Flag(fields.Boolean):
+    """A YAML boolean (``true``/``false``), never a number or a string that reads as one."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
+
+
 class _ControlsSchema(Schema):
     """A service's ``celeriac`` block: Celeriac's task controls (not in LlamaDeploy)."""
 
@@ -262,7 +271,7 @@ class _ControlsSchema(Schema):
     queue_timeout = _Number(data_key="queue-timeout", validate=_SECONDS)
     retry = fields.Nested(_RetrySchema)
     concurrency = fields.Nested(_ConcurrencySchema)
-    durable = fields.Boolean(truthy={True}, falsy={False})
+    durable = _Flag()
 
     @post_load
     def _build(self, data: dict[str, Any], **kwargs: Any) -> ServiceControls:

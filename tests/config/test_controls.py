@@ -188,6 +188,18 @@ def test_files_without_the_block_give_the_same_dict_as_before() -> None:
     assert "celeriac" not in spec.to_dict()["services"]["echo_workflow"]
 
 
+def test_durable_is_read_and_round_trips_without_marshmallow() -> None:
+    spec = load_deployment(
+        "name: D\ncontrol-plane: {}\nservices:\n  s:\n    name: s\n"
+        "    source: {type: local, name: .}\n    path: w:wf\n    celeriac: {durable: true}\n"
+    )
+    service = spec.services["s"]
+    assert service.durable and service.controls is not None
+    assert service.controls.to_dict() == {"durable": True}
+    assert ServiceControls.from_dict(service.controls.to_dict()).durable
+    assert not load_deployment(FETCHER).services["fetcher"].durable
+
+
 def test_the_controls_example_loads() -> None:
     spec = load_deployment_file(EXAMPLES / "quickstart" / "with-controls.yml")
 
@@ -265,6 +277,9 @@ def test_the_controls_example_loads() -> None:
             "Must be at most limit (2)",
         ),
         ({"concurrency": {"limit": 4, "per_key": 1}}, "concurrency.per_key", "Unknown field."),
+        ({"durable": "yes"}, "durable", "Not a valid boolean."),
+        ({"durable": 1}, "durable", "Not a valid boolean."),
+        ({"durable": None}, "durable", "may not be null"),
         ({"time_limit": 5}, "time_limit", "Unknown field."),
         ({"retries": {"attempts": 2}}, "retries", "Unknown field."),
     ],
