@@ -180,13 +180,13 @@ class Journaling:
         self._since_snapshot = 0
         self._through = 0
         self._park: asyncio.TimerHandle | None = None
-        self._releasing: asyncio.Future[None] | None = None
         #: The run's waits for an event that time out, by (step, waiter id): their deadline.
         self._waiters: dict[tuple[str, str], float] = {
             (str(w["step"]), str(w["waiter_id"])): float(w["deadline"]) for w in waiters or ()
         }
         self._waiters_changed = False
-        self._timers: set[asyncio.Future[None]] = set()
+        #: Ticks sent on the run's queue (a release, a wait's timeout), kept until sent.
+        self._sending: set[asyncio.Future[None]] = set()
         self._armed: list[asyncio.TimerHandle] = []
         #: Set once the run was let go for being idle (parked).
         self.released = False
@@ -210,13 +210,17 @@ class Journaling:
         self._pending.append([record.seq, self._names.publish(data)])
         self._through = record.seq + 1
         self._since_snapshot += 1
-        if '"type": "step_result"' in data:
-            tick = json.loads(data)["value"]
+        # Most ticks need no reading: a step's result and an event sent in do.
+        ends_step = '"type": "step_result"' in data
+        if not ends_step and not (self._sent_in and '"type": "add_event"' in data):
+            return False
+        tick = json.loads(data)["value"]
+        if tick.get("type") == "step_result":
             self._steps.append(self._step_of(record.seq, tick))
             self._note_waiters(tick)
             return True
-        if self._sent_in and '"type": "add_event"' in data:
-            self._match_input(json.loads(data)["value"])
+        if tick.get("type") == "add_event" and self._sent_in:
+            self._match_input(tick)
         return False
 
     def _match_input(self, tick: dict[str, Any]) -> None:
@@ -253,7 +257,7 @@ class Journaling:
         adapter = workflow.runtime.get_external_adapter(handler.run_id)
 
         def fire(tick: TickWaiterTimeout) -> None:
-            self._timers.add(asyncio.ensure_future(adapter.send_event(tick)))
+            self._send_tick(adapter, tick)
 
         for (step, waiter_id), deadline in self._waiters.items():
             tick = TickWaiterTimeout(step_id=StepId.from_str(step), waiter_id=waiter_id)
@@ -353,9 +357,12 @@ class Journaling:
     def _release(self, workflow: Workflow, handler: WorkflowHandler) -> None:
         self._park = None
         self.released = True
-        adapter = workflow.runtime.get_external_adapter(handler.run_id)
-        # Put on the run's queue at once (the adapter's send does not wait).
-        self._releasing = asyncio.ensure_future(adapter.send_event(TickIdleRelease()))
+        self._send_tick(workflow.runtime.get_external_adapter(handler.run_id), TickIdleRelease())
+
+    def _send_tick(self, adapter: Any, tick: TickIdleRelease | TickWaiterTimeout) -> None:
+        sending = asyncio.ensure_future(adapter.send_event(tick))
+        self._sending.add(sending)
+        sending.add_done_callback(self._sending.discard)
 
 
 def _outcome(results: list[dict[str, Any]]) -> str:
