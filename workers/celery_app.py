@@ -255,7 +255,9 @@ def register_service_tasks(celery: CeleriacCelery) -> None:
     )
     def run_step(task: Any, **payload: Any) -> None:
         try:
-            outcome = celery.runtime.run(RunStep.decode(payload), reporter)
+            outcome = celery.runtime.run(
+                RunStep.decode(payload), reporter, redelivered=redelivered(task)
+            )
         except ControlPlaneUnreachable as exc:
             # The deployment could not be fetched (the API server restarts, say): the step
             # goes back to the queue for a moment later, instead of failing the task.
@@ -266,6 +268,13 @@ def register_service_tasks(celery: CeleriacCelery) -> None:
         if outcome is not None and not outcome.ok:
             error = outcome.error or {}
             raise WorkflowFailed(f"{error.get('type', 'Error')}: {error.get('message', '')}")
+
+    def redelivered(task: Any) -> bool:
+        # The broker put the message back (its worker was lost, or it was handed back):
+        # RabbitMQ says so, and Kombu's Redis and memory transports mark what they restore.
+        # SQS marks nothing: every delivery there counts as a redelivery.
+        info = task.request.delivery_info or {}
+        return bool(info.get("redelivered")) or celery.settings.transport == "sqs"
 
     @celery.task(name=DESCRIBE, shared=False, bind=True, acks_late=True)
     def describe(task: Any, **payload: Any) -> None:

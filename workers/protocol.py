@@ -177,6 +177,11 @@ class RunStep(Message):
     #: The service is durable: the run journals its progress, and starts from the task's
     #: journal (asked of the control plane with :class:`JournalWanted`).
     durable: bool = False
+    #: The run's first message, sent once: a worker that gets it as first delivered (not
+    #: put back by the broker) knows the run has no journal yet, and need not ask for one.
+    #: Messages sent again (by the outbox, a lease's recovery, an answer to a parked task)
+    #: are not.
+    fresh: bool = False
 
 
 @dataclass(frozen=True)

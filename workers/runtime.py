@@ -214,7 +214,9 @@ class ServiceRuntime:
         with self._held_lock:
             return sorted(self._held)
 
-    def run(self, step: RunStep, reporter: Reporter) -> StepFinished | None:
+    def run(
+        self, step: RunStep, reporter: Reporter, *, redelivered: bool = True
+    ) -> StepFinished | None:
         """Run one step to its end, reporting its start, every event and the outcome; None
         for a run the control plane stopped before it began (nothing is reported).
 
@@ -229,7 +231,7 @@ class ServiceRuntime:
             return None
         self._hold(step.task_id, +1)
         try:
-            return self._run(step, reporter)
+            return self._run(step, reporter, redelivered)
         finally:
             self._hold(step.task_id, -1)
 
@@ -242,7 +244,7 @@ class ServiceRuntime:
             else:
                 self._held.pop(task_id, None)
 
-    def _run(self, step: RunStep, reporter: Reporter) -> StepFinished:
+    def _run(self, step: RunStep, reporter: Reporter, redelivered: bool) -> StepFinished:
         run = Run(
             step, self.worker_name or "celeriac", self.inbox_queue, reporter, self.result_bounds
         )
@@ -261,7 +263,7 @@ class ServiceRuntime:
         try:
             service = self.load(step.deployment, step.service, step.version)
             self._announce(step, service)
-            replay = self._replay(step, run)
+            replay = self._replay(step, run, redelivered)
             future = self.loop.submit(self._execute(service, step, run, replay))
             self._runs[step.task_id] = (run, future)
             try:
@@ -285,11 +287,22 @@ class ServiceRuntime:
         reporter.finished(outcome)
         return outcome
 
-    def _replay(self, step: RunStep, run: Run) -> JournalReplay | None:
-        """A durable step's journal, asked of the control plane; None for other steps. The
-        run's events are numbered on from those the task streamed so far."""
+    def _replay(self, step: RunStep, run: Run, redelivered: bool) -> JournalReplay | None:
+        """A durable step's journal, asked of the control plane (but for a run's first
+        message, first delivered: it has none); None for other steps. The run's events are
+        numbered on from those the task streamed so far."""
         if not step.durable:
             return None
+        if step.fresh and not redelivered:
+            return JournalReplay(
+                wanted="",
+                task_id=step.task_id,
+                snapshot=None,
+                records=[],
+                state=None,
+                inputs=-1,
+                next_seq=step.first_seq,
+            )
         if self.journals is None:
             raise WorkerError("this worker cannot run durable steps: it has no way to the journal")
         replay = self.journals.fetch(step.task_id, step.run, self.inbox_queue)

@@ -36,10 +36,13 @@ def first_step(
     version: int,
     context: dict[str, Any] | None = None,
     keep_context: bool = False,
+    *,
+    fresh: bool = True,
 ) -> RunStep:
     """The message that starts a task (a ``Task`` or a row of ``tasks``): today a task is one
     workflow run on its service, in its session's Context, numbering its events from the
-    task's ``first_seq``, under the task's controls (time limit, expiry, retry policy)."""
+    task's ``first_seq``, under the task's controls (time limit, expiry, retry policy).
+    ``fresh``: the run's first message (see ``RunStep.fresh``)."""
     controls = task.controls or {}
     return RunStep(
         id=task.id,  # one first step per task: its id names the message in Flower too
@@ -58,4 +61,5 @@ def first_step(
         expires_at=None if task.expires_at is None else task.expires_at.timestamp(),
         retry=controls.get("retry"),
         durable=bool(controls.get("durable")),
+        fresh=fresh,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +156,35 @@ def test_a_run_journals_each_step_as_it_ends_with_the_store_when_it_changed(
     # ``five`` stores nothing: the store goes with the steps that changed it, not after it.
     assert [m.state is not None for m in messages if m.steps][:4] == [True] * 4
     assert all(m.through >= int(m.records[-1][0]) + 1 for m in messages if m.records)
+
+
+class Asked(KeptJournal):
+    """A journal that counts the runs that asked for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = 0
+
+    def fetch(self, task_id: str, run: int, inbox: str) -> JournalReplay:
+        self.asked += 1
+        return super().fetch(task_id, run, inbox)
+
+
+def test_only_a_runs_first_message_first_delivered_skips_asking_for_the_journal(
+    tmp_path: Path,
+) -> None:
+    journal = Asked()
+    runtime = worker(tmp_path, "only", journal)
+    try:
+        first = replace(step_of(tmp_path / "a.log", pause=0.0), fresh=True)
+        # The run's first message, as the broker first delivers it: nothing to ask for
+        assert runtime.run(first, RecordingReporter(), redelivered=False).ok  # type: ignore[union-attr]
+        assert journal.asked == 0
+        # The same message put back by the broker, and a message sent again, ask
+        again = replace(first, task_id="t-other")
+        assert runtime.run(again, RecordingReporter(), redelivered=True).ok  # type: ignore[union-attr]
+        resent = replace(first, task_id="t-third", fresh=False)
+        assert runtime.run(resent, RecordingReporter(), redelivered=False).ok  # type: ignore[union-attr]
+        assert journal.asked == 2
+    finally:
+        runtime.close()

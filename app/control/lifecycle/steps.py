@@ -28,5 +28,10 @@ def first_step_again(conn: Connection, row: Any) -> RunStep:
     session's Context as it is now."""
     context = session_context(conn, row.session_id) if row.session_id else None
     return first_step(
-        row, row.deployment_name, row.version, context=context, keep_context=bool(row.session_id)
+        row,
+        row.deployment_name,
+        row.version,
+        context=context,
+        keep_context=bool(row.session_id),
+        fresh=False,
     )
