@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, select
+from sqlalchemy import Connection, Integer, String, and_, bindparam, func, select
 
 from app.control.dispatch import Dispatcher
 from app.db import Database
@@ -31,8 +31,11 @@ _ticks = table_of(JournalTick)
 _checkpoints = table_of(Checkpoint)
 _steps = table_of(TaskStep)
 
-_CURRENT_RUN = select(_tasks.c.run).where(_tasks.c.id == bindparam("task_id")).with_for_update()
+_CURRENT_RUN = select(_tasks.c.run).where(_tasks.c.id == bindparam("task_id"))
 _CHECKPOINT = select(_checkpoints).where(_checkpoints.c.task_id == bindparam("task_id"))
+#: The checkpoint, locked: one task's messages are written one at a time (not its task's row,
+#: which its run's other reports update meanwhile).
+_CHECKPOINT_LOCKED = _CHECKPOINT.with_for_update()
 _OF_TASK = _ticks.c.task_id == bindparam("task_id")
 _NEXT_EVENT = select(func.coalesce(func.max(_events.c.seq) + 1, 0)).where(
     _events.c.task_id == bindparam("task_id"), _events.c.direction == EventDirection.OUT.value
@@ -46,10 +49,36 @@ _INPUTS_AFTER = (
     )
     .order_by(_events.c.seq)
 )
-_EARLIER_ATTEMPTS = select(func.count()).where(
-    _steps.c.task_id == bindparam("task_id"),
-    _steps.c.step == bindparam("step"),
-    _steps.c.input_key == bindparam("input_key"),
+#: A step that ended, numbered as one more attempt of its step on its event.
+_STEP_ROW = select(
+    bindparam("task_id", type_=String),
+    bindparam("run", type_=Integer),
+    bindparam("seq", type_=Integer),
+    bindparam("step", type_=String),
+    bindparam("input", type_=String),
+    bindparam("input_key", type_=String),
+    select(func.count() + 1)
+    .where(
+        _steps.c.task_id == bindparam("task_id", type_=String),
+        _steps.c.step == bindparam("step", type_=String),
+        _steps.c.input_key == bindparam("input_key", type_=String),
+    )
+    .scalar_subquery(),
+    bindparam("started_at", type_=_steps.c.started_at.type),
+    bindparam("ended_at", type_=_steps.c.ended_at.type),
+    bindparam("outcome", type_=String),
+)
+_STEP_COLUMNS = (
+    "task_id",
+    "run",
+    "seq",
+    "step",
+    "input",
+    "input_key",
+    "attempt",
+    "started_at",
+    "ended_at",
+    "outcome",
 )
 
 
@@ -81,14 +110,16 @@ class Journal:
         self._db = db
         self._dispatcher = dispatcher
         self._insert_tick = db.insert_ignoring_duplicates(_ticks)
-        self._insert_step = db.insert_ignoring_duplicates(_steps)
+        self._insert_checkpoint = db.insert_ignoring_duplicates(_checkpoints)
+        self._insert_step = db.insert_ignoring_duplicates(_steps).from_select(
+            _STEP_COLUMNS, _STEP_ROW
+        )
 
     def record(self, message: JournalWritten) -> bool:
         """Store what a durable run journaled; False if its task is gone or has started
         over (a later run)."""
         key = {"task_id": message.task_id}
         with self._db.connect() as conn:
-            # The task's row, locked: one run's messages are written one at a time.
             if conn.execute(_CURRENT_RUN, key).scalar() != message.run:
                 return False
             checkpoint = self._checkpoint_of(conn, message)
@@ -116,11 +147,15 @@ class Journal:
         """The task's checkpoint of this run, made (and the journal of earlier runs dropped)
         if there is none yet."""
         key = {"task_id": message.task_id}
-        row = conn.execute(_CHECKPOINT, key).first()
+        row = conn.execute(_CHECKPOINT_LOCKED, key).first()
         if row is not None and row.run == message.run:
             return Checkpoint(**row._mapping)
         conn.execute(_ticks.delete().where(_OF_TASK, _ticks.c.run != message.run), key)
-        conn.execute(_checkpoints.delete().where(_checkpoints.c.task_id == message.task_id))
+        conn.execute(
+            _checkpoints.delete().where(
+                _checkpoints.c.task_id == message.task_id, _checkpoints.c.run != message.run
+            )
+        )
         fresh = {
             "task_id": message.task_id,
             "run": message.run,
@@ -132,8 +167,9 @@ class Journal:
             "waiters": None,
             "updated_at": utcnow(),
         }
-        conn.execute(_checkpoints.insert(), fresh)
-        return Checkpoint(**fresh)
+        # Two first messages of a run may race here: one inserts, both then read it locked.
+        conn.execute(self._insert_checkpoint, fresh)
+        return Checkpoint(**conn.execute(_CHECKPOINT_LOCKED, key).one()._mapping)
 
     def _update_checkpoint(
         self, conn: Connection, checkpoint: Checkpoint, message: JournalWritten
@@ -162,18 +198,6 @@ class Journal:
             )
 
     def _record_step(self, conn: Connection, message: JournalWritten, step: dict[str, Any]) -> None:
-        input_key = hashlib.sha256(str(step.get("input_key", "")).encode()).hexdigest()
-        params = {"task_id": message.task_id, "step": str(step["step"]), "input_key": input_key}
-        exists = conn.execute(
-            select(_steps.c.seq).where(
-                _steps.c.task_id == message.task_id,
-                _steps.c.run == message.run,
-                _steps.c.seq == int(step["seq"]),
-            )
-        ).first()
-        if exists is not None:
-            return
-        earlier = int(conn.execute(_EARLIER_ATTEMPTS, params).scalar_one())
         started = step.get("started_at")
         conn.execute(
             self._insert_step,
@@ -183,8 +207,7 @@ class Journal:
                 "seq": int(step["seq"]),
                 "step": str(step["step"])[:200],
                 "input": str(step.get("input", ""))[:500],
-                "input_key": input_key,
-                "attempt": earlier + 1,
+                "input_key": hashlib.sha256(str(step.get("input_key", "")).encode()).hexdigest(),
                 "started_at": None if started is None else from_timestamp(float(started)),
                 "ended_at": from_timestamp(float(step["ended_at"])),
                 "outcome": str(step.get("outcome", ""))[:300],
