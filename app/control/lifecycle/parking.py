@@ -83,10 +83,12 @@ _ANSWER_WAITING = exists().where(
         select(_checkpoints.c.inputs)
         .where(
             and_(
-                _checkpoints.c.task_id == sql.events.c.task_id,
+                _checkpoints.c.task_id == sql.tasks.c.id,
                 _checkpoints.c.run == sql.tasks.c.run,
             )
         )
+        # The task's checkpoint, once: correlated with the task only (PostgreSQL refuses the
+        # several rows a join with the task's events would make).
         .correlate(sql.tasks)
         .scalar_subquery(),
         -1,
