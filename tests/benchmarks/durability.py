@@ -21,10 +21,14 @@ measures, all of them up at once:
 2. Park and resume: a durable workflow asks a question (``ask``) and waits; service workers let
    a waiting run go after ``--release-after`` seconds. The time from sending the answer
    (``POST .../events``) to the task's stream ending (it succeeded) is measured ``--calls``
-   times with the answer sent as soon as the question is seen (not parked) and as many times
-   once the task is parked (its run resumes from its journal, on any worker); the difference
-   is what a resume costs. Parking itself is off the answer's path: its time is the task's
-   ``parked_at`` less the time it asked and ``--release-after``.
+   times with the answer sent as soon as the question is seen (not parked), as many times
+   once the task is parked (its run resumes from its journal, on any worker), and as many
+   times for the same workflow not durable (``ask_plain``), the kinds taking turns. Parked
+   less not parked is what a resume costs. Parking itself is off the answer's path: its time
+   is the task's ``parked_at`` less the time it asked and ``--release-after``.
+
+Progress goes to stderr; the tables (Markdown) to stdout; ``--json FILE`` also saves the
+figures. Ctrl-C stops every process the run started.
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ from tests.benchmarks.distributed import (
 from tests.benchmarks.raw_app import STEPS, create_app
 
 STEPS_FOLDER = Path(__file__).resolve().parent / "steps"
-DEPLOYED = Deployed(STEPS_FOLDER, "DurableBench", ("durable", "plain", "ask"))
+DEPLOYED = Deployed(STEPS_FOLDER, "DurableBench", ("durable", "plain", "ask", "ask_plain"))
 TRANSPORTS = ("redis", "amqp")
 #: Steps of the measured workflow: durability's cost is divided among them.
 STEPS_PER_TASK = 3
@@ -88,11 +92,13 @@ HUMAN_RESPONSE = JsonSerializer().serialize(HumanResponseEvent(response=ANSWER))
 
 @dataclass
 class ParkFigures:
-    """Answer-to-success times of the ``ask`` service on one broker, not parked and parked."""
+    """Answer-to-success times of a question on one broker: not durable, durable and not
+    parked, durable and parked."""
 
     transport: str
     release_after: float
     #: Sorted milliseconds from the answer sent to the task's end.
+    plain_ms: list[float]
     not_parked_ms: list[float]
     parked_ms: list[float]
     #: Sorted milliseconds from the question to ``parked_at``, less ``release_after``.
@@ -105,7 +111,7 @@ class ParkFigures:
 
 
 class Questions:
-    """Tasks of the ``ask`` service: started, awaited, answered, each over HTTP."""
+    """Tasks of the ``ask`` services: started, awaited, answered, each over HTTP."""
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
@@ -127,9 +133,10 @@ class Questions:
             raise RuntimeError(f"{method} {path} answered {response.status}: {text!r}")
         return json.loads(text)
 
-    def start(self) -> str:
-        """Queue a task of the ``ask`` service; its id."""
-        body = {"service_id": "ask", "input": json.dumps({})}
+    def start(self, service: str = "ask") -> str:
+        """Queue a task of the service (``ask``, or ``ask_plain`` that is not durable); its
+        id."""
+        body = {"service_id": service, "input": json.dumps({})}
         return str(self._call("POST", f"{self._tasks}/create", body)["task_id"])
 
     def task(self, task_id: str) -> dict[str, Any]:
@@ -183,38 +190,61 @@ class Questions:
         return parked
 
 
+#: The kinds of answer measured: (what the table calls it, what the progress bar does).
+KINDS = (
+    ("not durable", "ask, not durable"),
+    ("durable, not parked", "ask, not parked"),
+    ("durable, parked", "ask, parked"),
+)
+
+
 def measure_park(args: argparse.Namespace, url: str, transport: str) -> ParkFigures:
-    """Answer-to-success times, not parked and parked, in alternating rounds (after a few
+    """Answer-to-success times of each kind, in rounds whose order turns (after a few
     unmeasured answers of each kind)."""
     questions = Questions(url)
-    figures = ParkFigures(transport, args.release_after, [], [], [])
+    figures = ParkFigures(transport, args.release_after, [], [], [], [])
+    warm = ParkFigures(transport, args.release_after, [], [], [], [])
     try:
-        warm = ParkFigures(transport, args.release_after, [], [], [])
-        _not_parked(questions, warm, min(3, args.calls), f"{transport} ask warm-up")
-        _parked(questions, warm, args, min(3, args.calls), f"{transport} ask warm-up, parked")
+        for kind, label in KINDS:
+            _answer(questions, warm, args, kind, min(3, args.calls), f"{transport} {label} warm-up")
         for n in range(PARK_ROUNDS):
             calls = distributed.share(args.calls, n, PARK_ROUNDS)
-            kinds = (False, True) if n % 2 == 0 else (True, False)
-            for parked in kinds:
-                kind = "parked" if parked else "not parked"
-                label = f"{transport} ask, {kind} {n + 1}/{PARK_ROUNDS}"
-                if parked:
-                    _parked(questions, figures, args, calls, label)
-                else:
-                    _not_parked(questions, figures, calls, label)
+            turn = n % len(KINDS)
+            for kind, label in KINDS[turn:] + KINDS[:turn]:
+                rounds = f"{n + 1}/{PARK_ROUNDS}"
+                _answer(questions, figures, args, kind, calls, f"{transport} {label} {rounds}")
     finally:
         questions.close()
-    for samples in (figures.not_parked_ms, figures.parked_ms, figures.park_ms):
+    for samples in (figures.plain_ms, figures.not_parked_ms, figures.parked_ms, figures.park_ms):
         samples.sort()
     return figures
 
 
-def _not_parked(questions: Questions, figures: ParkFigures, calls: int, label: str) -> None:
+def _answer(
+    questions: Questions,
+    figures: ParkFigures,
+    args: argparse.Namespace,
+    kind: str,
+    calls: int,
+    label: str,
+) -> None:
+    """``calls`` answers of one kind."""
+    if kind == "durable, parked":
+        _parked(questions, figures, args, calls, label)
+    else:
+        _not_parked(questions, figures, kind == "durable, not parked", calls, label)
+
+
+def _not_parked(
+    questions: Questions, figures: ParkFigures, durable: bool, calls: int, label: str
+) -> None:
     """Start a task and answer it as soon as it asks, ``calls`` times."""
     for i in range(calls):
-        task_id = questions.start()
+        task_id = questions.start("ask" if durable else "ask_plain")
         elapsed = questions.answer_timed(task_id)
-        if questions.task(task_id)["attempts"] == 1:
+        if not durable:
+            figures.plain_ms.append(elapsed)
+        elif questions.task(task_id)["attempts"] == 1:
             figures.not_parked_ms.append(elapsed)
         else:  # a second run: it was let go before the answer came
             figures.parked_anyway += 1
@@ -340,28 +370,32 @@ def step_costs(rows: list[Figures]) -> Iterator[str]:
 
 
 def print_park_table(rows: list[ParkFigures]) -> None:
-    """The park measurement's figures as a Markdown table."""
-    print(
-        "| transport | answer to success, not parked: p50 ms | p95 ms | parked: p50 ms | p95 ms |"
-        " resume costs (p50, parked - not parked) ms | park: question to parked, less"
-        " release_after, p50 ms |"
-    )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    """The question's figures as a Markdown table, then what a resume and a park cost."""
+    print("| transport | the answer reaches a task | p50 ms | p95 ms | answers |")
+    print("|---|---|---:|---:|---:|")
     for r in rows:
-        if not (r.not_parked_ms and r.parked_ms):
-            print(f"| {r.transport} | no samples of both kinds | | | | | |")
+        for (kind, _), samples in zip(
+            KINDS, (r.plain_ms, r.not_parked_ms, r.parked_ms), strict=True
+        ):
+            if samples:
+                p50, p95 = percentile(samples, 0.5), percentile(samples, 0.95)
+                print(f"| {r.transport} | {kind} | {p50:.1f} | {p95:.1f} | {len(samples)} |")
+    print()
+    for r in rows:
+        if not (r.plain_ms and r.not_parked_ms and r.parked_ms):
+            print(f"{r.transport}: too few answers of some kind to compare")
             continue
-        still, parked = r.not_parked_ms, r.parked_ms
-        resume = percentile(parked, 0.5) - percentile(still, 0.5)
+        still, parked = percentile(r.not_parked_ms, 0.5), percentile(r.parked_ms, 0.5)
+        durable = still - percentile(r.plain_ms, 0.5)
         print(
-            f"| {r.transport} | {percentile(still, 0.5):.1f} | {percentile(still, 0.95):.1f} |"
-            f" {percentile(parked, 0.5):.1f} | {percentile(parked, 0.95):.1f} | {resume:.1f} |"
-            f" {percentile(r.park_ms, 0.5):.1f} |"
+            f"{r.transport}: a resume costs {parked - still:.1f} ms at p50 (parked - not parked); "
+            f"durability {durable:.1f} ms on the answer's path (not parked - not durable); "
+            f"parking takes {percentile(r.park_ms, 0.5):.1f} ms at p50 after the "
+            f"{r.release_after:g} s wait, off the answer's path (question to parked_at)"
         )
-    for r in rows:
         if r.parked_anyway:
             print(
-                f"\n{r.transport}: {r.parked_anyway} answer(s) meant to come before the release "
+                f"{r.transport}: {r.parked_anyway} answer(s) meant to come before the release "
                 f"came after it ({r.release_after:g} s) and were left out: raise --release-after"
             )
 
@@ -376,7 +410,8 @@ def parse_args() -> argparse.Namespace:
         "--calls",
         type=int,
         default=300,
-        help="sequential calls for latency, and answers of each kind (parked, not parked)",
+        help="sequential calls for latency, and answers of each kind (not durable, durable"
+        " and not parked, parked)",
     )
     parser.add_argument("--tasks", type=int, default=1500, help="tasks per throughput run")
     parser.add_argument(
