@@ -59,6 +59,7 @@ from tests.benchmarks.bench import (
     percentile,
 )
 from tests.benchmarks.raw_app import ECHO, QUEUE, WORKFLOW, create_app
+from workers.protocol import CONTROL_QUEUE, service_queue
 
 BIN = Path(sys.executable).parent
 CLIENTS = 32
@@ -81,6 +82,23 @@ class Broker:
     raw_backend_name: str
     #: Raw Celery's transport options (Celery's defaults unless set).
     raw_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """A deployment Celeriac serves in the benchmark: its folder, name and services."""
+
+    folder: Path
+    name: str
+    services: tuple[str, ...]
+
+    def queues(self) -> list[str]:
+        """The broker queues a run on this deployment uses (the control plane's too)."""
+        return [CONTROL_QUEUE, *(service_queue(self.name, s) for s in self.services)]
+
+
+#: The quick start, which the benchmark runs unless told otherwise.
+QUICKSTART_DEPLOYED = Deployed(QUICKSTART, "QuickStart", ("echo_workflow",))
 
 
 # -- child processes -----------------------------------------------------------------------------
@@ -270,9 +288,9 @@ def _rabbitmqctl(*args: str) -> bool:
 
 
 @contextmanager
-def rabbitmq(url: str | None) -> Iterator[str]:
+def rabbitmq(url: str | None, queues: list[str]) -> Iterator[str]:
     """The virtual host asked for, or else a private one (``rabbitmqctl``), or else the default;
-    the benchmark's queues are deleted after, and a private host too."""
+    the benchmark's ``queues`` are deleted after, and a private host too."""
     vhost = f"celeriac-bench-{os.getpid()}"
     private = url is None and _rabbitmqctl("add_vhost", vhost)
     if private:
@@ -280,24 +298,22 @@ def rabbitmq(url: str | None) -> Iterator[str]:
         url = f"{RABBITMQ.rstrip('/')}/{vhost}"
     url = url or RABBITMQ
     try:
-        _amqp_queues(url, delete=False)
+        _amqp_queues(url, queues, delete=False)
         yield url
     finally:
-        _amqp_queues(url, delete=True)
+        _amqp_queues(url, queues, delete=True)
         if private:
             _rabbitmqctl("delete_vhost", vhost)
 
 
-def _amqp_queues(url: str, *, delete: bool) -> None:
+def _amqp_queues(url: str, queues: list[str], *, delete: bool) -> None:
     """Before a run, refuse queues another consumer reads and purge leftovers; after, delete."""
     from amqp.exceptions import NotFound
     from kombu import Connection
 
-    from workers.protocol import CONTROL_QUEUE, service_queue
-
     with Connection(url, connect_timeout=5) as conn:
         channel = conn.channel()
-        for name in (CONTROL_QUEUE, service_queue("QuickStart", "echo_workflow"), QUEUE):
+        for name in queues:
             if delete:
                 channel.queue_delete(name)
                 continue
@@ -330,10 +346,15 @@ def moto_server(logs: Path) -> Iterator[str]:
 
 
 @contextmanager
-def broker_for(transport: str, args: argparse.Namespace, logs: Path) -> Iterator[Broker]:
-    """The transport's broker, cleaned after the run."""
+def broker_for(
+    transport: str,
+    args: argparse.Namespace,
+    logs: Path,
+    deployed: Deployed = QUICKSTART_DEPLOYED,
+) -> Iterator[Broker]:
+    """The transport's broker, cleaned after the run (``deployed``'s queues and raw Celery's)."""
     if transport == "amqp":
-        with rabbitmq(args.amqp_url) as url:
+        with rabbitmq(args.amqp_url, [*deployed.queues(), QUEUE]) as url:
             yield Broker("amqp", url, "rpc://", "rpc://")
         return
     with redis_database(args.redis_url) as redis_url:
@@ -356,24 +377,30 @@ def _answers(url: str, ok: Callable[[httpx.Response], bool] = lambda r: True) ->
 # -- Celeriac ------------------------------------------------------------------------------------
 
 
-def _live_workers(url: str, wanted: int) -> Callable[[], bool]:
-    """A check: the quick start's service has at least ``wanted`` live workers."""
+def _live_workers(url: str, deployed: Deployed, wanted: int) -> Callable[[], bool]:
+    """A check: each service of ``deployed`` has at least ``wanted`` live workers."""
 
     def enough(response: httpx.Response) -> bool:
         if response.status_code != 200:
             return False
-        return sum(len(s["workers"]) for s in response.json()) >= wanted
+        return all(len(s["workers"]) >= wanted for s in response.json())
 
-    return lambda: _answers(f"{url}/deployments/QuickStart/services", enough)
+    return lambda: _answers(f"{url}/deployments/{deployed.name}/services", enough)
 
 
 @contextmanager
 def celeriac_cluster(
-    broker: Broker, database_url: str, workers: int, logs: Path
+    broker: Broker,
+    database_url: str,
+    workers: int,
+    logs: Path,
+    deployed: Deployed = QUICKSTART_DEPLOYED,
+    settings: dict[str, str] | None = None,
 ) -> Iterator[tuple[str, list[Child]]]:
-    """API server, control-plane consumer and service workers; yields the URL and processes."""
+    """API server, control-plane consumer and service workers of ``deployed``, with extra
+    ``settings`` (``CELERIAC_*`` variables) for all; yields the URL and processes."""
     workdir = Path(tempfile.mkdtemp(prefix="celeriac-bench-"))
-    shutil.copytree(QUICKSTART, workdir / "quickstart")
+    shutil.copytree(deployed.folder, workdir / "deployment")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = {
@@ -384,20 +411,22 @@ def celeriac_cluster(
         "CELERIAC_SERVER": url,
         "CELERIAC_DATA_DIR": str(workdir / ".celeriac"),
         "CELERIAC_LOG_LEVEL": "WARNING",
+        **(settings or {}),
     }
     celeriac = str(BIN / "celeriac")
     children: list[Child] = []
     try:
-        serve = [celeriac, "serve", "quickstart/deployment.yml"]
+        serve = [celeriac, "serve", "deployment/deployment.yml"]
         children.append(spawn("API server", serve, env, workdir, logs))
         wait_until("celeriac serve answering", lambda: _answers(f"{url}/status/"), children)
         control = [celeriac, "worker", "--control-plane", "-l", "WARNING"]
         children.append(spawn("control plane", control, env, workdir, logs))
-        service = [celeriac, "worker", "-d", "QuickStart", "-c", "8", "-l", "WARNING"]
+        service = [celeriac, "worker", "-d", deployed.name, "-c", "8", "-l", "WARNING"]
         for n in range(1, workers + 1):
             name = "service worker" if workers == 1 else f"service worker {n}"
             children.append(spawn(name, service, env, workdir, logs))
-        wait_until(f"{workers} live service worker(s)", _live_workers(url, workers), children)
+        live = _live_workers(url, deployed, workers)
+        wait_until(f"{workers} live service worker(s)", live, children)
         yield url, children
     finally:
         stop(children)
@@ -442,24 +471,26 @@ LATENCY_ROUNDS = 6
 THROUGHPUT_ROUNDS = 1
 
 
-def measure(args: argparse.Namespace, broker: Broker, systems: list[System]) -> list[Figures]:
-    """Latency, then throughput with 32 clients, of every system, in alternating rounds; with
-    the cores each process (and the clients) used during its throughput rounds, and each
-    process's peak RSS."""
+def measure(
+    args: argparse.Namespace, broker: Broker, systems: list[System], clients: int = CLIENTS
+) -> list[Figures]:
+    """Latency, then throughput with ``clients`` clients, of every system, in alternating
+    rounds; with the cores each process (and the clients) used during its throughput rounds,
+    and each process's peak RSS."""
     for n in range(LATENCY_ROUNDS):
         for system in systems if n % 2 == 0 else systems[::-1]:
-            calls = _share(args.calls, n, LATENCY_ROUNDS)
+            calls = share(args.calls, n, LATENCY_ROUNDS)
             label = f"{system.label(broker.transport)} latency {n + 1}/{LATENCY_ROUNDS}"
             system.latencies += measure_latency(system.make_call(), calls, label)
     for n in range(THROUGHPUT_ROUNDS):
         for system in systems if n % 2 == 0 else systems[::-1]:
-            tasks = _share(args.tasks, n, THROUGHPUT_ROUNDS)
+            tasks = share(args.tasks, n, THROUGHPUT_ROUNDS)
             pids = {c.name: c.proc.pid for c in system.children} | {"clients": os.getpid()}
             before = {name: cpu_seconds(pid) for name, pid in pids.items()}
             start = time.perf_counter()
             rounds = f"{n + 1}/{THROUGHPUT_ROUNDS}"
-            label = f"{system.label(broker.transport)} {CLIENTS} clients {rounds}"
-            measure_throughput(system.make_call, CLIENTS, tasks, label)
+            label = f"{system.label(broker.transport)} {clients} clients {rounds}"
+            measure_throughput(system.make_call, clients, tasks, label)
             system.wall += time.perf_counter() - start
             system.tasks += tasks
             for name, pid in pids.items():
@@ -468,7 +499,7 @@ def measure(args: argparse.Namespace, broker: Broker, systems: list[System]) -> 
     return [_figures(broker, system) for system in systems]
 
 
-def _share(total: int, round_number: int, rounds: int) -> int:
+def share(total: int, round_number: int, rounds: int) -> int:
     """Round ``round_number``'s part of ``total`` (the parts add up to it)."""
     return total * (round_number + 1) // rounds - total * round_number // rounds
 
@@ -530,13 +561,15 @@ def raw_systems(broker: Broker, logs: Path) -> Iterator[list[System]]:
         with raw_worker(broker, logs) as child:
             for name, app in apps.items():
                 first = app.tasks[name].apply_async(kwargs={"message": "hello"})
-                answered = partial(_answered, first, ResultTimeout)
+                answered = partial(echo_answered, first, ResultTimeout)
                 wait_until(f"the raw Celery worker's first {name}", answered, [child])
             yield [
-                System(f"raw Celery (threads x 8; {results})", _caller(apps[ECHO], ECHO), [child]),
+                System(
+                    f"raw Celery (threads x 8; {results})", raw_caller(apps[ECHO], ECHO), [child]
+                ),
                 System(
                     f"raw Celery + the same workflow (threads x 8; {results})",
-                    _caller(apps[WORKFLOW], WORKFLOW),
+                    raw_caller(apps[WORKFLOW], WORKFLOW),
                     [child],
                 ),
             ]
@@ -545,7 +578,7 @@ def raw_systems(broker: Broker, logs: Path) -> Iterator[list[System]]:
             app.close()
 
 
-def _caller(app: Any, name: str) -> Callable[[], Callable[[], object]]:
+def raw_caller(app: Any, name: str) -> Callable[[], Callable[[], object]]:
     """Makes calls of the task ``name`` of ``app`` that check its answer."""
     task = app.tasks[name]
 
@@ -561,7 +594,7 @@ def _caller(app: Any, name: str) -> Callable[[], Callable[[], object]]:
     return make_call
 
 
-def _answered(result: Any, timeout_error: type[Exception]) -> bool:
+def echo_answered(result: Any, timeout_error: type[Exception]) -> bool:
     """True once ``result`` holds the echo's answer (waits up to a second)."""
     with suppress(timeout_error):
         return bool(result.get(timeout=1) == ECHO_ANSWER)
@@ -620,9 +653,9 @@ def comparisons(rows: list[Figures]) -> Iterator[str]:
         )
 
 
-def print_cpu(rows: list[Figures]) -> None:
-    """Where the CPU went during each 32-client run, in cores (2 is all of this machine)."""
-    print(f"\nCPU during the {CLIENTS}-client runs, in cores (1.0 = one core busy all the time):")
+def print_cpu(rows: list[Figures], clients: int = CLIENTS) -> None:
+    """Where the CPU went during each throughput run, in cores (2 is all of this machine)."""
+    print(f"\nCPU during the {clients}-client runs, in cores (1.0 = one core busy all the time):")
     for r in rows:
         shares = ", ".join(f"{name} {share:.2f}" for name, share in r.cpu_by_process.items())
         print(f"- {r.transport}, {r.system.split(' (')[0]}: {shares}")

@@ -1,8 +1,9 @@
 """A bare Celery app: raw Celery's side of the distributed benchmark.
 
-Two tasks: ``echo`` answers as the quick start does, with no workflow around it (the baseline
+Three tasks: ``echo`` answers as the quick start does, with no workflow around it (the baseline
 the speed goal is measured against); ``workflow`` runs the quick start's own workflow, as a
-team that runs workflows on Celery by hand would, on an event loop per worker thread.
+team that runs workflows on Celery by hand would, on an event loop per worker thread; ``steps``
+runs the durable benchmark's three-step workflow (``tests/benchmarks/steps``) the same way.
 
     RAW_BENCH_BROKER=redis://... RAW_BENCH_BACKEND=redis://... \
         celery -A tests.benchmarks.raw_app worker -P threads -c 8 -Q celeriac_bench_raw
@@ -23,6 +24,7 @@ import json
 import os
 import threading
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -32,11 +34,13 @@ from tests.benchmarks.bench import QUICKSTART
 QUEUE = "celeriac_bench_raw"
 ECHO = "raw_bench.echo"
 WORKFLOW = "raw_bench.workflow"
+STEPS = "raw_bench.steps"
 QUICKSTART_WORKFLOW = QUICKSTART / "src" / "workflow.py"
+STEPS_WORKFLOW = Path(__file__).resolve().parent / "steps" / "src" / "workflow.py"
 
 
 def create_app(broker: str, backend: str, transport_options: dict[str, Any]) -> Celery:
-    """A Celery app on ``broker``, with results in ``backend`` and the echo task registered."""
+    """A Celery app on ``broker``, with results in ``backend`` and its tasks registered."""
     app = Celery("raw_bench", broker=broker, backend=backend, set_as_current=False)
     app.conf.update(
         broker_connection_retry_on_startup=True,
@@ -57,19 +61,26 @@ def create_app(broker: str, backend: str, transport_options: dict[str, Any]) -> 
     @app.task(name=WORKFLOW, shared=False)
     def workflow(message: str) -> str:
         """The quick start's workflow, run in this worker thread's event loop."""
-        return str(_thread_loop().run_until_complete(_run_quickstart(message)))
+        return str(
+            _thread_loop().run_until_complete(_run(QUICKSTART_WORKFLOW, "echo_workflow", message))
+        )
+
+    @app.task(name=STEPS, shared=False)
+    def steps(message: str) -> str:
+        """The three-step workflow, run in this worker thread's event loop."""
+        return str(_thread_loop().run_until_complete(_run(STEPS_WORKFLOW, "three_steps", message)))
 
     return app
 
 
 @cache
-def _quickstart() -> Any:
-    """The quick start's workflow object, imported from its file once."""
-    spec = importlib.util.spec_from_file_location("raw_bench_quickstart", QUICKSTART_WORKFLOW)
+def _workflow(path: Path, name: str) -> Any:
+    """The workflow object ``name`` of the file ``path``, imported once."""
+    spec = importlib.util.spec_from_file_location(f"raw_bench_{path.parent.parent.name}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.echo_workflow
+    return getattr(module, name)
 
 
 _LOOPS = threading.local()
@@ -83,8 +94,8 @@ def _thread_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-async def _run_quickstart(message: str) -> Any:
-    return await _quickstart().run(message=message)
+async def _run(path: Path, name: str, message: str) -> Any:
+    return await _workflow(path, name).run(message=message)
 
 
 def __getattr__(name: str) -> Any:
