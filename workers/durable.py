@@ -102,12 +102,19 @@ class Names:
     """Writes class names of the service's package as :data:`SERVICE_PACKAGE`, and back."""
 
     def __init__(self, package: str | None) -> None:
+        self._package = package
         self._private = None if package is None else f'"{package}.'
         self._public = f'"{SERVICE_PACKAGE}.'
 
     def publish(self, text: str) -> str:
         """JSON text as it is journaled."""
         return text if self._private is None else text.replace(self._private, self._public)
+
+    def public(self, qualified_name: str) -> str:
+        """A class's name as the user's folder spells it (``counted.Two``)."""
+        if self._package is not None and qualified_name.startswith(self._package + "."):
+            return qualified_name[len(self._package) + 1 :]
+        return qualified_name
 
     def localize(self, text: str) -> str:
         """Journaled JSON text as this worker imports its classes."""
@@ -280,7 +287,7 @@ class Journaling:
             "started_at": started,
             "ended_at": ended,
             "outcome": _outcome(tick.get("result") or []),
-            "input": self._names.publish(str((tick.get("event") or {}).get("qualified_name", ""))),
+            "input": self._names.public(str((tick.get("event") or {}).get("qualified_name", ""))),
             "input_key": json.dumps(tick.get("event"), sort_keys=True),
         }
 
