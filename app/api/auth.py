@@ -93,6 +93,7 @@ ROUTES: dict[str, dict[str, Need]] = {
     "tasks.TaskItem": {"GET": R},
     "tasks.TaskAttempts": {"GET": R},
     "tasks.TaskTimeline": {"GET": R},
+    "tasks.TaskSteps": {"GET": R},
     "tasks.TaskResults": {"GET": R},
     "tasks.TaskRetry": {"POST": U},
     "tasks.TaskCancel": {"POST": U},

@@ -1,5 +1,5 @@
-"""``celeriac tasks ...``: list and read tasks, follow them, cancel and retry them, and send
-events into them."""
+"""``celeriac tasks ...``: list and read tasks (their runs, and a durable task's steps), follow
+them, cancel and retry them, and send events into them."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from app.cli.completion import deployment_option
 from app.cli.context import CliState, echo_json, pass_state, reporting_errors
 from app.cli.failures import error_lines, report
 from app.cli.following import follow, serialized_event
-from app.cli.output import Output, between, echo_table, output_option, when
+from app.cli.output import Output, between, duration, echo_table, output_option, when
 from app.cli.run import traceback_option
-from app.sdk import Task
+from app.sdk import Step, Task
 
 
 @click.group("tasks")
@@ -52,12 +52,17 @@ _TASK_HEADERS = ("TASK", "STATUS", "SERVICE", "SESSION", "CREATED", "DURATION")
 def _task_row(task: Task) -> tuple[str, ...]:
     return (
         task.task_id,
-        task.status,
+        _status(task),
         task.service_id,
         task.session_id or "",
         when(task.created_at),
         between(task.started_at, task.finished_at),
     )
+
+
+def _status(task: Task) -> str:
+    """A task's status, and ``(parked)`` while its run holds no worker."""
+    return f"{task.status} (parked)" if task.parked else task.status
 
 
 @tasks_group.command("get")
@@ -86,6 +91,11 @@ def get(
         click.echo(f"result: {result if isinstance(result, str) else json.dumps(result)}")
     if task.retry_at is not None:
         click.echo(f"runs again at: {when(task.retry_at)}")
+    if task.parked_at is not None:
+        click.echo(
+            f"parked: since {when(task.parked_at)}; its run holds no worker, "
+            "and the answer to its question resumes it"
+        )
     lines = error_lines(task.error, traceback=show_traceback)
     if lines:
         click.echo(f"error:  {lines[0]}")
@@ -142,6 +152,51 @@ def attempts(state: CliState, deployment: str, task_id: str, output: Output) -> 
         ],
         empty="No runs yet.",
     )
+
+
+@tasks_group.command("steps")
+@deployment_option
+@click.argument("task_id")
+@output_option
+@pass_state
+def steps(state: CliState, deployment: str, task_id: str, output: Output) -> None:
+    """Show the steps of a durable task that ended, in the order they ended: the event each
+    took, its attempt, start, duration and outcome."""
+    with reporting_errors(), state.client() as client:
+        found = client.tasks.steps(deployment, task_id)
+        task = None if found or output == "json" else client.tasks.get(deployment, task_id)
+    if output == "json":
+        echo_json(found)
+        return
+    several_runs = len({step.run for step in found}) > 1
+    headers = ("STEP", "INPUT", "ATTEMPT", "STARTED", "DURATION", "OUTCOME")
+    echo_table(
+        ("RUN", *headers) if several_runs else headers,
+        [_step_row(step, several_runs) for step in found],
+        empty=None if task is None else _no_steps(task),
+    )
+
+
+def _step_row(step: Step, with_run: bool) -> tuple[str, ...]:
+    row = (
+        step.step,
+        step.input.rsplit(".", 1)[-1],
+        str(step.attempt),
+        when(step.started_at, precise=True),
+        "" if step.duration is None else duration(step.duration),
+        step.outcome,
+    )
+    return (str(step.run), *row) if with_run else row
+
+
+def _no_steps(task: Task) -> str:
+    """Why a task lists no step."""
+    if not (task.controls or {}).get("durable"):
+        return (
+            f"No steps: service {task.service_id} is not durable, so its steps are not "
+            "recorded (celeriac: {durable: true} in the deployment file records them)."
+        )
+    return "No steps yet: none of this task's steps has ended."
 
 
 def _reason(error: dict[str, Any] | None) -> str:

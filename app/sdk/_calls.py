@@ -25,6 +25,7 @@ from app.sdk._models import (
     LiveService,
     Session,
     Status,
+    Step,
     Task,
     TaskResult,
 )
@@ -253,6 +254,15 @@ def task_attempts(deployment: str, task_id: str) -> Call[list[Attempt]]:
         "GET",
         tasks_path(deployment, task_id, "attempts"),
         lambda data: [Attempt.from_json(a) for a in data],
+    )
+
+
+def task_steps(deployment: str, task_id: str) -> Call[list[Step]]:
+    """``GET tasks/{id}/steps``: a durable task's steps that ended, in the order they ended."""
+    return Call(
+        "GET",
+        tasks_path(deployment, task_id, "steps"),
+        lambda data: [Step.from_json(s) for s in data],
     )
 
 

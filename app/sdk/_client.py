@@ -20,6 +20,7 @@ from app.sdk._models import (
     LiveService,
     Session,
     Status,
+    Step,
     Task,
     TaskResult,
 )
@@ -293,6 +294,12 @@ class Tasks:
     def attempts(self, deployment: str, task_id: str) -> list[Attempt]:
         """Each run of a task, first first: worker, start, end, outcome and error."""
         return self._c._send(calls.task_attempts(deployment, task_id))
+
+    def steps(self, deployment: str, task_id: str) -> list[Step]:
+        """The steps of a durable task's workflow that ended, in the order they ended: event
+        taken, attempt, run, times and outcome. Empty for a task of a service that is not
+        durable (``celeriac: {durable: true}``): its steps are not journaled."""
+        return self._c._send(calls.task_steps(deployment, task_id))
 
     def list(
         self,

@@ -169,11 +169,19 @@ class Task:
     expires_at: dt.datetime | None = None
     #: Each run, first first (read one task to have them: lists leave them out).
     attempt_history: list[Attempt] = field(default_factory=list)
+    #: Durable services: when the task's run, waiting for input, was let go; it holds no
+    #: worker until the answer resumes it. None for a task that is not parked.
+    parked_at: dt.datetime | None = None
 
     @property
     def done(self) -> bool:
         """True once the task ended."""
         return self.status in TERMINAL_STATUSES
+
+    @property
+    def parked(self) -> bool:
+        """True while the task waits for input with no worker holding its run."""
+        return self.parked_at is not None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Task:
@@ -196,6 +204,40 @@ class Task:
             retry_at=_time(data.get("retry_at")),
             expires_at=_time(data.get("expires_at")),
             attempt_history=[Attempt.from_json(a) for a in data.get("attempt_history") or []],
+            parked_at=_time(data.get("parked_at")),
+        )
+
+
+@dataclass(frozen=True)
+class Step:
+    """One execution of a durable task's step that ended: the step (its method), the event it
+    took (its qualified class name), which execution of the step on that event it was
+    (``attempt``: a step that waited for input runs again from its top once answered), the
+    task's run, its times and how it ended (``returned <Event>``, ``failed: <Error>``,
+    ``waits for input (<Event>)`` or ``collected its event``)."""
+
+    step: str
+    input: str
+    attempt: int
+    run: int
+    started_at: dt.datetime | None
+    ended_at: dt.datetime | None
+    #: Seconds it took; None if its start is not known.
+    duration: float | None
+    outcome: str
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Step:
+        """Build from the API's JSON."""
+        return cls(
+            step=data["step"],
+            input=data.get("input") or "",
+            attempt=data.get("attempt", 1),
+            run=data.get("run", 1),
+            started_at=_time(data.get("started_at")),
+            ended_at=_time(data.get("ended_at")),
+            duration=data.get("duration"),
+            outcome=data.get("outcome") or "",
         )
 
 

@@ -16,6 +16,7 @@ from app.models.base import utcnow
 from app.server import Server
 from tests.app.conftest import (
     FAILING,
+    WORKFLOWS,
     asked,
     assert_error,
     deployed,
@@ -28,6 +29,7 @@ from tests.conftest import HITL, QUICKSTART
 from tests.support.reports import finished, report, started, streamed
 
 QUICK = "/deployments/QuickStart"
+DURABLE = WORKFLOWS / "durable" / "deployment.yml"
 
 
 @pytest.fixture
@@ -290,3 +292,30 @@ def test_a_timeline_shows_errors_without_their_traceback(client: FlaskClient) ->
 def test_the_timeline_of_an_unknown_task_is_a_404(played: FlaskClient) -> None:
     body = assert_error(played.get(f"{QUICK}/tasks/nope/timeline"), 404)
     assert body["message"] == "task 'nope' not found in deployment 'QuickStart'"
+
+
+# -- a durable task's page ----------------------------------------------------------------------
+
+
+def test_a_task_says_whether_it_is_durable_which_is_when_its_page_reads_steps(
+    client: FlaskClient,
+) -> None:
+    """The task page asks for steps only when the task's controls say ``durable``: they do
+    for a durable service's task, and a task of any other service has no steps."""
+    deployed(client, DURABLE)
+    tasks = "/deployments/DurableSuite/tasks"
+    durable = ok(client.post(f"{tasks}/create", json={"service_id": "pipeline", "input": "{}"}))
+    plain = ok(client.post(f"{tasks}/create", json={"service_id": "plain", "input": "{}"}))
+    assert durable["controls"]["durable"] is True
+    assert not (plain["controls"] or {}).get("durable")
+    assert wait_for_task(client, "DurableSuite", plain["task_id"])["status"] == "succeeded"
+    assert ok(client.get(f"{tasks}/{plain['task_id']}/steps")) == []
+    assert wait_for_task(client, "DurableSuite", durable["task_id"])["status"] == "succeeded"
+    steps = poll(
+        lambda: ok(client.get(f"{tasks}/{durable['task_id']}/steps")), lambda s: len(s) == 5
+    )
+    # What each row of the page shows
+    for step in steps:
+        assert {"step", "input", "attempt", "run", "started_at", "duration", "outcome"} <= set(step)
+    # Neither is parked: the page shows no badge
+    assert ok(client.get(f"{tasks}/{durable['task_id']}"))["parked_at"] is None

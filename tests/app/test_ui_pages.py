@@ -13,8 +13,10 @@ import pytest
 from flask.testing import FlaskClient
 
 from app.server import Server
-from tests.app.conftest import FAILING, assert_error, deployed, ok
+from tests.app.conftest import FAILING, WORKFLOWS, assert_error, deployed, ok, poll
 from tests.conftest import QUICKSTART, REPO
+
+DURABLE = WORKFLOWS / "durable" / "deployment.yml"
 
 PAGES = [
     ("/ui/", "overview", "Deployments"),
@@ -43,6 +45,30 @@ def test_pages_carry_the_names_in_their_address_for_their_script(client: FlaskCl
     html = client.get("/ui/deployments/QuickStart/tasks/abc123").get_data(as_text=True)
     assert 'data-deployment="QuickStart"' in html
     assert 'data-task="abc123"' in html
+
+
+def test_the_task_page_has_a_steps_panel_and_a_parked_badge_that_its_script_shows(
+    client: FlaskClient,
+) -> None:
+    html = client.get("/ui/deployments/DurableSuite/tasks/abc123").get_data(as_text=True)
+    # Both hidden until the script has a durable task's steps, or a parked task, to show
+    assert re.search(
+        r'<section class="panel" id="steps-panel" hidden>\s*<div class="panel-head">'
+        r"<h2>Steps</h2>",
+        html,
+    )
+    badge = re.search(r'<span class="pill parked" id="parked" hidden [^>]*>parked</span>', html)
+    assert badge is not None
+    # The badge explains itself: the run holds no worker, and the answer resumes it
+    title = re.search(r'title="([^"]*)"', badge.group()).group(1)  # type: ignore[union-attr]
+    assert "holds no worker" in title and "answer" in title and "resumes" in title
+    assert 'id="parked-note" hidden' in html
+    # The script reads the steps of a durable task only, and the task's parked_at
+    response = client.get("/ui/static/task.js")
+    script = response.get_data(as_text=True)
+    response.close()
+    assert "`${taskPath}/steps`" in script and "task.controls.durable" in script
+    assert "task.parked_at" in script
 
 
 def test_names_in_the_address_are_escaped(client: FlaskClient) -> None:
@@ -174,11 +200,28 @@ def test_with_tokens_a_timeline_needs_one(server: Server, client: FlaskClient) -
     assert ok(client.get(path, headers=bearer(read)))[0]["status"] == "queued"
 
 
+def test_with_tokens_a_task_s_steps_need_a_read_token(server: Server, client: FlaskClient) -> None:
+    deployed(client, DURABLE)
+    task = ok(client.post("/deployments/DurableSuite/tasks/create", json={"input": "{}"}))
+    read = server.plane.tokens.create("read").token
+    worker = server.plane.tokens.create("worker").token
+    path = f"/deployments/DurableSuite/tasks/{task['task_id']}/steps"
+    assert_error(client.get(path), 401)
+    assert_error(client.get(path, headers=bearer(worker)), 403)
+    assert isinstance(ok(client.get(path, headers=bearer(read))), list)
+    # The task ends before the server closes (a durable run that still waits for its
+    # journal would hold the server's close for the journal's timeout)
+    item = f"/deployments/DurableSuite/tasks/{task['task_id']}"
+    poll(lambda: ok(client.get(item, headers=bearer(read))), lambda t: t["finished_at"])
+    poll(lambda: ok(client.get(path, headers=bearer(read))), lambda steps: len(steps) == 5)
+
+
 def test_the_new_reads_are_in_the_api_document(client: FlaskClient) -> None:
     paths = ok(client.get("/openapi.json"))["paths"]
     summary = paths["/deployments/{deployment_name}/summary"]["get"]
     timeline = paths["/deployments/{deployment_name}/tasks/{task_id}/timeline"]["get"]
-    for operation in (summary, timeline):
+    steps = paths["/deployments/{deployment_name}/tasks/{task_id}/steps"]["get"]
+    for operation in (summary, timeline, steps):
         assert {"bearerAuth": ["read"]} in operation["security"]
         assert "401" in operation["responses"]
     listing = paths["/deployments/{deployment_name}/tasks"]["get"]

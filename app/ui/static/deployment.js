@@ -69,12 +69,18 @@ function sessionLink(sessionId) {
   );
 }
 
+/** A waiting task whose run was let go (a durable service's): it holds no worker. */
+function parkedBadge(task) {
+  if (task.status !== "waiting_input" || !task.parked_at) return null;
+  return h("span", { class: "pill parked", title: "Parked: its run holds no worker; the answer resumes it." }, "parked");
+}
+
 function taskRow(task) {
   return h(
     "tr",
     { "data-task": task.task_id, "data-status": task.status },
     h("td", {}, h("a", { class: "mono", href: page(deployment, task.task_id), title: task.task_id }, short(task.task_id))),
-    h("td", {}, pill(task.status)),
+    h("td", {}, pill(task.status), parkedBadge(task)),
     h("td", {}, task.service_id),
     h("td", {}, sessionLink(task.session_id)),
     h("td", {}, when(task.created_at)),

@@ -1,6 +1,7 @@
 // /ui/deployments/{name}/tasks/{id}: one task, live. Its input, timeline, result or error
-// (the workflow's own frame first), runs and events (the task's SSE stream), a form to
-// answer its question, and Cancel / Retry (the API's own routes).
+// (the workflow's own frame first), runs, a durable task's steps (and whether it is parked),
+// events (the task's SSE stream), a form to answer its question, and Cancel / Retry (the
+// API's own routes).
 
 import {
   ApiError,
@@ -129,6 +130,7 @@ function renderFacts() {
     fact("Run", `${task.run} (${task.attempts} recorded)`),
   ];
   if (task.retry_at) items.push(fact("Runs again", when(task.retry_at)));
+  if (task.parked_at) items.push(fact("Parked", when(task.parked_at)));
   if (task.expires_at && task.status === "queued") items.push(fact("Expires", when(task.expires_at)));
   if (task.controls) {
     const controls = Object.entries(task.controls).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`);
@@ -156,6 +158,7 @@ function renderTimeline(moments) {
  * (a cancelled run stops at its next await, or is left behind after a grace period). */
 function runOutcome(run) {
   if (run.outcome) return pill(run.outcome);
+  if (parked()) return h("span", { class: "pill parked", title: "Let go while the task waits: it holds no worker." }, "parked");
   if (ENDED.has(task.status)) return h("span", { class: "pill status-lost" }, "stopping");
   return pill("running");
 }
@@ -191,6 +194,72 @@ function renderAttempts() {
   );
 }
 
+/** Whether the task waits for input with its run let go (no worker holds it). */
+function parked() {
+  return Boolean(task && task.status === "waiting_input" && task.parked_at);
+}
+
+/** Whether the task's service journals its steps (``celeriac: {durable: true}``). */
+function durable() {
+  return Boolean(task && task.controls && task.controls.durable);
+}
+
+/** A step's outcome, coloured as the status it resembles. */
+function stepOutcome(outcome) {
+  let status = "";
+  if (outcome.startsWith("failed")) status = "failed";
+  else if (outcome.startsWith("waits for input")) status = "waiting_input";
+  return h("span", { class: status ? `step-outcome status-${status}` : "step-outcome" }, outcome);
+}
+
+/** The steps of a durable task that ended, in the order they ended; the panel is shown only
+ * once there is one. The run is named when the task ran more than once. */
+function renderSteps(steps) {
+  const panel = document.getElementById("steps-panel");
+  panel.hidden = !steps.length;
+  if (!steps.length) return;
+  const runs = new Set(steps.map((step) => step.run)).size > 1;
+  document.getElementById("steps-state").textContent = `${steps.length} ended`;
+  document.getElementById("steps").replaceChildren(
+    h(
+      "table",
+      { class: "steps", id: "steps-table" },
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          runs ? h("th", { class: "num" }, "Run") : null,
+          h("th", {}, "Step"),
+          h("th", {}, "Input"),
+          h("th", { class: "num" }, "Attempt"),
+          h("th", {}, "Started"),
+          h("th", { class: "num" }, "Took"),
+          h("th", {}, "Outcome"),
+        ),
+      ),
+      h(
+        "tbody",
+        {},
+        steps.map((step) =>
+          h(
+            "tr",
+            { "data-step": step.step, "data-run": step.run },
+            runs ? h("td", { class: "num" }, String(step.run)) : null,
+            h("td", { class: "mono" }, step.step),
+            h("td", { class: "mono small", title: step.input }, step.input.split(".").pop()),
+            h("td", { class: "num" }, String(step.attempt)),
+            h("td", {}, when(step.started_at)),
+            h("td", { class: "num" }, step.duration === null ? "—" : duration(step.duration * 1000)),
+            h("td", {}, stepOutcome(step.outcome)),
+          ),
+        ),
+      ),
+    ),
+  );
+}
+
 // -- buttons and the answer form ----------------------------------------------------------
 
 function renderControls() {
@@ -198,6 +267,12 @@ function renderControls() {
   status.className = `pill status-${task.status}`;
   status.textContent = statusLabel(task.status);
   status.hidden = false;
+  document.getElementById("parked").hidden = !parked();
+  const note = document.getElementById("parked-note");
+  note.hidden = !parked();
+  note.textContent = parked()
+    ? "Parked: its run was let go while it waits, and holds no worker. Your answer queues it again; it resumes from its last finished step."
+    : "";
   document.getElementById("cancel").hidden = ENDED.has(task.status);
   document.getElementById("retry").hidden = !RETRYABLE.has(task.status);
   const answer = document.getElementById("answer");
@@ -310,6 +385,8 @@ async function load() {
     const found = await api(taskPath);
     const moments = await api(`${taskPath}/timeline`);
     task = found;
+    // Only a durable task's steps are journaled: no other task has any to ask for.
+    const steps = durable() ? await api(`${taskPath}/steps`) : [];
     problem(null);
     for (const id of ["facts", "columns"]) document.getElementById(id).hidden = false;
     renderControls();
@@ -317,7 +394,8 @@ async function load() {
     // Redrawn only when they change: an opened traceback stays open, a selection selected.
     changed("outcome", [task.status, task.result, task.error], renderOutcome);
     changed("timeline", moments, () => renderTimeline(moments));
-    changed("attempts", [task.status, task.attempt_history], renderAttempts);
+    changed("attempts", [task.status, task.parked_at, task.attempt_history], renderAttempts);
+    changed("steps", steps, () => renderSteps(steps));
     changed("input", task.input, () => {
       document.getElementById("input").textContent = pretty(JSON.parse(task.input || "{}"));
     });
@@ -327,7 +405,7 @@ async function load() {
     if (error instanceof ApiError && error.status === 404) {
       problem(error);
       if (stream) stream.stop();
-      for (const id of ["status", "facts", "answer", "columns"]) document.getElementById(id).hidden = true;
+      for (const id of ["status", "parked", "facts", "answer", "columns"]) document.getElementById(id).hidden = true;
       return 30000;
     }
     problem(error);
