@@ -83,6 +83,17 @@ class Journals:
             with self._lock:
                 self._waiting.pop(wanted.id, None)
 
+    def give_up(self) -> None:
+        """The worker stops: runs still waiting for a journal stop waiting (their steps go
+        back to the queue, as :class:`ControlPlaneUnreachable` sends them)."""
+        with self._lock:
+            waiting = list(self._waiting.values())
+        for answer in waiting:
+            if not answer.done():
+                answer.set_exception(
+                    ControlPlaneUnreachable("the worker stopped before the journal came")
+                )
+
     def answer(self, replay: JournalReplay) -> None:
         """An answer arrived (in the inbox consumer's thread); one nobody waits for is
         dropped."""

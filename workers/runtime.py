@@ -382,7 +382,10 @@ class ServiceRuntime:
         """Stop the runs that asked for input and got none since, as this worker stops: its
         inbox no longer takes events, so they would wait until their timeout. Their steps go
         back to the queue (see ``run_step``) and run again elsewhere, where the control plane
-        sends every event the task was sent. Returns how many runs were stopped."""
+        sends every event the task was sent. Returns how many runs were stopped. (Durable
+        runs still waiting for their journal give up too, and go back to the queue.)"""
+        if self.journals is not None:
+            self.journals.give_up()
         stopped = 0
         for run, future in list(self._runs.values()):
             if run.asking:
@@ -489,7 +492,9 @@ class ServiceRuntime:
         return result
 
     def close(self) -> None:
-        """Stop the event loop."""
+        """Stop the event loop (and any wait for a journal)."""
+        if self.journals is not None:
+            self.journals.give_up()
         self.loop.stop()
 
 

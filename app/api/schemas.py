@@ -448,9 +448,10 @@ class AttemptSchema(Schema):
         allow_none=True,
         validate=validate.OneOf([o.value for o in AttemptOutcome]),
         metadata={
-            "description": "succeeded, failed, cancelled, timed_out, or lost (it never "
-            "reported its end: a later run began, or the task was queued again); empty while "
-            "the run goes on."
+            "description": "succeeded, failed, cancelled, timed_out, lost (it never "
+            "reported its end: a later run began, or the task was queued again), or parked "
+            "(a durable run let go while it waited for input; the answer began the next); "
+            "empty while the run goes on."
         },
     )
     error = PublicError(allow_none=True, metadata={"description": "The run's error, if any."})

@@ -87,6 +87,9 @@ def timeline(task: Task, runs: Iterable[TaskAttempt], inputs: Iterable[InputEven
 def _run_end(run: TaskAttempt, again: bool) -> Moment:
     """The end of one run; a failed one that was followed by another is a retry."""
     assert run.finished_at is not None and run.outcome is not None
+    if run.outcome == AttemptOutcome.PARKED.value:
+        note = f"run {run.attempt} let go while it waited for input (parked)"
+        return Moment(run.finished_at, TaskStatus.WAITING_INPUT.value, note)
     if again and run.outcome != AttemptOutcome.SUCCEEDED.value:
         note = f"run {run.attempt} {run.outcome}; the task runs again"
         return Moment(run.finished_at, TaskStatus.RETRYING.value, note, run.error)

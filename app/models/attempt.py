@@ -24,6 +24,9 @@ class AttemptOutcome(str, enum.Enum):
     #: The control plane stopped waiting for the run's end: a later run of the task began,
     #: or the run was queued again. A late end report from the run replaces it.
     LOST = "lost"
+    #: A durable run let go while it waited for input: the answer begins the next attempt,
+    #: which resumes from the journal.
+    PARKED = "parked"
 
 
 class TaskAttempt(Base):

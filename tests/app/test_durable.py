@@ -127,6 +127,12 @@ def test_a_waiting_durable_run_is_parked_then_resumed_by_the_answer(
     assert done["parked_at"] is None
     # ``first`` ran once; ``ask`` ran before the wait and again, from its top, with the answer.
     assert counts(log) == {"first": 1, "ask": 2}
+    # Two attempts: the one let go, and the one the answer began; none lost.
+    runs = ok(suite.get(f"{url}/attempts"))
+    assert [r["outcome"] for r in runs] == ["parked", "succeeded"]
+    timeline = ok(suite.get(f"{url}/timeline"))
+    assert timeline[-1]["status"] == "succeeded"
+    assert any("parked" in moment["note"] for moment in timeline)
 
     # The stream has no gap and no repeat: numbered 0, 1, 2... and ends with the result.
     with server.plane.db.read() as db:

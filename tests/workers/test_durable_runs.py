@@ -188,3 +188,23 @@ def test_only_a_runs_first_message_first_delivered_skips_asking_for_the_journal(
         assert journal.asked == 2
     finally:
         runtime.close()
+
+
+def test_a_run_waiting_for_its_journal_gives_up_when_the_worker_stops() -> None:
+    journals = Journals(lambda wanted: None, timeout=30.0)
+    failed: list[BaseException] = []
+
+    def fetch() -> None:
+        try:
+            journals.fetch("t-1", 1, "inbox")
+        except BaseException as exc:
+            failed.append(exc)
+
+    waiting = threading.Thread(target=fetch)
+    waiting.start()
+    time.sleep(0.1)
+    started = time.monotonic()
+    journals.give_up()
+    waiting.join(timeout=5)
+    assert time.monotonic() - started < 1.0
+    assert [type(exc).__name__ for exc in failed] == ["ControlPlaneUnreachable"]

@@ -269,7 +269,10 @@ def lost_params(reason: dict[str, Any]) -> dict[str, Any]:
 
 
 def _outcome(message: StepFinished) -> AttemptOutcome:
-    """How a run ended, by its end report: as it went, or stopped (cancelled, timed out)."""
+    """How a run ended, by its end report: as it went, stopped (cancelled, timed out), or
+    let go while it waited (parked)."""
+    if message.parked:
+        return AttemptOutcome.PARKED
     if message.stopped is not None:
         try:
             return AttemptOutcome(message.stopped)

@@ -15,6 +15,7 @@ import datetime as dt
 from sqlalchemy import Connection, and_, bindparam, exists, func, select
 
 from app.control.lifecycle import statements as sql
+from app.control.lifecycle.attempts import Attempts, Run
 from app.control.lifecycle.guards import may_move
 from app.control.lifecycle.statements import same_run
 from app.control.lifecycle.steps import first_step_again
@@ -100,6 +101,7 @@ class Parking:
     """The parking operations of :class:`~app.control.lifecycle.operations.Lifecycle`."""
 
     _db: Database
+    _attempts: Attempts
 
     def park(self, message: StepFinished) -> RunStep | None:
         """A durable run was let go while it waited for input: park its task, or, if an
@@ -115,6 +117,10 @@ class Parking:
             answered = conn.execute(
                 select(_ANSWER_WAITING).where(sql.tasks.c.id == bindparam("task_id")), params
             ).scalar()
+            # The run ended (parked): the answer's run is the task's next attempt.
+            run = Run.finished(message)
+            if run is not None:
+                self._attempts.record(conn, run)
             if answered:
                 return self._unpark(conn, message.task_id)
             conn.execute(_PARK, params)
