@@ -73,7 +73,9 @@ _ANSWER_WAITING = exists().where(
                 _checkpoints.c.run == sql.tasks.c.run,
             )
         )
-        .correlate(sql.tasks)
+        # (both outer tables: left to itself, the events table would be joined in again, the
+        # checkpoints of every task matched, and PostgreSQL refuse the many rows)
+        .correlate(sql.tasks, sql.events)
         .scalar_subquery(),
         -1,
     ),
