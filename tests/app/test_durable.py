@@ -1,7 +1,7 @@
 """Durable services, in one process (memory:// and SQLite): journal, steps, park and resume.
 
 The crash tests, which kill real worker processes on Redis and RabbitMQ, are in
-``tests/e2e/test_durable_crash.py``.
+``tests/e2e/test_durable.py``.
 """
 
 from __future__ import annotations
