@@ -183,9 +183,12 @@ class Journaling:
         names: Names,
         release_after: float | None,
         waiters: list[dict[str, Any]] | None = None,
+        *,
+        epoch: int = 0,
     ) -> None:
         self.task_id = task_id
         self.run = run
+        self.epoch = epoch
         self._send = send
         self._names = names
         self._release_after = release_after
@@ -193,7 +196,6 @@ class Journaling:
         self._steps: list[dict[str, Any]] = []
         self._started: dict[tuple[str, str], float] = {}
         self._sent_in: deque[_Sent] = deque()
-        self._inputs: int | None = None
         self._state_text: str | None = None
         self._since_snapshot = 0
         self._through = 0
@@ -238,16 +240,17 @@ class Journaling:
             self._note_waiters(tick)
             return True
         if tick.get("type") == "add_event" and self._sent_in:
-            self._match_input(tick)
+            self._match_input(tick, self._pending[-1])
         return False
 
-    def _match_input(self, tick: dict[str, Any]) -> None:
-        """Note the event sent in that an ``add_event`` tick applied, if it is one."""
+    def _match_input(self, tick: dict[str, Any], record: list[Any]) -> None:
+        """Note on its record the event sent in that an ``add_event`` tick applied, if it
+        is one."""
         if tick.get("step_id") is not None or tick.get("emission") is not None:
             return
         name = (tick.get("event") or {}).get("qualified_name")
         if name == self._sent_in[0].qualified_name:
-            self._inputs = self._sent_in.popleft().seq
+            record.append(self._sent_in.popleft().seq)
 
     def _note_waiters(self, tick: dict[str, Any]) -> None:
         """Keep the deadlines of the waits a step began (``wait_for_event(timeout=...)``)
@@ -329,9 +332,9 @@ class Journaling:
             task_id=self.task_id,
             run=self.run,
             records=self._pending,
+            epoch=self.epoch,
             through=self._through,
             state=state,
-            inputs=self._inputs,
             steps=self._steps,
             snapshot=snapshot,
             waiters=waiters,

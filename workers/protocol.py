@@ -330,22 +330,24 @@ class ServiceDescribed(Message):
 class JournalWritten(Message):
     """Service to control plane: a durable run's progress since its last such message.
 
-    ``records`` are ``[seq, data]`` pairs: the workflow's ticks as the library journals them
+    ``records`` are ``[seq, data]`` pairs, or ``[seq, data, input]`` for a tick that applied
+    event number ``input`` sent in: the workflow's ticks as the library journals them
     (``BasicRuntime.journal``), numbered from 0 across every resume of the task, so writing
-    one twice changes nothing. ``state`` is the run's ``ctx.store`` after them (None:
-    unchanged); ``inputs`` the number of the last event sent in that the records include
-    (None: none new); ``steps`` the steps that ended (``workers.durable.StepRecord``).
+    one twice changes nothing. ``epoch`` is the attempt's, from its :class:`JournalReplay` (0
+    for a run's first message, first delivered): the control plane takes the messages of
+    the latest attempt only. ``state`` is the run's ``ctx.store`` after them (None:
+    unchanged); ``steps`` the steps that ended (see ``app.control.journal.StepRecord``).
     ``snapshot`` (``Context.to_dict``) stands for every record before its ``journal_seq``:
     those are no longer needed (the journal is compacted)."""
 
     task_id: str
     run: int
     records: list[list[Any]]
-    #: How many ticks the run had journaled when this was sent: ``state`` and ``inputs``
-    #: hold as of then (a message processed late never overwrites a newer state).
+    epoch: int = 0
+    #: How many ticks the run had journaled when this was sent: ``state`` and ``waiters``
+    #: hold as of then (a message processed late never overwrites newer ones).
     through: int = 0
     state: dict[str, Any] | None = None
-    inputs: int | None = None
     steps: list[dict[str, Any]] = field(default_factory=list)
     snapshot: dict[str, Any] | None = None
     #: The run's waits for an event that time out (``step``, ``waiter_id``, ``deadline``, a
@@ -374,6 +376,8 @@ class JournalReplay(Message):
 
     wanted: str
     task_id: str
+    #: The attempt's number, which its journal messages carry (``JournalWritten.epoch``).
+    epoch: int
     snapshot: dict[str, Any] | None
     records: list[list[Any]]
     state: dict[str, Any] | None

@@ -297,6 +297,7 @@ class ServiceRuntime:
             return JournalReplay(
                 wanted="",
                 task_id=step.task_id,
+                epoch=0,
                 snapshot=None,
                 records=[],
                 state=None,
@@ -441,6 +442,7 @@ class ServiceRuntime:
             names,
             self.release_after,
             replay.waiters,
+            epoch=replay.epoch,
         )
         handler = workflow.run(ctx=ctx, **step.input)
         running_ctx = handler.ctx or ctx

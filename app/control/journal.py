@@ -122,19 +122,22 @@ class Journal:
         with self._db.connect() as conn:
             if conn.execute(_CURRENT_RUN, key).scalar() != message.run:
                 return False
-            checkpoint = self._checkpoint_of(conn, message)
+            checkpoint = self._checkpoint_of(conn, message.task_id, message.run)
+            if message.epoch != checkpoint.epoch:
+                return False  # an earlier attempt's (a lost worker's), or a later one's
             if message.records:
                 now = utcnow()
                 rows = [
                     {
                         **key,
                         "run": message.run,
-                        "seq": int(seq),
-                        "data": str(data),
+                        "seq": int(record[0]),
+                        "data": str(record[1]),
+                        "input_seq": record[2] if len(record) > 2 else None,
                         "created_at": now,
                     }
-                    for seq, data in message.records
-                    if int(seq) >= checkpoint.journal_seq
+                    for record in message.records
+                    if int(record[0]) >= checkpoint.journal_seq
                 ]
                 if rows:
                     conn.execute(self._insert_tick, rows)
@@ -143,22 +146,23 @@ class Journal:
                 self._record_step(conn, message, step)
         return True
 
-    def _checkpoint_of(self, conn: Connection, message: JournalWritten) -> Checkpoint:
-        """The task's checkpoint of this run, made (and the journal of earlier runs dropped)
-        if there is none yet."""
-        key = {"task_id": message.task_id}
+    def _checkpoint_of(self, conn: Connection, task_id: str, run: int) -> Checkpoint:
+        """The task's checkpoint of ``run``, locked; made (and the journal of earlier runs
+        dropped) if there is none yet."""
+        key = {"task_id": task_id}
         row = conn.execute(_CHECKPOINT_LOCKED, key).first()
-        if row is not None and row.run == message.run:
+        if row is not None and row.run == run:
             return Checkpoint(**row._mapping)
-        conn.execute(_ticks.delete().where(_OF_TASK, _ticks.c.run != message.run), key)
+        conn.execute(_ticks.delete().where(_OF_TASK, _ticks.c.run != run), key)
         conn.execute(
             _checkpoints.delete().where(
-                _checkpoints.c.task_id == message.task_id, _checkpoints.c.run != message.run
+                _checkpoints.c.task_id == task_id, _checkpoints.c.run != run
             )
         )
         fresh = {
-            "task_id": message.task_id,
-            "run": message.run,
+            "task_id": task_id,
+            "run": run,
+            "epoch": 0,
             "snapshot": None,
             "journal_seq": 0,
             "state": None,
@@ -177,19 +181,22 @@ class Journal:
         changes: dict[str, Any] = {}
         if message.state is not None and message.through > checkpoint.state_through:
             changes.update(state=message.state, state_through=message.through)
-        if message.inputs is not None and message.inputs > checkpoint.inputs:
-            changes["inputs"] = message.inputs
         if message.waiters is not None and message.through > checkpoint.state_through:
             changes["waiters"] = message.waiters
         snapshot = message.snapshot
         seq = int(snapshot.get("journal_seq") or 0) if snapshot is not None else 0
         if snapshot is not None and seq > checkpoint.journal_seq:
-            # The snapshot stands for every tick before its number: compact.
-            changes.update(snapshot=snapshot, journal_seq=seq)
-            conn.execute(
-                _ticks.delete().where(_OF_TASK, _ticks.c.run == message.run, _ticks.c.seq < seq),
-                {"task_id": message.task_id},
+            # The snapshot stands for every tick before its number: compact (keeping which
+            # events sent in those ticks applied).
+            before = and_(_OF_TASK, _ticks.c.run == message.run, _ticks.c.seq < seq)
+            key = {"task_id": message.task_id}
+            applied = conn.execute(select(func.max(_ticks.c.input_seq)).where(before), key)
+            changes.update(
+                snapshot=snapshot,
+                journal_seq=seq,
+                inputs=max(checkpoint.inputs, applied.scalar() or -1),
             )
+            conn.execute(_ticks.delete().where(before), key)
         if changes:
             conn.execute(
                 _checkpoints.update()
@@ -215,33 +222,45 @@ class Journal:
         )
 
     def replay(self, wanted: JournalWanted) -> JournalReplay:
-        """What the run ``wanted`` names resumes from: empty for a task that never ran
-        (or has started over), else its snapshot, its ticks after it, its state, and the
-        events sent in that its journal does not include."""
+        """What the run ``wanted`` names resumes from, as a new attempt of it: empty for a
+        task that never ran (or has started over), else its snapshot, its ticks after it up
+        to the first missing one, its state, and the events sent in that those do not
+        include.
+
+        Ticks past a gap (a later message recorded before an earlier one) are dropped, and
+        the attempt gets the next epoch: messages of earlier attempts (a lost worker's, late)
+        are not written any more, and the resumed run's ticks take their numbers."""
         key = {"task_id": wanted.task_id}
-        with self._db.read() as db:
-            conn = db.connection()
-            checkpoint = conn.execute(_CHECKPOINT, key).first()
+        with self._db.connect() as conn:
             next_seq = int(conn.execute(_NEXT_EVENT, key).scalar_one())
-            waiters: list[dict[str, Any]] = []
-            if checkpoint is None or checkpoint.run != wanted.run:
-                inputs, snapshot, state, records = -1, None, None, []
-            else:
-                inputs, snapshot, state = checkpoint.inputs, checkpoint.snapshot, checkpoint.state
-                waiters = list(checkpoint.waiters or [])
-                ticks = conn.execute(
-                    select(_ticks.c.seq, _ticks.c.data)
-                    .where(
-                        and_(
-                            _OF_TASK,
-                            _ticks.c.run == wanted.run,
-                            _ticks.c.seq >= checkpoint.journal_seq,
-                        )
-                    )
-                    .order_by(_ticks.c.seq),
-                    key,
-                )
-                records = [[row.seq, row.data] for row in ticks]
+            if conn.execute(_CURRENT_RUN, key).scalar() != wanted.run:
+                # Gone, or a run that is not the task's current one: it starts nothing here.
+                return self._empty(wanted, next_seq, epoch=-1)
+            checkpoint = self._checkpoint_of(conn, wanted.task_id, wanted.run)
+            records: list[list[Any]] = []
+            inputs = checkpoint.inputs
+            for row in conn.execute(
+                select(_ticks.c.seq, _ticks.c.data, _ticks.c.input_seq)
+                .where(_OF_TASK, _ticks.c.run == wanted.run, _ticks.c.seq >= checkpoint.journal_seq)
+                .order_by(_ticks.c.seq),
+                key,
+            ):
+                if row.seq != checkpoint.journal_seq + len(records):
+                    break
+                records.append([row.seq, row.data])
+                if row.input_seq is not None:
+                    inputs = max(inputs, row.input_seq)
+            end = checkpoint.journal_seq + len(records)
+            conn.execute(
+                _ticks.delete().where(_OF_TASK, _ticks.c.run == wanted.run, _ticks.c.seq >= end),
+                key,
+            )
+            epoch = checkpoint.epoch + 1
+            conn.execute(
+                _checkpoints.update()
+                .where(_checkpoints.c.task_id == wanted.task_id)
+                .values(epoch=epoch, updated_at=utcnow())
+            )
             pending = [
                 [row.seq, json.dumps(row.data)]
                 for row in conn.execute(_INPUTS_AFTER, {**key, "after": inputs})
@@ -249,13 +268,27 @@ class Journal:
         return JournalReplay(
             wanted=wanted.id,
             task_id=wanted.task_id,
-            snapshot=snapshot,
+            epoch=epoch,
+            snapshot=checkpoint.snapshot,
             records=records,
-            state=state,
+            state=checkpoint.state,
             inputs=inputs,
             next_seq=next_seq,
             pending=pending,
-            waiters=waiters,
+            waiters=list(checkpoint.waiters or []),
+        )
+
+    @staticmethod
+    def _empty(wanted: JournalWanted, next_seq: int, *, epoch: int) -> JournalReplay:
+        return JournalReplay(
+            wanted=wanted.id,
+            task_id=wanted.task_id,
+            epoch=epoch,
+            snapshot=None,
+            records=[],
+            state=None,
+            inputs=-1,
+            next_seq=next_seq,
         )
 
     def answer(self, wanted: JournalWanted) -> None:

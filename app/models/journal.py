@@ -28,6 +28,8 @@ class JournalTick(Base):
     run: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     data: Mapped[str] = mapped_column(Text)
+    #: The number of the event sent in that this tick applied, if it applied one.
+    input_seq: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
@@ -43,11 +45,15 @@ class Checkpoint(Base):
     )
     #: The run it is of: a checkpoint of an earlier run is not resumed from.
     run: Mapped[int] = mapped_column(Integer)
+    #: The latest attempt of the run to resume from it: only its messages are written.
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
     snapshot: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     journal_seq: Mapped[int] = mapped_column(Integer, default=0)
     state: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True), nullable=True)
     #: How many ticks the run had journaled when ``state`` was sent.
     state_through: Mapped[int] = mapped_column(Integer, default=0)
+    #: The last event sent in that the snapshot includes (the ticks say which others the
+    #: journal includes).
     inputs: Mapped[int] = mapped_column(Integer, default=-1)
     #: The run's waits for an event that time out (``JournalWritten.waiters``).
     waiters: Mapped[list[dict[str, Any]] | None] = mapped_column(

@@ -41,12 +41,14 @@ def upgrade() -> None:
         sa.Column("run", sa.Integer(), primary_key=True, autoincrement=False),
         sa.Column("seq", sa.Integer(), primary_key=True, autoincrement=False),
         sa.Column("data", sa.Text(), nullable=False),
+        sa.Column("input_seq", sa.Integer(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_table(
         "checkpoints",
         _task_key(),
         sa.Column("run", sa.Integer(), nullable=False),
+        sa.Column("epoch", sa.Integer(), nullable=False),
         sa.Column("snapshot", sa.JSON(none_as_null=True), nullable=True),
         sa.Column("journal_seq", sa.Integer(), nullable=False),
         sa.Column("state", sa.JSON(none_as_null=True), nullable=True),

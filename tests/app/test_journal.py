@@ -36,8 +36,15 @@ def journal(server: Server) -> Journal:
     return server.plane.journal
 
 
-def written(task_id: str, *seqs: int, run: int = 1, **fields: Any) -> JournalWritten:
-    records = [[seq, json.dumps({"tick": seq})] for seq in seqs]
+def written(
+    task_id: str, *seqs: int, run: int = 1, applied: dict[int, int] | None = None, **fields: Any
+) -> JournalWritten:
+    """A message of ticks ``seqs``; ``applied`` maps a tick to the event sent in it applied."""
+    applied = applied or {}
+    records: list[list[Any]] = [
+        [seq, json.dumps({"tick": seq}), *([applied[seq]] if seq in applied else [])]
+        for seq in seqs
+    ]
     through = fields.pop("through", (max(seqs) + 1) if seqs else 0)
     return JournalWritten(task_id=task_id, run=run, records=records, through=through, **fields)
 
@@ -74,25 +81,27 @@ def step(seq: int, name: str = "one", event: str = "e1") -> dict[str, Any]:
 def test_a_message_delivered_twice_is_written_once(
     server: Server, journal: Journal, task_id: str
 ) -> None:
-    message = written(task_id, 0, 1, 2, state={"a": 1}, inputs=0, steps=[step(2)])
+    message = written(task_id, 0, 1, 2, state={"a": 1}, applied={1: 0}, steps=[step(2)])
     assert journal.record(message)
     assert journal.record(message)
     assert ticks(server, task_id) == [(1, 0), (1, 1), (1, 2)]
     assert [s.step for s in journal.steps(task_id)] == ["one"]
-    kept = checkpoint(server, task_id)
-    assert (kept.state, kept.inputs) == ({"a": 1}, 0)
+    assert checkpoint(server, task_id).state == {"a": 1}
+    # The replay knows the journal took event 0 sent in (tick 1 applied it)
+    assert journal.replay(JournalWanted(task_id=task_id, run=1, inbox="q")).inputs == 0
 
 
-def test_a_late_message_never_takes_the_state_or_the_inputs_back(
+def test_a_late_message_never_takes_the_state_back(
     server: Server, journal: Journal, task_id: str
 ) -> None:
-    newer = written(task_id, 3, 4, state={"a": 2}, inputs=1)
-    older = written(task_id, 0, 1, 2, state={"a": 1}, inputs=0)
+    newer = written(task_id, 3, 4, state={"a": 2}, applied={3: 1})
+    older = written(task_id, 0, 1, 2, state={"a": 1}, applied={1: 0})
     journal.record(newer)
     journal.record(older)  # processed after, by another consumer
     kept = checkpoint(server, task_id)
-    assert (kept.state, kept.inputs, kept.state_through) == ({"a": 2}, 1, 5)
+    assert (kept.state, kept.state_through) == ({"a": 2}, 5)
     assert ticks(server, task_id) == [(1, s) for s in range(5)]
+    assert journal.replay(JournalWanted(task_id=task_id, run=1, inbox="q")).inputs == 1
 
 
 def test_a_snapshot_compacts_the_ticks_before_it_and_an_older_one_changes_nothing(
@@ -160,12 +169,6 @@ def test_the_replay_sends_the_events_sent_in_that_the_journal_lacks(
     assert replay.next_seq > 0 and replay.records
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Journal.replay answers from the ticks stored so far, whichever arrived: a run's "
-    "later message recorded before an earlier one (the control plane's threads) leaves a gap, "
-    "and BasicRuntime.restore then raises 'Journal gap' (tests/e2e/test_durable.py's doc)",
-)
 def test_a_replay_never_hands_out_a_journal_with_a_gap(journal: Journal, task_id: str) -> None:
     # Given a run's second message recorded before its first (two consumer threads)
     assert journal.record(written(task_id, 3, 4))
@@ -176,26 +179,21 @@ def test_a_replay_never_hands_out_a_journal_with_a_gap(journal: Journal, task_id
     assert seqs == list(range(len(seqs))), seqs
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Journal.record takes every message of the task's current run, whichever attempt "
-    "sent it: a killed worker's late ticks and the resumed run's share numbers, the first "
-    "stored wins, and the journal mixes the two (tests/e2e/test_durable.py's doc)",
-)
 def test_a_late_message_of_a_lost_worker_does_not_mix_into_the_resumed_runs_journal(
     server: Server, journal: Journal, task_id: str
 ) -> None:
-    # Given a run that journaled ticks 0-2, resumed elsewhere from them
+    # Given a run that journaled ticks 0-2, resumed elsewhere from them (a new attempt)
     assert journal.record(written(task_id, 0, 1, 2))
-    assert [
-        seq for seq, _ in journal.replay(JournalWanted(task_id=task_id, run=1, inbox="q")).records
-    ] == [0, 1, 2]
+    resuming = journal.replay(JournalWanted(task_id=task_id, run=1, inbox="q"))
+    assert [seq for seq, _ in resuming.records] == [0, 1, 2]
     # When the lost worker's message of ticks 3-4, sent before it died, is recorded late
     lost = [[seq, json.dumps({"tick": seq, "by": "lost"})] for seq in (3, 4)]
-    journal.record(JournalWritten(task_id=task_id, run=1, records=lost, through=5))
+    assert not journal.record(JournalWritten(task_id=task_id, run=1, records=lost, through=5))
     # And the resumed run journals its own ticks 3-4
     resumed = [[seq, json.dumps({"tick": seq, "by": "resumed"})] for seq in (3, 4)]
-    assert journal.record(JournalWritten(task_id=task_id, run=1, records=resumed, through=5))
+    assert journal.record(
+        JournalWritten(task_id=task_id, run=1, records=resumed, through=5, epoch=resuming.epoch)
+    )
     # Then the journal a later resume gets is the resumed run's
     replay = journal.replay(JournalWanted(task_id=task_id, run=1, inbox="q"))
     assert [json.loads(data).get("by") for _, data in replay.records][3:] == ["resumed"] * 2

@@ -39,16 +39,17 @@ class KeptJournal(Journals):
         self.state: dict[str, Any] | None = None
         self.state_through = -1
         self.inputs = -1
+        self.epoch = 0
         self.snapshot: dict[str, Any] | None = None
 
     def take(self, messages: list[JournalWritten]) -> None:
         for message in messages:
-            for seq, data in message.records:
-                self.ticks.setdefault(int(seq), data)
+            for record in message.records:
+                self.ticks.setdefault(int(record[0]), record[1])
+                if len(record) > 2:
+                    self.inputs = max(self.inputs, int(record[2]))
             if message.state is not None and message.through > self.state_through:
                 self.state, self.state_through = message.state, message.through
-            if message.inputs is not None:
-                self.inputs = max(self.inputs, message.inputs)
             if message.snapshot is not None:
                 self.snapshot = message.snapshot
                 first = int(message.snapshot["journal_seq"])
@@ -56,9 +57,11 @@ class KeptJournal(Journals):
 
     def fetch(self, task_id: str, run: int, inbox: str) -> JournalReplay:
         wanted = JournalWanted(task_id=task_id, run=run, inbox=inbox)
+        self.epoch += 1
         return JournalReplay(
             wanted=wanted.id,
             task_id=task_id,
+            epoch=self.epoch,
             snapshot=self.snapshot,
             records=[[seq, self.ticks[seq]] for seq in sorted(self.ticks)],
             state=self.state,
@@ -133,7 +136,7 @@ def test_an_interrupted_run_resumes_after_its_last_finished_step(tmp_path: Path)
     assert outcome.result == {"total": 15}
     assert counts(log) == {"one": 1, "two": 1, "three": 2, "four": 1, "five": 1}
     # and the resumed run journals on from where the first stopped
-    resumed = [int(seq) for m in again.journal_messages for seq, _ in m.records]
+    resumed = [int(r[0]) for m in again.journal_messages for r in m.records]
     assert resumed and min(resumed) == max(journal.ticks) + 1
 
 
@@ -151,7 +154,7 @@ def test_a_run_journals_each_step_as_it_ends_with_the_store_when_it_changed(
     messages = reporter.journal_messages
     steps = [s["step"] for m in messages for s in m.steps]
     assert steps == ["one", "two", "three", "four", "five"]
-    seqs = [int(seq) for m in messages for seq, _ in m.records]
+    seqs = [int(r[0]) for m in messages for r in m.records]
     assert seqs == list(range(len(seqs)))
     # ``five`` stores nothing: the store goes with the steps that changed it, not after it.
     assert [m.state is not None for m in messages if m.steps][:4] == [True] * 4

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Connection, and_, bindparam, exists, func, select
+from sqlalchemy import Connection, bindparam, exists, func, select
 
 from app.control.lifecycle import statements as sql
 from app.control.lifecycle.attempts import Attempts, Run
@@ -20,11 +20,12 @@ from app.control.lifecycle.guards import may_move
 from app.control.lifecycle.statements import same_run
 from app.control.lifecycle.steps import first_step_again
 from app.db import Database
-from app.models import Checkpoint, EventDirection, Operation, TaskStatus
+from app.models import Checkpoint, EventDirection, JournalTick, Operation, TaskStatus
 from app.models.base import from_timestamp, table_of, utcnow
 from workers.protocol import RunStep, StepFinished
 
 _checkpoints = table_of(Checkpoint)
+_ticks = table_of(JournalTick)
 
 _PARK = (
     sql.tasks.update()
@@ -75,25 +76,34 @@ _NEXT_WAKE = select(func.min(sql.tasks.c.wake_at)).where(sql.tasks.c.parked_at.i
 
 _TASK_TO_RESUME = sql.with_first_step().where(sql.tasks.c.id == bindparam("task_id"))
 
-#: An event sent in that the task's journal (of its current run) does not include.
-_ANSWER_WAITING = exists().where(
-    sql.events.c.task_id == bindparam("task_id"),
-    sql.events.c.direction == EventDirection.IN.value,
-    sql.events.c.seq
-    > func.coalesce(
-        select(_checkpoints.c.inputs)
-        .where(
-            and_(
-                _checkpoints.c.task_id == sql.tasks.c.id,
-                _checkpoints.c.run == sql.tasks.c.run,
-            )
-        )
-        # The task's checkpoint, once: correlated with the task only (PostgreSQL refuses the
-        # several rows a join with the task's events would make).
-        .correlate(sql.tasks)
-        .scalar_subquery(),
-        -1,
-    ),
+
+def _inputs_taken(conn: Connection, task_id: str, run: int) -> int:
+    """The number of the last event sent in that the journal of the task's ``run`` includes
+    (its snapshot's, or a tick's); -1 for none."""
+    params = {"task_id": task_id, "run": run}
+    of_run = (
+        _checkpoints.c.task_id == bindparam("task_id"),
+        _checkpoints.c.run == bindparam("run"),
+    )
+    in_snapshot = conn.scalar(select(_checkpoints.c.inputs).where(*of_run), params)
+    in_ticks = conn.scalar(
+        select(func.max(_ticks.c.input_seq)).where(
+            _ticks.c.task_id == bindparam("task_id"), _ticks.c.run == bindparam("run")
+        ),
+        params,
+    )
+    return max(
+        -1, in_snapshot if in_snapshot is not None else -1, in_ticks if in_ticks is not None else -1
+    )
+
+
+#: An event sent in after number ``taken``.
+_ANSWER_AFTER = select(
+    exists().where(
+        sql.events.c.task_id == bindparam("task_id"),
+        sql.events.c.direction == EventDirection.IN.value,
+        sql.events.c.seq > bindparam("taken"),
+    )
 )
 
 
@@ -114,9 +124,10 @@ class Parking:
             "wake_at": wake_at,
         }
         with self._db.connect() as conn:
-            answered = conn.execute(
-                select(_ANSWER_WAITING).where(sql.tasks.c.id == bindparam("task_id")), params
-            ).scalar()
+            # (A report from before runs were numbered names the task's current run.)
+            run = message.run or conn.scalar(sql.TASK_RUN, {"task_id": message.task_id}) or 0
+            taken = _inputs_taken(conn, message.task_id, run)
+            answered = conn.scalar(_ANSWER_AFTER, {"task_id": message.task_id, "taken": taken})
             # The run ended (parked): the answer's run is the task's next attempt.
             run = Run.finished(message)
             if run is not None:
