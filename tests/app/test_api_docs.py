@@ -135,6 +135,7 @@ def test_a_task_read_alone_has_its_attempts(openapi: dict[str, Any]) -> None:
         "cancelled",
         "timed_out",
         "lost",
+        "parked",
         None,
     }
 
