@@ -8,6 +8,7 @@ import shutil
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
@@ -35,16 +36,24 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
+def embedded_settings(tmp_path: Path, **changes: Any) -> Settings:
+    """Embedded settings in a private data folder under ``tmp_path``, with ``changes``."""
+    return Settings(
+        **{
+            "data_dir": tmp_path / ".celeriac",
+            "port": 0,
+            "polling_interval": 0.001,
+            "worker_concurrency": 4,
+            "run_timeout": 30.0,
+            **changes,
+        }
+    )
+
+
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Embedded settings in a private data folder."""
-    return Settings(
-        data_dir=tmp_path / ".celeriac",
-        port=0,
-        polling_interval=0.001,
-        worker_concurrency=4,
-        run_timeout=30.0,
-    )
+    return embedded_settings(tmp_path)
 
 
 @pytest.fixture

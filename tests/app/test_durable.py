@@ -21,6 +21,7 @@ from app.server import Server
 from config.settings import Settings
 from tests.app.conftest import deployed, ok, poll, wait_for_task
 from tests.app.test_api_hitl import human_response
+from tests.conftest import embedded_settings
 
 SUITE = Path(__file__).resolve().parent / "workflows" / "durable" / "deployment.yml"
 TASKS = "/deployments/DurableSuite/tasks"
@@ -29,14 +30,7 @@ TASKS = "/deployments/DurableSuite/tasks"
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Embedded settings whose durable runs are let go after half a second of waiting."""
-    return Settings(
-        data_dir=tmp_path / ".celeriac",
-        port=0,
-        polling_interval=0.001,
-        worker_concurrency=2,
-        run_timeout=30.0,
-        release_after=0.5,
-    )
+    return embedded_settings(tmp_path, worker_concurrency=2, release_after=0.5)
 
 
 @pytest.fixture

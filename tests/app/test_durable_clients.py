@@ -19,6 +19,7 @@ from app.cli.tasks import _no_steps
 from app.sdk import AsyncClient, Client, NotFound, Step, Task
 from config.settings import Settings
 from tests.app.conftest import poll
+from tests.conftest import embedded_settings
 from tests.support.cli_tables import blocks, rows
 
 SUITE = Path(__file__).resolve().parent / "workflows" / "durable" / "deployment.yml"
@@ -39,14 +40,7 @@ STEP_HEADERS = ["STEP", "INPUT", "ATTEMPT", "STARTED", "DURATION", "OUTCOME"]
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Embedded settings whose durable runs are let go after half a second of waiting."""
-    return Settings(
-        data_dir=tmp_path / ".celeriac",
-        port=0,
-        polling_interval=0.001,
-        worker_concurrency=2,
-        run_timeout=30.0,
-        release_after=0.5,
-    )
+    return embedded_settings(tmp_path, worker_concurrency=2, release_after=0.5)
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,7 @@ from flask.testing import FlaskClient
 
 from config.settings import Settings
 from tests.app.conftest import WORKFLOWS, deployed, ok, poll
+from tests.conftest import embedded_settings
 from tests.support.browsers import Dashboard
 
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
@@ -22,14 +23,7 @@ TASKS = "/deployments/DurableSuite/tasks"
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     """Embedded settings whose durable runs are let go after half a second of waiting."""
-    return Settings(
-        data_dir=tmp_path / ".celeriac",
-        port=0,
-        polling_interval=0.001,
-        worker_concurrency=4,
-        run_timeout=30.0,
-        release_after=0.5,
-    )
+    return embedded_settings(tmp_path, worker_concurrency=4, release_after=0.5)
 
 
 def created(client: FlaskClient, service: str, **fields: object) -> str:

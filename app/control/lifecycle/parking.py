@@ -92,9 +92,7 @@ def _inputs_taken(conn: Connection, task_id: str, run: int) -> int:
         ),
         params,
     )
-    return max(
-        -1, in_snapshot if in_snapshot is not None else -1, in_ticks if in_ticks is not None else -1
-    )
+    return max(number for number in (in_snapshot, in_ticks, -1) if number is not None)
 
 
 #: An event sent in after number ``taken``.
