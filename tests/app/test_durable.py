@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from app.models import Checkpoint, Event, JournalTick
+from app.models.base import utcnow
 from app.server import Server
 from config.settings import Settings
 from tests.app.conftest import deployed, ok, poll, wait_for_task
@@ -195,3 +197,19 @@ def test_a_parked_run_whose_wait_times_out_is_resumed_then_by_the_control_plane(
         - dt.datetime.fromisoformat(done["created_at"])
     ).total_seconds()
     assert 1.9 <= took < 5.0, took
+
+
+def test_a_parked_task_cancelled_before_its_wait_times_out_is_never_woken(
+    suite: FlaskClient, server: Server
+) -> None:
+    task = run(suite, "impatient", wait=1.0)
+    url = f"{TASKS}/{task['task_id']}"
+    poll(lambda: ok(suite.get(url)), lambda t: t["parked_at"] is not None)
+    lifecycle = server.plane.lifecycle
+    assert lifecycle.next_wake() is not None
+    ok(suite.post(f"{url}/cancel"))
+    # The deadline passes: nothing to wake, and nothing for the sweep to wait for.
+    time.sleep(1.2)
+    assert lifecycle.next_wake() is None
+    assert lifecycle.wake_parked(utcnow()) == []
+    assert ok(suite.get(url))["status"] == "cancelled"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import Connection, bindparam, exists, func, select
+from sqlalchemy import Connection, and_, bindparam, exists, func, select
 
 from app.control.lifecycle import statements as sql
 from app.control.lifecycle.attempts import Attempts, Run
@@ -64,15 +64,19 @@ _UNPARK = (
 
 _UNPARK_PARKED = _UNPARK.where(sql.tasks.c.parked_at.is_not(None))
 
+#: A task parked, still waiting (one cancelled or timed out while parked keeps its marks).
+_PARKED = and_(
+    sql.tasks.c.parked_at.is_not(None), sql.tasks.c.status == TaskStatus.WAITING_INPUT.value
+)
 #: Parked tasks whose wait for an event timed out by ``now``.
 _WAKING = (
     select(sql.tasks.c.id)
-    .where(sql.tasks.c.parked_at.is_not(None), sql.tasks.c.wake_at <= bindparam("now"))
+    .where(_PARKED, sql.tasks.c.wake_at <= bindparam("now"))
     .order_by(sql.tasks.c.wake_at)
     .limit(sql.SWEEP_BATCH)
     .with_for_update(skip_locked=True)
 )
-_NEXT_WAKE = select(func.min(sql.tasks.c.wake_at)).where(sql.tasks.c.parked_at.is_not(None))
+_NEXT_WAKE = select(func.min(sql.tasks.c.wake_at)).where(_PARKED)
 
 _TASK_TO_RESUME = sql.with_first_step().where(sql.tasks.c.id == bindparam("task_id"))
 
