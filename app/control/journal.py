@@ -120,9 +120,13 @@ class Journal:
         over (a later run)."""
         key = {"task_id": message.task_id}
         with self._db.connect() as conn:
-            if conn.execute(_CURRENT_RUN, key).scalar() != message.run:
-                return False
-            checkpoint = self._checkpoint_of(conn, message.task_id, message.run)
+            row = conn.execute(_CHECKPOINT_LOCKED, key).first()
+            if row is not None and row.run == message.run:
+                checkpoint = Checkpoint(**row._mapping)
+            elif conn.execute(_CURRENT_RUN, key).scalar() == message.run:
+                checkpoint = self._checkpoint_of(conn, message.task_id, message.run)
+            else:
+                return False  # the task is gone, or has started over
             if message.epoch != checkpoint.epoch:
                 return False  # an earlier attempt's (a lost worker's), or a later one's
             if message.records:
