@@ -224,9 +224,7 @@ class ServiceRuntime:
         outcome is in the broker: a heartbeat sent after the start report either lists it or
         follows the outcome, so the control plane never takes a task that is still being run
         for a lost one."""
-        if not self.stops.wait_known():
-            # The worker stops before it heard which runs are stopped: back to the queue.
-            raise HandedBack(f"task {step.task_id}: the worker stopped before the run began")
+        self.stops.wait_known()
         stopped = self.stops.reason(step.task_id, step.run)
         if stopped is not None:
             logger.info("task %s (run %d) was %s: not started", step.task_id, step.run, stopped)
@@ -387,7 +385,6 @@ class ServiceRuntime:
         back to the queue (see ``run_step``) and run again elsewhere, where the control plane
         sends every event the task was sent. Returns how many runs were stopped. (Durable
         runs still waiting for their journal give up too, and go back to the queue.)"""
-        self.stops.close()
         if self.journals is not None:
             self.journals.give_up()
         stopped = 0
@@ -497,8 +494,7 @@ class ServiceRuntime:
         return result
 
     def close(self) -> None:
-        """Stop the event loop (and any wait for a journal or for the stopped runs)."""
-        self.stops.close()
+        """Stop the event loop (and any wait for a journal)."""
         if self.journals is not None:
             self.journals.give_up()
         self.loop.stop()

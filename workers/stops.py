@@ -55,7 +55,6 @@ class Stops:
         #: knows it from the start; a worker's is cleared until its inbox gets the list.
         self._ready = threading.Event()
         self._ready.set()
-        self._closed = False
         self._lock = threading.Lock()
 
     def note(self, runs: Iterable[Any], reason: str, *, complete: bool = False) -> list[str]:
@@ -78,18 +77,10 @@ class Stops:
     def unknown(self) -> None:
         """The list may have missed broadcasts (the worker (re)connects): runs wait for the
         next complete list."""
-        if not self._closed:
-            self._ready.clear()
+        self._ready.clear()
 
-    def close(self) -> None:
-        """The worker stops: runs waiting for the list stop waiting (see :meth:`wait_known`),
-        and none waits again."""
-        self._closed = True
-        self._ready.set()
-
-    def wait_known(self, warn_every: float = 10.0) -> bool:
-        """Wait until the control plane's list arrived since the last (re)connection; False
-        if the worker stops first (the list may never come: the run must not start)."""
+    def wait_known(self, warn_every: float = 10.0) -> None:
+        """Wait until the control plane's list arrived since the last (re)connection."""
         waited = 0.0
         while not self._ready.wait(warn_every):
             waited += warn_every
@@ -98,7 +89,6 @@ class Stops:
                 "is a control-plane consumer running?",
                 waited,
             )
-        return not self._closed
 
     def reason(self, task_id: str, run: int) -> str | None:
         """Why run ``run`` of the task was stopped, or None if it was not. A step from
