@@ -25,12 +25,6 @@ MULTISTEP = EXAMPLES / "multistep" / "deployment.yml"
 HITL = EXAMPLES / "hitl" / "deployment.yml"
 
 
-def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
-    """``-n auto``: a worker per core, and at least three, one for each group of end-to-end
-    tests (see ``tests/e2e/conftest.py``), which mostly wait rather than compute."""
-    return max(os.cpu_count() or 1, 3)
-
-
 def in_ci() -> bool:
     """Under CI=true a missing service fails a test instead of skipping it."""
     return os.environ.get("CI", "").lower() in {"1", "true", "yes"}

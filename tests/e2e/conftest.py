@@ -77,34 +77,16 @@ def script(name: str) -> str:
 # -- processes ------------------------------------------------------------------------------------
 
 
-#: Test modules of this folder that run one at a time beside the others (see below): the
-#: network fault tests, and the tests that kill, cut or restart processes.
-APART = {
-    "test_network_faults.py": "e2e-network",
-    **dict.fromkeys(
-        (
-            "test_api_servers.py",
-            "test_broker_faults.py",
-            "test_database_faults.py",
-            "test_durable.py",
-            "test_handback.py",
-            "test_leases.py",
-            "test_redis_faults.py",
-            "test_report_waits.py",
-            "test_resilience.py",
-        ),
-        "e2e-faults",
-    ),
-}
+#: Test modules of this folder that run one at a time beside the others (see below).
+APART = {"test_network_faults.py": "e2e-network"}
 
 
 def pytest_itemcollected(item: pytest.Item) -> None:
-    """Run the tests of this folder one group at a time, each group on one pytest-xdist
-    worker: they measure bounds in seconds on a shared machine. Three groups run side by
-    side, which mostly wait (on bounds, on processes starting): the tests that kill or
-    restart processes, the network fault tests (each waits out a cut of its own host's link,
-    with brokers of its own), and the others; the in-process tests run beside them. (Marked
-    as each is collected: pytest-xdist reads the groups in its own
+    """Run the tests of this folder one at a time, on one pytest-xdist worker: they measure
+    bounds in seconds on a shared machine, and share its brokers and database. The network
+    fault tests (each mostly waits out a cut of its own host's link, with brokers of its
+    own) run one at a time beside them, on another worker, with the in-process tests.
+    (Marked as each is collected: pytest-xdist reads the groups in its own
     ``pytest_collection_modifyitems``.)"""
     if item.path.is_relative_to(Path(__file__).parent):
         item.add_marker(pytest.mark.xdist_group(APART.get(item.path.name, "e2e")))
