@@ -360,6 +360,24 @@ def bench_memory(args: argparse.Namespace) -> list[Figures]:
     ]
 
 
+def add_service_options(parser: argparse.ArgumentParser) -> None:
+    """The options naming the Redis, RabbitMQ and PostgreSQL a distributed run uses."""
+    parser.add_argument(
+        "--redis-url",
+        help="Redis database to flush and use [default: an empty one of the local Redis]",
+    )
+    parser.add_argument(
+        "--amqp-url",
+        help="RabbitMQ virtual host [default: a private one of the local RabbitMQ, if rabbitmqctl"
+        " works, else its default one]",
+    )
+    parser.add_argument(
+        "--pg-url",
+        default="postgresql://postgres@127.0.0.1:5432/postgres",
+        help="PostgreSQL to create and drop a benchmark database in",
+    )
+
+
 def parse_args() -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -379,20 +397,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--workers", type=int, default=1, help="Celeriac service workers (distributed)"
     )
-    parser.add_argument(
-        "--redis-url",
-        help="Redis database to flush and use [default: an empty one of the local Redis]",
-    )
-    parser.add_argument(
-        "--amqp-url",
-        help="RabbitMQ virtual host [default: a private one of the local RabbitMQ, if rabbitmqctl"
-        " works, else its default one]",
-    )
-    parser.add_argument(
-        "--pg-url",
-        default="postgresql://postgres@127.0.0.1:5432/postgres",
-        help="PostgreSQL to create and drop a benchmark database in",
-    )
+    add_service_options(parser)
     args = parser.parse_args()
     if min(args.calls, args.tasks, args.workers) < 1:
         parser.error("--calls, --tasks and --workers must be at least 1")

@@ -56,7 +56,7 @@ from workflows.context.serializers import JsonSerializer
 from workflows.events import HumanResponseEvent
 
 from tests.benchmarks import distributed
-from tests.benchmarks.bench import Figures, http_caller, percentile, progress
+from tests.benchmarks.bench import Figures, add_service_options, http_caller, percentile, progress
 from tests.benchmarks.distributed import (
     Broker,
     Child,
@@ -429,20 +429,7 @@ def parse_args() -> argparse.Namespace:
         default=0.5,
         help="seconds a durable run waits for input before it is let go (parked)",
     )
-    parser.add_argument(
-        "--redis-url",
-        help="Redis database to flush and use [default: an empty one of the local Redis]",
-    )
-    parser.add_argument(
-        "--amqp-url",
-        help="RabbitMQ virtual host [default: a private one of the local RabbitMQ, if rabbitmqctl"
-        " works, else its default one]",
-    )
-    parser.add_argument(
-        "--pg-url",
-        default="postgresql://postgres@127.0.0.1:5432/postgres",
-        help="PostgreSQL to create and drop a benchmark database in",
-    )
+    add_service_options(parser)
     args = parser.parse_args()
     if min(args.calls, args.tasks, args.workers, args.clients) < 1:
         parser.error("--calls, --tasks, --clients and --workers must be at least 1")
