@@ -261,10 +261,16 @@ class HandBackStep(bootsteps.StartStopStep):
 
     The worker's consumer, inbox included, has stopped by then, and Celery's warm shutdown
     waits for the tasks in progress: a run waiting for a human would hold the worker until its
-    timeout, then fail. This step stops before the pool does (it starts after it).
+    timeout, then fail; so would a run waiting for the list of stopped runs, which no control
+    plane may send any more. This step stops before the pool does (it starts after it, and
+    before the consumer: a worker started again, as an embedded one on a reload, runs steps
+    again once its inbox has the list).
     """
 
     requires = ("celery.worker.components:Pool",)
+
+    def start(self, worker: Any) -> None:
+        worker.app.runtime.stops.open()
 
     def stop(self, worker: Any) -> None:
         stopped = worker.app.runtime.hand_back()

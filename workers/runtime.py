@@ -224,7 +224,9 @@ class ServiceRuntime:
         outcome is in the broker: a heartbeat sent after the start report either lists it or
         follows the outcome, so the control plane never takes a task that is still being run
         for a lost one."""
-        self.stops.wait_known()
+        if not self.stops.wait_known():
+            # The worker stops before it heard which runs are stopped: back to the queue.
+            raise HandedBack(f"task {step.task_id}: the worker stopped before the run began")
         stopped = self.stops.reason(step.task_id, step.run)
         if stopped is not None:
             logger.info("task %s (run %d) was %s: not started", step.task_id, step.run, stopped)
@@ -384,7 +386,9 @@ class ServiceRuntime:
         inbox no longer takes events, so they would wait until their timeout. Their steps go
         back to the queue (see ``run_step``) and run again elsewhere, where the control plane
         sends every event the task was sent. Returns how many runs were stopped. (Durable
-        runs still waiting for their journal give up too, and go back to the queue.)"""
+        runs still waiting for their journal give up too, and go back to the queue, as do runs
+        waiting for the list of stopped runs.)"""
+        self.stops.close()
         if self.journals is not None:
             self.journals.give_up()
         stopped = 0
@@ -494,7 +498,8 @@ class ServiceRuntime:
         return result
 
     def close(self) -> None:
-        """Stop the event loop (and any wait for a journal)."""
+        """Stop the event loop (and any wait for a journal or for the stopped runs)."""
+        self.stops.close(for_good=True)
         if self.journals is not None:
             self.journals.give_up()
         self.loop.stop()

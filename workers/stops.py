@@ -55,6 +55,10 @@ class Stops:
         #: knows it from the start; a worker's is cleared until its inbox gets the list.
         self._ready = threading.Event()
         self._ready.set()
+        #: Set once no worker of this process runs (the last stopped): the list may never
+        #: come, and no run may wait for it. ``_workers`` counts the workers started.
+        self._closed = False
+        self._workers = 0
         self._lock = threading.Lock()
 
     def note(self, runs: Iterable[Any], reason: str, *, complete: bool = False) -> list[str]:
@@ -76,11 +80,31 @@ class Stops:
 
     def unknown(self) -> None:
         """The list may have missed broadcasts (the worker (re)connects): runs wait for the
-        next complete list."""
-        self._ready.clear()
+        next complete list (unless the worker stops: see :meth:`close`)."""
+        if not self._closed:
+            self._ready.clear()
 
-    def wait_known(self, warn_every: float = 10.0) -> None:
-        """Wait until the control plane's list arrived since the last (re)connection."""
+    def open(self) -> None:
+        """A worker of this process starts (again, after an embedded reload): runs wait for
+        the list."""
+        with self._lock:
+            self._workers += 1
+            self._closed = False
+
+    def close(self, *, for_good: bool = False) -> None:
+        """A worker of this process stops. Once none is left (embedded mode runs several on
+        one runtime), runs waiting for the list stop waiting (see :meth:`wait_known`), and
+        none waits again until :meth:`open`, even if a consumer reconnects meanwhile."""
+        with self._lock:
+            self._workers = 0 if for_good else max(0, self._workers - 1)
+            if self._workers:
+                return
+            self._closed = True
+        self._ready.set()
+
+    def wait_known(self, warn_every: float = 10.0) -> bool:
+        """Wait until the control plane's list arrived since the last (re)connection; False
+        if the worker stops first (the list may never come: the run must not start)."""
         waited = 0.0
         while not self._ready.wait(warn_every):
             waited += warn_every
@@ -89,6 +113,7 @@ class Stops:
                 "is a control-plane consumer running?",
                 waited,
             )
+        return not self._closed
 
     def reason(self, task_id: str, run: int) -> str | None:
         """Why run ``run`` of the task was stopped, or None if it was not. A step from

@@ -183,3 +183,64 @@ def test_stopping_a_worker_that_never_started_does_nothing(celery: CeleriacCeler
     start = time.monotonic()
     worker.stop(timeout=5)
     assert time.monotonic() - start < 0.1
+
+
+def _echo_step(message: str) -> RunStep:
+    return RunStep(
+        task_id=uuid.uuid4().hex,
+        session_id=uuid.uuid4().hex,
+        deployment="QuickStart",
+        service="echo_workflow",
+        input={"message": message},
+    )
+
+
+def test_a_worker_stopped_and_started_again_runs_steps(
+    celery: CeleriacCelery, outcomes: Outcomes, running_workers: list[ThreadWorker]
+) -> None:
+    # Given workers that were stopped and started again (as an embedded reload does)
+    for worker in running_workers:
+        worker.stop(timeout=5)
+    for worker in running_workers:
+        worker.start(timeout=10)
+    # When a step is published
+    step = _echo_step("after a restart")
+    send(celery, RUN_STEP, step, service_queue("QuickStart", "echo_workflow"))
+    # Then the restarted service worker runs it
+    finished = outcomes.wait_for(1, timeout=10)
+    assert [(f.task_id, f.result) for f in finished] == [
+        (step.task_id, "Message received: after a restart")
+    ]
+
+
+def test_a_step_waiting_for_the_stopped_runs_goes_back_to_its_queue_as_the_worker_stops(
+    celery: CeleriacCelery, outcomes: Outcomes
+) -> None:
+    # Given a service worker with no control plane to send it the list of stopped runs,
+    # and a step it took and holds until that list comes
+    queue = service_queue("QuickStart", "echo_workflow")
+    service = ThreadWorker(celery, [queue], name="waits-s")
+    service.start(timeout=10)
+    step = _echo_step("kept")
+    send(celery, RUN_STEP, step, queue)
+    assert outcomes.wait_for(1, timeout=0.5) == []
+    # When the worker stops
+    thread = service._thread
+    start = time.monotonic()
+    service.stop(timeout=10)
+    # Then it stops at once, not waiting for the list for ever
+    assert time.monotonic() - start < 3
+    assert thread is not None and not thread.is_alive()
+    # And the step went back to its queue: started again with a control plane, it runs once
+    again = ThreadWorker(celery, [queue], name="again-s")
+    control = ThreadWorker(celery, [CONTROL_QUEUE], name="again-c")
+    again.start(timeout=10)
+    control.start(timeout=10)
+    try:
+        finished = outcomes.wait_for(1, timeout=10)
+        assert [(f.task_id, f.result) for f in finished] == [
+            (step.task_id, "Message received: kept")
+        ]
+    finally:
+        again.stop(timeout=5)
+        control.stop(timeout=5)

@@ -457,3 +457,30 @@ def test_a_result_nested_past_the_bound_fails_the_run(tmp_path: Path) -> None:
     with pytest.raises(ResultTooLarge, match="nested deeper than 3 levels"):
         ResultBounds(1_000, 3).check([[[[1]]]])
     ResultBounds(1_000, 3).check([[[1]]])
+
+
+def test_a_run_waiting_for_the_stopped_runs_goes_back_to_the_queue_when_the_worker_stops(
+    runtime: ServiceRuntime, reporter: RecordingReporter, tmp_path: Path
+) -> None:
+    # Given a worker that (re)connected and has not yet heard which runs are stopped
+    install(runtime, tmp_path, '"done"')
+    runtime.stops.unknown()
+    outcome: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            runtime.run(run_step("Dep", "svc"), reporter)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    waiting = threading.Thread(target=run)
+    waiting.start()
+    time.sleep(0.1)
+    assert waiting.is_alive()
+    # When the worker stops (its hand-back step runs before its pool stops)
+    runtime.hand_back()
+    waiting.join(timeout=5)
+    # Then the run gives up at once without starting, and its step goes back to the queue
+    assert not waiting.is_alive()
+    assert [type(exc) for exc in outcome] == [HandedBack]
+    assert reporter.kinds == []
