@@ -99,7 +99,21 @@ class Inbox:
         self._waiting: dict[str, list[tuple[int, str]]] = {}
         self._seen: dict[str, set[int]] = {}
         self._floor: dict[str, int] = {}
+        #: Workers of this process reading the inbox queue (embedded mode runs several).
+        self._readers = 0
         self._lock = threading.Lock()
+
+    def reader_started(self) -> None:
+        """A worker of this process began reading the inbox queue."""
+        with self._lock:
+            self._readers += 1
+
+    def reader_stopped(self) -> bool:
+        """A worker stopped reading it for good; True if it was the last (the queue may go:
+        a reloaded embedded deployment's new worker reads the same queue as the old one)."""
+        with self._lock:
+            self._readers = max(self._readers - 1, 0)
+            return self._readers == 0
 
     def attach(
         self,
@@ -193,6 +207,11 @@ class InboxStep(bootsteps.ConsumerStep):
 
     requires = {"celery.worker.consumer.tasks:Tasks"}
 
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        #: Counted among the inbox's readers (see ``Inbox.reader_started``).
+        self._reading = False
+
     def get_consumers(self, channel: Any) -> list[Consumer]:
         """A Kombu consumer of this worker's inbox queue, if it serves any service."""
         consumer = self.consumer
@@ -217,6 +236,9 @@ class InboxStep(bootsteps.ConsumerStep):
         if not self.consumers:
             runtime.stops.note((), "", complete=True)  # no inbox: it runs no steps
             return
+        if not self._reading:  # its first start, not a reconnection
+            self._reading = True
+            runtime.inbox.reader_started()
         c.app.send_task(
             STOPS_WANTED,
             kwargs=StopsWanted(inbox=runtime.inbox_queue).encode(),
@@ -226,13 +248,17 @@ class InboxStep(bootsteps.ConsumerStep):
         )
 
     def shutdown(self, c: Any) -> None:
-        """The worker stops for good (not a reconnection): delete its inbox, then close.
+        """The worker stops for good (not a reconnection): delete its inbox (unless another
+        worker of this process still reads it), then close.
 
         The tasks it did not finish run again on other workers, and the control plane sends
         their events to those workers' inboxes.
         """
         connection = c.connection
-        if connection is not None and connection.transport.driver_type not in _INBOXES_KEPT:
+        last = self._reading and c.app.runtime.inbox.reader_stopped()
+        self._reading = False
+        kept = connection is None or connection.transport.driver_type in _INBOXES_KEPT
+        if last and not kept:
             for consumer in self.consumers or []:
                 for queue in consumer.queues:
                     ignore_errors(connection, _delete, queue, connection)
@@ -261,16 +287,11 @@ class HandBackStep(bootsteps.StartStopStep):
 
     The worker's consumer, inbox included, has stopped by then, and Celery's warm shutdown
     waits for the tasks in progress: a run waiting for a human would hold the worker until its
-    timeout, then fail; so would a run waiting for the list of stopped runs, which no control
-    plane may send any more. This step stops before the pool does (it starts after it, and
-    before the consumer: a worker started again, as an embedded one on a reload, runs steps
-    again once its inbox has the list).
+    timeout, then fail; so would a run waiting for the list of stopped runs, which its inbox
+    no longer takes. This step stops before the pool does (it starts after it).
     """
 
     requires = ("celery.worker.components:Pool",)
-
-    def start(self, worker: Any) -> None:
-        worker.app.runtime.stops.open()
 
     def stop(self, worker: Any) -> None:
         stopped = worker.app.runtime.hand_back()

@@ -225,8 +225,9 @@ class ServiceRuntime:
         follows the outcome, so the control plane never takes a task that is still being run
         for a lost one."""
         if not self.stops.wait_known():
-            # The worker stops before it heard which runs are stopped: back to the queue.
-            raise HandedBack(f"task {step.task_id}: the worker stopped before the run began")
+            # The list did not come (the worker stops, or no control plane answers): the run
+            # must not start, and its step goes back to the queue.
+            raise HandedBack(f"task {step.task_id}: no list of stopped runs came; not started")
         stopped = self.stops.reason(step.task_id, step.run)
         if stopped is not None:
             logger.info("task %s (run %d) was %s: not started", step.task_id, step.run, stopped)
@@ -388,7 +389,7 @@ class ServiceRuntime:
         sends every event the task was sent. Returns how many runs were stopped. (Durable
         runs still waiting for their journal give up too, and go back to the queue, as do runs
         waiting for the list of stopped runs.)"""
-        self.stops.close()
+        self.stops.release()
         if self.journals is not None:
             self.journals.give_up()
         stopped = 0
@@ -499,7 +500,7 @@ class ServiceRuntime:
 
     def close(self) -> None:
         """Stop the event loop (and any wait for a journal or for the stopped runs)."""
-        self.stops.close(for_good=True)
+        self.stops.release()
         if self.journals is not None:
             self.journals.give_up()
         self.loop.stop()

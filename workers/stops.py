@@ -8,13 +8,15 @@ that (re)connects asks for the whole list (``StopsWanted``) once its queues are 
 starts no run until it has it: every stop recorded before the list was read is in it, and
 every one after reaches the bound queue. A cancelled task's step that waits in a queue is
 therefore never started, whatever restarted in between; unlike Celery's ``revoke``, nothing
-depends on a worker's memory.
+depends on a worker's memory. A run that cannot get the list (its worker stops, or no control
+plane answers within :data:`PATIENCE`) is not started either: its step goes back to the queue.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,6 +30,10 @@ log = logging.getLogger(__name__)
 #: lasting record; this is the copy a worker checks on every step).
 KEPT = 100_000
 
+
+#: Seconds a run waits for the control plane's list before its step goes back to the queue
+#: (to be taken again, by this worker or another).
+PATIENCE = 60.0
 
 #: The routing key of every stop broadcast, and of every worker's binding to the exchange.
 STOPS_ROUTING_KEY = "stops"
@@ -49,24 +55,23 @@ def stops_exchange() -> Exchange:
 class Stops:
     """The runs stopped, by task: the highest run number stopped, and why."""
 
-    def __init__(self) -> None:
+    def __init__(self, patience: float = PATIENCE) -> None:
         self._stopped: dict[str, tuple[int, str]] = {}
-        #: Set while the list is known complete. A runtime that no broker feeds (in tests)
-        #: knows it from the start; a worker's is cleared until its inbox gets the list.
-        self._ready = threading.Event()
-        self._ready.set()
-        #: Set once no worker of this process runs (the last stopped): the list may never
-        #: come, and no run may wait for it. ``_workers`` counts the workers started.
-        self._closed = False
-        self._workers = 0
+        #: Whether the list is known complete. A runtime that no broker feeds (in tests)
+        #: knows it from the start; a worker's is unknown until its inbox gets the list.
+        self._known = True
+        #: Bumped by :meth:`release`: runs waiting from before give up.
+        self._releases = 0
+        self._patience = patience
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
 
     def note(self, runs: Iterable[Any], reason: str, *, complete: bool = False) -> list[str]:
         """Remember ``runs`` (``[task_id, run]`` pairs) as stopped for ``reason``; with
         ``complete`` (the control plane's whole list) runs may start again. Returns the ids
         of the tasks noted."""
         noted: list[str] = []
-        with self._lock:
+        with self._changed:
             for task_id, run in runs:
                 known = self._stopped.get(task_id)
                 if known is None or known[0] < int(run):
@@ -74,46 +79,43 @@ class Stops:
                 noted.append(str(task_id))
             while len(self._stopped) > KEPT:
                 del self._stopped[next(iter(self._stopped))]
-        if complete:
-            self._ready.set()
+            if complete:
+                self._known = True
+                self._changed.notify_all()
         return noted
 
     def unknown(self) -> None:
         """The list may have missed broadcasts (the worker (re)connects): runs wait for the
-        next complete list (unless the worker stops: see :meth:`close`)."""
-        if not self._closed:
-            self._ready.clear()
+        next complete list."""
+        with self._changed:
+            self._known = False
 
-    def open(self) -> None:
-        """A worker of this process starts (again, after an embedded reload): runs wait for
-        the list."""
-        with self._lock:
-            self._workers += 1
-            self._closed = False
-
-    def close(self, *, for_good: bool = False) -> None:
-        """A worker of this process stops. Once none is left (embedded mode runs several on
-        one runtime), runs waiting for the list stop waiting (see :meth:`wait_known`), and
-        none waits again until :meth:`open`, even if a consumer reconnects meanwhile."""
-        with self._lock:
-            self._workers = 0 if for_good else max(0, self._workers - 1)
-            if self._workers:
-                return
-            self._closed = True
-        self._ready.set()
+    def release(self) -> None:
+        """A worker stops: the runs waiting for the list now give up (their inbox, which
+        the list would reach, is no longer read). Embedded mode runs several workers on one
+        runtime: a run of another that gives up goes back to its queue, and is taken again."""
+        with self._changed:
+            self._releases += 1
+            self._changed.notify_all()
 
     def wait_known(self, warn_every: float = 10.0) -> bool:
         """Wait until the control plane's list arrived since the last (re)connection; False
-        if the worker stops first (the list may never come: the run must not start)."""
-        waited = 0.0
-        while not self._ready.wait(warn_every):
-            waited += warn_every
-            log.warning(
-                "runs wait for the control plane's list of stopped tasks (%.0f s so far): "
-                "is a control-plane consumer running?",
-                waited,
-            )
-        return not self._closed
+        if the worker stops first, or after ``patience`` seconds (the run must not start: its
+        step goes back to the queue)."""
+        began = time.monotonic()
+        with self._changed:
+            releases = self._releases
+            while not self._known:
+                waited = time.monotonic() - began
+                if self._releases != releases or waited >= self._patience:
+                    return False
+                if not self._changed.wait(min(warn_every, self._patience - waited)):
+                    log.warning(
+                        "runs wait for the control plane's list of stopped tasks (%.0f s so "
+                        "far): is a control-plane consumer running?",
+                        time.monotonic() - began,
+                    )
+            return True
 
     def reason(self, task_id: str, run: int) -> str | None:
         """Why run ``run`` of the task was stopped, or None if it was not. A step from

@@ -27,6 +27,7 @@ from workers import runtime as runtime_module
 from workers.errors import HandedBack, ResultTooLarge
 from workers.protocol import DeliverEvent, StepEvent, StepFinished, StepStarted
 from workers.runtime import ResultBounds, ServiceRuntime
+from workers.stops import Stops
 
 
 def local_deployment(
@@ -484,3 +485,19 @@ def test_a_run_waiting_for_the_stopped_runs_goes_back_to_the_queue_when_the_work
     assert not waiting.is_alive()
     assert [type(exc) for exc in outcome] == [HandedBack]
     assert reporter.kinds == []
+
+
+def test_a_run_that_gets_no_list_of_stopped_runs_gives_up_after_the_patience() -> None:
+    # Given a worker that asked for the list of stopped runs, and no control plane to answer
+    stops = Stops(patience=0.3)
+    stops.unknown()
+    # When a run waits for it
+    began = time.monotonic()
+    known = stops.wait_known(warn_every=0.1)
+    # Then it gives up after the patience, and is told not to start
+    assert known is False
+    assert 0.25 <= time.monotonic() - began < 2
+    # And once the list comes, runs start at once
+    stops.note([["t1", 1]], "cancelled", complete=True)
+    assert stops.wait_known() is True
+    assert stops.reason("t1", 1) == "cancelled"
