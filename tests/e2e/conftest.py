@@ -203,6 +203,15 @@ def private_rabbitmq(tmp_path: Path, processes: Processes) -> PrivateRabbitMQ:
 
 
 @pytest.fixture
+def managed_rabbitmq(tmp_path: Path, processes: Processes) -> PrivateRabbitMQ:
+    """A started RabbitMQ node of this test's own that runs the management plugin (whose HTTP
+    API the machine's shared RabbitMQ does not serve)."""
+    server = PrivateRabbitMQ(processes, tmp_path / "rabbitmq", management=True)
+    server.start()
+    return server
+
+
+@pytest.fixture
 def private_postgres(tmp_path: Path, processes: Processes) -> Iterator[PrivatePostgres]:
     """A started PostgreSQL server of this test's own, with an empty ``celeriac`` database;
     stopped and deleted after the test."""

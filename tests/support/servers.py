@@ -148,13 +148,20 @@ class PrivateRabbitMQ:
     Everything it keeps lives in the test's folder: its database (durable queues and persistent
     messages, kept across a restart), its logs, its configuration and its Erlang cookie (``HOME``
     is the folder). It listens on ``bind`` (127.0.0.1 unless a test's hosts must reach it, see
-    ``tests.support.hosts``), has no plugins (no management), and lets ``guest`` in from this
-    host only, as a fresh RabbitMQ does (from anywhere when it listens beyond loopback). Its
-    node name is its own, so it shares the machine's ``epmd`` with any other node there.
+    ``tests.support.hosts``), has no plugins unless asked for the management plugin
+    (``management=True``: its HTTP API on a free port of 127.0.0.1, :attr:`management_api`;
+    the machine's shared RabbitMQ keeps it off), and lets ``guest`` in from this host only, as
+    a fresh RabbitMQ does (from anywhere when it listens beyond loopback). Its node name is its
+    own, so it shares the machine's ``epmd`` with any other node there.
     """
 
     def __init__(
-        self, processes: Processes, folder: Path, bind: Sequence[str] = ("127.0.0.1",)
+        self,
+        processes: Processes,
+        folder: Path,
+        bind: Sequence[str] = ("127.0.0.1",),
+        *,
+        management: bool = False,
     ) -> None:
         self.processes = processes
         self.folder = folder
@@ -162,6 +169,8 @@ class PrivateRabbitMQ:
         self.bind = tuple(bind)
         self.port = free_port()
         self.dist_port = free_port()
+        #: The port of the management plugin's HTTP API, if the node runs it.
+        self.management_port = free_port() if management else None
         self.node = f"rabbit-e2e-{os.urandom(4).hex()}@localhost"
         self.server: Process | None = None
         #: Seconds each start took, until a client could connect.
@@ -175,8 +184,14 @@ class PrivateRabbitMQ:
             + "log.console = true\n"
             "log.console.level = info\n"
             "log.file = false\n"
+            + (
+                f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.management_port}\n"
+                if self.management_port
+                else ""
+            )
         )
-        (folder / "enabled_plugins").write_text("[].\n")
+        plugins = "rabbitmq_management" if self.management_port else ""
+        (folder / "enabled_plugins").write_text(f"[{plugins}].\n")
         (folder / "rabbitmq-env.conf").write_text("")
 
     @property
@@ -187,6 +202,13 @@ class PrivateRabbitMQ:
     def url_at(self, address: str) -> str:
         """The broker URL by another of the addresses it listens on."""
         return f"amqp://guest:guest@{address}:{self.port}//"
+
+    @property
+    def management_api(self) -> str:
+        """The base URL of the management plugin's HTTP API, with ``guest``'s credentials (as
+        Flower's ``--broker_api`` takes it)."""
+        assert self.management_port is not None, "a node started with management=True"
+        return f"http://guest:guest@127.0.0.1:{self.management_port}/api/"
 
     def env(self) -> dict[str, str]:
         """The environment of this node's server and of ``rabbitmqctl`` calls on it."""
@@ -237,6 +259,9 @@ class PrivateRabbitMQ:
                 socket.create_connection((self.bind[0], self.port), timeout=1.0).close()
                 with Connection(self.url, connect_timeout=2) as conn:
                     conn.connect()
+                if self.management_port is not None:
+                    # The plugin's listener starts a little after the AMQP one.
+                    socket.create_connection(("127.0.0.1", self.management_port), 1.0).close()
             except (OSError, OperationalError):
                 return False
             return True
