@@ -185,6 +185,7 @@ class Journaling:
         waiters: list[dict[str, Any]] | None = None,
         *,
         epoch: int = 0,
+        stop_event: type | None = None,
     ) -> None:
         self.task_id = task_id
         self.run = run
@@ -210,19 +211,44 @@ class Journaling:
         self._armed: list[asyncio.TimerHandle] = []
         #: Set once the run was let go for being idle (parked).
         self.released = False
+        #: The workflow's ``StopEvent`` class as ticks name it, and whether a step returned
+        #: it: the run then ends, and its last steps travel with its outcome (:meth:`last`).
+        self._stop_name = (
+            None if stop_event is None else f"{stop_event.__module__}.{stop_event.__qualname__}"
+        )
+        self.stopping = False
 
     # -- the journal --------------------------------------------------------------------------
 
     async def pump(self, runtime: BasicRuntime, handler: WorkflowHandler) -> None:
         """Send the run's ticks as they are applied, a message at each step's end (and
-        any left at the run's end)."""
+        any left at the run's end), but for the step that returned the ``StopEvent``: the run
+        ends with it, and its outcome carries that step (:meth:`last`)."""
         ctx = handler.ctx
         async for record in runtime.journal(handler.run_id):
             ends_step = self._take(record)
-            if ends_step and ctx is not None:
+            if ends_step and ctx is not None and not self.stopping:
                 self.flush(ctx)
-        if ctx is not None:
+        if ctx is not None and not self.stopping:
             self.flush(ctx)
+
+    def last(self) -> JournalWritten | None:
+        """The message that goes with the outcome of a run that returned its ``StopEvent``:
+        the steps that ended since the last message. Its ticks are left out: a task that
+        ended is never resumed (if the outcome is lost, its run is redelivered and resumes
+        before the last step, which runs again as the step in flight would)."""
+        if not self.stopping or not self._steps:
+            return None
+        message = JournalWritten(
+            task_id=self.task_id,
+            run=self.run,
+            records=[],
+            epoch=self.epoch,
+            through=self._through,
+            steps=self._steps,
+        )
+        self._pending, self._steps = [], []
+        return message
 
     def _take(self, record: JournalRecord) -> bool:
         """Keep one tick; True if it ends a step."""
@@ -238,9 +264,18 @@ class Journaling:
         if tick.get("type") == "step_result":
             self._steps.append(self._step_of(record.seq, tick))
             self._note_waiters(tick)
+            self.stopping = self.stopping or self._returns_stop(tick)
             return True
         if tick.get("type") == "add_event" and self._sent_in:
             self._match_input(tick, self._pending[-1])
+        return False
+
+    def _returns_stop(self, tick: dict[str, Any]) -> bool:
+        """Whether a ``step_result`` tick is of a step that returned the ``StopEvent``."""
+        for result in tick.get("result") or []:
+            returned = result.get("result") if result.get("type") == "result" else None
+            if isinstance(returned, dict) and returned.get("qualified_name") == self._stop_name:
+                return True
         return False
 
     def _match_input(self, tick: dict[str, Any], record: list[Any]) -> None:

@@ -249,6 +249,10 @@ class StepFinished(Message):
     #: For a parked run: when (UNIX time) the first of its waits for an event times out
     #: (``ctx.wait_for_event(timeout=...)``); the control plane resumes it then.
     wake_at: float | None = None
+    #: A durable run that returned its ``StopEvent``: its last journal message (an encoded
+    #: :class:`JournalWritten`, the steps that ended since the one before, without ticks,
+    #: which nothing will replay), recorded with the outcome instead of on its own.
+    journal: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,8 @@ class Run:
         self.parked = False
         #: For a parked run: when its first wait for an event times out.
         self.wake_at: float | None = None
+        #: A durable run's last journal message, sent with the outcome (see ``StepFinished``).
+        self.journal: dict[str, Any] | None = None
         #: Resolved with the reason (``cancelled``, ``timed_out``) when the run must stop.
         self.stop_asked: concurrent.futures.Future[str] = concurrent.futures.Future()
         #: Set once the workflow's coroutine has ended, whatever the way.
@@ -231,6 +233,7 @@ class Run:
             retry_in=retry_in,
             parked=self.parked,
             wake_at=self.wake_at,
+            journal=self.journal,
         )
 
 

@@ -448,6 +448,7 @@ class ServiceRuntime:
             self.release_after,
             replay.waiters,
             epoch=replay.epoch,
+            stop_event=workflow.stop_event_class,
         )
         handler = workflow.run(ctx=ctx, **step.input)
         running_ctx = handler.ctx or ctx
@@ -482,6 +483,8 @@ class ServiceRuntime:
                     running_ctx, snapshot=running_ctx.to_dict(serializer=JsonSerializer())
                 )
             else:
+                last = journaling.last()
+                run.journal = None if last is None else last.encode()
                 await stream
         except BaseException as exc:
             pump.cancel()

@@ -31,6 +31,8 @@ _ticks = table_of(JournalTick)
 _checkpoints = table_of(Checkpoint)
 _steps = table_of(TaskStep)
 
+#: "Not read yet" (a row read may be None).
+_UNREAD = object()
 _CURRENT_RUN = select(_tasks.c.run).where(_tasks.c.id == bindparam("task_id"))
 _CHECKPOINT = select(_checkpoints).where(_checkpoints.c.task_id == bindparam("task_id"))
 #: The checkpoint, locked: one task's messages are written one at a time (not its task's row,
@@ -110,7 +112,9 @@ class Journal:
         self._db = db
         self._dispatcher = dispatcher
         self._insert_tick = db.insert_ignoring_duplicates(_ticks)
-        self._insert_checkpoint = db.insert_ignoring_duplicates(_checkpoints)
+        self._insert_checkpoint = db.insert_ignoring_duplicates(_checkpoints).returning(
+            *_checkpoints.c
+        )
         self._insert_step = db.insert_ignoring_duplicates(_steps).from_select(
             _STEP_COLUMNS, _STEP_ROW
         )
@@ -124,7 +128,7 @@ class Journal:
             if row is not None and row.run == message.run:
                 checkpoint = Checkpoint(**row._mapping)
             elif conn.execute(_CURRENT_RUN, key).scalar() == message.run:
-                checkpoint = self._checkpoint_of(conn, message.task_id, message.run)
+                checkpoint = self._checkpoint_of(conn, message.task_id, message.run, row)
             else:
                 return False  # the task is gone, or has started over
             if message.epoch != checkpoint.epoch:
@@ -150,19 +154,23 @@ class Journal:
                 self._record_step(conn, message, step)
         return True
 
-    def _checkpoint_of(self, conn: Connection, task_id: str, run: int) -> Checkpoint:
+    def _checkpoint_of(
+        self, conn: Connection, task_id: str, run: int, locked: Any = _UNREAD
+    ) -> Checkpoint:
         """The task's checkpoint of ``run``, locked; made (and the journal of earlier runs
-        dropped) if there is none yet."""
+        dropped) if there is none yet. ``locked`` is the checkpoint's row if the caller has
+        just read it locked (None if there was none)."""
         key = {"task_id": task_id}
-        row = conn.execute(_CHECKPOINT_LOCKED, key).first()
+        row = conn.execute(_CHECKPOINT_LOCKED, key).first() if locked is _UNREAD else locked
         if row is not None and row.run == run:
             return Checkpoint(**row._mapping)
-        conn.execute(_ticks.delete().where(_OF_TASK, _ticks.c.run != run), key)
-        conn.execute(
-            _checkpoints.delete().where(
-                _checkpoints.c.task_id == task_id, _checkpoints.c.run != run
+        if row is not None or run > 1:  # runs are numbered from 1: run 1 has no earlier one
+            conn.execute(_ticks.delete().where(_OF_TASK, _ticks.c.run != run), key)
+            conn.execute(
+                _checkpoints.delete().where(
+                    _checkpoints.c.task_id == task_id, _checkpoints.c.run != run
+                )
             )
-        )
         fresh = {
             "task_id": task_id,
             "run": run,
@@ -175,8 +183,10 @@ class Journal:
             "waiters": None,
             "updated_at": utcnow(),
         }
-        # Two first messages of a run may race here: one inserts, both then read it locked.
-        conn.execute(self._insert_checkpoint, fresh)
+        made = conn.execute(self._insert_checkpoint, fresh).first()
+        if made is not None:
+            return Checkpoint(**made._mapping)
+        # Two first messages of a run raced here: the other inserted it; read it locked.
         return Checkpoint(**conn.execute(_CHECKPOINT_LOCKED, key).one()._mapping)
 
     def _update_checkpoint(

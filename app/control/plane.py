@@ -49,8 +49,9 @@ class ControlPlane:
         )
         self.stops = Stops(self.lifecycle, dispatcher, self.outbox, self.waiter)
         self.deadlines = Deadlines(self.lifecycle, self.outbox, self.stops)
+        self.journal = Journal(db, dispatcher)
         self.recorder = Recorder(
-            db, self.lifecycle, self.waiter, dispatcher, self.outbox, self.deadlines
+            db, self.lifecycle, self.waiter, dispatcher, self.outbox, self.deadlines, self.journal
         )
         self.leases = Leases(self.lifecycle, dispatcher, settings.heartbeat_interval)
         self.tokens = Tokens(db)
@@ -98,7 +99,6 @@ class ControlPlane:
             max_nesting=settings.max_nesting,
         )
         self.handlers = Handlers(db, self.tasks)
-        self.journal = Journal(db, dispatcher)
         register_control_tasks(
             celery,
             self.recorder,

@@ -10,6 +10,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from app.control.deadlines import Deadlines
 from app.control.dispatch import Dispatcher
+from app.control.journal import Journal
 from app.control.lifecycle import Lifecycle
 from app.control.outbox import Outbox
 from app.control.waiter import Outcome, TaskWaiter
@@ -20,6 +21,7 @@ from app.models.base import from_timestamp, table_of
 from workers.protocol import (
     DeliverEvent,
     Heartbeat,
+    JournalWritten,
     RunStep,
     StepEvent,
     StepFinished,
@@ -41,8 +43,10 @@ class Recorder:
         dispatcher: Dispatcher,
         outbox: Outbox,
         deadlines: Deadlines | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self._db = db
+        self._journal = journal
         self._deadlines = deadlines
         self._lifecycle = lifecycle
         self._waiter = waiter
@@ -74,6 +78,9 @@ class Recorder:
                 self._start(resumed)
             self._waiter.notify(message.task_id)
             return
+        if message.journal is not None and self._journal is not None:
+            # A durable run's last steps: listed by the time the task shows it ended.
+            self._journal.record(JournalWritten.decode(message.journal))
         finished = self._lifecycle.finish(message)
         # Waiters in this process (the embedded mode) take the outcome as it was stored.
         outcome = None

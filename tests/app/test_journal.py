@@ -153,17 +153,19 @@ def test_each_execution_of_a_step_on_the_same_event_is_one_more_attempt(
 def test_the_replay_sends_the_events_sent_in_that_the_journal_lacks(
     server: Server, client: FlaskClient, journal: Journal
 ) -> None:
+    # Given a durable task whose answer (event number 0) is taken by a step before the last
     deployed(client, SUITE)
-    task = ok(client.post(f"{TASKS}/create", json={"service_id": "ask", "input": "{}"}))
+    task = ok(client.post(f"{TASKS}/create", json={"service_id": "ask_more", "input": "{}"}))
     url = f"{TASKS}/{task['task_id']}"
     ok(
         client.post(
-            f"{url}/events", json={"service_id": "ask", "event_obj_str": human_response("a")}
+            f"{url}/events", json={"service_id": "ask_more", "event_obj_str": human_response("a")}
         )
     )
     done = wait_for_task(client, "DurableSuite", task["task_id"])
     assert done["result"]["answer"] == "a"
-    # The run's journal includes the answer (number 0): nothing is pending.
+    # The run's journal includes the answer: nothing is pending. (The last step's ticks,
+    # which returned the StopEvent, are not journaled: they travel with the outcome.)
     replay = journal.replay(JournalWanted(task_id=task["task_id"], run=1, inbox="inbox"))
     assert replay.inputs == 0 and replay.pending == []
     assert replay.next_seq > 0 and replay.records

@@ -153,7 +153,11 @@ def test_a_run_journals_each_step_as_it_ends_with_the_store_when_it_changed(
     assert outcome is not None and outcome.ok
     messages = reporter.journal_messages
     steps = [s["step"] for m in messages for s in m.steps]
-    assert steps == ["one", "two", "three", "four", "five"]
+    assert steps == ["one", "two", "three", "four"]
+    # The last step, which returned the StopEvent, goes with the outcome (without ticks)
+    assert outcome.journal is not None
+    last = JournalWritten.decode(outcome.journal)
+    assert ([s["step"] for s in last.steps], last.records) == (["five"], [])
     seqs = [int(r[0]) for m in messages for r in m.records]
     assert seqs == list(range(len(seqs)))
     # ``five`` stores nothing: the store goes with the steps that changed it, not after it.

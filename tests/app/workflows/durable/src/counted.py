@@ -128,6 +128,28 @@ class Impatient(Workflow):
         return StopEvent(result={"answer": answer.response})
 
 
+class Answered(Event):
+    answer: str
+
+
+class AskingMore(Workflow):
+    """ask (waits for a HumanResponseEvent) -> tell: a step after the answer."""
+
+    @step
+    async def ask(self, ctx: Context, ev: StartEvent) -> Answered:
+        answer = await ctx.wait_for_event(
+            HumanResponseEvent,
+            waiter_id="question",
+            waiter_event=InputRequiredEvent(prefix="Your answer?"),  # type: ignore[call-arg]
+        )
+        return Answered(answer=answer.response)
+
+    @step
+    async def tell(self, ev: Answered) -> StopEvent:
+        return StopEvent(result={"answer": ev.answer})
+
+
 pipeline = Pipeline(timeout=None)
 impatient = Impatient(timeout=None)
 asking = Asking(timeout=None)
+asking_more = AskingMore(timeout=None)
