@@ -12,7 +12,7 @@ from typing import Any
 from celery.worker import WorkController
 
 from config.settings import Settings
-from workers.catalog import http_fetcher
+from workers.catalog import http_fetcher, http_version_fetcher
 from workers.celery_app import CeleriacCelery, create_celery
 from workers.errors import UnknownDeployment, WorkflowLoadError
 from workers.loader import missing_dependencies
@@ -132,7 +132,14 @@ def prepare_service_worker(
     fetch = http_fetcher(settings.server, base_path, token=settings.token)
     # The operator named ``base_path`` on the command line: sources there are theirs.
     roots = () if base_path is None else (base_path,)
-    celery = create_celery(settings, worker_name=hostname, fetch=fetch, source_roots=roots)
+    fetch_version = http_version_fetcher(settings.server, base_path, token=settings.token)
+    celery = create_celery(
+        settings,
+        worker_name=hostname,
+        fetch=fetch,
+        fetch_version=fetch_version,
+        source_roots=roots,
+    )
     queues: list[str] = []
     for name in deployments:
         source = fetch(name)
