@@ -58,7 +58,8 @@ class _Catalog:
         except (DeploymentSpecError, KeyError) as exc:
             raise UnknownDeployment(f"{what} from {server} is unreadable: {exc}") from exc
         base = self.base_path or Path(data["base_path"])
-        return DeploymentSource(spec, base, int(data["version"]))
+        kept = tuple(int(number) for number in data.get("kept_versions") or ())
+        return DeploymentSource(spec, base, int(data["version"]), kept)
 
 
 def _detail(response: httpx.Response) -> str:

@@ -57,6 +57,8 @@ class DeploymentSource:
     spec: DeploymentSpec
     base_path: Path
     version: int
+    #: The earlier versions the control plane keeps for durable tasks (current spec only).
+    kept: tuple[int, ...] = ()
 
 
 #: Looks a deployment up by name (over HTTP, from the control plane), for workers started

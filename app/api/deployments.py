@@ -82,11 +82,13 @@ class DeploymentSpecItem(MethodView):
     def get(self, deployment_name: str) -> Any:
         """The deployment's parsed spec, version and base path (what workers fetch); the
         services' ``env`` values, and the credentials in their git URLs, only for a worker
-        token (or on an open server); the base path for a worker or an admin token."""
+        token (or on an open server); the base path for a worker or an admin token; the
+        earlier versions kept for durable tasks (``kept_versions``)."""
         deployment = plane().deployments.get(deployment_name)
-        return _spec_body(
+        body = _spec_body(
             deployment.name, deployment.version, deployment.spec, deployment.base_path
         )
+        return {**body, "kept_versions": plane().versions.kept(deployment_name)}
 
 
 @blp.route("/<string:deployment_name>/versions/<int:version>/spec")

@@ -191,6 +191,13 @@ class DeploymentSpecSchema(Schema):
     env_redacted = fields.Boolean(
         metadata={"description": "True when the `env` values were replaced by `<redacted>`."}
     )
+    kept_versions = fields.List(
+        fields.Integer(),
+        metadata={
+            "description": "The earlier versions kept while durable tasks that started on them "
+            "have not ended (`/versions/{v}/spec` reads each); only on the current spec."
+        },
+    )
 
 
 class DeploymentFileSchema(Schema):

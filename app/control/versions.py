@@ -101,6 +101,17 @@ class Versions:
                 )
             return VersionSource(row.name, kept.version, kept.spec, kept.base_path)
 
+    def kept(self, name: str) -> list[int]:
+        """The numbers of ``name``'s kept earlier versions, oldest first."""
+        with self._db.read() as session:
+            query = (
+                select(DeploymentVersion.version)
+                .join(Deployment, Deployment.id == DeploymentVersion.deployment_id)
+                .where(Deployment.name == name)
+                .order_by(DeploymentVersion.version)
+            )
+            return [int(number) for number in session.scalars(query)]
+
     def kept_queues(self, name: str) -> list[str]:
         """The queues of the services of ``name``'s kept versions (a renamed service's old
         queue among them: its parked tasks resume from it)."""
