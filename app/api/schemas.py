@@ -433,6 +433,13 @@ class TaskSchema(Schema):
             "input, was let go; it holds no worker until the answer resumes it."
         },
     )
+    pinned_version = fields.Integer(
+        allow_none=True,
+        metadata={
+            "description": "Celeriac, durable services: the deployment version the task's run "
+            "started on, which it resumes on after a reload; null for other services."
+        },
+    )
     created_at = fields.DateTime()
     started_at = fields.DateTime(allow_none=True)
     finished_at = fields.DateTime(allow_none=True)

@@ -3,7 +3,6 @@ process: memory:// and SQLite; a worker restarted between the reload and the ans
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,61 +16,17 @@ from config.settings import Settings
 from tests.app.conftest import assert_error, ok, poll, wait_for_task
 from tests.app.test_api_hitl import human_response
 from tests.conftest import deploy, embedded_settings
+from tests.support.pinned import write_project
 from workers.catalog import http_version_fetcher
 from workers.errors import UnknownDeployment
 
 TASKS = "/deployments/Pinned/tasks"
 
-FLOW = '''
-from workflows import Context, Workflow, step
-from workflows.events import HumanResponseEvent, InputRequiredEvent, StartEvent, StopEvent
-
-
-class Asking(Workflow):
-    """Asks, then answers with the answer and the version of this code."""
-
-    @step
-    async def ask(self, ctx: Context, ev: StartEvent) -> StopEvent:
-        answer = await ctx.wait_for_event(
-            HumanResponseEvent,
-            waiter_id="question",
-            waiter_event=InputRequiredEvent(prefix="?"),
-        )
-        return StopEvent(result="{label}: " + answer.response)
-
-
-asking = Asking(timeout=None)
-'''
-
-
-def deployment_file(service: str, folder: str) -> str:
-    return textwrap.dedent(
-        f"""\
-        name: Pinned
-        control-plane: {{}}
-        services:
-          {service}:
-            name: A question
-            source: {{type: local, name: ./{folder}}}
-            path: flow:asking
-            celeriac:
-              durable: true
-        """
-    )
-
 
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
-    """Two versions of the workflow code, in two folders, and three deployment files: the
-    first, one that changes the code, and one that also renames the service."""
-    root = tmp_path / "project"
-    for folder, label in (("v1", "old"), ("v2", "new")):
-        (root / folder).mkdir(parents=True)
-        (root / folder / "flow.py").write_text(FLOW.replace("{label}", label))
-    (root / "first.yml").write_text(deployment_file("ask", "v1"))
-    (root / "changed.yml").write_text(deployment_file("ask", "v2"))
-    (root / "renamed.yml").write_text(deployment_file("question", "v2"))
-    return root
+    """The ``Pinned`` deployment's files and its two versions of code (``tests.support``)."""
+    return write_project(tmp_path / "project")
 
 
 @pytest.fixture
