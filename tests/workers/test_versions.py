@@ -57,7 +57,7 @@ def test_a_runtime_holds_two_versions_of_a_deployment_side_by_side(
     # from a private package of its own
     assert one is first
     one_module, two_module = type(one.workflow).__module__, type(two.workflow).__module__
-    assert "_Dep_svc_v1_" in one_module and "_Dep_svc_v2_" in two_module
+    assert ".Dep_svc_v1_" in one_module and ".Dep_svc_v2_" in two_module
     assert type(one.workflow) is not type(two.workflow)
     # And a durable run of each version answers with that version's code
     assert runtime.run(durable_step(1), reporter, redelivered=False).result == "one"  # type: ignore[union-attr]
