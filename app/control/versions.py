@@ -4,9 +4,13 @@ A durable run resumes from its journal, which names the steps and event classes 
 it started on; a reload may change or rename them. So each durable task is pinned to the
 version it started on (``tasks.pinned_version``), and a reload keeps the replaced version's
 spec and base path (``deployment_versions``) while a task pinned to it has not ended. Workers
-fetch a kept version by number (``GET /deployments/{d}/versions/{v}/spec``). Each reload also
-drops the kept versions that no unfinished task needs any more, so the table stays as small
-as the set of versions still in use; deleting a deployment deletes them with it.
+fetch a kept version by number (``GET /deployments/{d}/versions/{v}/spec``).
+
+The version a reload replaces is kept whenever it has a durable service, not only when a task
+pinned to it is seen: a task stored while the reload commits (it read the old version just
+before) would otherwise be pinned to a version nobody kept. Each reload drops the kept versions
+that no unfinished task needs (by then every task of theirs is visible), so the table holds the
+versions still in use and the one last replaced; deleting a deployment deletes them with it.
 """
 
 from __future__ import annotations
@@ -50,10 +54,10 @@ def _pinned_versions(session: DbSession, deployment_id: int) -> set[int]:
 
 
 def keep_replaced(session: DbSession, row: Deployment) -> None:
-    """Before a reload replaces ``row``'s version: keep that version if an unfinished durable
-    task started on it, and drop the kept versions that no such task needs any more."""
+    """Before a reload replaces ``row``'s version: keep that version if it has a durable
+    service, and drop the kept versions that no unfinished durable task needs any more."""
     needed = _pinned_versions(session, row.id)
-    if row.version in needed:
+    if any(service.durable for service in load_deployment_mapping(row.spec).services.values()):
         described = {
             service.name: service.description
             for service in row.services

@@ -126,6 +126,29 @@ def test_a_parked_task_resumes_after_a_reload_that_renamed_its_service_and_a_res
     assert answered(client, new_task, "question", "7")["result"] == "new: 7"
 
 
+def test_a_retried_durable_task_starts_over_on_the_current_version(
+    servers: list[Server], settings: Settings, project: Path
+) -> None:
+    # Given a durable task parked on version 1, cancelled, then the deployment reloaded
+    client = start(servers, settings)
+    deployed(client, project, "first.yml")
+    task_id = parked_task(client, "ask")
+    assert ok(client.get(f"{TASKS}/{task_id}"))["pinned_version"] == 1
+    ok(client.post(f"{TASKS}/{task_id}/cancel"))
+    assert wait_for_task(client, "Pinned", task_id)["status"] == "cancelled"
+    deployed(client, project, "changed.yml", reload=True)
+    # When it is retried (a new run, which starts over), parks again and is answered
+    ok(client.post(f"{TASKS}/{task_id}/retry"))
+    poll(
+        lambda: ok(client.get(f"{TASKS}/{task_id}")),
+        lambda t: t["status"] == "waiting_input" and t["parked_at"] is not None,
+    )
+    assert ok(client.get(f"{TASKS}/{task_id}"))["pinned_version"] == 2
+    done = answered(client, task_id, "ask", "42")
+    # Then it ran the current version's code
+    assert (done["status"], done["result"]) == ("succeeded", "new: 42"), done
+
+
 def test_a_version_no_unfinished_task_needs_is_dropped_at_the_next_reload(
     servers: list[Server], settings: Settings, project: Path
 ) -> None:
@@ -138,11 +161,12 @@ def test_a_version_no_unfinished_task_needs_is_dropped_at_the_next_reload(
     assert answered(client, task_id, "ask", "42")["result"] == "old: 42"
     # When the deployment is reloaded again
     deployed(client, project, "changed.yml", reload=True)
-    # Then version 1 is gone, and asking for it is a 404 that names it; version 2 (which no
-    # task was pinned to) is gone too, and the current version is served by number
+    # Then version 1 is gone, and asking for it is a 404 that names it; version 2, just
+    # replaced, is kept (a task may have been stored on it while the reload committed), and
+    # the current version is served by number too
     body = assert_error(client.get("/deployments/Pinned/versions/1/spec"), 404)
     assert "version 1" in body["message"]
-    assert_error(client.get("/deployments/Pinned/versions/2/spec"), 404)
+    assert ok(client.get("/deployments/Pinned/spec"))["kept_versions"] == [2]
     assert ok(client.get("/deployments/Pinned/versions/3/spec"))["version"] == 3
 
 

@@ -96,8 +96,9 @@ def test_a_parked_task_resumes_on_its_version_after_a_rename_on_a_new_worker(
     # And a task of the renamed service runs the new code
     new_task = parked_task(platform, "question")
     assert answered(platform, new_task, "question", "7")["result"] == "new: 7"
-    # And once no unfinished task needs version 1, the next reload drops it
+    # And once no unfinished task needs version 1, the next reload drops it (and keeps the
+    # version it replaces, 2)
     deploy(platform, project / "renamed.yml", reload=True)
-    assert ok(platform.http.get("/deployments/Pinned/spec"))["kept_versions"] == []
+    assert ok(platform.http.get("/deployments/Pinned/spec"))["kept_versions"] == [2]
     gone = platform.http.get("/deployments/Pinned/versions/1/spec")
     assert gone.status_code == 404 and "version 1" in gone.json()["message"]
