@@ -3,7 +3,9 @@
 With the ``memory://`` broker nothing outside this process can consume, so the server runs the
 same workers the distributed mode runs as separate processes: one for the ``control_plane``
 queue and one per deployment for its service queues. They follow deployments as they are
-created, reloaded and deleted.
+created, reloaded and deleted. A reloaded deployment's worker also consumes the queues of the
+services of its earlier versions kept for durable tasks (a service renamed by the reload among
+them), and the runtime reads those versions straight from the control plane.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import threading
 from pathlib import Path
 
 from app.control.plane import ControlPlane
-from config.deployment import DeploymentSpec
+from app.errors import NotFound
+from config.deployment import DeploymentSpec, load_deployment_mapping
+from workers.errors import UnknownDeployment
 from workers.launch import ThreadWorker
 from workers.protocol import CONTROL_QUEUE
+from workers.versions import DeploymentSource
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +45,16 @@ class EmbeddedWorkers:
             self._celery, [CONTROL_QUEUE], name="control-plane", concurrency=1, pool="solo"
         )
         self._control.start()
-        for spec, base_path in self._plane.deployments.specs():
-            self.deployed(spec, base_path)
+        self._celery.runtime.versions.fetch_version = self._version
+        for spec, base_path, version in self._plane.deployments.specs():
+            self.deployed(spec, base_path, version)
         self._plane.deployments.on_deployed.append(self.deployed)
         self._plane.deployments.on_removed.append(self.removed)
 
-    def deployed(self, spec: DeploymentSpec, base_path: Path) -> None:
-        """Serve a new or reloaded deployment."""
-        queues = self._celery.runtime.install(spec, base_path)
+    def deployed(self, spec: DeploymentSpec, base_path: Path, version: int = 1) -> None:
+        """Serve a new or reloaded deployment (and its kept versions' services)."""
+        queues = self._celery.runtime.install(spec, base_path, version)
+        queues += [q for q in self._plane.versions.kept_queues(spec.name) if q not in queues]
         with self._lock:
             old = self._services.get(spec.name)
             if old is not None and sorted(old.queues) == sorted(queues):
@@ -59,6 +66,14 @@ class EmbeddedWorkers:
             self._services[spec.name] = worker
         if old is not None:
             self._retire(old)
+
+    def _version(self, name: str, version: int) -> DeploymentSource:
+        """A kept version of a deployment, read in this process (see ``app.control.versions``)."""
+        try:
+            found = self._plane.versions.get(name, version)
+        except NotFound as exc:
+            raise UnknownDeployment(str(exc)) from exc
+        return DeploymentSource(load_deployment_mapping(found.spec), Path(found.base_path), version)
 
     def removed(self, name: str) -> None:
         """Stop serving a deleted deployment."""

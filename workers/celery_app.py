@@ -43,9 +43,10 @@ from workers.protocol import (
     StepStarted,
     StopRuns,
 )
-from workers.runtime import Fetch, LoadedService, ResultBounds, ServiceRuntime
+from workers.runtime import ResultBounds, ServiceRuntime
 from workers.stops import STOPS_ROUTING_KEY, stops_exchange
 from workers.transports import BrokerConnection, transport_options
+from workers.versions import Fetch, FetchVersion, LoadedService
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,13 @@ def create_celery(
     *,
     worker_name: str | None = None,
     fetch: Fetch | None = None,
+    fetch_version: FetchVersion | None = None,
     source_roots: tuple[Path, ...] = (),
 ) -> CeleriacCelery:
     """Build the Celery app for this process; nothing connects until a worker or sender runs.
 
-    ``fetch`` lets service workers look up deployments they were not told about;
+    ``fetch`` lets service workers look up deployments they were not told about, and
+    ``fetch_version`` the earlier versions that durable runs resume on;
     ``source_roots`` are folders the operator named for sources (a worker's ``--base-path``).
     """
     celery = CeleriacCelery("celeriac", set_as_current=False)
@@ -88,6 +91,7 @@ def create_celery(
         settings.sources_dir,
         worker_name=worker_name,
         fetch=fetch,
+        fetch_version=fetch_version,
         source_policy=policy,
         result_bounds=ResultBounds(settings.max_result_bytes, settings.max_nesting),
         release_after=settings.release_after,

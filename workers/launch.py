@@ -12,11 +12,12 @@ from typing import Any
 from celery.worker import WorkController
 
 from config.settings import Settings
-from workers.catalog import http_fetcher
+from workers.catalog import http_fetcher, http_version_fetcher
 from workers.celery_app import CeleriacCelery, create_celery
 from workers.errors import UnknownDeployment, WorkflowLoadError
 from workers.loader import missing_dependencies
 from workers.protocol import service_queue
+from workers.versions import DeploymentSource, FetchVersion
 
 
 class _Controller(WorkController):
@@ -132,7 +133,14 @@ def prepare_service_worker(
     fetch = http_fetcher(settings.server, base_path, token=settings.token)
     # The operator named ``base_path`` on the command line: sources there are theirs.
     roots = () if base_path is None else (base_path,)
-    celery = create_celery(settings, worker_name=hostname, fetch=fetch, source_roots=roots)
+    fetch_version = http_version_fetcher(settings.server, base_path, token=settings.token)
+    celery = create_celery(
+        settings,
+        worker_name=hostname,
+        fetch=fetch,
+        fetch_version=fetch_version,
+        source_roots=roots,
+    )
     queues: list[str] = []
     for name in deployments:
         source = fetch(name)
@@ -149,7 +157,27 @@ def prepare_service_worker(
         _ensure_dependencies(requirements, install_dependencies)
         celery.runtime.install(source.spec, source.base_path, source.version)
         queues += [service_queue(name, s) for s in chosen]
+        queues += [q for q in _kept_queues(fetch_version, source, services) if q not in queues]
     return celery, queues
+
+
+def _kept_queues(
+    fetch_version: FetchVersion, source: DeploymentSource, services: Sequence[str]
+) -> list[str]:
+    """The queues of the services of the deployment's kept earlier versions (those named in
+    ``services``, if any): a durable task parked on a service a reload renamed or removed
+    resumes from its old queue, which this worker then consumes too."""
+    name = source.spec.name
+    queues: list[str] = []
+    for number in source.kept:
+        try:
+            earlier = fetch_version(name, number)
+        except UnknownDeployment:
+            continue  # dropped since: no task needs it
+        queues += [
+            service_queue(name, s) for s in earlier.spec.services if not services or s in services
+        ]
+    return queues
 
 
 def _ensure_dependencies(requirements: list[str], install: bool) -> None:

@@ -1,10 +1,11 @@
 """Import a service's workflow from its source folder without clashing with anything else.
 
 Each service's module is imported under a private package name
-(``_celeriac_services.<deployment>_<service>_<generation>``) whose ``__path__`` is the service's
-module folder. Two deployments that both ship ``workflow.py`` therefore get two modules, a user
-file called ``app.py`` or ``config.py`` never shadows Celeriac's packages, and relative imports
-inside the user's folder work.
+(``_celeriac_services.<deployment>_<service>_v<version>_<generation>``) whose ``__path__`` is
+the service's module folder. Two versions of one deployment held side by side (a durable run
+resumes on the version it started on) never share a class; two deployments that both ship
+``workflow.py`` get two modules; a user file called ``app.py`` or ``config.py`` never shadows
+Celeriac's packages; and relative imports inside the user's folder work.
 
 Plain ``import helpers`` of a sibling module works too: while a service's module is imported,
 its folder leads ``sys.path`` and same-named sibling modules of other services are set aside,
@@ -74,9 +75,14 @@ def missing_dependencies(requirements: tuple[str, ...]) -> list[str]:
 
 
 def load_workflow(
-    deployment: str, service: ServiceSpec, layout: SourceLayout, env: Mapping[str, str]
+    deployment: str,
+    service: ServiceSpec,
+    layout: SourceLayout,
+    env: Mapping[str, str],
+    version: int = 1,
 ) -> Workflow:
-    """Import ``service.import_path`` from its source and return its ``Workflow`` instance."""
+    """Import ``service.import_path`` from its source (for ``version`` of its deployment)
+    and return its ``Workflow`` instance."""
     missing = missing_dependencies(service.python_dependencies)
     if missing:
         raise WorkflowLoadError(
@@ -92,7 +98,9 @@ def load_workflow(
     source_package = (module_dir / service.module).resolve() == layout.root
     folder = layout.root if source_package else module_dir
     with _import_lock:
-        package = _make_package(deployment, service.id, [] if source_package else [module_dir])
+        package = _make_package(
+            deployment, service.id, version, [] if source_package else [module_dir]
+        )
         try:
             with environ.scoped(env), _siblings_first(folder):
                 module = _import(f"{package}.{service.module}", folder if source_package else None)
@@ -195,7 +203,8 @@ def _siblings_first(module_dir: Path) -> Iterator[None]:
 
 def public_name(qualified: str) -> str:
     """A name imported under a private package, as the user's own folder spells it
-    (``_celeriac_services.Suite_progress_1.flows.ProgressEvent`` is ``flows.ProgressEvent``)."""
+    (``_celeriac_services.Suite_progress_v1_1.flows.ProgressEvent`` is
+    ``flows.ProgressEvent``)."""
     if not qualified.startswith(f"{ROOT_PACKAGE}."):
         return qualified
     return qualified.split(".", 2)[2]
@@ -207,15 +216,17 @@ def unload(prefix: str) -> None:
         del sys.modules[name]
 
 
-def _make_package(deployment: str, service_id: str, path: list[Path]) -> str:
+def _make_package(deployment: str, service_id: str, version: int, path: list[Path]) -> str:
     """Register a fresh private package whose modules are found in ``path``; its name."""
     if ROOT_PACKAGE not in sys.modules:
         root = types.ModuleType(ROOT_PACKAGE, "Workflows loaded by Celeriac.")
         root.__path__ = []
         sys.modules[ROOT_PACKAGE] = root
-    slug = re.sub(r"\W", "_", f"{deployment}_{service_id}")
+    slug = re.sub(r"\W", "_", f"{deployment}_{service_id}_v{version}")
     name = f"{ROOT_PACKAGE}.{slug}_{next(_generation)}"
-    package = types.ModuleType(name, f"Source of service {service_id!r} of {deployment!r}.")
+    package = types.ModuleType(
+        name, f"Source of service {service_id!r} of {deployment!r}, version {version}."
+    )
     package.__path__ = [str(folder) for folder in path]
     package.__package__ = name
     sys.modules[name] = package

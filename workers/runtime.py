@@ -5,18 +5,16 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import functools
 import json
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workflows import Context, Workflow
+from workflows import Context
 from workflows.context.serializers import JsonSerializer
 from workflows.events import IdleReleasedEvent
 
@@ -33,7 +31,7 @@ from workers.errors import (
     WorkflowStateError,
 )
 from workers.eventloop import LoopThread
-from workers.inbox import EventTypes, Inbox
+from workers.inbox import Inbox
 from workers.protocol import (
     DeliverEvent,
     JournalReplay,
@@ -57,47 +55,14 @@ from workers.runs import (
 )
 from workers.sources import sync_source
 from workers.stops import Stops
+from workers.versions import Fetch, FetchVersion, LoadedService, Versions
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class LoadedService:
-    """A service ready to run: its workflow object and its own environment."""
-
-    workflow: Workflow
-    env: dict[str, str]
-
-    @functools.cached_property
-    def event_types(self) -> EventTypes:
-        """The events its workflow may be sent, by the names clients give them."""
-        return EventTypes(self.workflow)
-
-
-@dataclass
-class _Installed:
-    spec: DeploymentSpec
-    base_path: Path
-    version: int
-    services: dict[str, LoadedService] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class DeploymentSource:
-    """A deployment as a worker gets it from the control plane."""
-
-    spec: DeploymentSpec
-    base_path: Path
-    version: int
 
 
 #: Tells the control plane what a service's workflow is, the first time this process runs it
 #: (see ``ServiceRuntime.announce``).
 Announce = Callable[[str, str, int, "LoadedService"], None]
-
-#: Looks a deployment up by name (over HTTP, from the control plane), for workers started
-#: without knowing what they will serve.
-Fetch = Callable[[str], DeploymentSource]
 
 
 class ServiceRuntime:
@@ -112,10 +77,12 @@ class ServiceRuntime:
         source_policy: Callable[[], SourcePolicy] | None = None,
         result_bounds: ResultBounds | None = None,
         release_after: float | None = 30.0,
+        fetch_version: FetchVersion | None = None,
     ) -> None:
         self.sources_dir = sources_dir
         self.worker_name = worker_name
-        self.fetch = fetch
+        #: The deployment versions this process holds (and how it fetches others).
+        self.versions = Versions(fetch, fetch_version)
         #: Where this process takes sources from; asked at each load (the embedded server
         #: points it at its own policy, which changes once a token exists).
         self.source_policy = source_policy or (
@@ -136,7 +103,6 @@ class ServiceRuntime:
         self.inbox = Inbox()
         #: The runs the control plane stopped (see ``workers.stops``).
         self.stops = Stops()
-        self._installed: dict[str, _Installed] = {}
         self._lock = threading.RLock()
         # The runs in progress, by task id, with the futures their threads wait on.
         self._runs: dict[str, tuple[Run, concurrent.futures.Future[Any]]] = {}
@@ -148,57 +114,58 @@ class ServiceRuntime:
     # -- what this process serves -------------------------------------------------------------
 
     def install(self, spec: DeploymentSpec, base_path: Path, version: int = 1) -> list[str]:
-        """Serve ``spec`` (replacing an older version) and return its queues."""
+        """Serve ``spec`` (replacing an older version, which stays loaded for the durable
+        runs that started on it) and return its queues."""
         environ.install()
         legacy_context.install()
         with self._lock:
-            self._installed[spec.name] = _Installed(spec, base_path, version)
+            self.versions.install(spec, base_path, version)
         return [service_queue(spec.name, sid) for sid in spec.services]
 
     def remove(self, name: str) -> None:
-        """Stop serving a deployment."""
+        """Stop serving a deployment (any version of it)."""
         with self._lock:
-            self._installed.pop(name, None)
+            self.versions.remove(name)
 
     def served(self) -> list[str]:
         """Names of the deployments this process serves."""
         with self._lock:
-            return sorted(self._installed)
+            return self.versions.served()
 
-    def load(self, deployment: str, service_id: str, version: int = 1) -> LoadedService:
+    def load(
+        self, deployment: str, service_id: str, version: int = 1, *, exact: bool = False
+    ) -> LoadedService:
         """The service's workflow, synced and imported on first use, then cached.
 
         A deployment this process does not know, or knows in an older version, is fetched
-        from the control plane first (when the runtime was given a way to fetch).
+        from the control plane first (when the runtime was given a way to fetch). ``exact``
+        (a durable run, which resumes on the version it started on): exactly ``version``,
+        fetched by number if this process lacks it (see ``workers.versions``); each
+        version's code is imported under its own private package.
         """
         with self._lock:
-            installed = self._installed.get(deployment)
-            if (installed is None or installed.version < version) and self.fetch is not None:
-                try:
-                    source = self.fetch(deployment)
-                except WorkerError:
-                    raise  # ControlPlaneUnreachable among them: the caller retries
-                except Exception as exc:
-                    raise UnknownDeployment(
-                        f"could not fetch deployment {deployment!r} from the control plane: {exc}"
-                    ) from exc
-                self.install(source.spec, source.base_path, source.version)
-                installed = self._installed[deployment]
-            if installed is None:
-                raise UnknownDeployment(f"deployment {deployment!r} is not served by this worker")
+            installed = self.versions.find(deployment, version, exact=exact)
             loaded = installed.services.get(service_id)
             if loaded is not None:
                 return loaded
             spec = installed.spec.services.get(service_id)
             if spec is None:
+                in_version = f" in version {version}" if exact else ""
                 raise UnknownDeployment(
-                    f"deployment {deployment!r} has no service {service_id!r} on this worker"
+                    f"deployment {deployment!r} has no service {service_id!r}{in_version} "
+                    "on this worker"
                 )
             layout = sync_source(
-                deployment, spec, installed.base_path, self.sources_dir, self.source_policy()
+                deployment,
+                spec,
+                installed.base_path,
+                self.sources_dir,
+                self.source_policy(),
+                version=installed.version if exact else None,
             )
             env = loader.service_environment(spec, layout)
-            loaded = LoadedService(loader.load_workflow(deployment, spec, layout, env), env)
+            workflow = loader.load_workflow(deployment, spec, layout, env, installed.version)
+            loaded = LoadedService(workflow, env)
             installed.services[service_id] = loaded
             return loaded
 
@@ -264,7 +231,7 @@ class ServiceRuntime:
             reporter.finished(outcome)
             return outcome
         try:
-            service = self.load(step.deployment, step.service, step.version)
+            service = self.load(step.deployment, step.service, step.version, exact=step.durable)
             self._announce(step, service)
             replay = self._replay(step, run, redelivered)
             future = self.loop.submit(self._execute(service, step, run, replay))

@@ -25,10 +25,21 @@ _MARKER = ".celeriac-source.json"
 
 
 def sync_source(
-    deployment: str, service: ServiceSpec, base_path: Path, sources_dir: Path, policy: SourcePolicy
+    deployment: str,
+    service: ServiceSpec,
+    base_path: Path,
+    sources_dir: Path,
+    policy: SourcePolicy,
+    *,
+    version: int | None = None,
 ) -> SourceLayout:
     """Return where the service's code is, cloning it first if it is in git; refuse a source
-    that ``policy`` does not allow."""
+    that ``policy`` does not allow.
+
+    With a ``version`` (a durable run's, pinned to the version it started on), a git source
+    is cloned into a folder of that version's own, once: the commit resolved when this host
+    first loaded the version is the one it runs until the version is dropped, whatever the
+    branch does meanwhile. A local folder is read in place: it is not the platform's to pin."""
     source = service.source
     if source is None:
         raise WorkflowLoadError(f"service {service.id!r} has no source to load its workflow from")
@@ -55,18 +66,25 @@ def sync_source(
                 f"service {service.id!r}: git source {without_credentials(source.location)!r} "
                 f"is refused by this worker: {exc}"
             ) from exc
-        return SourceLayout.single(_sync_git(deployment, service, sources_dir, policy))
+        return SourceLayout.single(_sync_git(deployment, service, sources_dir, policy, version))
     raise WorkflowLoadError(f"service {service.id!r}: {source.type} sources are not supported")
 
 
 def _sync_git(
-    deployment: str, service: ServiceSpec, sources_dir: Path, policy: SourcePolicy
+    deployment: str,
+    service: ServiceSpec,
+    sources_dir: Path,
+    policy: SourcePolicy,
+    version: int | None = None,
 ) -> Path:
-    """Clone ``url@ref`` into the data folder, replacing any older clone of another ref."""
+    """Clone ``url@ref`` into the data folder, replacing any older clone of another ref (in
+    the folder of ``version``, if given, which older clones of the service's never share)."""
     assert service.source is not None
     url, ref = service.source.git_url, service.source.git_ref
     wanted = {"url": url, "ref": ref}
     dest = sources_dir / deployment / service.id
+    if version is not None:
+        dest = dest.with_name(f"{service.id}@v{version}")
     marker = dest / _MARKER
     if marker.is_file() and json.loads(marker.read_text()) == wanted:
         return dest

@@ -87,6 +87,7 @@ ROUTES: dict[str, dict[str, Need]] = {
     "deployments.DeploymentServices": {"GET": R},
     "deployments.DeploymentSummary": {"GET": R},
     "deployments.DeploymentSpecItem": {"GET": Need.SPEC},
+    "deployments.DeploymentVersionSpec": {"GET": Need.SPEC},
     "tasks.TaskRun": {"POST": U},
     "tasks.TaskCreate": {"POST": U},
     "tasks.TaskList": {"GET": R},

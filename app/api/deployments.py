@@ -82,16 +82,38 @@ class DeploymentSpecItem(MethodView):
     def get(self, deployment_name: str) -> Any:
         """The deployment's parsed spec, version and base path (what workers fetch); the
         services' ``env`` values, and the credentials in their git URLs, only for a worker
-        token (or on an open server); the base path for a worker or an admin token."""
+        token (or on an open server); the base path for a worker or an admin token; the
+        earlier versions kept for durable tasks (``kept_versions``)."""
         deployment = plane().deployments.get(deployment_name)
-        secrets = caller().sees_secrets
-        return {
-            "name": deployment.name,
-            "version": deployment.version,
-            "base_path": deployment.base_path if secrets or may_see_internals() else None,
-            "spec": deployment.spec if secrets else _redacted(deployment.spec),
-            "env_redacted": not secrets,
-        }
+        body = _spec_body(
+            deployment.name, deployment.version, deployment.spec, deployment.base_path
+        )
+        return {**body, "kept_versions": plane().versions.kept(deployment_name)}
+
+
+@blp.route("/<string:deployment_name>/versions/<int:version>/spec")
+class DeploymentVersionSpec(MethodView):
+    """One version of a deployment, as service workers load it to resume a durable task."""
+
+    @blp.response(200, DeploymentSpecSchema)
+    def get(self, deployment_name: str, version: int) -> Any:
+        """A version of the deployment's parsed spec: the current one, or an earlier one kept
+        while a durable task that started on it has not ended (404 naming the version once it
+        is not kept); secrets shown as by the ``spec`` route."""
+        found = plane().versions.get(deployment_name, version)
+        return _spec_body(found.name, found.version, found.spec, found.base_path)
+
+
+def _spec_body(name: str, version: int, spec: dict[str, Any], base_path: str) -> dict[str, Any]:
+    """A spec as the caller may see it: ``env`` values and the base path for workers only."""
+    secrets = caller().sees_secrets
+    return {
+        "name": name,
+        "version": version,
+        "base_path": base_path if secrets or may_see_internals() else None,
+        "spec": spec if secrets else _redacted(spec),
+        "env_redacted": not secrets,
+    }
 
 
 @blp.route("/<string:deployment_name>")

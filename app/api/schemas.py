@@ -191,6 +191,13 @@ class DeploymentSpecSchema(Schema):
     env_redacted = fields.Boolean(
         metadata={"description": "True when the `env` values were replaced by `<redacted>`."}
     )
+    kept_versions = fields.List(
+        fields.Integer(),
+        metadata={
+            "description": "The earlier versions kept while durable tasks that started on them "
+            "have not ended (`/versions/{v}/spec` reads each); only on the current spec."
+        },
+    )
 
 
 class DeploymentFileSchema(Schema):
@@ -424,6 +431,13 @@ class TaskSchema(Schema):
         metadata={
             "description": "Celeriac, durable services: when the task's run, waiting for "
             "input, was let go; it holds no worker until the answer resumes it."
+        },
+    )
+    pinned_version = fields.Integer(
+        allow_none=True,
+        metadata={
+            "description": "Celeriac, durable services: the deployment version the task's run "
+            "started on, which it resumes on after a reload; null for other services."
         },
     )
     created_at = fields.DateTime()

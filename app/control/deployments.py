@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session as DbSession
 from sqlalchemy.orm import selectinload
 
+from app.control.versions import keep_replaced
 from app.db import Database
 from app.errors import Conflict, InvalidInput, NotFound, TooLarge
 from app.models import Deployment, Service
@@ -30,8 +31,8 @@ from workers.protocol import service_queue
 
 log = logging.getLogger(__name__)
 
-#: Called after a deployment was stored (spec, base path) or deleted (name).
-DeployedHook = Callable[[DeploymentSpec, Path], None]
+#: Called after a deployment was stored (spec, base path, version) or deleted (name).
+DeployedHook = Callable[[DeploymentSpec, Path, int], None]
 RemovedHook = Callable[[str], None]
 #: Answers whether every caller is the server's own user (``app.trust.open_mode``).
 OpenMode = Callable[[], bool]
@@ -99,6 +100,7 @@ class Deployments:
                 row = Deployment(name=spec.name)
                 session.add(row)
             else:
+                keep_replaced(session, row)
                 row.version += 1
                 row.updated_at = utcnow()
             row.spec = spec.to_dict()
@@ -108,7 +110,7 @@ class Deployments:
         for warning in spec.warnings:
             log.warning("deployment %s: %s", spec.name, warning)
         for hook in self.on_deployed:
-            hook(spec, base)
+            hook(spec, base, row.version)
         return row
 
     def source_policy(self) -> SourcePolicy:
@@ -139,9 +141,9 @@ class Deployments:
         for hook in self.on_removed:
             hook(name)
 
-    def specs(self) -> list[tuple[DeploymentSpec, Path]]:
-        """Every stored deployment's spec and base path (to start serving them)."""
-        return [(load_deployment_mapping(d.spec), Path(d.base_path)) for d in self.all()]
+    def specs(self) -> list[tuple[DeploymentSpec, Path, int]]:
+        """Every stored deployment's spec, base path and version (to start serving them)."""
+        return [(load_deployment_mapping(d.spec), Path(d.base_path), d.version) for d in self.all()]
 
 
 def find(session: DbSession, name: str, *, with_services: bool = False) -> Deployment:

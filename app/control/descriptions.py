@@ -2,7 +2,8 @@
 
 The control plane never imports user code: a worker of the service describes its workflow on
 request (``celeriac.service.describe``), the answer is stored with the deployment version it
-belongs to, and later requests read it until the deployment changes.
+belongs to, and later requests read it until the deployment changes. A reload that keeps
+the replaced version for durable tasks (``app.control.versions``) keeps its descriptions too.
 """
 
 from __future__ import annotations
@@ -17,11 +18,17 @@ from app.db import Database
 from app.errors import NotFound, Unavailable, WorkflowNotDescribed
 from app.models import Deployment
 from app.models.base import table_of
-from app.models.deployment import Service
+from app.models.deployment import DeploymentVersion, Service
 from workers.protocol import Describe, ServiceDescribed
 
 _services = table_of(Service)
 _deployments = table_of(Deployment)
+_kept = table_of(DeploymentVersion)
+_KEPT = (
+    select(_kept.c.descriptions)
+    .join(_deployments, _deployments.c.id == _kept.c.deployment_id)
+    .where(_deployments.c.name == bindparam("deployment"), _kept.c.version == bindparam("version"))
+)
 _READ = (
     select(_deployments.c.version, _services.c.description, _services.c.described_version)
     .select_from(_deployments.outerjoin(_services, _services.c.deployment_id == _deployments.c.id))
@@ -74,6 +81,20 @@ class Descriptions:
                 errors={"service": service, "error": error},
             )
         return stored
+
+    def of_version(
+        self, deployment: str, service: str, version: int | None
+    ) -> dict[str, Any] | None:
+        """The service's description in ``version`` of the deployment: a kept earlier
+        version's as it was kept (None if no worker had described it), else the current
+        one's (:meth:`get`)."""
+        if version is not None:
+            with self._db.peek() as conn:
+                kept = conn.execute(_KEPT, {"deployment": deployment, "version": version}).first()
+            if kept is not None:
+                found = (kept.descriptions or {}).get(service)
+                return found if isinstance(found, dict) and not found.get("error") else None
+        return self.get(deployment, service)
 
     def record(self, message: ServiceDescribed) -> None:
         """Keep a worker's description, if the deployment still has that version."""

@@ -191,7 +191,7 @@ class EventLog:
                 f"task {task_id} has ended ({task.status}); it takes no more events",
                 errors={"task_id": task_id, "status": task.status},
             )
-        self._sendable.check(deployment, task.service, parsed, field)
+        self._sendable.check(deployment, task.service, parsed, field, task.pinned_version)
         seq, inbox, resumed = self._lifecycle.resume(task_id, parsed)
         if resumed is not None:
             # A parked task: its step goes to its queue again, and the run that takes it is

@@ -23,6 +23,7 @@ from app.control.stops import Stops
 from app.control.tasks import Tasks
 from app.control.timelines import Timelines
 from app.control.tokens import Tokens
+from app.control.versions import Versions
 from app.control.waiter import TaskWaiter
 from app.db import Database
 from app.orchestrator import register_control_tasks
@@ -58,6 +59,7 @@ class ControlPlane:
         self.deployments = Deployments(db, settings, lambda: open_mode(settings, self.tokens))
         # This process's own workers (the embedded mode) take sources where deploys may.
         celery.runtime.source_policy = self.deployments.source_policy
+        self.versions = Versions(db)
         self.sessions = Sessions(db, self.lifecycle)
         self.registry = Registry(db, settings.heartbeat_interval)
         self.census = CensusTaker(db, self.registry)
@@ -74,7 +76,9 @@ class ControlPlane:
             max_nesting=settings.max_nesting,
         )
         self.timelines = Timelines(db, self.tasks)
-        self.deployments.on_deployed.append(lambda spec, _base: self.tasks.forget(spec.name))
+        self.deployments.on_deployed.append(
+            lambda spec, _base, _version: self.tasks.forget(spec.name)
+        )
         self.deployments.on_removed.append(self.tasks.forget)
         self.deployments.before_delete.append(
             lambda deployment_id: self.stops.broadcast(

@@ -33,10 +33,21 @@ class SendableEvents:
     def __init__(self, descriptions: Descriptions) -> None:
         self._descriptions = descriptions
 
-    def check(self, deployment: str, service: str, event: dict[str, Any], field: str) -> str:
+    def check(
+        self,
+        deployment: str,
+        service: str,
+        event: dict[str, Any],
+        field: str,
+        version: int | None = None,
+    ) -> str:
         """The qualified name of the declared event that ``event`` (llama-index's JSON of one:
         ``qualified_name`` and ``value``) names; InvalidInput on ``field`` if it names none,
-        or if its fields do not fit the event's schema."""
+        or if its fields do not fit the event's schema.
+
+        ``version``: the deployment version the task is pinned to (a durable task's). An
+        earlier version kept without a description of the service leaves the check to the
+        worker that runs it, which decodes only the events its workflow takes."""
         name = event["qualified_name"]
         value = event.get("value", {})
         if not isinstance(value, dict):
@@ -44,7 +55,10 @@ class SendableEvents:
                 "the event's value must be an object of its fields",
                 errors={field: [f"value: expected an object, got {type(value).__name__}"]},
             )
-        declared = self._declared(deployment, service)
+        description = self._descriptions.of_version(deployment, service, version)
+        if description is None:
+            return str(name)
+        declared = _declared(description)
         names = event_names(declared)
         if name not in names:
             takes = ", ".join(sorted({n.rsplit(".", 1)[-1] for n in declared}))
@@ -61,13 +75,13 @@ class SendableEvents:
             )
         return qualified
 
-    def _declared(self, deployment: str, service: str) -> dict[str, dict[str, Any]]:
-        """The events the service's workflow takes, by qualified name, with their schemas."""
-        description = self._descriptions.get(deployment, service)
-        declared: dict[str, dict[str, Any]] = {HUMAN_RESPONSE_EVENT: {}}
-        for item in description.get("events", []):
-            declared[str(item["qualified_name"])] = item.get("schema") or {}
-        return declared
+
+def _declared(description: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The events a service's workflow takes, by qualified name, with their schemas."""
+    declared: dict[str, dict[str, Any]] = {HUMAN_RESPONSE_EVENT: {}}
+    for item in description.get("events", []):
+        declared[str(item["qualified_name"])] = item.get("schema") or {}
+    return declared
 
 
 def _fields(value: dict[str, Any]) -> dict[str, Any]:

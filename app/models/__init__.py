@@ -2,7 +2,7 @@
 
 from app.models.attempt import AttemptOutcome, TaskAttempt
 from app.models.base import Base
-from app.models.deployment import Deployment, Service
+from app.models.deployment import Deployment, DeploymentVersion, Service
 from app.models.event import Event, EventDirection
 from app.models.idempotency import IdempotencyKey
 from app.models.journal import Checkpoint, JournalTick, TaskStep
@@ -18,6 +18,7 @@ __all__ = [
     "Base",
     "Checkpoint",
     "Deployment",
+    "DeploymentVersion",
     "Event",
     "EventDirection",
     "IdempotencyKey",

@@ -5,7 +5,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    ForeignKey,
+    Integer,
+    PrimaryKeyConstraint,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.models.base import Base, UTCDateTime, utcnow
@@ -65,3 +73,24 @@ class Service(Base):
     described_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     deployment: Mapped[Deployment] = relationship(back_populates="services")
+
+
+class DeploymentVersion(Base):
+    """An earlier version of a deployment, kept while a durable task that started on it has
+    not ended: the task resumes on it, not on the deployment's current version (see
+    ``app.control.versions``)."""
+
+    __tablename__ = "deployment_versions"
+    __table_args__ = (PrimaryKeyConstraint("deployment_id", "version"),)
+
+    deployment_id: Mapped[int] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
+    version: Mapped[int] = mapped_column(Integer, autoincrement=False)
+    #: The parsed spec of that version (``Deployment.spec`` as it was).
+    spec: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: Its base path (``Deployment.base_path`` as it was).
+    base_path: Mapped[str] = mapped_column(Text)
+    #: Its services' descriptions, by service, as workers reported them for that version (to
+    #: check the events sent into its tasks); a service never described is absent.
+    descriptions: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: When the reload that replaced it kept it.
+    kept_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

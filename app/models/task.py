@@ -213,6 +213,11 @@ class Task(Base):
     #: When a durable run waiting for input was let go (parked): the task waits with no
     #: worker, and the answer sends its step again (see ``workers.durable``).
     parked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: The deployment version a durable task's run started on (set when it is stored, and
+    #: again by a retry, which starts over): every step sent again for the run names it, so
+    #: the run resumes on the code it started on even after a reload. Empty for a task that
+    #: is not durable: it runs on the deployment's current version.
+    pinned_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     #: When a parked task's wait for an event times out: it is resumed then.
     wake_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     #: When the first step went to the broker; empty while the task waits for its session's

@@ -265,3 +265,20 @@ def test_a_failed_clone_never_shows_the_urls_credentials(tmp_path: Path) -> None
     assert "s3cret" not in str(caught.value)
     assert "alice" not in str(caught.value)
     assert "https://***@127.0.0.1:9/r.git" in str(caught.value)
+
+
+def test_a_durable_runs_version_keeps_the_commit_it_first_cloned(
+    repo: Path, sources_dir: Path
+) -> None:
+    # Given version 1 of a git source on main, cloned for a durable run
+    spec = service("git", f"file://{repo}@main")
+    first = sources.sync_source("Dep", spec, Path("."), sources_dir, ANYWHERE, version=1).root
+    # When main moves on, and version 2 (a reload, same branch) is cloned too
+    write_workflow(repo, '"main moved on"')
+    git(repo, "commit", "--quiet", "-am", "moved")
+    second = sources.sync_source("Dep", spec, Path("."), sources_dir, ANYWHERE, version=2).root
+    again = sources.sync_source("Dep", spec, Path("."), sources_dir, ANYWHERE, version=1).root
+    # Then each version has its own clone: version 1 still runs the commit it was cloned at
+    assert first == again != second
+    assert '"from main"' in (again / "workflow.py").read_text()
+    assert '"main moved on"' in (second / "workflow.py").read_text()

@@ -108,7 +108,7 @@ class TaskControl:
                 "p_dispatched_at": now if turn.run_now else None,
                 "p_expires_at": expires_at,
             }
-            first_seq, run = conn.execute(sql.RETRY, params).one()
+            first_seq, run, _pinned = conn.execute(sql.RETRY, params).one()
             # Close any run still open (a lost one): the retry begins the next
             conn.execute(LOSE_RECOVERED, {"p_task_id": task_id, **lost_params(REQUEUED)})
         if not turn.run_now:
@@ -156,6 +156,8 @@ class TaskControl:
                 steps.append(
                     replace(
                         step,
+                        # Pinned again: the new run starts over on the current version.
+                        version=moved.pinned_version or row.version,
                         first_seq=moved.first_seq,
                         run=moved.run,
                         expires_at=timestamp_of(params["p_expires_at"]),

@@ -25,7 +25,7 @@ from app.control.lifecycle.caps import WAITING_SERVICES, Caps, ServiceKey, group
 from app.control.lifecycle.control import TaskControl
 from app.control.lifecycle.keys import Keys, Replay, RequestKey
 from app.control.lifecycle.parking import Parking
-from app.control.lifecycle.steps import expiry, first_step_again
+from app.control.lifecycle.steps import expiry, first_step_again, version_of
 from app.control.lifecycle.turns import (
     MultitaskStrategy,
     Turn,
@@ -230,6 +230,8 @@ class Lifecycle(TaskControl, Parking):
             "controls": task.controls,
             "expires_at": expiry(task.controls, now),
             "cap_group": group_of(task.concurrency, task.input),
+            # A durable run resumes on the version it started on (non-durable ones start over).
+            "pinned_version": task.version if (task.controls or {}).get("durable") else None,
         }
         turn = Turn(run_now=True, context=None)
         alone = task.session_id is None and single_use_session
@@ -607,7 +609,7 @@ class Lifecycle(TaskControl, Parking):
         return first_step(
             row,
             row.deployment_name,
-            row.version,
+            version_of(row),
             context=session_context(conn, session_id),
             keep_context=True,
         )

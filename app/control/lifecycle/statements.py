@@ -63,6 +63,7 @@ NEW_TASK = (
     "controls",
     "expires_at",
     "cap_group",
+    "pinned_version",
 )
 
 #: The task's current run, if the task exists.
@@ -173,6 +174,7 @@ def with_first_step(*more: Any) -> Select[Any]:
         tasks.c.run,
         tasks.c.controls,
         tasks.c.expires_at,
+        tasks.c.pinned_version,
         _deployments.c.name.label("deployment_name"),
         _deployments.c.version,
         *more,
@@ -292,11 +294,16 @@ TO_RETRY = (
 )
 
 
+#: The current version of a task's deployment.
+_CURRENT_VERSION = select(_deployments.c.version).where(_deployments.c.id == tasks.c.deployment_id)
+
+
 def requeue_for_retry(by: Operation) -> Update:
     """A task queued again as a new run (``by`` a client's retry, or the end of a retrying
     task's backoff): what its last run left (outcome, worker, lease) is cleared, its earlier
     runs stay in ``task_attempts``, and its next run numbers its events after those stored.
-    ``dispatched_at`` is empty while the task waits for its session's turn."""
+    ``dispatched_at`` is empty while the task waits for its session's turn. A durable task
+    is pinned again, to the deployment's current version: its new run starts over."""
     statement = tasks.update().where(
         tasks.c.id == bindparam("task_id"), may_move(TaskStatus.QUEUED, by)
     )
@@ -318,7 +325,10 @@ def requeue_for_retry(by: Operation) -> Update:
         expires_at=bindparam("p_expires_at"),
         dispatched_at=bindparam("p_dispatched_at"),
         published_at=None,
-    ).returning(tasks.c.first_seq, tasks.c.run)
+        pinned_version=case(
+            (tasks.c.pinned_version.is_(None), None), else_=_CURRENT_VERSION.scalar_subquery()
+        ),
+    ).returning(tasks.c.first_seq, tasks.c.run, tasks.c.pinned_version)
 
 
 RETRY = requeue_for_retry(Operation.RETRY)

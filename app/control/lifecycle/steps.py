@@ -23,14 +23,21 @@ def timestamp_of(at: dt.datetime | None) -> float | None:
     return None if at is None else at.timestamp()
 
 
+def version_of(row: Any) -> int:
+    """The deployment version a task's steps name: the one a durable task's run started on
+    (``tasks.pinned_version``), else the deployment's current one (``row.version``)."""
+    pinned = getattr(row, "pinned_version", None)
+    return int(row.version if pinned is None else pinned)
+
+
 def first_step_again(conn: Connection, row: Any) -> RunStep:
-    """The first step of a task sent again (by the outbox or a lease's recovery), in its
-    session's Context as it is now."""
+    """The first step of a task sent again (by the outbox, a lease's recovery, an answer to
+    a parked task), in its session's Context as it is now, on the version it started on."""
     context = session_context(conn, row.session_id) if row.session_id else None
     return first_step(
         row,
         row.deployment_name,
-        row.version,
+        version_of(row),
         context=context,
         keep_context=bool(row.session_id),
         fresh=False,
