@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Integer, String, and_, bindparam, func, select
+from sqlalchemy import Boolean, Connection, Integer, String, and_, bindparam, case, func, select
 
 from app.control.dispatch import Dispatcher
 from app.db import Database
@@ -50,6 +50,37 @@ _INPUTS_AFTER = (
         _events.c.seq > bindparam("after"),
     )
     .order_by(_events.c.seq)
+)
+#: The message's state and waits are newer than the checkpoint's (see ``_ADVANCE``).
+_NEWER = bindparam("new_through", type_=Integer) > _checkpoints.c.state_through
+_NEW_STATE = and_(bindparam("has_state", type_=Boolean), _NEWER)
+_NEW_WAITERS = and_(bindparam("has_waiters", type_=Boolean), _NEWER)
+#: A message of the checkpoint's run and epoch that brings no snapshot (nearly all): one
+#: statement locks the checkpoint, keeps the message's state and waits if they are newer,
+#: and answers where the journal starts. No row: another case, for :meth:`Journal.record`.
+_ADVANCE = (
+    _checkpoints.update()
+    .where(
+        _checkpoints.c.task_id == bindparam("of_task"),
+        _checkpoints.c.run == bindparam("of_run"),
+        _checkpoints.c.epoch == bindparam("of_epoch"),
+    )
+    .values(
+        state=case(
+            (_NEW_STATE, bindparam("new_state", type_=_checkpoints.c.state.type)),
+            else_=_checkpoints.c.state,
+        ),
+        state_through=case(
+            (_NEW_STATE, bindparam("new_through", type_=Integer)),
+            else_=_checkpoints.c.state_through,
+        ),
+        waiters=case(
+            (_NEW_WAITERS, bindparam("new_waiters", type_=_checkpoints.c.waiters.type)),
+            else_=_checkpoints.c.waiters,
+        ),
+        updated_at=bindparam("now", type_=_checkpoints.c.updated_at.type),
+    )
+    .returning(_checkpoints.c.journal_seq)
 )
 #: A step that ended, numbered as one more attempt of its step on its event.
 _STEP_ROW = select(
@@ -124,6 +155,24 @@ class Journal:
         over (a later run)."""
         key = {"task_id": message.task_id}
         with self._db.connect() as conn:
+            if message.snapshot is None:
+                advanced = conn.execute(
+                    _ADVANCE,
+                    {
+                        "of_task": message.task_id,
+                        "of_run": message.run,
+                        "of_epoch": message.epoch,
+                        "has_state": message.state is not None,
+                        "new_state": message.state,
+                        "new_through": message.through,
+                        "has_waiters": message.waiters is not None,
+                        "new_waiters": message.waiters,
+                        "now": utcnow(),
+                    },
+                ).first()
+                if advanced is not None:
+                    self._write(conn, message, advanced.journal_seq)
+                    return True
             row = conn.execute(_CHECKPOINT_LOCKED, key).first()
             if row is not None and row.run == message.run:
                 checkpoint = Checkpoint(**row._mapping)
@@ -133,26 +182,30 @@ class Journal:
                 return False  # the task is gone, or has started over
             if message.epoch != checkpoint.epoch:
                 return False  # an earlier attempt's (a lost worker's), or a later one's
-            if message.records:
-                now = utcnow()
-                rows = [
-                    {
-                        **key,
-                        "run": message.run,
-                        "seq": int(record[0]),
-                        "data": str(record[1]),
-                        "input_seq": record[2] if len(record) > 2 else None,
-                        "created_at": now,
-                    }
-                    for record in message.records
-                    if int(record[0]) >= checkpoint.journal_seq
-                ]
-                if rows:
-                    conn.execute(self._insert_tick, rows)
+            self._write(conn, message, checkpoint.journal_seq)
             self._update_checkpoint(conn, checkpoint, message)
-            for step in message.steps:
-                self._record_step(conn, message, step)
         return True
+
+    def _write(self, conn: Connection, message: JournalWritten, journal_seq: int) -> None:
+        """Insert the message's ticks (those the journal does not hold in its snapshot,
+        numbered from ``journal_seq``) and its steps."""
+        now = utcnow()
+        rows = [
+            {
+                "task_id": message.task_id,
+                "run": message.run,
+                "seq": int(record[0]),
+                "data": str(record[1]),
+                "input_seq": record[2] if len(record) > 2 else None,
+                "created_at": now,
+            }
+            for record in message.records
+            if int(record[0]) >= journal_seq
+        ]
+        if rows:
+            conn.execute(self._insert_tick, rows)
+        for step in message.steps:
+            self._record_step(conn, message, step)
 
     def _checkpoint_of(
         self, conn: Connection, task_id: str, run: int, locked: Any = _UNREAD
