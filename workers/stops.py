@@ -33,7 +33,7 @@ KEPT = 100_000
 
 #: Seconds a run waits for the control plane's list before its step goes back to the queue
 #: (to be taken again, by this worker or another).
-PATIENCE = 60.0
+PATIENCE = 30.0
 
 #: The routing key of every stop broadcast, and of every worker's binding to the exchange.
 STOPS_ROUTING_KEY = "stops"
@@ -62,6 +62,9 @@ class Stops:
         self._known = True
         #: Bumped by :meth:`release`: runs waiting from before give up.
         self._releases = 0
+        #: Set by :meth:`release` until the list comes or is asked for again: runs that begin
+        #: to wait meanwhile (steps the stopping worker's pool had not started) give up at once.
+        self._released = False
         self._patience = patience
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -80,7 +83,7 @@ class Stops:
             while len(self._stopped) > KEPT:
                 del self._stopped[next(iter(self._stopped))]
             if complete:
-                self._known = True
+                self._known, self._released = True, False
                 self._changed.notify_all()
         return noted
 
@@ -88,7 +91,7 @@ class Stops:
         """The list may have missed broadcasts (the worker (re)connects): runs wait for the
         next complete list."""
         with self._changed:
-            self._known = False
+            self._known, self._released = False, False
 
     def release(self) -> None:
         """A worker stops: the runs waiting for the list now give up (their inbox, which
@@ -96,6 +99,7 @@ class Stops:
         runtime: a run of another that gives up goes back to its queue, and is taken again."""
         with self._changed:
             self._releases += 1
+            self._released = True
             self._changed.notify_all()
 
     def wait_known(self, warn_every: float = 10.0) -> bool:
@@ -104,6 +108,8 @@ class Stops:
         step goes back to the queue)."""
         began = time.monotonic()
         with self._changed:
+            if self._released and not self._known:
+                return False
             releases = self._releases
             while not self._known:
                 waited = time.monotonic() - began

@@ -501,3 +501,26 @@ def test_a_run_that_gets_no_list_of_stopped_runs_gives_up_after_the_patience() -
     stops.note([["t1", 1]], "cancelled", complete=True)
     assert stops.wait_known() is True
     assert stops.reason("t1", 1) == "cancelled"
+
+
+def test_after_a_workers_stop_a_run_that_begins_to_wait_for_the_list_gives_up_at_once() -> None:
+    # Given a worker whose list of stopped runs is unknown, which then stops
+    stops = Stops(patience=30)
+    stops.unknown()
+    stops.release()
+    # When a step its pool had not started yet begins to wait for the list
+    began = time.monotonic()
+    known = stops.wait_known()
+    # Then it gives up at once (its step goes back to the queue)
+    assert known is False
+    assert time.monotonic() - began < 1
+    # And once the worker asks for the list again (it starts again), runs wait for it
+    stops.unknown()
+    waiter: list[bool] = []
+    thread = threading.Thread(target=lambda: waiter.append(stops.wait_known()))
+    thread.start()
+    time.sleep(0.2)
+    assert thread.is_alive()
+    stops.note([], "", complete=True)
+    thread.join(timeout=5)
+    assert waiter == [True]
