@@ -213,3 +213,28 @@ def test_a_parked_task_cancelled_before_its_wait_times_out_is_never_woken(
     assert lifecycle.next_wake() is None
     assert lifecycle.wake_parked(utcnow()) == []
     assert ok(suite.get(url))["status"] == "cancelled"
+
+
+def test_a_parked_task_cancelled_then_retried_is_not_marked_parked_while_it_runs_again(
+    suite: FlaskClient, server: Server, tmp_path: Path
+) -> None:
+    # Given a durable task parked while it waits for an answer, then cancelled
+    task = run(suite, "ask", log=str(tmp_path / "ask.log"))
+    url = f"{TASKS}/{task['task_id']}"
+    poll(lambda: ok(suite.get(url)), lambda t: t["parked_at"] is not None)
+    ok(suite.post(f"{url}/cancel"))
+    # When it is retried
+    retried = ok(suite.post(f"{url}/retry"))
+    # Then its new run is not marked parked (leases and the lost-run sweep skip parked
+    # tasks: a mark left over would leave the new run unwatched) until it parks again
+    assert retried["parked_at"] is None, retried
+    again = poll(lambda: ok(suite.get(url)), lambda t: t["status"] == "waiting_input")
+    assert again["run"] == 2
+    ok(
+        suite.post(
+            f"{url}/events", json={"service_id": "ask", "event_obj_str": human_response("yes")}
+        )
+    )
+    done = wait_for_task(suite, "DurableSuite", task["task_id"])
+    assert done["status"] == "succeeded", done
+    assert done["result"]["answer"] == "yes"

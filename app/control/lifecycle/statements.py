@@ -325,6 +325,9 @@ def requeue_for_retry(by: Operation) -> Update:
         expires_at=bindparam("p_expires_at"),
         dispatched_at=bindparam("p_dispatched_at"),
         published_at=None,
+        # A run parked before (then cancelled) is not the new run: unmarked, it has a lease.
+        parked_at=None,
+        wake_at=None,
         pinned_version=case(
             (tasks.c.pinned_version.is_(None), None), else_=_CURRENT_VERSION.scalar_subquery()
         ),
