@@ -238,3 +238,23 @@ def test_a_parked_task_cancelled_then_retried_is_not_marked_parked_while_it_runs
     done = wait_for_task(suite, "DurableSuite", task["task_id"])
     assert done["status"] == "succeeded", done
     assert done["result"]["answer"] == "yes"
+
+
+@pytest.mark.timing
+def test_a_parked_task_past_its_time_limit_times_out(suite: FlaskClient, tmp_path: Path) -> None:
+    # Given a durable task with a time limit of 1.5 s, parked while it waits for an answer
+    task = ok(
+        suite.post(
+            f"{TASKS}/create",
+            json={
+                "service_id": "ask",
+                "input": json.dumps({"log": str(tmp_path / "ask.log")}),
+                "time_limit": 1.5,
+            },
+        )
+    )
+    url = f"{TASKS}/{task['task_id']}"
+    poll(lambda: ok(suite.get(url)), lambda t: t["parked_at"] is not None)
+    # When no answer comes: its limit counts the time parked, and the task times out
+    ended = poll(lambda: ok(suite.get(url)), lambda t: t["status"] == "timed_out", timeout=10)
+    assert ended["error"]["type"] == "celeriac.TimeLimitExceeded", ended

@@ -224,17 +224,19 @@ class TaskControl:
     def time_out_overrun(self, now: dt.datetime, grace: float) -> Ended:
         """End ``timed_out`` every run past its time limit by more than ``grace`` seconds
         (its worker stops a run at the limit, and reports it; this catches a worker that
-        could not)."""
+        could not), and every parked run past its limit (no worker holds it to stop it)."""
         with self._db.connect() as conn:
             rows = [
                 row
                 for row in conn.execute(sql.RUNNING_WITH_LIMITS).all()
                 if (limit := (row.controls or {}).get("time-limit")) is not None
-                and row.started_at + dt.timedelta(seconds=limit + grace) < now
+                and row.started_at + dt.timedelta(seconds=limit + (0.0 if row.parked_at else grace))
+                < now
             ]
             error = {
                 "type": "celeriac.TimeLimitExceeded",
-                "message": "the run went past its time-limit and its worker did not stop it",
+                "message": "the run went past its time-limit: parked, waiting for input, or on "
+                "a worker that did not stop it",
             }
             return self._end_early(conn, rows, sql.TIME_OUT, error, now)
 

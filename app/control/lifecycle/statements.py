@@ -401,6 +401,7 @@ RUNNING_WITH_LIMITS = select(
     tasks.c.session_id,
     tasks.c.run,
     tasks.c.started_at,
+    tasks.c.parked_at,
     tasks.c.controls,
     tasks.c.inbox,
     *_CAPPED,
