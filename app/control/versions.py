@@ -28,6 +28,9 @@ from app.models.task import TERMINAL
 from config.deployment import load_deployment_mapping
 from workers.protocol import service_queue
 
+#: The largest version number a deployment may have (its column is a 32-bit integer).
+LARGEST_VERSION = 2**31 - 1
+
 
 @dataclass(frozen=True)
 class VersionSource:
@@ -95,7 +98,12 @@ class Versions:
                 raise NotFound(f"deployment {name!r} not found")
             if row.version == version:
                 return VersionSource(row.name, row.version, row.spec, row.base_path)
-            kept = session.get(DeploymentVersion, (row.id, version))
+            # (a number past the column's range is no version: never asked of the database)
+            kept = (
+                session.get(DeploymentVersion, (row.id, version))
+                if 0 < version <= LARGEST_VERSION
+                else None
+            )
             if kept is None:
                 raise NotFound(
                     f"deployment {name!r} has no version {version} any more (its current "

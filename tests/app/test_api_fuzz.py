@@ -204,7 +204,8 @@ def test_a_method_a_path_lacks_is_405_with_the_methods_it_has(open_server: Serve
     }
     tried = 0
     for path in documented:
-        url = re.sub(r"\{(\w+)\}", r"\1", path.replace("{deployment_name}", "QuickStart"))
+        named = path.replace("{deployment_name}", "QuickStart").replace("{version}", "1")
+        url = re.sub(r"\{(\w+)\}", r"\1", named)
         # (``/deployments/create`` is also ``/deployments/{deployment_name}``)
         served = set().union(*(o for t, o in documented.items() if _matches(t, url)))
         for method in sorted(methods - served):

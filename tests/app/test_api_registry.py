@@ -82,7 +82,8 @@ def test_spec_returns_the_parsed_deployment_for_workers(client: FlaskClient) -> 
     # When a worker reads its spec
     body = ok(client.get("/deployments/QuickStart/spec"))
     # Then it has the name, first version, absolute base path and the file's content
-    assert set(body) == {"name", "version", "base_path", "spec", "env_redacted"}
+    assert set(body) == {"name", "version", "base_path", "spec", "env_redacted", "kept_versions"}
+    assert body["kept_versions"] == []  # no earlier version kept for a durable task
     assert body["env_redacted"] is False  # an open server shows env values
     assert body["name"] == "QuickStart"
     assert body["version"] == 1

@@ -183,3 +183,17 @@ def test_a_worker_asking_over_http_for_a_version_that_is_gone_is_told_which(
     # Then the error names the version, as the task that needed it reports it
     assert "version 5 of deployment 'Pinned'" in str(caught.value)
     assert "no version 5" in str(caught.value)
+
+
+def test_a_version_number_past_any_version_is_a_404_naming_it(
+    servers: list[Server], settings: Settings, project: Path
+) -> None:
+    # Given a deployment at version 1
+    client = start(servers, settings)
+    deployed(client, project, "first.yml")
+    # When a version far past any is asked for (past the database's integers too)
+    for version in (2, 2**31, 50722225994398768068271538176):
+        response = client.get(f"/deployments/Pinned/versions/{version}/spec")
+        # Then it is a 404 that names the version, never a server error
+        assert response.status_code == 404, response.get_data(as_text=True)
+        assert f"no version {version}" in response.get_json()["message"]
