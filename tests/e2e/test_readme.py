@@ -39,7 +39,14 @@ import pytest
 
 from tests.conftest import REPO
 from tests.e2e.conftest import POSTGRES, admin_connection, free_redis_database, require_service
-from tests.support.processes import READY_TIMEOUT, Processes, free_port, poll, unavailable
+from tests.support.processes import (
+    READY_TIMEOUT,
+    Process,
+    Processes,
+    free_port,
+    poll,
+    unavailable,
+)
 from tests.support.readme import (
     Kind,
     ReadmeError,
@@ -77,6 +84,7 @@ class Walk:
         self.scratch = scratch
         self.transcript: list[str] = []
         self.skipped: list[Step] = []
+        self.started: list[tuple[Step, Process]] = []
 
     def run(self, steps: Sequence[Step]) -> None:
         """Every step, in order; fail at the first command that fails or prints otherwise
@@ -89,6 +97,14 @@ class Walk:
                 self._start(step)
             else:
                 self._run(step)
+            self._still_running()
+
+    def _still_running(self) -> None:
+        """Fail if a command the README shows as one that keeps running has stopped (it may
+        stop right after its ready line, while the walk goes on)."""
+        for step, process in self.started:
+            if not process.alive():
+                self.fail(step, f"it exited with {process.popen.returncode}")
 
     def _run(self, step: Step) -> None:
         if step.kind is Kind.PYTHON:
@@ -115,6 +131,7 @@ class Walk:
         name = f"readme-{step.line}"
         process = self.processes.start(name, ["bash", "-c", step.text], env, cwd=self.shell.cwd)
         self.transcript.append(f"$ {step.text}  # {step.where()}, in the background: {name}")
+        self.started.append((step, process))
         shown = step.output or ()
 
         def ready() -> bool:
