@@ -105,14 +105,18 @@ class Database:
         with self._write_lock, self.engine.begin() as connection:
             yield connection
 
-    def insert_ignoring_duplicates(self, table: Table) -> Insert:
-        """An INSERT into ``table`` that skips rows a unique key already has."""
+    def insert_dialect(self, table: Table) -> postgresql.Insert | sqlite.Insert:
+        """An INSERT into ``table`` in the database's dialect (which has ``ON CONFLICT``)."""
         dialect = self.engine.dialect.name
         if dialect == "postgresql":
-            return postgresql.insert(table).on_conflict_do_nothing()
+            return postgresql.insert(table)
         if dialect == "sqlite":
-            return sqlite.insert(table).on_conflict_do_nothing()
+            return sqlite.insert(table)
         raise RuntimeError(f"unsupported database {dialect}")  # pragma: no cover
+
+    def insert_ignoring_duplicates(self, table: Table) -> Insert:
+        """An INSERT into ``table`` that skips rows a unique key already has."""
+        return self.insert_dialect(table).on_conflict_do_nothing()
 
     def dispose(self) -> None:
         """Close every pooled connection."""

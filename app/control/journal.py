@@ -14,10 +14,31 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Boolean, Connection, Integer, String, and_, bindparam, case, func, select
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Connection,
+    DateTime,
+    Integer,
+    Select,
+    String,
+    Text,
+    and_,
+    bindparam,
+    case,
+    column,
+    exists,
+    func,
+    literal,
+    null,
+    select,
+    true,
+)
+from sqlalchemy.dialects import postgresql
 
 from app.control.dispatch import Dispatcher
 from app.db import Database
@@ -51,55 +72,136 @@ _INPUTS_AFTER = (
     )
     .order_by(_events.c.seq)
 )
-#: The message's state and waits are newer than the checkpoint's (see ``_ADVANCE``).
-_NEWER = bindparam("new_through", type_=Integer) > _checkpoints.c.state_through
-_NEW_STATE = and_(bindparam("has_state", type_=Boolean), _NEWER)
-_NEW_WAITERS = and_(bindparam("has_waiters", type_=Boolean), _NEWER)
-#: A message of the checkpoint's run and epoch that brings no snapshot (nearly all): one
-#: statement locks the checkpoint, keeps the message's state and waits if they are newer,
-#: and answers where the journal starts. No row: another case, for :meth:`Journal.record`.
-_ADVANCE = (
-    _checkpoints.update()
-    .where(
-        _checkpoints.c.task_id == bindparam("of_task"),
-        _checkpoints.c.run == bindparam("of_run"),
-        _checkpoints.c.epoch == bindparam("of_epoch"),
-    )
-    .values(
-        state=case(
-            (_NEW_STATE, bindparam("new_state", type_=_checkpoints.c.state.type)),
-            else_=_checkpoints.c.state,
-        ),
-        state_through=case(
-            (_NEW_STATE, bindparam("new_through", type_=Integer)),
-            else_=_checkpoints.c.state_through,
-        ),
-        waiters=case(
-            (_NEW_WAITERS, bindparam("new_waiters", type_=_checkpoints.c.waiters.type)),
-            else_=_checkpoints.c.waiters,
-        ),
-        updated_at=bindparam("now", type_=_checkpoints.c.updated_at.type),
-    )
-    .returning(_checkpoints.c.journal_seq)
+#: The message's state and waits are newer than the checkpoint's (see ``_advance``).
+_THROUGH = bindparam("new_through", type_=Integer)
+_HAS_STATE = bindparam("has_state", type_=Boolean)
+_HAS_WAITERS = bindparam("has_waiters", type_=Boolean)
+_NEWER = _checkpoints.c.state_through < _THROUGH
+_NEW_STATE = and_(_HAS_STATE, _NEWER)
+_NEW_WAITERS = and_(_HAS_WAITERS, _NEWER)
+_STATE = bindparam("new_state", type_=_checkpoints.c.state.type)
+_WAITERS = bindparam("new_waiters", type_=_checkpoints.c.waiters.type)
+_NOW = bindparam("now", type_=_checkpoints.c.updated_at.type)
+#: A new checkpoint for a message of the task's current run, first attempt (epoch 0).
+_NEW_CHECKPOINT = select(
+    _tasks.c.id,
+    _tasks.c.run,
+    literal(0),
+    null(),
+    literal(0),
+    case((_HAS_STATE, _STATE), else_=null()),
+    case((_HAS_STATE, _THROUGH), else_=-1),
+    literal(-1),
+    case((_HAS_WAITERS, _WAITERS), else_=null()),
+    _NOW,
+).where(
+    _tasks.c.id == bindparam("of_task"),
+    _tasks.c.run == bindparam("of_run"),
+    bindparam("of_epoch", type_=Integer) == 0,
 )
-#: A step that ended, numbered as one more attempt of its step on its event.
-_STEP_ROW = select(
-    bindparam("task_id", type_=String),
-    bindparam("run", type_=Integer),
+_CHECKPOINT_COLUMNS = (
+    "task_id",
+    "run",
+    "epoch",
+    "snapshot",
+    "journal_seq",
+    "state",
+    "state_through",
+    "inputs",
+    "waiters",
+    "updated_at",
+)
+
+
+def _advance(db: Database) -> Any:
+    """The statement for a message that brings no snapshot (nearly all): it makes the
+    checkpoint of the run's first message, or, for a message of the checkpoint's run and
+    epoch, locks the checkpoint and keeps the message's state and waits if they are newer;
+    either way it answers where the journal starts. No row: another case, for
+    :meth:`Journal.record` (the task gone or started over, an earlier run's checkpoint to
+    drop, an attempt's epoch to check)."""
+    insert = db.insert_dialect(_checkpoints).from_select(_CHECKPOINT_COLUMNS, _NEW_CHECKPOINT)
+    return insert.on_conflict_do_update(
+        index_elements=[_checkpoints.c.task_id],
+        set_={
+            "state": case((_NEW_STATE, _STATE), else_=_checkpoints.c.state),
+            "state_through": case((_NEW_STATE, _THROUGH), else_=_checkpoints.c.state_through),
+            "waiters": case((_NEW_WAITERS, _WAITERS), else_=_checkpoints.c.waiters),
+            "updated_at": _NOW,
+        },
+        where=and_(
+            _checkpoints.c.run == bindparam("of_run"),
+            _checkpoints.c.epoch == bindparam("of_epoch"),
+        ),
+    ).returning(_checkpoints.c.journal_seq)
+
+
+def _advance_at_once(advance: Any) -> Select[Any]:
+    """PostgreSQL: ``advance`` and the inserts of the message's ticks (``p_ticks``, those
+    from where the journal starts) and steps (``p_steps``), as one statement that commits on
+    its own: one round trip where a transaction takes five, and the checkpoint's lock is held
+    for that statement only. Nothing is inserted if ``advance`` changed no row."""
+    advanced = advance.cte("advanced")
+    ticks = (
+        func.json_to_recordset(bindparam("p_ticks", type_=JSON))
+        .table_valued(column("seq", Integer), column("data", Text), column("input_seq", Integer))
+        .render_derived(name="tick", with_types=True)
+    )
+    tick_rows = select(
+        bindparam("of_task", type_=String),
+        bindparam("of_run", type_=Integer),
+        ticks.c.seq,
+        ticks.c.data,
+        ticks.c.input_seq,
+        _NOW,
+    ).select_from(advanced.join(ticks, ticks.c.seq >= advanced.c.journal_seq))
+    store_ticks = postgresql.insert(_ticks).from_select(
+        ("task_id", "run", "seq", "data", "input_seq", "created_at"), tick_rows
+    )
+    steps = (
+        func.json_to_recordset(bindparam("p_steps", type_=JSON))
+        .table_valued(
+            column("seq", Integer),
+            column("step", String),
+            column("input", String),
+            column("input_key", String),
+            column("started_at", DateTime(timezone=True)),
+            column("ended_at", DateTime(timezone=True)),
+            column("outcome", String),
+        )
+        .render_derived(name="step", with_types=True)
+    )
+    step_rows = select(
+        bindparam("of_task", type_=String), bindparam("of_run", type_=Integer), *steps.c
+    ).select_from(advanced.join(steps, true()))
+    store_steps = postgresql.insert(_steps).from_select(_STEP_COLUMNS, step_rows)
+    return select(advanced.c.journal_seq).add_cte(
+        store_ticks.on_conflict_do_nothing().cte("ticks"),
+        store_steps.on_conflict_do_nothing().cte("steps"),
+    )
+
+
+#: The steps that end a run, with its outcome, are written unless another attempt of the run
+#: took over (a later epoch): they need no lock on the checkpoint, and do not wait for the
+#: run's earlier messages (see :meth:`Journal.record_last`).
+_LAST_STEP_ROW = select(
+    _tasks.c.id,
+    _tasks.c.run,
     bindparam("seq", type_=Integer),
     bindparam("step", type_=String),
     bindparam("input", type_=String),
     bindparam("input_key", type_=String),
-    select(func.count() + 1)
-    .where(
-        _steps.c.task_id == bindparam("task_id", type_=String),
-        _steps.c.step == bindparam("step", type_=String),
-        _steps.c.input_key == bindparam("input_key", type_=String),
-    )
-    .scalar_subquery(),
     bindparam("started_at", type_=_steps.c.started_at.type),
     bindparam("ended_at", type_=_steps.c.ended_at.type),
     bindparam("outcome", type_=String),
+).where(
+    _tasks.c.id == bindparam("task_id"),
+    _tasks.c.run == bindparam("run"),
+    ~exists().where(
+        _checkpoints.c.task_id == bindparam("task_id"),
+        _checkpoints.c.run == bindparam("run"),
+        _checkpoints.c.epoch != bindparam("epoch", type_=Integer),
+    ),
 )
 _STEP_COLUMNS = (
     "task_id",
@@ -108,7 +210,6 @@ _STEP_COLUMNS = (
     "step",
     "input",
     "input_key",
-    "attempt",
     "started_at",
     "ended_at",
     "outcome",
@@ -117,7 +218,8 @@ _STEP_COLUMNS = (
 
 @dataclass(frozen=True)
 class StepRecord:
-    """One execution of a durable task's step that ended."""
+    """One execution of a durable task's step that ended; ``attempt`` counts the executions
+    of its step on its event so far (1 for the first)."""
 
     run: int
     seq: int
@@ -146,33 +248,23 @@ class Journal:
         self._insert_checkpoint = db.insert_ignoring_duplicates(_checkpoints).returning(
             *_checkpoints.c
         )
-        self._insert_step = db.insert_ignoring_duplicates(_steps).from_select(
-            _STEP_COLUMNS, _STEP_ROW
+        self._insert_step = db.insert_ignoring_duplicates(_steps)
+        self._insert_last_step = db.insert_ignoring_duplicates(_steps).from_select(
+            _STEP_COLUMNS, _LAST_STEP_ROW
+        )
+        self._advance = _advance(db)
+        #: PostgreSQL writes such a message in that one statement (see ``_advance_at_once``).
+        self._advance_at_once = (
+            _advance_at_once(self._advance) if db.engine.dialect.name == "postgresql" else None
         )
 
     def record(self, message: JournalWritten) -> bool:
         """Store what a durable run journaled; False if its task is gone or has started
         over (a later run)."""
+        if message.snapshot is None and self._advanced(message):
+            return True
         key = {"task_id": message.task_id}
         with self._db.connect() as conn:
-            if message.snapshot is None:
-                advanced = conn.execute(
-                    _ADVANCE,
-                    {
-                        "of_task": message.task_id,
-                        "of_run": message.run,
-                        "of_epoch": message.epoch,
-                        "has_state": message.state is not None,
-                        "new_state": message.state,
-                        "new_through": message.through,
-                        "has_waiters": message.waiters is not None,
-                        "new_waiters": message.waiters,
-                        "now": utcnow(),
-                    },
-                ).first()
-                if advanced is not None:
-                    self._write(conn, message, advanced.journal_seq)
-                    return True
             row = conn.execute(_CHECKPOINT_LOCKED, key).first()
             if row is not None and row.run == message.run:
                 checkpoint = Checkpoint(**row._mapping)
@@ -185,6 +277,38 @@ class Journal:
             self._write(conn, message, checkpoint.journal_seq)
             self._update_checkpoint(conn, checkpoint, message)
         return True
+
+    def _advanced(self, message: JournalWritten) -> bool:
+        """Write a message that brings no snapshot, as nearly all do, if it is of the
+        checkpoint's run and attempt or the run's first (see ``_advance``); False if it is
+        another case, and nothing was written."""
+        params = {
+            "of_task": message.task_id,
+            "of_run": message.run,
+            "of_epoch": message.epoch,
+            "has_state": message.state is not None,
+            "new_state": message.state,
+            "new_through": message.through,
+            "has_waiters": message.waiters is not None,
+            "new_waiters": message.waiters,
+            "now": utcnow(),
+        }
+        if self._advance_at_once is not None:
+            params["p_ticks"] = [
+                {"seq": int(r[0]), "data": str(r[1]), "input_seq": r[2] if len(r) > 2 else None}
+                for r in message.records
+            ]
+            params["p_steps"] = [
+                {**row, "started_at": _iso(row["started_at"]), "ended_at": _iso(row["ended_at"])}
+                for row in _step_rows(message)
+            ]
+            with self._db.single() as conn:
+                return conn.execute(self._advance_at_once, params).first() is not None
+        with self._db.connect() as conn:
+            advanced = conn.execute(self._advance, params).first()
+            if advanced is not None:
+                self._write(conn, message, advanced.journal_seq)
+            return advanced is not None
 
     def _write(self, conn: Connection, message: JournalWritten, journal_seq: int) -> None:
         """Insert the message's ticks (those the journal does not hold in its snapshot,
@@ -204,8 +328,17 @@ class Journal:
         ]
         if rows:
             conn.execute(self._insert_tick, rows)
-        for step in message.steps:
-            self._record_step(conn, message, step)
+        if message.steps:
+            conn.execute(self._insert_step, _step_rows(message))
+
+    def record_last(self, message: JournalWritten) -> None:
+        """Store the steps that travel with a durable run's outcome (``StepFinished.journal``:
+        steps only, no ticks), unless the task started over or another attempt of the run
+        took over. Without the checkpoint's lock: the outcome does not wait for the run's
+        earlier messages to be written."""
+        if message.steps:
+            with self._db.single() as conn:
+                conn.execute(self._insert_last_step, _step_rows(message, epoch=message.epoch))
 
     def _checkpoint_of(
         self, conn: Connection, task_id: str, run: int, locked: Any = _UNREAD
@@ -270,23 +403,6 @@ class Journal:
                 .where(_checkpoints.c.task_id == message.task_id)
                 .values(**changes, updated_at=utcnow())
             )
-
-    def _record_step(self, conn: Connection, message: JournalWritten, step: dict[str, Any]) -> None:
-        started = step.get("started_at")
-        conn.execute(
-            self._insert_step,
-            {
-                "task_id": message.task_id,
-                "run": message.run,
-                "seq": int(step["seq"]),
-                "step": str(step["step"])[:200],
-                "input": str(step.get("input", ""))[:500],
-                "input_key": hashlib.sha256(str(step.get("input_key", "")).encode()).hexdigest(),
-                "started_at": None if started is None else from_timestamp(float(started)),
-                "ended_at": from_timestamp(float(step["ended_at"])),
-                "outcome": str(step.get("outcome", ""))[:300],
-            },
-        )
 
     def replay(self, wanted: JournalWanted) -> JournalReplay:
         """What the run ``wanted`` names resumes from, as a new attempt of it: empty for a
@@ -371,16 +487,46 @@ class Journal:
                 .where(_steps.c.task_id == task_id)
                 .order_by(_steps.c.run, _steps.c.seq)
             )
-            return [
-                StepRecord(
-                    run=row.run,
-                    seq=row.seq,
-                    step=row.step,
-                    input=row.input,
-                    attempt=row.attempt,
-                    started_at=row.started_at,
-                    ended_at=row.ended_at,
-                    outcome=row.outcome,
+            attempts: Counter[tuple[str, str]] = Counter()
+            listed = []
+            for row in rows:
+                attempts[(row.step, row.input_key)] += 1
+                listed.append(
+                    StepRecord(
+                        run=row.run,
+                        seq=row.seq,
+                        step=row.step,
+                        input=row.input,
+                        attempt=attempts[(row.step, row.input_key)],
+                        started_at=row.started_at,
+                        ended_at=row.ended_at,
+                        outcome=row.outcome,
+                    )
                 )
-                for row in rows
-            ]
+            return listed
+
+
+def _iso(moment: dt.datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _step_rows(message: JournalWritten, **extra: Any) -> list[dict[str, Any]]:
+    """The rows of the steps a message lists (see ``StepRecord``)."""
+    rows = []
+    for step in message.steps:
+        started = step.get("started_at")
+        rows.append(
+            {
+                "task_id": message.task_id,
+                "run": message.run,
+                "seq": int(step["seq"]),
+                "step": str(step["step"])[:200],
+                "input": str(step.get("input", ""))[:500],
+                "input_key": hashlib.sha256(str(step.get("input_key", "")).encode()).hexdigest(),
+                "started_at": None if started is None else from_timestamp(float(started)),
+                "ended_at": from_timestamp(float(step["ended_at"])),
+                "outcome": str(step.get("outcome", ""))[:300],
+                **extra,
+            }
+        )
+    return rows

@@ -80,7 +80,7 @@ class Recorder:
             return
         if message.journal is not None and self._journal is not None:
             # A durable run's last steps: listed by the time the task shows it ended.
-            self._journal.record(JournalWritten.decode(message.journal))
+            self._journal.record_last(JournalWritten.decode(message.journal))
         finished = self._lifecycle.finish(message)
         # Waiters in this process (the embedded mode) take the outcome as it was stored.
         outcome = None

@@ -74,10 +74,9 @@ class TaskStep(Base):
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     step: Mapped[str] = mapped_column(String(200))
     #: The event the step took (its class name), and a digest of it: the executions of one
-    #: step on one event are its attempts.
+    #: step on one event are its attempts, numbered as they are listed.
     input: Mapped[str] = mapped_column(String(500))
     input_key: Mapped[str] = mapped_column(String(64))
-    attempt: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
     ended_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     outcome: Mapped[str] = mapped_column(String(300))

@@ -207,3 +207,33 @@ def test_0012_adds_idempotency_keys_unique_per_deployment_and_gone_with_their_ta
     command.downgrade(alembic_config(url), "0011")
     assert "idempotency_keys" not in _tables(url)
     assert _execute(url, "SELECT name FROM deployments") == [("E",)]
+
+
+def test_0018_numbers_step_attempts_on_read_and_going_back_numbers_them_again(
+    tmp_path: Path,
+) -> None:
+    # Given a database at 0017 holding a durable task's steps: "ask" ran twice on one event
+    url = f"sqlite:///{tmp_path / 'celeriac.db'}"
+    migrations.upgrade(url, "0017")
+    columns = "task_id, run, seq, step, input, input_key, attempt, ended_at, outcome"
+    _execute(
+        url,
+        "INSERT INTO deployments (name, spec, source_yaml, base_path, version, created_at, "
+        f"updated_at) VALUES ('D', '{{}}', '', '.', 1, '{NOW}', '{NOW}')",
+        "INSERT INTO tasks (id, deployment_id, service, input, status, attempts, created_at) "
+        f"VALUES ('t1', 1, 'echo', '{{}}', 'succeeded', 2, '{NOW}')",
+        f"INSERT INTO task_steps ({columns}) VALUES "
+        f"('t1', 1, 3, 'ask', 'Q', 'q', 1, '{NOW}', 'failed'), "
+        f"('t1', 1, 5, 'other', 'Q', 'q', 1, '{NOW}', 'ended'), "
+        f"('t1', 2, 1, 'ask', 'Q', 'q', 2, '{NOW}', 'ended')",
+    )
+    # When it is upgraded, the steps stay, without their stored number
+    migrations.upgrade(url)
+    assert "attempt" not in _columns_nullable(url, "task_steps")
+    listed = "SELECT run, seq, step FROM task_steps ORDER BY run, seq"
+    assert _execute(url, listed) == [(1, 3, "ask"), (1, 5, "other"), (2, 1, "ask")]
+    # And going back numbers them as the listing does
+    command.downgrade(alembic_config(url), "0017")
+    numbered = "SELECT step, attempt FROM task_steps ORDER BY run, seq"
+    assert _execute(url, numbered) == [("ask", 1), ("other", 1), ("ask", 2)]
+    assert _columns_nullable(url, "task_steps")["attempt"] is False
