@@ -11,6 +11,7 @@ import pytest
 from click.shell_completion import ShellComplete
 from click.testing import CliRunner, Result
 
+from app.cli import completion
 from app.cli.completion import COMPLETION_TIMEOUT, deployment_names
 from app.cli.main import cli
 from app.sdk import Client
@@ -26,8 +27,13 @@ def isolated_profiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def three(live_server: str) -> str:
-    """The live server with three deployments: QuickStart, MultiStep, HumanInTheLoop."""
+def three(live_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The live server with three deployments: QuickStart, MultiStep, HumanInTheLoop.
+
+    Completions from it may take longer than a shell's patience: on a machine loaded by
+    other test runs an answer can take over half a second, which would complete nothing
+    (the timeout itself is tested against servers that never answer)."""
+    monkeypatch.setattr(completion, "COMPLETION_TIMEOUT", 30.0)
     with Client(live_server) as client:
         for path in (QUICKSTART, MULTISTEP, HITL):
             client.deployments.create(path)
