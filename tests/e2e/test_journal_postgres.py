@@ -18,6 +18,7 @@ from app.control.journal import Journal
 from app.db import Database
 from app.models import Checkpoint, JournalTick, Task
 from app.models.base import table_of
+from tests.app.test_journal import step
 from tests.e2e.conftest import fresh_postgres_database, seeded_database
 from workers.protocol import JournalWanted, JournalWritten
 
@@ -48,18 +49,6 @@ def written(*seqs: int, run: int = 1, epoch: int = 0, **fields: Any) -> JournalW
     return JournalWritten(
         task_id=TASK, run=run, epoch=epoch, records=records, through=max(seqs) + 1, **fields
     )
-
-
-def step(seq: int, name: str = "one", event: str = "e1") -> dict[str, Any]:
-    return {
-        "seq": seq,
-        "step": name,
-        "started_at": 1000.0 + seq,
-        "ended_at": 1000.5 + seq,
-        "outcome": "returned Two",
-        "input": "counted.Two",
-        "input_key": event,
-    }
 
 
 def last(*steps: dict[str, Any], run: int = 1, epoch: int = 0) -> JournalWritten:
