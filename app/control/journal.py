@@ -19,10 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    CTE,
     JSON,
     Boolean,
+    ColumnElement,
     Connection,
     DateTime,
+    Insert,
     Integer,
     Select,
     String,
@@ -136,6 +139,24 @@ def _advance(db: Database) -> Any:
     ).returning(_checkpoints.c.journal_seq)
 
 
+def _step_recordset(name: str) -> Any:
+    """PostgreSQL: the steps in the JSON array bound as ``name`` (see :func:`_json_step_rows`),
+    as rows of a derived table ``step``."""
+    return (
+        func.json_to_recordset(bindparam(name, type_=JSON))
+        .table_valued(
+            column("seq", Integer),
+            column("step", String),
+            column("input", String),
+            column("input_key", String),
+            column("started_at", DateTime(timezone=True)),
+            column("ended_at", DateTime(timezone=True)),
+            column("outcome", String),
+        )
+        .render_derived(name="step", with_types=True)
+    )
+
+
 def _advance_at_once(advance: Any) -> Select[Any]:
     """PostgreSQL: ``advance`` and the inserts of the message's ticks (``p_ticks``, those
     from where the journal starts) and steps (``p_steps``), as one statement that commits on
@@ -158,19 +179,7 @@ def _advance_at_once(advance: Any) -> Select[Any]:
     store_ticks = postgresql.insert(_ticks).from_select(
         ("task_id", "run", "seq", "data", "input_seq", "created_at"), tick_rows
     )
-    steps = (
-        func.json_to_recordset(bindparam("p_steps", type_=JSON))
-        .table_valued(
-            column("seq", Integer),
-            column("step", String),
-            column("input", String),
-            column("input_key", String),
-            column("started_at", DateTime(timezone=True)),
-            column("ended_at", DateTime(timezone=True)),
-            column("outcome", String),
-        )
-        .render_derived(name="step", with_types=True)
-    )
+    steps = _step_recordset("p_steps")
     step_rows = select(
         bindparam("of_task", type_=String), bindparam("of_run", type_=Integer), *steps.c
     ).select_from(advanced.join(steps, true()))
@@ -183,7 +192,21 @@ def _advance_at_once(advance: Any) -> Select[Any]:
 
 #: The steps that end a run, with its outcome, are written unless another attempt of the run
 #: took over (a later epoch): they need no lock on the checkpoint, and do not wait for the
-#: run's earlier messages (see :meth:`Journal.record_last`).
+#: run's earlier messages (see :class:`LastSteps`).
+def _of_attempt(task: str, run: str, epoch: str) -> tuple[ColumnElement[bool], ...]:
+    """The task ``task`` (a parameter's name) is in its run ``run``, and no attempt of it but
+    ``epoch`` took over."""
+    return (
+        _tasks.c.id == bindparam(task, type_=String),
+        _tasks.c.run == bindparam(run, type_=Integer),
+        ~exists().where(
+            _checkpoints.c.task_id == _tasks.c.id,
+            _checkpoints.c.run == _tasks.c.run,
+            _checkpoints.c.epoch != bindparam(epoch, type_=Integer),
+        ),
+    )
+
+
 _LAST_STEP_ROW = select(
     _tasks.c.id,
     _tasks.c.run,
@@ -194,15 +217,7 @@ _LAST_STEP_ROW = select(
     bindparam("started_at", type_=_steps.c.started_at.type),
     bindparam("ended_at", type_=_steps.c.ended_at.type),
     bindparam("outcome", type_=String),
-).where(
-    _tasks.c.id == bindparam("task_id"),
-    _tasks.c.run == bindparam("run"),
-    ~exists().where(
-        _checkpoints.c.task_id == bindparam("task_id"),
-        _checkpoints.c.run == bindparam("run"),
-        _checkpoints.c.epoch != bindparam("epoch", type_=Integer),
-    ),
-)
+).where(*_of_attempt("task_id", "run", "epoch"))
 _STEP_COLUMNS = (
     "task_id",
     "run",
@@ -214,6 +229,22 @@ _STEP_COLUMNS = (
     "ended_at",
     "outcome",
 )
+
+
+def _last_steps_at_once() -> CTE:
+    """PostgreSQL: :data:`_LAST_STEP_ROW` for the steps bound as ``last_steps``, as a CTE
+    of the statement that records the run's outcome (see :class:`LastSteps`)."""
+    last = _step_recordset("last_steps")
+    rows = (
+        select(_tasks.c.id, _tasks.c.run, *last.c)
+        .select_from(_tasks.join(last, true()))
+        .where(*_of_attempt("last_task", "last_run", "last_epoch"))
+    )
+    insert = postgresql.insert(_steps).from_select(_STEP_COLUMNS, rows).on_conflict_do_nothing()
+    return insert.cte("last_steps")
+
+
+_LAST_STEPS_AT_ONCE = _last_steps_at_once()
 
 
 @dataclass(frozen=True)
@@ -236,6 +267,36 @@ class StepRecord:
         if self.started_at is None:
             return None
         return max((self.ended_at - self.started_at).total_seconds(), 0.0)
+
+
+class LastSteps:
+    """The steps that go with a durable run's outcome (steps only, no ticks), written with
+    it, as one (see ``Lifecycle.finish``): a client that sees the task ended lists them. They
+    are written unless the task started over or another attempt of the run took over (a later
+    epoch), and without the checkpoint's lock: the outcome does not wait for the run's
+    earlier messages to be written."""
+
+    #: PostgreSQL: the CTE that inserts them in the outcome's statement, bound by
+    #: :meth:`params`.
+    cte = _LAST_STEPS_AT_ONCE
+
+    def __init__(self, insert: Insert, message: JournalWritten) -> None:
+        self._insert = insert
+        self._message = message
+
+    def params(self) -> dict[str, Any]:
+        """The parameters of :attr:`cte`."""
+        message = self._message
+        return {
+            "last_task": message.task_id,
+            "last_run": message.run,
+            "last_epoch": message.epoch,
+            "last_steps": _json_step_rows(message),
+        }
+
+    def write(self, conn: Connection) -> None:
+        """Elsewhere (SQLite): insert them in the outcome's transaction."""
+        conn.execute(self._insert, _step_rows(self._message, epoch=self._message.epoch))
 
 
 class Journal:
@@ -298,10 +359,7 @@ class Journal:
                 {"seq": int(r[0]), "data": str(r[1]), "input_seq": r[2] if len(r) > 2 else None}
                 for r in message.records
             ]
-            params["p_steps"] = [
-                {**row, "started_at": _iso(row["started_at"]), "ended_at": _iso(row["ended_at"])}
-                for row in _step_rows(message)
-            ]
+            params["p_steps"] = _json_step_rows(message)
             with self._db.single() as conn:
                 return conn.execute(self._advance_at_once, params).first() is not None
         with self._db.connect() as conn:
@@ -331,14 +389,10 @@ class Journal:
         if message.steps:
             conn.execute(self._insert_step, _step_rows(message))
 
-    def record_last(self, message: JournalWritten) -> None:
-        """Store the steps that travel with a durable run's outcome (``StepFinished.journal``:
-        steps only, no ticks), unless the task started over or another attempt of the run
-        took over. Without the checkpoint's lock: the outcome does not wait for the run's
-        earlier messages to be written."""
-        if message.steps:
-            with self._db.single() as conn:
-                conn.execute(self._insert_last_step, _step_rows(message, epoch=message.epoch))
+    def last_steps(self, message: JournalWritten) -> LastSteps | None:
+        """The steps that travel with a durable run's outcome (``StepFinished.journal``),
+        to be written with it; None if it carries none."""
+        return LastSteps(self._insert_last_step, message) if message.steps else None
 
     def _checkpoint_of(
         self, conn: Connection, task_id: str, run: int, locked: Any = _UNREAD
@@ -508,6 +562,14 @@ class Journal:
 
 def _iso(moment: dt.datetime | None) -> str | None:
     return None if moment is None else moment.isoformat()
+
+
+def _json_step_rows(message: JournalWritten) -> list[dict[str, Any]]:
+    """The rows of the steps a message lists, as a JSON array (see :func:`_step_recordset`)."""
+    return [
+        {**row, "started_at": _iso(row["started_at"]), "ended_at": _iso(row["ended_at"])}
+        for row in _step_rows(message)
+    ]
 
 
 def _step_rows(message: JournalWritten, **extra: Any) -> list[dict[str, Any]]:

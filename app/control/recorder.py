@@ -78,10 +78,11 @@ class Recorder:
                 self._start(resumed)
             self._waiter.notify(message.task_id)
             return
+        last_steps = None
         if message.journal is not None and self._journal is not None:
             # A durable run's last steps: listed by the time the task shows it ended.
-            self._journal.record_last(JournalWritten.decode(message.journal))
-        finished = self._lifecycle.finish(message)
+            last_steps = self._journal.last_steps(JournalWritten.decode(message.journal))
+        finished = self._lifecycle.finish(message, last_steps)
         # Waiters in this process (the embedded mode) take the outcome as it was stored.
         outcome = None
         if finished.status is not None and finished.status.terminal:

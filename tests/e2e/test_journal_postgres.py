@@ -1,26 +1,28 @@
 """The journal's writes on PostgreSQL, where two control-plane consumers write one run's
 messages side by side: the checkpoint is made by the run's first message in the statement that
-advances it, the steps that go with a run's outcome never wait for the run's other messages,
-and attempts are numbered as listed whatever order the steps were written in."""
+advances it, the steps that go with a run's outcome are written in the outcome's statement and
+never wait for the run's other messages, and attempts are numbered as listed whatever order
+the steps were written in."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import select, update
 
 from app.control.journal import Journal
+from app.control.lifecycle import Lifecycle
 from app.db import Database
-from app.models import Checkpoint, JournalTick, Task
+from app.models import Checkpoint, JournalTick, Task, TaskStatus
 from app.models.base import table_of
 from tests.app.test_journal import step
 from tests.e2e.conftest import fresh_postgres_database, seeded_database
-from workers.protocol import JournalWanted, JournalWritten
+from workers.protocol import JournalWanted, JournalWritten, StepFinished
 
 TASK = "t-1"
 _tasks = table_of(Task)
@@ -42,6 +44,33 @@ def db() -> Iterator[Database]:
 @pytest.fixture
 def journal(db: Database) -> Journal:
     return Journal(db, dispatcher=None)  # type: ignore[arg-type]  # it answers no worker here
+
+
+@pytest.fixture
+def finish(db: Database, journal: Journal) -> Callable[[JournalWritten], TaskStatus | None]:
+    """Records the outcome of the task's run that carries ``last``'s steps, as the control
+    plane does (``Recorder.finished``); returns the status it gave the task, if it changed."""
+    lifecycle = Lifecycle(db)
+
+    def finish(last: JournalWritten) -> TaskStatus | None:
+        now = time.time()
+        outcome = StepFinished(
+            task_id=TASK,
+            ok=True,
+            result="done",
+            error=None,
+            event_count=0,
+            events=[],
+            worker="w",
+            started_at=now - 0.01,
+            started_reported=False,
+            at=now,
+            run=last.run,
+            journal=last.encode(),
+        )
+        return lifecycle.finish(outcome, journal.last_steps(last)).status
+
+    return finish
 
 
 def written(*seqs: int, run: int = 1, epoch: int = 0, **fields: Any) -> JournalWritten:
@@ -116,7 +145,7 @@ def test_first_messages_written_side_by_side_make_one_checkpoint_and_lose_no_tic
 
 
 def test_the_steps_with_an_outcome_do_not_wait_for_a_message_being_written(
-    db: Database, journal: Journal
+    db: Database, journal: Journal, finish: Callable[[JournalWritten], TaskStatus | None]
 ) -> None:
     journal.record(written(0, 1, steps=[step(1)]))
     with db.connect() as conn:
@@ -124,32 +153,35 @@ def test_the_steps_with_an_outcome_do_not_wait_for_a_message_being_written(
         conn.execute(select(_checkpoints).where(_checkpoints.c.task_id == TASK).with_for_update())
         started = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
-            pool.submit(journal.record_last, last(step(5, "three"))).result(timeout=5)
+            status = pool.submit(finish, last(step(5, "three"))).result(timeout=5)
         assert time.monotonic() - started < 1.0
+    assert status is TaskStatus.SUCCEEDED
     assert [s.step for s in journal.steps(TASK)] == ["one", "three"]
 
 
 def test_the_steps_with_an_outcome_are_kept_only_from_the_runs_current_attempt(
-    db: Database, journal: Journal
+    db: Database, journal: Journal, finish: Callable[[JournalWritten], TaskStatus | None]
 ) -> None:
     # A run of one step sends nothing before its outcome: there is no checkpoint yet.
-    journal.record_last(last(step(0, "only")))
+    assert finish(last(step(0, "only"))) is TaskStatus.SUCCEEDED
     assert [s.step for s in journal.steps(TASK)] == ["only"]
 
     journal.record(written(1, 2))
     journal.replay(JournalWanted(task_id=TASK, run=1, inbox="q"))  # a new attempt: epoch 1
-    journal.record_last(last(step(7, "stale"), epoch=0))  # the lost worker's, late
-    journal.record_last(last(step(8, "other run"), run=2))
-    journal.record_last(last(step(9, "current"), epoch=1))
+    # Outcomes of a task that ended change it no more; their steps are still written, but
+    # not the late ones of the lost worker's attempt, nor another run's
+    assert finish(last(step(7, "stale"), epoch=0)) is None
+    assert finish(last(step(8, "other run"), run=2)) is None
+    assert finish(last(step(9, "current"), epoch=1)) is None
     assert [s.step for s in journal.steps(TASK)] == ["only", "current"]
 
 
 def test_attempts_are_numbered_in_the_order_steps_ended_whatever_the_writes_order(
-    journal: Journal,
+    journal: Journal, finish: Callable[[JournalWritten], TaskStatus | None]
 ) -> None:
     journal.record(written(4, 5, steps=[step(5, "ask", "q")]))  # written first, ended later
     journal.record(written(0, 1, steps=[step(1, "ask", "q")]))
-    journal.record_last(last(step(9, "ask", "q")))
-    journal.record_last(last(step(9, "ask", "q")))  # the outcome delivered twice
+    finish(last(step(9, "ask", "q")))
+    finish(last(step(9, "ask", "q")))  # the outcome delivered twice
     listed = journal.steps(TASK)
     assert [(s.seq, s.attempt) for s in listed] == [(1, 1), (5, 2), (9, 3)]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import Connection, Insert, Row, Select, Update, bindparam, select
+from sqlalchemy import CTE, Connection, Insert, Row, Select, Update, bindparam, select
 
 from app.control.deployments import find as find_deployment
 from app.control.lifecycle import statements as sql
@@ -72,6 +72,21 @@ class NewTask:
     #: Its service's concurrency cap (the ``concurrency`` mapping of its ``celeriac`` block),
     #: if it has one: see ``app.control.lifecycle.caps``.
     concurrency: dict[str, Any] | None = None
+
+
+class Alongside(Protocol):
+    """Rows written with an outcome, as one with it (a durable run's last steps): in the
+    outcome's statement on PostgreSQL, in its transaction elsewhere."""
+
+    @property
+    def cte(self) -> CTE:
+        """PostgreSQL: the CTE that writes them, added to the outcome's statement."""
+
+    def params(self) -> dict[str, Any]:
+        """The parameters of :attr:`cte`."""
+
+    def write(self, conn: Connection) -> None:
+        """Elsewhere: write them in the outcome's transaction."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +170,8 @@ class Lifecycle(TaskControl, Parking):
             )
             for status, by in _ENDS.items()
         }
+        #: Those statements with the CTE of what is written alongside (see :meth:`_with`).
+        self._finish_with: dict[tuple[Select[Any], CTE], Select[Any]] = {}
 
     def insert(
         self,
@@ -442,9 +459,10 @@ class Lifecycle(TaskControl, Parking):
                 conn.execute(sql.RESUME, {"task_id": task_id})
         return seq, inbox, step
 
-    def finish(self, message: StepFinished) -> Finished:
+    def finish(self, message: StepFinished, alongside: Alongside | None = None) -> Finished:
         """Record the outcome with the run's last events, unless the task already ended (a
-        redelivery) or is gone; a session's task then passes the session's turn on."""
+        redelivery) or is gone; a session's task then passes the session's turn on. What
+        ``alongside`` writes is written with it, whether or not it changed the task."""
         status = _status_of(message)
         retry_at = None
         if status is TaskStatus.RETRYING:
@@ -478,13 +496,17 @@ class Lifecycle(TaskControl, Parking):
         # the transaction tells them apart.
         passes_turn = message.keep_context and status.terminal
         changed = pending = None
+        if alongside is not None and self._at_once:
+            params.update(alongside.params())
         if in_statement and not passes_turn:
             with self._db.single() as conn:
-                alone = self._finish_alone[status]
+                alone = self._with(self._finish_alone[status], alongside)
                 changed, pending = self._record(conn, alone, params, events, run, with_start)
         if changed is None:
             with self._db.connect() as conn:
-                finish = self._finish[status, with_start]
+                if alongside is not None and not self._at_once:
+                    alongside.write(conn)
+                finish = self._with(self._finish[status, with_start], alongside)
                 changed, pending = self._record(
                     conn, finish, params, events, run, with_start, transaction=True
                 )
@@ -503,6 +525,17 @@ class Lifecycle(TaskControl, Parking):
         if changed is None:
             return Finished(None, following)
         return Finished(status, following, retry_at, tuple(admitted))
+
+    def _with(
+        self, finish: Update | Select[Any], alongside: Alongside | None
+    ) -> Update | Select[Any]:
+        """PostgreSQL: the outcome's statement ``finish`` with the CTE of ``alongside``."""
+        if alongside is None or not isinstance(finish, Select):
+            return finish
+        key = (finish, alongside.cte)
+        if key not in self._finish_with:
+            self._finish_with[key] = finish.add_cte(alongside.cte)
+        return self._finish_with[key]
 
     def _record(
         self,
