@@ -49,6 +49,14 @@ def open_run(port: int, path: str, body: dict[str, Any]) -> socket.socket:
     return sock
 
 
+def listed(client: FlaskClient) -> list[dict[str, Any]]:
+    """The tasks of the Sleepy deployment."""
+    tasks: list[dict[str, Any]] = ok(
+        client.get("/deployments/Sleepy/tasks", query_string={"limit": 100})
+    )
+    return tasks
+
+
 @pytest.mark.parametrize(
     "path",
     [
@@ -67,6 +75,9 @@ def test_dropped_clients_free_their_threads(client: FlaskClient, http: Any, path
     sockets = [open_run(http.effective_port, path, body) for _ in range(RUNS)]
     dispatcher = http.task_dispatcher
     poll(lambda: dispatcher.active_count, lambda busy: busy == RUNS)
+    # (A busy thread may not have read its request yet, on a loaded machine: a client gone by
+    # then sent nothing the server took, and no task is stored. Every task is stored first.)
+    poll(lambda: len(listed(client)), lambda stored: stored == RUNS)
     # When every client goes away
     dropped = time.monotonic()
     for sock in sockets:
@@ -76,7 +87,7 @@ def test_dropped_clients_free_their_threads(client: FlaskClient, http: Any, path
     freed = time.monotonic() - dropped
     assert freed < 2.0, freed
     # And the tasks run on to their end, as a timed-out run's would
-    tasks = ok(client.get("/deployments/Sleepy/tasks", query_string={"limit": 100}))
+    tasks = listed(client)
     assert len(tasks) == RUNS
     done = [wait_for_task(client, "Sleepy", t["task_id"], timeout=60) for t in tasks]
     assert {(t["status"], t["result"]) for t in done} == {("succeeded", "slept 2s")}
