@@ -26,6 +26,11 @@ measures, all of them up at once:
    times for the same workflow not durable (``ask_plain``), the kinds taking turns. Parked
    less not parked is what a resume costs. Parking itself is off the answer's path: its time
    is the task's ``parked_at`` less the time it asked and ``--release-after``.
+3. With ``--parked N``, a crowd: N durable tasks that ask are started at once and all parked
+   (N far above the workers' threads), then all answered. The service workers' resident
+   memory and threads (from ``/proc``) and the p50 of sequential three-step durable calls are
+   read before, while all N are parked, and after they succeeded: a parked run holds no
+   thread and no memory of its worker.
 
 Progress goes to stderr; the tables (Markdown) to stdout; ``--json FILE`` also saves the
 figures. Ctrl-C stops every process the run started.
@@ -56,7 +61,14 @@ from workflows.context.serializers import JsonSerializer
 from workflows.events import HumanResponseEvent
 
 from tests.benchmarks import distributed
-from tests.benchmarks.bench import Figures, add_service_options, http_caller, percentile, progress
+from tests.benchmarks.bench import (
+    Figures,
+    add_service_options,
+    http_caller,
+    measure_latency,
+    percentile,
+    progress,
+)
 from tests.benchmarks.distributed import (
     Broker,
     Child,
@@ -84,6 +96,8 @@ GOAL_PER_STEP_MS = 2.0
 PARKED_BATCH = 10
 #: Rounds of the park measurement, not parked and parked taking turns.
 PARK_ROUNDS = 4
+#: Sequential three-step calls measured at each moment of the crowd (``--parked``).
+CROWD_CALLS = 30
 ANSWER = "42"
 ANSWERED = f"Answer received: {ANSWER}"
 #: The answer, as ``POST .../events`` takes it (``event_obj_str``).
@@ -105,6 +119,25 @@ class ParkFigures:
     park_ms: list[float]
     #: Samples meant not to be parked that were (the answer came after the release): left out.
     parked_anyway: int = 0
+
+
+@dataclass
+class CrowdFigures:
+    """``--parked`` tasks parked at once on one broker, then answered: the service workers'
+    memory and threads, and three-step latency, before, while all are parked, and after."""
+
+    transport: str
+    tasks: int
+    #: By moment (``before``, ``parked``, ``answered``): the service workers' resident MB.
+    rss_mb: dict[str, float]
+    #: By moment: the service workers' threads.
+    threads: dict[str, int]
+    #: By moment: p50 ms of sequential three-step durable calls.
+    steps_p50_ms: dict[str, float]
+    #: Seconds from the first task started to the last one parked.
+    parked_s: float
+    #: Seconds from the first answer sent to the last task succeeded.
+    answered_s: float
 
 
 # -- the ask service, over HTTP ------------------------------------------------------------------
@@ -151,6 +184,22 @@ class Questions:
             if moment["status"] == "waiting_input":
                 return datetime.fromisoformat(moment["at"])
         raise RuntimeError(f"task {task_id} has not asked: {moments}")
+
+    def answer(self, task_id: str) -> None:
+        """Send the task its answer."""
+        self._call("POST", f"{self._tasks}/{task_id}/events", {"event_obj_str": HUMAN_RESPONSE})
+
+    def wait_status(self, task_ids: list[str], done: Any, label: str, timeout: float) -> None:
+        """Wait until ``done(task)`` holds for every task, showing how many do."""
+        pending = list(task_ids)
+        deadline = time.monotonic() + timeout
+        while pending:
+            pending = [task_id for task_id in pending if not done(self.task(task_id))]
+            progress(label, len(task_ids) - len(pending), len(task_ids))
+            if pending and time.monotonic() > deadline:
+                raise RuntimeError(f"{label}: {len(pending)} task(s) not there in {timeout:g} s")
+            if pending:
+                time.sleep(0.2)
 
     def answer_timed(self, task_id: str) -> float:
         """Follow the task's stream to its question, answer it, and read the stream to its
@@ -268,6 +317,62 @@ def _parked(
             progress(label, done, calls)
 
 
+def measure_crowd(
+    args: argparse.Namespace, url: str, transport: str, children: list[Child]
+) -> CrowdFigures:
+    """Park ``--parked`` tasks at once, then answer them all; what the service workers hold
+    and how three durable steps answer, before, while they are all parked, and after."""
+    workers = [child for child in children if child.name.startswith("service worker")]
+    steps_call = http_caller(url, deployment=DEPLOYED.name, service="durable")()
+    rss: dict[str, float] = {}
+    threads: dict[str, int] = {}
+    steps_p50: dict[str, float] = {}
+
+    def look(moment: str) -> None:
+        held = [_process_status(child.proc.pid) for child in workers]
+        rss[moment] = sum(mb for mb, _ in held)
+        threads[moment] = sum(count for _, count in held)
+        latencies = measure_latency(steps_call, CROWD_CALLS, f"{transport} steps, {moment}")
+        steps_p50[moment] = percentile(latencies, 0.5)
+
+    questions = Questions(url)
+    try:
+        look("before")
+        started = time.monotonic()
+        ids = []
+        for n in range(args.parked):
+            ids.append(questions.start())
+            progress(f"{transport} crowd started", n + 1, args.parked)
+        timeout = args.release_after * args.parked + 120
+        questions.wait_status(ids, lambda t: t["parked_at"] is not None, "parked", timeout)
+        parked_s = time.monotonic() - started
+        look("parked")
+        answering = time.monotonic()
+        for n, task_id in enumerate(ids):
+            questions.answer(task_id)
+            progress(f"{transport} crowd answered", n + 1, args.parked)
+        questions.wait_status(ids, _succeeded, "succeeded", timeout)
+        answered_s = time.monotonic() - answering
+        look("answered")
+    finally:
+        questions.close()
+    return CrowdFigures(transport, args.parked, rss, threads, steps_p50, parked_s, answered_s)
+
+
+def _succeeded(task: dict[str, Any]) -> bool:
+    if task["status"] in ("failed", "cancelled", "timed_out"):
+        raise RuntimeError(f"a task of the crowd ended {task['status']}: {task}")
+    return bool(task["status"] == "succeeded" and task["result"] == ANSWERED)
+
+
+def _process_status(pid: int) -> tuple[float, int]:
+    """A process's resident memory (MB) and its threads, from ``/proc`` (Linux)."""
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["Threads"])
+
+
 # -- one broker ----------------------------------------------------------------------------------
 
 
@@ -304,7 +409,9 @@ def celeriac_systems(url: str, children: list[Child], workers: int) -> list[Syst
     ]
 
 
-def bench_transport(args: argparse.Namespace, transport: str) -> tuple[list[Figures], ParkFigures]:
+def bench_transport(
+    args: argparse.Namespace, transport: str
+) -> tuple[list[Figures], ParkFigures, CrowdFigures | None]:
     """Every measurement on one broker; the broker and the database cleaned after."""
     logs = Path(tempfile.mkdtemp(prefix=f"celeriac-durable-bench-{transport}-logs-"))
     done = False
@@ -326,13 +433,14 @@ def bench_transport(args: argparse.Namespace, transport: str) -> tuple[list[Figu
                 systems = [*celeriac_systems(url, children, args.workers), raw]
                 figures = measure(args, broker, systems, args.clients)
                 park = measure_park(args, url, transport)
+                crowd = measure_crowd(args, url, transport, children) if args.parked else None
         done = True
     finally:
         if done:
             shutil.rmtree(logs, ignore_errors=True)
         else:
             print(f"\n{transport}: process logs kept in {logs}", file=sys.stderr)
-    return figures, park
+    return figures, park, crowd
 
 
 # -- the report ----------------------------------------------------------------------------------
@@ -400,6 +508,36 @@ def print_park_table(rows: list[ParkFigures]) -> None:
             )
 
 
+def print_crowd_table(rows: list[CrowdFigures]) -> None:
+    """What the service workers held, and how three durable steps answered, before a crowd
+    was parked, while it was, and after it was answered."""
+    print("| transport | moment | workers' RSS MB | workers' threads | 3 durable steps p50 ms |")
+    print("|---|---|---:|---:|---:|")
+    for r in rows:
+        for moment, label in CROWD_MOMENTS:
+            print(
+                f"| {r.transport} | {label.format(tasks=r.tasks)} | {r.rss_mb[moment]:.1f} |"
+                f" {r.threads[moment]} | {r.steps_p50_ms[moment]:.1f} |"
+            )
+    print()
+    for r in rows:
+        grown = (r.rss_mb["parked"] - r.rss_mb["before"]) * 1024 / r.tasks
+        print(
+            f"{r.transport}: {r.tasks} tasks parked in {r.parked_s:.1f} s and answered in "
+            f"{r.answered_s:.1f} s ({r.tasks / r.answered_s:.0f} resumes/s); the workers' "
+            f"memory moved by {grown:+.1f} KB per parked task, their threads by "
+            f"{r.threads['parked'] - r.threads['before']:+d}"
+        )
+
+
+#: The moments of a crowd's table, and how it names them.
+CROWD_MOMENTS = (
+    ("before", "before"),
+    ("parked", "{tasks} tasks parked"),
+    ("answered", "all answered, succeeded"),
+)
+
+
 # -- the command line ----------------------------------------------------------------------------
 
 
@@ -424,6 +562,13 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, default=1, help="Celeriac service workers")
     parser.add_argument(
+        "--parked",
+        type=int,
+        default=0,
+        help="also park this many durable tasks at once, then answer them all (the issue's"
+        " 1000): what the workers hold meanwhile [default: 0, not measured]",
+    )
+    parser.add_argument(
         "--release-after",
         type=float,
         default=0.5,
@@ -433,6 +578,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if min(args.calls, args.tasks, args.workers, args.clients) < 1:
         parser.error("--calls, --tasks, --clients and --workers must be at least 1")
+    if args.parked < 0:
+        parser.error("--parked must be 0 (not measured) or more")
     if args.release_after <= 0:
         parser.error("--release-after must be more than 0 seconds")
     if args.quick:
@@ -440,17 +587,21 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def run(args: argparse.Namespace) -> tuple[list[Figures], list[ParkFigures]]:
+def run(
+    args: argparse.Namespace,
+) -> tuple[list[Figures], list[ParkFigures], list[CrowdFigures]]:
     """Every measurement asked for; prints the tables."""
     transports = list(TRANSPORTS) if args.transport == "all" else [args.transport]
     distributed.preflight(transports, args)  # a server that is down fails before any start
     load = os.getloadavg()[0]
     steps: list[Figures] = []
     parks: list[ParkFigures] = []
+    crowds: list[CrowdFigures] = []
     for transport in transports:
-        figures, park = bench_transport(args, transport)
+        figures, park, crowd = bench_transport(args, transport)
         steps += figures
         parks.append(park)
+        crowds += [crowd] if crowd is not None else []
     print(f"\n{os.cpu_count()} CPUs, Python {sys.version.split()[0]}", end="")
     print(f", load average {load:.1f} before the run and {os.getloadavg()[0]:.1f} after\n")
     print(f"Three steps chained by events ({args.calls} calls, {args.tasks} tasks):\n")
@@ -464,7 +615,10 @@ def run(args: argparse.Namespace) -> tuple[list[Figures], list[ParkFigures]]:
         f"{args.calls} answers of each kind):\n"
     )
     print_park_table(parks)
-    return steps, parks
+    if crowds:
+        print(f"\n{args.parked} durable tasks parked at once, then answered:\n")
+        print_crowd_table(crowds)
+    return steps, parks, crowds
 
 
 def _exit_on_sigterm(_signum: int, _frame: Any) -> None:
@@ -478,7 +632,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     started = time.monotonic()
     try:
-        steps, parks = run(args)
+        steps, parks, crowds = run(args)
     except RuntimeError as exc:
         sys.exit(f"\nbenchmark failed: {exc}")
     except (httpx.HTTPError, http.client.HTTPException, OSError) as exc:
@@ -491,6 +645,7 @@ def main() -> None:
             "clients": args.clients,
             "steps": [asdict(r) for r in steps],
             "park": [asdict(p) for p in parks],
+            "crowd": [asdict(c) for c in crowds],
         }
         args.json.write_text(json.dumps(figures, indent=2))
 
